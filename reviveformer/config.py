@@ -1,0 +1,410 @@
+"""One typed config tree: dataclass schema + YAML recipe + dot-list overrides, merged by `load_config`.
+
+Every field is read somewhere; validation happens in `__post_init__` (where the value enters) and every
+OmegaConf or validation failure becomes one `ConfigError` that names the key and what would be valid.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from reviveformer.errors import ConfigError
+
+SITES = ("mlp_pre", "mlp_post", "attn_out")
+CRITERIA = ("abs", "positive")
+REVIVAL_METHODS = ("none", "synaptic_stripping", "redo")
+ALERT_METRICS = ("dead_ratio", "dormant_ratio")
+ALERT_ACTIONS = ("none", "revive", "stop")
+DATA_SOURCES = ("stdlib", "text", "hub")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+
+def _problems(checks: list[tuple[bool, str]]) -> list[str]:
+    return [msg for ok, msg in checks if not ok]
+
+
+def _raise(section: str, problems: list[str]) -> None:
+    if problems:
+        raise ValueError("; ".join(f"{section}.{p}" for p in problems))
+
+
+@dataclass
+class ModelConfig:
+    n_layer: int = 2
+    """Number of transformer blocks."""
+    n_embd: int = 64
+    """Width of the residual stream."""
+    n_head: int = 2
+    """Attention heads; must divide n_embd."""
+    n_positions: int = 128
+    """Longest sequence the position embedding holds; data.block_size may not exceed it."""
+    n_inner: int | None = None
+    """MLP width; None means 4 * n_embd (GPT-2's default)."""
+    dropout: float = 0.0
+    """Dropout for residual, embedding and attention (GPT-2's resid/embd/attn_pdrop)."""
+    activation: str = "gelu_new"
+    """MLP activation: a registry name (relu, leaky_relu, elu, selu, gelu, gelu_new, silu, swish, mish) or
+    `package.module:attr`. With init_from, a different name swaps the checkpoint's activation."""
+    leaky_relu_slope: float = 0.01
+    """Negative slope of leaky_relu."""
+    init_from: str | None = None
+    """A Hugging Face GPT-2 checkpoint directory (or hub name) to fine-tune from; None trains from scratch."""
+
+    def __post_init__(self) -> None:
+        _raise("model", _problems([
+            (self.n_layer >= 1, f"n_layer={self.n_layer} must be >= 1"),
+            (self.n_embd >= 1, f"n_embd={self.n_embd} must be >= 1"),
+            (self.n_head >= 1 and self.n_embd % max(self.n_head, 1) == 0,
+             f"n_head={self.n_head} must be >= 1 and divide n_embd={self.n_embd}"),
+            (self.n_positions >= 1, f"n_positions={self.n_positions} must be >= 1"),
+            (self.n_inner is None or self.n_inner >= 1, f"n_inner={self.n_inner} must be >= 1 or null"),
+            (0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)"),
+            (bool(self.activation), "activation must be a non-empty name"),
+            (self.leaky_relu_slope >= 0, f"leaky_relu_slope={self.leaky_relu_slope} must be >= 0"),
+        ]))
+
+
+@dataclass
+class DataConfig:
+    source: str = "stdlib"
+    """stdlib (the Python standard library's source on this machine), text (files/folders), or hub."""
+    path: str | None = None
+    """For source=text: a text file or a folder of text files."""
+    name: str | None = None
+    """For source=hub: the datasets name, e.g. wikitext."""
+    config: str | None = None
+    """For source=hub: the dataset config, e.g. wikitext-2-raw-v1."""
+    text_column: str = "text"
+    """For source=hub: the column holding the text."""
+    tokenizer: str = "bpe"
+    """bpe (trained on the training split and saved with the run), gpt2 (pretrained), or a tokenizer dir."""
+    vocab_size: int = 4096
+    """Vocabulary size of a trained bpe tokenizer."""
+    block_size: int = 128
+    """Tokens per training example (packed); at most model.n_positions."""
+    val_fraction: float = 0.05
+    """Share of documents held out for validation."""
+    max_tokens: int | None = None
+    """Cap on training tokens (validation is capped in proportion); None uses everything."""
+    max_files: int | None = 400
+    """For source=stdlib/text folders: at most this many files (sorted by path), None for all."""
+    cache_dir: str | None = None
+    """Where tokenised datasets are cached; None means ~/.cache/reviveformer."""
+
+    def __post_init__(self) -> None:
+        _raise("data", _problems([
+            (self.source in DATA_SOURCES, f"source={self.source!r} must be one of {', '.join(DATA_SOURCES)}"),
+            (self.source != "text" or bool(self.path), "path must be set when source=text"),
+            (self.source != "hub" or bool(self.name), "name must be set when source=hub"),
+            (self.vocab_size >= 300, f"vocab_size={self.vocab_size} must be >= 300 (256 bytes + specials)"),
+            (self.block_size >= 2, f"block_size={self.block_size} must be >= 2"),
+            (0.0 < self.val_fraction < 1.0, f"val_fraction={self.val_fraction} must be in (0, 1)"),
+            (self.max_tokens is None or self.max_tokens > 0, f"max_tokens={self.max_tokens} must be > 0 or null"),
+            (self.max_files is None or self.max_files > 0, f"max_files={self.max_files} must be > 0 or null"),
+        ]))
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/run"
+    """The run directory (config, metrics, liveness, plots, checkpoints, final model)."""
+    seed: int = 0
+    """Seed for model init, data order and dropout."""
+    epochs: int = 1
+    """Passes over the training split; each ends with a validation pass (and revival, if on)."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps in all (None: run all epochs)."""
+    batch_size: int = 16
+    """Sequences per micro-batch per process."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    lr: float = 1e-3
+    """Peak learning rate (linear warm-up, then cosine to min_lr_ratio * lr)."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a share of lr."""
+    weight_decay: float = 0.1
+    """AdamW weight decay (not applied to biases and norms)."""
+    warmup_steps: int = 10
+    """Linear warm-up steps."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this; 0 disables clipping."""
+    mixed_precision: str = "no"
+    """no, fp16 or bf16 (Accelerate's autocast)."""
+    compile: bool = False
+    """torch.compile the model."""
+    log_every: int = 10
+    """Log train metrics (and the liveness window) every this many optimizer steps."""
+    eval_every: int = 0
+    """Run a validation pass every this many steps (0: only at epoch end)."""
+    eval_batches: int | None = None
+    """Cap on validation batches per pass (None: the whole split)."""
+    checkpoint_every: int = 0
+    """Save a resumable checkpoint every this many steps (0: only at epoch end)."""
+    checkpoint_limit: int = 2
+    """Keep at most this many checkpoints (oldest removed first)."""
+    resume: str = "never"
+    """never, auto (newest complete checkpoint in output_dir, if any), or a checkpoint directory."""
+    max_bad_steps: int = 0
+    """Non-finite loss/gradient steps to skip before stopping (0: stop at the first)."""
+    deterministic: bool = False
+    """torch.use_deterministic_algorithms, for bit-exact resume tests."""
+    progress: bool = True
+    """Show a progress bar on the main process."""
+
+    def __post_init__(self) -> None:
+        _raise("train", _problems([
+            (bool(self.output_dir), "output_dir must be a non-empty path"),
+            (self.epochs >= 1, f"epochs={self.epochs} must be >= 1"),
+            (self.max_steps is None or self.max_steps >= 1, f"max_steps={self.max_steps} must be >= 1 or null"),
+            (self.batch_size >= 1, f"batch_size={self.batch_size} must be >= 1"),
+            (self.grad_accum >= 1, f"grad_accum={self.grad_accum} must be >= 1"),
+            (math.isfinite(self.lr) and self.lr > 0, f"lr={self.lr} must be a positive number"),
+            (0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio={self.min_lr_ratio} must be in [0, 1]"),
+            (self.weight_decay >= 0, f"weight_decay={self.weight_decay} must be >= 0"),
+            (self.warmup_steps >= 0, f"warmup_steps={self.warmup_steps} must be >= 0"),
+            (self.grad_clip >= 0, f"grad_clip={self.grad_clip} must be >= 0"),
+            (self.mixed_precision in MIXED_PRECISION,
+             f"mixed_precision={self.mixed_precision!r} must be one of {', '.join(MIXED_PRECISION)}"),
+            (self.log_every >= 1, f"log_every={self.log_every} must be >= 1"),
+            (self.eval_every >= 0, f"eval_every={self.eval_every} must be >= 0"),
+            (self.eval_batches is None or self.eval_batches >= 1, f"eval_batches={self.eval_batches} must be >= 1"),
+            (self.checkpoint_every >= 0, f"checkpoint_every={self.checkpoint_every} must be >= 0"),
+            (self.checkpoint_limit >= 1, f"checkpoint_limit={self.checkpoint_limit} must be >= 1"),
+            (bool(self.resume), "resume must be never, auto or a checkpoint directory"),
+            (self.max_bad_steps >= 0, f"max_bad_steps={self.max_bad_steps} must be >= 0"),
+        ]))
+
+
+@dataclass
+class LivenessConfig:
+    enabled: bool = True
+    """Count firing per unit during training and at epoch end."""
+    sites: list[str] = field(default_factory=lambda: list(SITES))
+    """Sites to watch: mlp_pre, mlp_post, attn_out."""
+    threshold: float = 1e-3
+    """A unit fires on a token when |a| > threshold (abs) or a > threshold (positive)."""
+    criterion: str = "abs"
+    """abs or positive."""
+    dead_frequency: float = 1e-3
+    """A unit is dead when its firing frequency is below this."""
+    tau: float = 0.1
+    """A unit is dormant when its normalised mean |a| (ReDo score) is <= tau."""
+    histogram_every: int = 0
+    """Every this many steps, log a histogram of activation values per site and layer (0: never)."""
+    histogram_bins: int = 64
+    """Bins of that histogram."""
+
+    def __post_init__(self) -> None:
+        bad_sites = [s for s in self.sites if s not in SITES]
+        _raise("liveness", _problems([
+            (not bad_sites and len(self.sites) > 0,
+             f"sites={list(self.sites)} must be a non-empty subset of {', '.join(SITES)}"),
+            (self.threshold >= 0, f"threshold={self.threshold} must be >= 0"),
+            (self.criterion in CRITERIA, f"criterion={self.criterion!r} must be one of {', '.join(CRITERIA)}"),
+            (0.0 <= self.dead_frequency <= 1.0, f"dead_frequency={self.dead_frequency} must be in [0, 1]"),
+            (self.tau >= 0, f"tau={self.tau} must be >= 0"),
+            (self.histogram_every >= 0, f"histogram_every={self.histogram_every} must be >= 0"),
+            (self.histogram_bins >= 2, f"histogram_bins={self.histogram_bins} must be >= 2"),
+        ]))
+
+
+@dataclass
+class AlertRule:
+    name: str = "dead_mlp"
+    """Name; the metric alerts/<name> is logged."""
+    site: str = "mlp_post"
+    """Site the rule watches."""
+    metric: str = "dead_ratio"
+    """dead_ratio or dormant_ratio."""
+    above: float = 0.3
+    """Trips when a layer's metric rises above this."""
+    layers: list[int] | None = None
+    """Layers watched (None: all)."""
+    action: str = "none"
+    """none, revive (run the revival step now) or stop (checkpoint and stop cleanly)."""
+
+    def __post_init__(self) -> None:
+        _raise(f"alerts.rules[{self.name}]", _problems([
+            (bool(self.name) and all(c.isalnum() or c in "_-" for c in self.name),
+             f"name={self.name!r} must be letters, digits, _ or -"),
+            (self.site in SITES, f"site={self.site!r} must be one of {', '.join(SITES)}"),
+            (self.metric in ALERT_METRICS, f"metric={self.metric!r} must be one of {', '.join(ALERT_METRICS)}"),
+            (0.0 <= self.above <= 1.0, f"above={self.above} must be in [0, 1]"),
+            (self.action in ALERT_ACTIONS, f"action={self.action!r} must be one of {', '.join(ALERT_ACTIONS)}"),
+        ]))
+
+
+@dataclass
+class AlertsConfig:
+    rules: list[AlertRule] = field(default_factory=list)
+    """Alert rules, checked at every liveness log and epoch-end measurement."""
+    wandb_wait_s: float = 300.0
+    """Least time between two wandb.alert calls of one rule."""
+
+    def __post_init__(self) -> None:
+        names = [r.name for r in self.rules]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        _raise("alerts", _problems([(not dupes, f"rules have duplicate names {dupes}")]))
+
+
+@dataclass
+class RevivalConfig:
+    method: str = "none"
+    """none, synaptic_stripping or redo."""
+    fraction: float = 0.05
+    """Synaptic stripping: share of a dead unit's nonzero incoming weights to zero (most negative first)."""
+    persistent: bool = True
+    """Stripped weights stay zero for the rest of training (mask after each optimizer step)."""
+    strip_bias: bool = False
+    """Also zero a dead unit's negative bias."""
+    every_steps: int = 0
+    """Revive every this many optimizer steps instead of at epoch end (0: epoch end)."""
+    tau: float = 0.1
+    """ReDo: re-initialise units whose dormancy score is <= tau."""
+
+    def __post_init__(self) -> None:
+        _raise("revival", _problems([
+            (self.method in REVIVAL_METHODS, f"method={self.method!r} must be one of {', '.join(REVIVAL_METHODS)}"),
+            (0.0 < self.fraction <= 1.0, f"fraction={self.fraction} must be in (0, 1]"),
+            (self.every_steps >= 0, f"every_steps={self.every_steps} must be >= 0"),
+            (self.tau >= 0, f"tau={self.tau} must be >= 0"),
+        ]))
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "auto"
+    """auto (online with credentials, else offline), online, offline or disabled."""
+    project: str = "reviveformer"
+    """W&B project."""
+    entity: str | None = None
+    """W&B entity (team or user); None uses the default."""
+    name: str | None = None
+    """Run name; None uses the run directory's name."""
+    group: str | None = None
+    """Group that puts arms of one comparison side by side."""
+    job_type: str | None = None
+    """baseline, stripping, redo, sweep...; None derives it from revival.method."""
+    tags: list[str] = field(default_factory=list)
+    """Tags of the run."""
+
+    def __post_init__(self) -> None:
+        _raise("wandb", _problems([
+            (self.mode in WANDB_MODES, f"mode={self.mode!r} must be one of {', '.join(WANDB_MODES)}"),
+        ]))
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    liveness: LivenessConfig = field(default_factory=LivenessConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    revival: RevivalConfig = field(default_factory=RevivalConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def __post_init__(self) -> None:
+        if self.data.block_size > self.model.n_positions:
+            raise ValueError(
+                f"data.block_size={self.data.block_size} is above model.n_positions={self.model.n_positions}: "
+                "lower data.block_size or raise model.n_positions"
+            )
+
+
+def _suggest(key: str, schema_node: Any) -> str:
+    names = [f.name for f in fields(schema_node)] if is_dataclass(schema_node) else []
+    close = difflib.get_close_matches(key, names, n=1)
+    valid = f" (valid keys: {', '.join(names)})" if names else ""
+    return f"; did you mean '{close[0]}'?" if close else valid
+
+
+def _schema_at(full_key: str) -> Any:
+    node: Any = Config
+    for part in full_key.split(".")[:-1]:
+        part = part.split("[")[0]
+        by_name = {f.name: f for f in fields(node)} if is_dataclass(node) else {}
+        if part not in by_name:
+            return None
+        f = by_name[part]
+        node = f.default_factory() if f.default_factory is not field().default_factory else f.type  # type: ignore[misc]
+        if isinstance(node, list):  # alerts.rules
+            node = AlertRule
+        elif not is_dataclass(node):
+            return None
+    return node
+
+
+def _describe(err: OmegaConfBaseException, where: str) -> str:
+    key = getattr(err, "full_key", None) or ""
+    msg = str(err).split("\n")[0]
+    if isinstance(err, ConfigKeyError) and key:
+        leaf = key.split(".")[-1]
+        return f"{where}: unknown config key '{key}'{_suggest(leaf, _schema_at(key))}"
+    if isinstance(err, ValidationError) and key:
+        return f"{where}: bad value for '{key}': {msg}"
+    return f"{where}: {msg}" + (f" (key '{key}')" if key else "")
+
+
+def read_recipe(path: str | Path) -> DictConfig:
+    """A recipe file as a DictConfig; a missing file or invalid YAML is a ConfigError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {path} does not exist (give a YAML file such as recipes/quickstart.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]} ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {path} must be a mapping of sections (model, data, train, ...), not {type(data).__name__}")
+    return OmegaConf.create(data)
+
+
+def load_config(
+    recipe: str | Path | DictConfig | dict | None = None, overrides: list[str] | None = None
+) -> Config:
+    """Schema defaults <- recipe <- dot-list overrides, validated; any problem is one ConfigError."""
+    schema = OmegaConf.structured(Config)
+    layers: list[tuple[str, Any]] = []
+    if recipe is not None:
+        base = read_recipe(recipe) if isinstance(recipe, (str, Path)) else OmegaConf.create(recipe)
+        layers.append((f"recipe {recipe}" if isinstance(recipe, (str, Path)) else "config", base))
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value (for example train.lr=3e-4)")
+        try:
+            layers.append((f"override '{item}'", OmegaConf.from_dotlist([item])))
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"override '{item}': {str(e).splitlines()[0]}") from None
+    merged = schema
+    for where, layer in layers:
+        try:
+            merged = OmegaConf.merge(merged, layer)
+        except OmegaConfBaseException as e:
+            raise ConfigError(_describe(e, where)) from None
+    try:
+        cfg = OmegaConf.to_object(merged)
+    except ValueError as e:
+        raise ConfigError(f"invalid config: {e}") from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(_describe(e, "config")) from None
+    assert isinstance(cfg, Config)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict of a config (for YAML files and W&B)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
