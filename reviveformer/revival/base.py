@@ -1,0 +1,134 @@
+"""The revival interface: a `Reviver` edits the model (and its optimizer state) from a liveness report.
+
+Lifecycle, driven by the trainer:
+
+1. `revive(model, report, optimizer)` at each revival point (epoch end, or every `revival.every_steps`
+   optimizer steps), after the validation liveness pass, with the report in the design.md `liveness.json`
+   format. Returns the `revival/...` metrics to log.
+2. `after_optimizer_step(model)` after every optimizer step (right after `optimizer.step()`), to keep
+   persistently pruned weights at zero.
+3. `state_dict()` / `load_state_dict()` with the checkpoint (masks, previous dead set, counters).
+
+A new method is a new module with a `Reviver` subclass plus one line in `reviveformer.revival.REVIVERS`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from accelerate.utils import extract_model_from_parallel
+from torch import nn
+
+from reviveformer.errors import ConfigError
+
+# The site whose units revival acts on: the output of the MLP activation (design.md, Revival).
+REVIVAL_SITE = "mlp_post"
+# Strategies that shard parameters across processes: editing a weight there would edit one shard only.
+SHARDED_STRATEGIES = ("FSDP", "DEEPSPEED", "MEGATRON_LM")
+
+
+def check_supported(distributed_type: Any) -> None:
+    """Raise ConfigError when revival cannot run under this Accelerate distributed type.
+
+    Accepts `accelerator.distributed_type` or its `str()` ("DistributedType.FSDP" or "FSDP").
+    """
+    kind = str(getattr(distributed_type, "value", distributed_type)).rsplit(".", 1)[-1].upper()
+    if kind in SHARDED_STRATEGIES:
+        raise ConfigError(
+            f"revival.method is not supported with distributed type {kind}: it shards the parameters, and "
+            "revival must edit whole weight matrices identically on every process; run revival with DDP "
+            "(multi-GPU/multi-CPU) or one process, or set revival.method=none"
+        )
+
+
+def mlp_layers(model: nn.Module) -> list[nn.Module]:
+    """The `GPT2MLP` of every block, through any DDP / torch.compile wrapper."""
+    base = extract_model_from_parallel(model, keep_torch_compile=False)
+    body = getattr(base, "transformer", base)
+    return [block.mlp for block in body.h]
+
+
+def model_config(model: nn.Module) -> Any:
+    """The Hugging Face config of a possibly wrapped model."""
+    return extract_model_from_parallel(model, keep_torch_compile=False).config
+
+
+def site_layers(report: dict[str, Any], mlps: list[nn.Module], method: str) -> list[dict[str, Any]]:
+    """The report's per-layer entries at `mlp_post`, in layer order, checked against the model."""
+    layers = report.get("sites", {}).get(REVIVAL_SITE)
+    if not layers:
+        raise ConfigError(
+            f"revival.method={method} needs the liveness report to include site {REVIVAL_SITE}; "
+            f"add {REVIVAL_SITE} to liveness.sites"
+        )
+    for entry in layers:
+        i = entry["layer"]
+        if not 0 <= i < len(mlps):
+            raise ValueError(f"liveness report has layer {i} but the model has {len(mlps)} layers")
+        units = mlps[i].c_fc.weight.shape[1]
+        if entry["units"] != units:
+            raise ValueError(
+                f"liveness report has {entry['units']} units in layer {i}, the model has {units}"
+            )
+    return sorted(layers, key=lambda e: e["layer"])
+
+
+def unit_index(units: list[int], n_units: int, device: torch.device) -> torch.Tensor:
+    """Sorted unique unit indices as a long tensor on `device` (sorted so every process acts alike)."""
+    idx = sorted({int(j) for j in units})
+    if idx and not (0 <= idx[0] and idx[-1] < n_units):
+        raise ValueError(f"unit indices {idx[0]}..{idx[-1]} out of range for {n_units} units")
+    return torch.tensor(idx, dtype=torch.long, device=device)
+
+
+class Reviver(ABC):
+    """A neuron-revival method. Subclasses set `name` and implement `revive` and the state methods."""
+
+    name: ClassVar[str]
+
+    def __init__(self) -> None:
+        self._details: list[dict[str, Any]] = []
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, cfg: Any, *, seed: int = 0) -> Reviver:
+        """Build from a `RevivalConfig` (and the run's seed, for methods that draw random numbers)."""
+
+    @abstractmethod
+    def revive(self, model: nn.Module, report: dict[str, Any], optimizer: Any) -> dict[str, float]:
+        """Edit `model` (and reset `optimizer` state) from a liveness report; return `revival/...` metrics.
+
+        `optimizer` may be a torch optimizer, an `AcceleratedOptimizer`, or None (a saved model, no training).
+        Every process must get the same report so that every replica makes the same edit.
+        """
+
+    def after_optimizer_step(self, model: nn.Module) -> None:
+        """Re-apply persistent masks after an optimizer step (cheap, in place, no host sync). Default: none."""
+        return None
+
+    def pruned_masks(self) -> dict[int, torch.Tensor] | None:
+        """Per layer, a bool mask shaped like `c_fc.weight`: True = pruned and stays pruned. None: no pruning."""
+        return None
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly (tensors, ints, lists, str-keyed dicts only)."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""
+
+    def last_layer_details(self) -> list[dict[str, Any]]:
+        """Per layer, the numbers of the last `revive` (keys: layer, dead_units, revived_units, + method's own)."""
+        return [dict(d) for d in self._details]
+
+    def _check_method(self, state: dict[str, Any]) -> None:
+        if state.get("method", self.name) != self.name:
+            raise ValueError(f"revival state is for method {state['method']!r}, not {self.name!r}")
+
+
+def revived_count(previous: list[int] | None, now: list[int]) -> int:
+    """Units in the previous revival's set that are not in the set now (0 at the first revival)."""
+    return 0 if previous is None else len(set(previous) - set(now))

@@ -1,0 +1,144 @@
+"""ReDo (Sokar et al. 2023, "The Dormant Neuron Phenomenon in Deep Reinforcement Learning"): re-initialise
+dormant MLP units.
+
+A unit of layer i is dormant when its score `dormancy[j] <= tau` at `mlp_post` (a score that is NaN or
+missing, as when the whole layer is silent, counts as dormant). Each dormant unit gets fresh incoming weights
+from the model's own init (GPT-2: normal(0, initializer_range) for Conv1D), a zero bias, zero outgoing weights
+(`c_proj.weight[j, :]`), and its optimizer state reset. With zero outgoing weights the unit contributes
+nothing right after revival; the model's output is exactly unchanged when the unit's activation was exactly
+zero (a dead ReLU unit), and otherwise loses the unit's small (score <= tau) contribution, as in the paper.
+
+Metrics returned by `revive` (totals, and per layer as `revival/layer_<i>/<name>` for the first three):
+
+- `revival/dormant_units`: dormant units at `mlp_post`, i.e. units re-initialised by this revival.
+- `revival/dead_units`: dead units in the same report (same meaning as for stripping, for comparing arms).
+- `revival/revived_units`: units dormant at the previous revival and not dormant now.
+- `revival/reinitialised_total`: unit re-initialisations over all revivals so far.
+- `revival/count`: revivals so far.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from reviveformer.revival.base import (
+    Reviver,
+    mlp_layers,
+    model_config,
+    revived_count,
+    site_layers,
+    unit_index,
+)
+from reviveformer.revival.optim import reset_adam_state
+
+# Spreads (seed, revival count) into distinct generator seeds.
+_SEED_STRIDE = 1_000_003
+
+
+def dormant_units(scores: list[float | None], tau: float) -> list[int]:
+    """Units whose ReDo score is <= tau (Sokar et al. 2023); NaN/None (a silent layer) counts as dormant."""
+    return [j for j, s in enumerate(scores) if s is None or math.isnan(s) or s <= tau]
+
+
+class ReDo(Reviver):
+    """ReDo re-initialisation of dormant MLP units (Sokar et al. 2023)."""
+
+    name = "redo"
+
+    def __init__(self, tau: float = 0.1, seed: int = 0) -> None:
+        super().__init__()
+        if tau < 0:
+            raise ValueError(f"tau={tau} must be >= 0")
+        self.tau = tau
+        self.seed = seed
+        self.revivals = 0
+        self.reinitialised_total = 0
+        self._prev_dormant: dict[int, list[int]] = {}
+
+    @classmethod
+    def from_config(cls, cfg: Any, *, seed: int = 0) -> ReDo:
+        """From a `RevivalConfig` (its `tau`) and the run's seed."""
+        return cls(tau=cfg.tau, seed=seed)
+
+    @torch.no_grad()
+    def revive(self, model: nn.Module, report: dict[str, Any], optimizer: Any) -> dict[str, float]:
+        """Re-initialise every dormant unit at `mlp_post` and reset its optimizer state."""
+        mlps = mlp_layers(model)
+        std = float(model_config(model).initializer_range)
+        # Drawn on the CPU from a generator seeded by (seed, revival count): every process draws the same
+        # fresh weights whatever its device, so replicas stay identical.
+        gen = torch.Generator(device="cpu").manual_seed(self.seed * _SEED_STRIDE + self.revivals)
+        details = []
+        for entry in site_layers(report, mlps, self.name):
+            i = entry["layer"]
+            if "dormancy" not in entry:
+                raise ValueError(
+                    f"revival.method=redo needs per-unit 'dormancy' scores in layer {i} of the report"
+                )
+            c_fc, c_proj = mlps[i].c_fc, mlps[i].c_proj
+            n_in, n_units = c_fc.weight.shape
+            if len(entry["dormancy"]) != n_units:
+                raise ValueError(
+                    f"report has {len(entry['dormancy'])} dormancy scores in layer {i}, the model {n_units} units"
+                )
+            dormant = dormant_units(entry["dormancy"], self.tau)
+            idx = unit_index(dormant, n_units, c_fc.weight.device)
+            if idx.numel():
+                fresh = torch.randn((n_in, idx.numel()), generator=gen, dtype=torch.float32) * std
+                c_fc.weight[:, idx] = fresh.to(device=c_fc.weight.device, dtype=c_fc.weight.dtype)
+                col = torch.zeros(c_fc.weight.shape, dtype=torch.bool, device=c_fc.weight.device)
+                col[:, idx] = True
+                reset_adam_state(optimizer, c_fc.weight, col)
+                if c_fc.bias is not None:
+                    c_fc.bias[idx] = 0
+                    unit = torch.zeros(n_units, dtype=torch.bool, device=c_fc.bias.device)
+                    unit[idx] = True
+                    reset_adam_state(optimizer, c_fc.bias, unit)
+                # Zero outgoing weights: the fresh unit starts with no effect on the output (Sokar et al. 2023).
+                c_proj.weight[idx, :] = 0
+                row = torch.zeros(c_proj.weight.shape, dtype=torch.bool, device=c_proj.weight.device)
+                row[idx, :] = True
+                reset_adam_state(optimizer, c_proj.weight, row)
+            details.append(
+                {
+                    "layer": i,
+                    "dead_units": len(set(entry.get("dead_units", []))),
+                    "dormant_units": len(dormant),
+                    "revived_units": revived_count(self._prev_dormant.get(i), dormant),
+                }
+            )
+            self._prev_dormant[i] = dormant
+            self.reinitialised_total += len(dormant)
+        self.revivals += 1
+        self._details = details
+        metrics: dict[str, float] = {}
+        for key in ("dormant_units", "dead_units", "revived_units"):
+            metrics[f"revival/{key}"] = float(sum(d[key] for d in details))
+        metrics["revival/reinitialised_total"] = float(self.reinitialised_total)
+        metrics["revival/count"] = float(self.revivals)
+        for d in details:
+            for key in ("dormant_units", "dead_units", "revived_units"):
+                metrics[f"revival/layer_{d['layer']}/{key}"] = float(d[key])
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        """Seed, counters and the previous dormant set per layer."""
+        return {
+            "method": self.name,
+            "seed": self.seed,
+            "revivals": self.revivals,
+            "reinitialised_total": self.reinitialised_total,
+            "prev_dormant": {str(i): list(d) for i, d in self._prev_dormant.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict()`."""
+        self._check_method(state)
+        self.seed = int(state["seed"])
+        self.revivals = int(state["revivals"])
+        self.reinitialised_total = int(state["reinitialised_total"])
+        self._prev_dormant = {int(i): [int(j) for j in d] for i, d in state["prev_dormant"].items()}

@@ -1,0 +1,179 @@
+"""Synaptic stripping (Whitaker & Whitley 2023, "Synaptic Stripping: How Pruning Can Bring Dead Neurons Back
+To Life"): zero the most negative incoming weights of dead MLP units so that they can fire again.
+
+Metrics returned by `revive` (totals, and per layer as `revival/layer_<i>/<name>` for the first four):
+
+- `revival/dead_units`: dead units at `mlp_post` in this report.
+- `revival/stripped_now`: parameter entries zeroed by this revival (c_fc weights, plus biases if strip_bias).
+- `revival/pruned_total`: entries held at zero by the persistent mask (0 when not persistent).
+- `revival/revived_units`: units dead at the previous revival and alive now (0 at the first revival).
+- `revival/stripped_total`: entries zeroed over all revivals so far.
+- `revival/count`: revivals so far.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from reviveformer.revival.base import Reviver, mlp_layers, revived_count, site_layers, unit_index
+from reviveformer.revival.optim import reset_adam_state
+
+# ceil(fraction * n) is taken on fraction * n * (1 - _CEIL_SLACK): a product such as 0.1 * 30 is
+# 3.0000000000000004 in floating point, and its ceil must be the 3 that the user meant, not 4.
+_CEIL_SLACK = 1e-12
+
+
+def strip_counts(n_nonzero: torch.Tensor, fraction: float) -> torch.Tensor:
+    """k = ceil(fraction * n) per unit (Whitaker & Whitley 2023), robust to float error in the product."""
+    return torch.ceil(n_nonzero.double() * fraction * (1.0 - _CEIL_SLACK)).long()
+
+
+def strip_layer(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    dead_units: list[int] | torch.Tensor,
+    fraction: float,
+    strip_bias: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Which entries of one layer synaptic stripping zeroes (pure: the tensors are not modified).
+
+    `weight` is `c_fc.weight`, shaped (in, out) (GPT-2's Conv1D), so unit j's incoming weights are
+    `weight[:, j]`. For each dead unit j: n = nonzero entries of `weight[:, j]`, k = ceil(fraction * n); the k
+    most negative entries are zeroed, or all negative ones if fewer than k are negative (Whitaker & Whitley
+    2023). With `strip_bias`, a negative `bias[j]` is zeroed too. Ties are broken by the lower row index
+    (stable sort), so the choice is deterministic. Returns bool masks shaped like `weight` and `bias`.
+    """
+    w_mask = torch.zeros(weight.shape, dtype=torch.bool, device=weight.device)
+    b_mask = None if bias is None else torch.zeros(bias.shape, dtype=torch.bool, device=bias.device)
+    dead = torch.as_tensor(dead_units, dtype=torch.long).to(weight.device).unique(sorted=True)
+    if dead.numel() == 0:
+        return w_mask, b_mask
+    if dead[0] < 0 or dead[-1] >= weight.shape[1]:
+        raise ValueError(f"dead unit indices must be in [0, {weight.shape[1]}), got {dead.tolist()}")
+    cols = weight.detach().index_select(1, dead)  # (in, n_dead): one column per dead unit
+    k = strip_counts((cols != 0).sum(0), fraction)
+    k = torch.minimum(k, (cols < 0).sum(0))  # only negative entries are candidates
+    # Rank of each entry within its column, most negative first; rank < k <= #negatives selects only
+    # negative entries. argsort of the permutation inverts it without a (non-deterministic on GPU) scatter.
+    order = torch.sort(cols, dim=0, stable=True).indices
+    rank = torch.argsort(order, dim=0)
+    w_mask[:, dead] = rank < k.unsqueeze(0)
+    if strip_bias and bias is not None:
+        assert b_mask is not None
+        b_mask[dead] = bias.detach()[dead] < 0
+    return w_mask, b_mask
+
+
+class SynapticStripping(Reviver):
+    """Synaptic stripping of dead MLP units (Whitaker & Whitley 2023), optionally as persistent pruning."""
+
+    name = "synaptic_stripping"
+
+    def __init__(self, fraction: float = 0.05, persistent: bool = True, strip_bias: bool = False) -> None:
+        super().__init__()
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"fraction={fraction} must be in (0, 1]")
+        self.fraction = fraction
+        self.persistent = persistent
+        self.strip_bias = strip_bias
+        self.revivals = 0
+        self.stripped_total = 0
+        self._masks: dict[int, torch.Tensor] = {}  # layer -> bool (in, out), True = pruned for good
+        self._bias_masks: dict[int, torch.Tensor] = {}  # layer -> bool (out,)
+        self._prev_dead: dict[int, list[int]] = {}
+
+    @classmethod
+    def from_config(cls, cfg: Any, *, seed: int = 0) -> SynapticStripping:
+        """From a `RevivalConfig` (fraction, persistent, strip_bias); stripping draws no random numbers."""
+        return cls(fraction=cfg.fraction, persistent=cfg.persistent, strip_bias=cfg.strip_bias)
+
+    @torch.no_grad()
+    def revive(self, model: nn.Module, report: dict[str, Any], optimizer: Any) -> dict[str, float]:
+        """Strip every dead unit at `mlp_post`, reset its optimizer state, extend the persistent mask."""
+        mlps = mlp_layers(model)
+        details = []
+        for entry in site_layers(report, mlps, self.name):
+            i = entry["layer"]
+            c_fc = mlps[i].c_fc
+            dead = unit_index(entry["dead_units"], c_fc.weight.shape[1], c_fc.weight.device)
+            w_mask, b_mask = strip_layer(c_fc.weight, c_fc.bias, dead, self.fraction, self.strip_bias)
+            c_fc.weight.masked_fill_(w_mask, 0)
+            # Momentum would otherwise push the zeroed weights straight back (Whitaker & Whitley 2023).
+            reset_adam_state(optimizer, c_fc.weight, w_mask)
+            stripped = int(w_mask.sum())
+            if b_mask is not None and c_fc.bias is not None:
+                c_fc.bias.masked_fill_(b_mask, 0)
+                reset_adam_state(optimizer, c_fc.bias, b_mask)
+                stripped += int(b_mask.sum())
+            if self.persistent:
+                prev_w = self._masks.get(i)
+                self._masks[i] = w_mask if prev_w is None else w_mask | prev_w.to(w_mask.device)
+                if b_mask is not None:
+                    prev = self._bias_masks.get(i)
+                    self._bias_masks[i] = b_mask if prev is None else b_mask | prev.to(b_mask.device)
+            dead_list = dead.tolist()
+            pruned = int(self._masks[i].sum()) if i in self._masks else 0
+            if i in self._bias_masks:
+                pruned += int(self._bias_masks[i].sum())
+            details.append(
+                {
+                    "layer": i,
+                    "dead_units": len(dead_list),
+                    "stripped_now": stripped,
+                    "pruned_total": pruned,
+                    "revived_units": revived_count(self._prev_dead.get(i), dead_list),
+                }
+            )
+            self._prev_dead[i] = dead_list
+            self.stripped_total += stripped
+        self.revivals += 1
+        self._details = details
+        metrics: dict[str, float] = {}
+        for key in ("dead_units", "stripped_now", "pruned_total", "revived_units"):
+            metrics[f"revival/{key}"] = float(sum(d[key] for d in details))
+        metrics["revival/stripped_total"] = float(self.stripped_total)
+        metrics["revival/count"] = float(self.revivals)
+        for d in details:
+            for key in ("dead_units", "stripped_now", "pruned_total", "revived_units"):
+                metrics[f"revival/layer_{d['layer']}/{key}"] = float(d[key])
+        return metrics
+
+    @torch.no_grad()
+    def after_optimizer_step(self, model: nn.Module) -> None:
+        """Hold persistently stripped entries at zero (in-place masked_fill_, no host sync)."""
+        if not self._masks and not self._bias_masks:
+            return
+        mlps = mlp_layers(model)
+        for masks, attr in ((self._masks, "weight"), (self._bias_masks, "bias")):
+            for i, mask in masks.items():
+                param = getattr(mlps[i].c_fc, attr)
+                if mask.device != param.device:  # once, after load_state_dict (masks are loaded on CPU)
+                    mask = masks[i] = mask.to(param.device)
+                param.masked_fill_(mask, 0)
+
+    def pruned_masks(self) -> dict[int, torch.Tensor] | None:
+        """The persistent `c_fc.weight` masks per layer (None when not persistent)."""
+        return dict(self._masks) if self.persistent else None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Masks (CPU bool tensors), the previous dead set per layer, and the counters."""
+        return {
+            "method": self.name,
+            "revivals": self.revivals,
+            "stripped_total": self.stripped_total,
+            "masks": {str(i): m.cpu() for i, m in self._masks.items()},
+            "bias_masks": {str(i): m.cpu() for i, m in self._bias_masks.items()},
+            "prev_dead": {str(i): list(d) for i, d in self._prev_dead.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict()`; masks move to the weights' device at the next `after_optimizer_step`."""
+        self._check_method(state)
+        self.revivals = int(state["revivals"])
+        self.stripped_total = int(state["stripped_total"])
+        self._masks = {int(i): m.to(torch.bool).clone() for i, m in state["masks"].items()}
+        self._bias_masks = {int(i): m.to(torch.bool).clone() for i, m in state["bias_masks"].items()}
+        self._prev_dead = {int(i): [int(j) for j in d] for i, d in state["prev_dead"].items()}

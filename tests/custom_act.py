@@ -1,0 +1,29 @@
+"""User-style custom activations for the `package.module:attr` tests (imported by name, not by pytest)."""
+
+import torch
+from torch import nn
+
+
+class Cube(nn.Module):
+    """An nn.Module class: instantiated with no arguments."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * x * x
+
+
+def squareplus(x: torch.Tensor) -> torch.Tensor:
+    """A plain tensor -> tensor function: wrapped in a module."""
+    return 0.5 * (x + torch.sqrt(x * x + 4.0))
+
+
+def make_tanh() -> nn.Module:
+    """A zero-argument factory returning a module."""
+    return nn.Tanh()
+
+
+def make_nothing() -> int:
+    """A zero-argument factory that returns no module (an error)."""
+    return 3
+
+
+NOT_CALLABLE = 3
