@@ -51,9 +51,10 @@ class ModelConfig:
     """MLP width; None means 4 * n_embd (GPT-2's default)."""
     dropout: float = 0.0
     """Dropout for residual, embedding and attention (GPT-2's resid/embd/attn_pdrop)."""
-    activation: str = "gelu_new"
+    activation: str | None = None
     """MLP activation: a registry name (relu, leaky_relu, elu, selu, gelu, gelu_new, silu, swish, mish) or
-    `package.module:attr`. With init_from, a different name swaps the checkpoint's activation."""
+    `package.module:attr`. None: gelu_new (GPT-2's own) for a new model, the checkpoint's own with init_from;
+    with init_from, another name swaps the checkpoint's activation."""
     leaky_relu_slope: float = 0.01
     """Negative slope of leaky_relu."""
     init_from: str | None = None
@@ -68,7 +69,7 @@ class ModelConfig:
             (self.n_positions >= 1, f"n_positions={self.n_positions} must be >= 1"),
             (self.n_inner is None or self.n_inner >= 1, f"n_inner={self.n_inner} must be >= 1 or null"),
             (0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)"),
-            (bool(self.activation), "activation must be a non-empty name"),
+            (self.activation is None or bool(self.activation), "activation must be a name or null"),
             (self.leaky_relu_slope >= 0, f"leaky_relu_slope={self.leaky_relu_slope} must be >= 0"),
         ]))
 

@@ -1,0 +1,147 @@
+"""Resumable checkpoints: Accelerate's save_state plus reviveformer's own state, written atomically.
+
+A checkpoint is written under `checkpoints/.tmp-step_XXXXXXXX` and renamed to `step_XXXXXXXX` only when
+complete (with a `COMPLETE` marker inside), so a run killed mid-write never resumes from a half-written one.
+Our own state is tensors in safetensors and everything else in JSON: nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from reviveformer.errors import CheckpointError
+
+log = logging.getLogger("reviveformer")
+
+STEP_DIR = re.compile(r"^step_(\d{8})$")
+MARKER = "COMPLETE"
+STATE_JSON = "reviveformer_state.json"
+STATE_TENSORS = "reviveformer_state.safetensors"
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def _flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Move tensors out of a nested state into `tensors` (dotted keys); return the JSON-able rest."""
+    if isinstance(obj, torch.Tensor):
+        key = prefix or "_"
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        if not all(isinstance(k, (str, int)) for k in obj):
+            raise TypeError(f"state keys under '{prefix}' must be str or int")
+        return {"__dict__": [[k, _flatten(v, f"{prefix}.{k}" if prefix else str(k), tensors)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return {"__list__": [_flatten(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)],
+                "tuple": isinstance(obj, tuple)}
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot checkpoint a {type(obj).__name__} at '{prefix}'")
+
+
+def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__dict__" in obj:
+            return {k: _unflatten(v, tensors) for k, v in obj["__dict__"]}
+        if "__list__" in obj:
+            items = [_unflatten(v, tensors) for v in obj["__list__"]]
+            return tuple(items) if obj.get("tuple") else items
+    return obj
+
+
+def write_state(directory: Path, state: dict[str, Any]) -> None:
+    tensors: dict[str, torch.Tensor] = {}
+    rest = _flatten(state, "", tensors)
+    save_file(tensors, str(directory / STATE_TENSORS))
+    (directory / STATE_JSON).write_text(json.dumps(rest))
+
+
+def read_state(directory: Path) -> dict[str, Any]:
+    try:
+        tensors = load_file(str(directory / STATE_TENSORS))
+        rest = json.loads((directory / STATE_JSON).read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {directory} is unreadable ({type(e).__name__}: {e})") from None
+    return _unflatten(rest, tensors)
+
+
+def save_checkpoint(accelerator, checkpoints_dir: Path, step: int, state: dict[str, Any], limit: int) -> Path:
+    """All processes call this (save_state gathers); the main process writes our state and renames."""
+    final = checkpoints_dir / step_dir_name(step)
+    tmp = checkpoints_dir / f".tmp-{step_dir_name(step)}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    if accelerator.is_main_process:
+        write_state(tmp, state)
+        (tmp / MARKER).write_text(str(step))
+        if final.exists():  # the same step saved again (epoch end right after a periodic save)
+            shutil.rmtree(final)
+        tmp.rename(final)
+        prune(checkpoints_dir, limit)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def list_complete(checkpoints_dir: Path) -> list[Path]:
+    if not checkpoints_dir.is_dir():
+        return []
+    found = [p for p in checkpoints_dir.iterdir() if STEP_DIR.match(p.name) and (p / MARKER).is_file()]
+    return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
+
+
+def prune(checkpoints_dir: Path, limit: int) -> None:
+    for old in list_complete(checkpoints_dir)[:-limit]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in checkpoints_dir.glob(".tmp-step_*"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def is_loadable(path: Path) -> bool:
+    """A cheap integrity check: the marker, our state and the model weights are present and parse."""
+    try:
+        read_state(path)
+        from safetensors import safe_open
+
+        weights = sorted(path.glob("model*.safetensors"))
+        if not weights:
+            return False
+        for w in weights:
+            with safe_open(str(w), framework="pt") as f:
+                list(f.keys())
+        return (path / MARKER).is_file()
+    except Exception:
+        return False
+
+
+def find_resume_point(checkpoints_dir: Path) -> Path | None:
+    """The newest complete and readable checkpoint; a corrupt one is skipped with a warning naming it."""
+    for path in reversed(list_complete(checkpoints_dir)):
+        if is_loadable(path):
+            return path
+        log.warning("skipping corrupt checkpoint %s (it does not read back); trying an older one", path)
+    return None
+
+
+def load_checkpoint(accelerator, path: Path) -> dict[str, Any]:
+    try:
+        accelerator.load_state(str(path))
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} could not be restored ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}); it may belong to another model size "
+                              "or number of processes") from None
+    return read_state(path)

@@ -1,0 +1,62 @@
+"""The `reviveformer` command line: one entry point, one module per command under reviveformer/commands.
+
+Every user error (bad config, missing file, incompatible checkpoint) ends as one paragraph on stderr and
+exit status 2, with no traceback; `TrainingHalted` (a non-finite loss, for example) exits 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+
+from reviveformer.errors import TrainingHalted, UserError
+
+EXIT_USER_ERROR = 2
+EXIT_HALTED = 3
+
+
+def _setup_logging() -> None:
+    main = os.environ.get("RANK", "0") in ("0", "")
+    logging.basicConfig(level=logging.INFO if main else logging.ERROR, format="%(message)s", stream=sys.stderr)
+    for noisy in ("accelerate", "transformers", "datasets", "httpx", "urllib3", "wandb", "torch"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from reviveformer.commands import COMMANDS
+
+    parser = argparse.ArgumentParser(prog="reviveformer", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _setup_logging()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except UserError as e:
+        print(f"reviveformer {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except TrainingHalted as e:
+        print(f"reviveformer {args.command}: stopped: {e}", file=sys.stderr)
+        return EXIT_HALTED
+    except KeyboardInterrupt:
+        print(f"reviveformer {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

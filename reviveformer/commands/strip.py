@@ -1,0 +1,67 @@
+"""`reviveformer strip CHECKPOINT --out DIR [key=value ...]`: one synaptic-stripping pass on a saved model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "measure a saved model, strip the incoming weights of its dead MLP units, save the result"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a model directory (RUN_DIR/final, any GPT-2 save_pretrained folder) or a run dir")
+    p.add_argument("overrides", nargs="*", help="data.* / liveness.* / revival.fraction|strip_bias overrides")
+    p.add_argument("--out", required=True, help="folder for the stripped model (must not exist or be empty)")
+    p.add_argument("--split", choices=["validation", "train", "all"], default="validation",
+                   help="which split of the data to measure on (default: validation)")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per batch per process")
+
+
+def run(args: argparse.Namespace) -> int:
+    import shutil
+
+    from accelerate import Accelerator
+
+    from reviveformer.errors import UserError
+    from reviveformer.model import save_final
+    from reviveformer.revival.stripping import SynapticStripping
+    from reviveformer.saved_model import measure_saved, open_saved_model, write_json
+
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--out {out} already exists and is not an empty folder; give a new folder")
+    saved = open_saved_model(args.checkpoint, args.overrides)
+    if "mlp_post" not in saved.cfg.liveness.sites:
+        raise UserError("strip decides from the dead units at mlp_post: keep 'mlp_post' in liveness.sites")
+    acc = Accelerator()
+    _, report, _ = measure_saved(saved, acc, args.split, args.batch_size, progress_desc="measure")
+    unwrapped = saved.model  # the prepared wrapper shares these parameters
+    stripper = SynapticStripping.from_config(saved.cfg.revival)
+    metrics = stripper.revive(unwrapped, report.to_json(), None)
+    if acc.is_main_process:
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        cfg = saved.cfg
+        cfg.revival.method = "synaptic_stripping"
+        save_final(unwrapped, saved.tokenizer, cfg, tmp)
+        layers = [{"layer": d["layer"], "dead_units": d["dead_units"], "weights_stripped": d["stripped_now"]}
+                  for d in stripper.last_layer_details()]
+        strip_report = {
+            "checkpoint": str(saved.path),
+            "fraction": cfg.revival.fraction,
+            "strip_bias": cfg.revival.strip_bias,
+            "dead_units": int(metrics.get("revival/dead_units", 0)),
+            "weights_stripped": int(metrics.get("revival/stripped_now", 0)),
+            "layers": layers,
+        }
+        write_json(tmp / "strip.json", strip_report)
+        write_json(tmp / "liveness.json", report.to_json())
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+        for d in layers:
+            print(f"layer {d['layer']}: {d['dead_units']} dead units, {d['weights_stripped']} weights stripped")
+        print(f"stripped {strip_report['weights_stripped']} weights of {strip_report['dead_units']} dead units; "
+              f"model, strip.json and liveness.json in {out}")
+    acc.end_training()
+    return 0

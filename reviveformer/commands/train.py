@@ -1,0 +1,29 @@
+"""`reviveformer train RECIPE.yaml [key=value ...]`: pre-train, or fine-tune with model.init_from."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "train or fine-tune a GPT-2 from a recipe (overrides as key=value)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="YAML recipe, e.g. recipes/quickstart.yaml")
+    p.add_argument("overrides", nargs="*", help="OmegaConf dot-list overrides, e.g. train.lr=3e-4")
+
+
+def run(args: argparse.Namespace) -> int:
+    from reviveformer.config import load_config
+    from reviveformer.trainer import train
+
+    cfg = load_config(args.recipe, args.overrides)
+    summary = train(cfg)
+    if summary.run_dir and _is_main():
+        print("\n".join(summary.lines()))
+    return 0
+
+
+def _is_main() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") in ("0", "")

@@ -1,0 +1,261 @@
+"""Data: text sources -> documents -> tokenizer -> packed blocks, through `datasets` with on-disk caching.
+
+Sources (design.md, Data): `stdlib` (the Python standard library's own source files on this machine, no
+download), `text` (local files or folders) and `hub` (a `datasets` name/config). Documents are split into
+train/validation before packing, so no validation block shares text with a training block.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+from datasets import Dataset, DatasetDict
+
+from reviveformer.config import DataConfig
+from reviveformer.errors import DataError
+
+log = logging.getLogger("reviveformer")
+datasets.disable_progress_bars()  # tokenising is quick and cached; the training bar is the one that matters
+
+EOS = "<|endoftext|>"
+# Documents are cut into chunks of about this many characters (at line boundaries) so that even a single
+# text file yields enough documents for a train/validation split.
+CHUNK_CHARS = 4000
+TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".text", ".json", ".csv", ".tex", ".html", ""}
+
+
+@dataclass
+class PackedData:
+    """Packed train/validation blocks (columns input_ids, labels) and the tokenizer that made them."""
+
+    train: Dataset
+    val: Dataset
+    tokenizer: object  # a transformers tokenizer
+    fingerprint: str
+
+    @property
+    def train_tokens(self) -> int:
+        return len(self.train) * len(self.train[0]["input_ids"]) if len(self.train) else 0
+
+
+def cache_root(cfg: DataConfig) -> Path:
+    return Path(cfg.cache_dir or os.environ.get("REVIVEFORMER_CACHE", Path.home() / ".cache" / "reviveformer"))
+
+
+def _stdlib_files(max_files: int | None) -> list[Path]:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in root.glob("*.py") if p.is_file())
+    if not files:
+        raise DataError(f"data.source=stdlib found no .py files in {root}; use data.source=text data.path=FILE")
+    return files[:max_files] if max_files else files
+
+
+def _text_files(path: str, max_files: int | None) -> list[Path]:
+    p = Path(path).expanduser()
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES)
+        if not files:
+            raise DataError(f"data.path={path} is a folder with no text files ({', '.join(sorted(TEXT_SUFFIXES - {''}))})")
+        return files[:max_files] if max_files else files
+    raise DataError(f"data.path={path} does not exist (give a text file or a folder of text files)")
+
+
+def _chunk(text: str) -> list[str]:
+    chunks, cur, size = [], [], 0
+    for line in text.splitlines(keepends=True):
+        cur.append(line)
+        size += len(line)
+        if size >= CHUNK_CHARS:
+            chunks.append("".join(cur))
+            cur, size = [], 0
+    if cur and "".join(cur).strip():
+        chunks.append("".join(cur))
+    return chunks
+
+
+def _files_signature(files: list[Path]) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.resolve()}|{st.st_size}|{int(st.st_mtime)}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def load_documents(cfg: DataConfig, seed: int) -> tuple[DatasetDict, str]:
+    """Documents as a DatasetDict with splits train/validation (column `text`), and a fingerprint of them."""
+    if cfg.source == "hub":
+        return _load_hub(cfg, seed)
+    files = _stdlib_files(cfg.max_files) if cfg.source == "stdlib" else _text_files(cfg.path or "", cfg.max_files)
+    texts: list[str] = []
+    for f in files:
+        try:
+            texts.extend(_chunk(f.read_text(encoding="utf-8")))
+        except UnicodeDecodeError:
+            log.warning("skipping %s: not UTF-8 text", f)
+    texts = [t for t in texts if t.strip()]
+    where = "the standard library" if cfg.source == "stdlib" else f"data.path={cfg.path}"
+    if len(texts) < 2:
+        raise DataError(f"{where} holds too little text ({len(texts)} non-empty chunk(s) of ~{CHUNK_CHARS} chars); "
+                        "need at least 2 for a train/validation split")
+    fp = f"{cfg.source}-{_files_signature(files)}"
+    docs = Dataset.from_dict({"text": texts})
+    return _split(docs, cfg.val_fraction, seed), fp
+
+
+def _split(docs: Dataset, val_fraction: float, seed: int) -> DatasetDict:
+    n_val = max(1, round(len(docs) * val_fraction))
+    split = docs.train_test_split(test_size=n_val, seed=seed, shuffle=True)
+    return DatasetDict(train=split["train"], validation=split["test"])
+
+
+def _load_hub(cfg: DataConfig, seed: int) -> tuple[DatasetDict, str]:
+    try:
+        raw = datasets.load_dataset(cfg.name, cfg.config)
+    except Exception as e:  # the hub raises many types (connection, not found, offline)
+        raise DataError(f"data.name={cfg.name} data.config={cfg.config} could not be loaded from the hub or its "
+                        f"local cache: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    if "train" not in raw:
+        raise DataError(f"dataset {cfg.name} has no 'train' split (splits: {', '.join(raw)})")
+    col = cfg.text_column
+    if col not in raw["train"].column_names:
+        raise DataError(f"data.text_column={col} is not a column of {cfg.name} (columns: {raw['train'].column_names})")
+
+    def clean(ds: Dataset) -> Dataset:
+        ds = ds.select_columns([col]).rename_column(col, "text") if col != "text" else ds.select_columns(["text"])
+        return ds.filter(lambda b: [bool(t.strip()) for t in b["text"]], batched=True)
+
+    fp = f"hub-{cfg.name}-{cfg.config}".replace("/", "_")
+    if "validation" in raw:
+        return DatasetDict(train=clean(raw["train"]), validation=clean(raw["validation"])), fp
+    return _split(clean(raw["train"]), cfg.val_fraction, seed), fp
+
+
+def train_bpe_tokenizer(texts, vocab_size: int):
+    """A byte-level BPE tokenizer (GPT-2's scheme) trained on `texts`, as a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer, length=None)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=EOS)
+
+
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path)
+    except Exception as e:
+        raise DataError(f"data.tokenizer={name_or_path} could not be loaded (a tokenizer folder, 'bpe' to train one, "
+                        f"or 'gpt2' when the hub or its cache is reachable): {type(e).__name__}") from None
+    if tok.eos_token is None:
+        raise DataError(f"tokenizer {name_or_path} has no end-of-text token; reviveformer separates documents with it")
+    return tok
+
+
+def get_tokenizer(cfg: DataConfig, docs: DatasetDict, fingerprint: str):
+    """The configured tokenizer; a trained bpe one is cached by (documents, vocab_size) and reused."""
+    if cfg.tokenizer != "bpe":
+        return load_tokenizer(cfg.tokenizer)
+    cached = cache_root(cfg) / "tokenizers" / f"{fingerprint}-v{cfg.vocab_size}-n{len(docs['train'])}"
+    if (cached / "tokenizer.json").is_file():
+        return load_tokenizer(str(cached))
+    tok = train_bpe_tokenizer(docs["train"]["text"], cfg.vocab_size)
+    tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
+    tok.save_pretrained(tmp)
+    try:
+        tmp.rename(cached)
+    except OSError:  # another process finished first; keep theirs
+        pass
+    return load_tokenizer(str(cached)) if (cached / "tokenizer.json").is_file() else tok
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
+
+
+def pack(docs: Dataset, tokenizer, block_size: int, max_tokens: int | None, fingerprint: str) -> Dataset:
+    """Tokenise documents (each followed by EOS), concatenate and cut into full blocks of block_size."""
+    eos = tokenizer.eos_token_id
+
+    def tokenize(batch):
+        ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
+        return {"ids": [x + [eos] for x in ids]}
+
+    def group(batch):
+        flat = [t for ids in batch["ids"] for t in ids]
+        n = len(flat) // block_size * block_size
+        blocks = [flat[i : i + block_size] for i in range(0, n, block_size)]
+        return {"input_ids": blocks, "labels": [list(b) for b in blocks]}
+
+    # Explicit fingerprints: datasets cannot hash a tokenizer closure reliably (hub datasets are disk-backed,
+    # so their map results are cached under these names; local ones are cached whole by prepare_data).
+    tok = docs.map(tokenize, batched=True, remove_columns=docs.column_names, new_fingerprint=f"{fingerprint}-tok",
+                   desc="tokenising")
+    packed = tok.map(group, batched=True, batch_size=1000, remove_columns=["ids"], new_fingerprint=f"{fingerprint}-pack",
+                     desc="packing")
+    if max_tokens is not None:
+        packed = packed.select(range(min(len(packed), max(1, max_tokens // block_size))))
+    return packed
+
+
+def _check_not_empty(train: Dataset, val: Dataset, cfg: DataConfig) -> None:
+    if len(train) == 0 or len(val) == 0:
+        which = "training" if len(train) == 0 else "validation"
+        raise DataError(f"the {which} split has no full block of data.block_size={cfg.block_size} tokens "
+                        f"(source={cfg.source}{', path=' + cfg.path if cfg.path else ''}); give more text, a "
+                        "smaller data.block_size, or a larger data.val_fraction")
+
+
+def prepare_data(cfg: DataConfig, seed: int, tokenizer=None) -> PackedData:
+    """Documents -> tokenizer (trained, loaded, or the one given) -> packed train/validation blocks (cached)."""
+    docs, fp = load_documents(cfg, seed)
+    if tokenizer is None:
+        tokenizer = get_tokenizer(cfg, docs, fp)
+    key_src = json.dumps([fp, tokenizer_fingerprint(tokenizer), cfg.block_size, cfg.val_fraction, seed,
+                          len(docs["train"]), len(docs["validation"])])
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:20]
+    store = cache_root(cfg) / "packed" / key
+    if (store / "done").is_file():
+        train, val = datasets.load_from_disk(str(store / "train")), datasets.load_from_disk(str(store / "validation"))
+    else:
+        train = pack(docs["train"], tokenizer, cfg.block_size, None, f"{key}-train")
+        val = pack(docs["validation"], tokenizer, cfg.block_size, None, f"{key}-val")
+        _check_not_empty(train, val, cfg)
+        tmp = store.with_name(store.name + f".tmp{os.getpid()}")
+        train.save_to_disk(str(tmp / "train"))
+        val.save_to_disk(str(tmp / "validation"))
+        (tmp / "done").write_text(key_src)
+        try:
+            tmp.rename(store)
+        except OSError:  # another process finished first
+            pass
+        if (store / "done").is_file():
+            train = datasets.load_from_disk(str(store / "train"))
+            val = datasets.load_from_disk(str(store / "validation"))
+    if cfg.max_tokens is not None:
+        n_train = min(len(train), max(1, cfg.max_tokens // cfg.block_size))
+        # validation shrinks in proportion so that small pilots do not spend most of their time evaluating
+        n_val = min(len(val), max(1, round(n_train * cfg.val_fraction / (1 - cfg.val_fraction))))
+        train, val = train.select(range(n_train)), val.select(range(n_val))
+    _check_not_empty(train, val, cfg)
+    train.set_format("torch")
+    val.set_format("torch")
+    return PackedData(train=train, val=val, tokenizer=tokenizer, fingerprint=key)

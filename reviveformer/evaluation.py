@@ -1,0 +1,61 @@
+"""Validation passes shared by training, `audit` and `strip`: exact token-mean loss and a liveness window."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def val_loader(accelerator, dataset, batch_size: int):
+    """A validation DataLoader split across processes without padding duplicates, so that liveness counts
+    see each token exactly once; losses are reduced as sums, which needs no equal batch counts."""
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    accelerator.even_batches = False
+    try:
+        return accelerator.prepare(loader)
+    finally:
+        accelerator.even_batches = True
+
+
+def reduce_sum(accelerator, t: torch.Tensor) -> torch.Tensor:
+    return accelerator.reduce(t, "sum") if accelerator.num_processes > 1 else t
+
+
+@torch.no_grad()
+def evaluate(model, loader, accelerator, max_batches: int | None = None, progress=None) -> dict[str, float]:
+    """Mean next-token loss over all validation tokens of all processes, and its perplexity."""
+    was_training = model.training
+    model.eval()
+    dev = accelerator.device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    count = torch.zeros((), dtype=torch.float64, device=dev)
+    for i, batch in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
+        labels = batch["labels"][:, 1:]
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)),
+                                                 labels.reshape(-1), reduction="sum", ignore_index=-100)
+        loss_sum += loss.double()
+        count += (labels != -100).sum()
+        if progress is not None:
+            progress.update(1)
+    loss_sum, count = reduce_sum(accelerator, loss_sum), reduce_sum(accelerator, count)
+    model.train(was_training)
+    val_loss = (loss_sum / count.clamp(min=1)).item()
+    return {"val/loss": val_loss, "val/ppl": math.exp(min(val_loss, 50.0))}
+
+
+def measure(model, loader, accelerator, monitor, pruned_masks=None, max_batches: int | None = None, progress=None):
+    """A validation pass in eval mode with its own liveness window (a training window in progress is kept).
+
+    Returns (val metrics, LivenessReport or None when there is no monitor)."""
+    if monitor is None:
+        return evaluate(model, loader, accelerator, max_batches, progress), None
+    with monitor.fresh_window():
+        val = evaluate(model, loader, accelerator, max_batches, progress)
+        report = monitor.report(reduce=lambda t: reduce_sum(accelerator, t), pruned_masks=pruned_masks)
+    return val, report

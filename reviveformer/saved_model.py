@@ -1,0 +1,108 @@
+"""Open a saved model for `audit` and `strip`: its weights, tokenizer and config, and its data.
+
+A checkpoint is any GPT2LMHeadModel directory (ours carries `reviveformer.yaml`, so its own data section and
+validation split are used by default); a run directory means its `final/`. `data.*` and `liveness.*`
+overrides point the measurement elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from reviveformer.config import Config, load_config, to_dict
+from reviveformer.data import load_tokenizer, prepare_data
+from reviveformer.errors import CheckpointError, UserError
+from reviveformer.model import RECIPE_NAME, load_model
+
+
+@dataclass
+class SavedModel:
+    path: Path
+    model: object
+    tokenizer: object
+    cfg: Config
+    ours: bool
+
+
+def resolve_checkpoint(path: str) -> Path:
+    p = Path(path).expanduser()
+    if (p / "final" / "config.json").is_file():  # a run directory
+        return p / "final"
+    if p.exists() and not (p / "config.json").is_file():
+        raise CheckpointError(f"checkpoint {path} holds no config.json: give a model directory (RUN_DIR/final, a "
+                              "save_pretrained folder) or a run directory")
+    return p
+
+
+def open_saved_model(path: str, overrides: list[str]) -> SavedModel:
+    where = resolve_checkpoint(path)
+    if not where.exists():
+        # not a local folder: a hub name (needs the hub or its cache)
+        model = load_model(str(path))
+        ours = False
+    else:
+        model = load_model(str(where))
+        ours = (where / RECIPE_NAME).is_file()
+    base = None
+    if ours:
+        base = to_dict(load_config(where / RECIPE_NAME))
+        base["train"]["output_dir"] = str(where.parent)
+        base["model"]["init_from"] = None
+    cfg = load_config(base, overrides)
+    tok_path = str(where) if (where / "tokenizer.json").is_file() or (where / "vocab.json").is_file() else None
+    if cfg.data.tokenizer != "bpe":
+        tok_path = cfg.data.tokenizer
+    if tok_path is None:
+        raise UserError(f"checkpoint {path} has no tokenizer: give one with data.tokenizer=PATH (a tokenizer folder)")
+    tokenizer = load_tokenizer(tok_path)
+    if len(tokenizer) > model.config.vocab_size:
+        raise CheckpointError(f"vocabulary mismatch: tokenizer {tok_path} has {len(tokenizer)} tokens but checkpoint "
+                              f"{path} embeds {model.config.vocab_size}; give the checkpoint's own tokenizer")
+    if cfg.data.block_size > model.config.n_positions:
+        cfg.data.block_size = model.config.n_positions
+    return SavedModel(path=where, model=model, tokenizer=tokenizer, cfg=cfg, ours=ours)
+
+
+def measurement_data(saved: SavedModel, split: str):
+    """The dataset to measure on: the validation split (default), the training split, or both."""
+    data = prepare_data(saved.cfg.data, saved.cfg.train.seed, tokenizer=saved.tokenizer)
+    if split == "validation":
+        return data.val
+    if split == "train":
+        return data.train
+    from datasets import concatenate_datasets
+
+    return concatenate_datasets([data.train, data.val])
+
+
+def write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.rename(path)
+
+
+def measure_saved(saved: SavedModel, accelerator, split: str = "validation", batch_size: int = 16,
+                  histogram: bool = False, progress_desc: str = "audit"):
+    """One liveness measurement of a saved model: (val metrics, LivenessReport, histograms or {})."""
+    from tqdm.auto import tqdm
+
+    from reviveformer.evaluation import measure, val_loader
+    from reviveformer.liveness import LivenessMonitor
+
+    if batch_size < 1:
+        raise UserError(f"--batch-size={batch_size} must be >= 1")
+    dataset = measurement_data(saved, split)
+    monitor = LivenessMonitor(saved.model, saved.cfg.liveness)
+    monitor.histogram_next = histogram  # a sample of activation values from the first batch
+    model = accelerator.prepare(saved.model)
+    loader = val_loader(accelerator, dataset, batch_size)
+    bar = tqdm(total=len(loader), desc=progress_desc, unit="batch", disable=not accelerator.is_main_process)
+    try:
+        val, report = measure(model, loader, accelerator, monitor, progress=bar)
+        hists = monitor.histograms() if histogram else {}
+    finally:
+        bar.close()
+        monitor.close()
+    return val, report, hists
