@@ -206,3 +206,24 @@ class Tracking:
             for t in self.accelerator.trackers:
                 t.finish()
         self.accelerator.trackers = []
+
+
+def fetch_wandb_group(entity_project: str, group: str) -> list[tuple[str, dict, list[dict], str | None, str]]:
+    """Runs of a W&B group through the public API: (name, config, history rows, job_type, id) each.
+    Needs credentials (`wandb login` or WANDB_API_KEY); errors propagate to the caller."""
+    import wandb
+
+    out = []
+    for r in wandb.Api().runs(entity_project, filters={"group": group}):
+        out.append((r.name, _plain(dict(r.config)), list(r.scan_history()), getattr(r, "job_type", None),
+                    getattr(r, "id", r.name)))
+    return out
+
+
+def _plain(obj: Any) -> Any:
+    """W&B config values as plain dicts/lists (the API returns its own mapping types)."""
+    if isinstance(obj, dict) or hasattr(obj, "items"):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj

@@ -1,0 +1,66 @@
+"""`reviveformer compare RUN_DIR [RUN_DIR ...] [--out DIR]`: runs side by side, a table and figures.
+
+Runs come from run directories, from a W&B group (`--wandb ENTITY/PROJECT --group G`), or both.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "compare runs side by side: a table (loss, dead ratios, capacity, revival) and figures"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "run_dirs", nargs="*", metavar="RUN_DIR", help="run directories written by `reviveformer train`"
+    )
+    p.add_argument(
+        "--out",
+        help="output folder (default: compare/ beside the first RUN_DIR, or "
+        "compare-GROUP/ in the current folder with --wandb)",
+    )
+    p.add_argument(
+        "--wandb",
+        metavar="ENTITY/PROJECT",
+        help="also read the runs of a W&B group (needs W&B credentials: `wandb login` or WANDB_API_KEY)",
+    )
+    p.add_argument("--group", help="the W&B group to read with --wandb (the recipes' wandb.group)")
+
+
+def _default_out(args: argparse.Namespace) -> Path:
+    if args.run_dirs:
+        return Path(args.run_dirs[0]).parent / "compare"
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in args.group)
+    return Path(f"compare-{safe}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from reviveformer import compare
+    from reviveformer.errors import UserError
+
+    if args.wandb and not args.group:
+        raise UserError(
+            "--wandb needs --group G: the W&B group whose runs to compare (the recipes' wandb.group)"
+        )
+    if args.group and not args.wandb:
+        raise UserError("--group needs --wandb ENTITY/PROJECT: the W&B project the group is in")
+    if not args.run_dirs and not args.wandb:
+        raise UserError("nothing to compare: give one or more RUN_DIRs, or --wandb ENTITY/PROJECT --group G")
+
+    # Read everything before writing anything, so a bad directory leaves no half-written output.
+    runs = compare.load_runs(args.run_dirs) if args.run_dirs else []
+    if args.wandb:
+        fetched = compare.fetch_wandb(args.wandb, args.group)
+        taken = {r.name for r in runs}
+        for r in fetched:
+            if r.name in taken:  # a local directory and a W&B run of the same name
+                r.name = f"wandb:{r.name}"
+        runs += fetched
+    result = compare.write_comparison(runs, Path(args.out) if args.out else _default_out(args))
+    print(result["text"])
+    print()
+    print(f"table: {result['markdown']} (rows as JSON: {result['json']})")
+    for title, path in result["figures"].items():
+        print(f"figure, {title}: {path}")
+    return 0
