@@ -12,7 +12,8 @@ def val_loader(accelerator, dataset, batch_size: int):
     see each token exactly once; losses are reduced as sums, which needs no equal batch counts."""
     from torch.utils.data import DataLoader
 
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    # its own generator, so that evaluating never draws from the global RNG that training's dropout uses
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator())
     accelerator.even_batches = False
     try:
         return accelerator.prepare(loader)

@@ -178,7 +178,10 @@ class Trainer:
             if "mlp_post" not in cfg.liveness.sites:
                 raise UserError("revival.method needs 'mlp_post' in liveness.sites (the dead set is taken there)")
 
-        train_loader = DataLoader(self.data.train, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True)
+        # Its own generator: creating an iterator must not draw from the global RNG that dropout uses, or a
+        # resumed run (which creates its iterator after restoring that RNG) would drift from a straight one.
+        train_loader = DataLoader(self.data.train, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True,
+                                  generator=torch.Generator().manual_seed(cfg.train.seed))
         if len(train_loader) == 0:
             raise UserError(f"train.batch_size={cfg.train.batch_size} is larger than the {len(self.data.train)} "
                             "training blocks; lower train.batch_size or add data")

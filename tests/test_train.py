@@ -1,0 +1,191 @@
+"""End-to-end training on tiny models: the run directory, falling loss, resume, final/ with plain transformers,
+W&B offline, and the same run under `accelerate launch` with 2 processes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from reviveformer.cli import main
+from reviveformer.config import load_config
+from reviveformer.trainer import train
+from conftest import REPO, tiny_overrides
+
+RECIPE = REPO / "recipes" / "quickstart.yaml"
+
+
+def metrics_rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, corpus_file):
+    """One tiny run of 2 epochs (30 steps each), shared by the assertions below."""
+    run_dir = tmp_path_factory.mktemp("runs") / "smoke"
+    cfg = load_config(RECIPE, tiny_overrides(run_dir, corpus_file, **{
+        "data.max_tokens": 32 * 8 * 30, "train.epochs": 2, "train.lr": 3e-3,
+        "alerts.rules": "[{name: dead_mlp, site: mlp_post, above: 0.0}]"}))
+    summary = train(cfg)
+    return run_dir, cfg, summary
+
+
+@pytest.mark.slow
+def test_run_directory_layout(trained):
+    run_dir, cfg, summary = trained
+    assert summary.steps == 60 and summary.epochs == 2
+    for rel in ["config.yaml", "metrics.jsonl", "alerts.jsonl", "liveness/epoch_000.json", "liveness/epoch_001.json",
+                "plots/frequency_heatmap.png", "plots/dead_ratio_per_layer.png", "plots/dead_ratio_over_training.png",
+                "final/config.json", "final/model.safetensors", "final/tokenizer.json", "final/reviveformer.yaml"]:
+        assert (run_dir / rel).is_file(), rel
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert ckpts == ["step_00000030", "step_00000060"]  # one per epoch, checkpoint_limit=2
+    saved = load_config(run_dir / "config.yaml")
+    assert saved.model.activation == "relu" and saved.train.output_dir == str(run_dir)
+
+
+@pytest.mark.slow
+def test_loss_falls_and_metric_names(trained):
+    run_dir, _, summary = trained
+    rows = metrics_rows(run_dir)
+    losses = [r["train/loss"] for r in rows if "train/loss" in r]
+    assert len(losses) == 12  # every 5 of 60 steps
+    assert losses[-1] < losses[0] - 1.0
+    assert summary.val_loss < math.log(512) - 0.7  # well below a uniform guess over the vocabulary
+    keys = set().union(*rows)
+    for k in ["train/lr", "train/grad_norm", "train/tokens_per_s", "val/loss", "val/ppl",
+              "liveness/mlp_post/dead_ratio", "liveness/mlp_pre/layer_1/dead_ratio",
+              "liveness/attn_out/layer_0/dormant_ratio", "capacity/alive_units", "capacity/effective_param_fraction",
+              "alerts/dead_mlp"]:
+        assert k in keys, k
+    # warm-up (2 steps) then cosine to 0.1 * lr over 60 steps: the lr logged at step s is the next step's
+    for r in rows:
+        if "train/lr" in r:
+            s = r["step"]
+            expected = 3e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - 2) / 58)))
+            assert r["train/lr"] == pytest.approx(expected, rel=1e-9), s
+
+
+@pytest.mark.slow
+def test_logged_val_loss_matches_plain_transformers(trained):
+    """final/ loads with plain transformers, and its loss on the validation blocks, computed here with
+    transformers' own loss, is the val/loss the run logged last."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from reviveformer.data import prepare_data
+
+    run_dir, cfg, summary = trained
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "final").eval()
+    tok = AutoTokenizer.from_pretrained(run_dir / "final")
+    data = prepare_data(cfg.data, cfg.train.seed, tokenizer=tok)
+    ids = data.val[:]["input_ids"]
+    with torch.no_grad():
+        loss = model(input_ids=ids, labels=ids).loss.item()  # mean over all shifted tokens, as ours
+    assert loss == pytest.approx(summary.val_loss, abs=1e-4)
+    liveness = json.loads((run_dir / "liveness" / "epoch_001.json").read_text())
+    assert liveness["tokens"] == ids.numel()  # every validation token observed once
+
+
+@pytest.mark.slow
+def test_alert_fires_once_per_crossing(trained):
+    run_dir, _, _ = trained
+    alerts = [json.loads(line) for line in (run_dir / "alerts.jsonl").read_text().splitlines()]
+    rows = metrics_rows(run_dir)
+    # independently: crossings of 0.0 per layer in the logged per-layer dead ratios
+    expected = 0
+    for layer in (0, 1):
+        above = False
+        for r in rows:
+            v = r.get(f"liveness/mlp_post/layer_{layer}/dead_ratio")
+            if v is None:
+                continue
+            if v > 0.0 and not above:
+                expected += 1
+            above = v > 0.0
+    assert len(alerts) == expected
+
+
+@pytest.mark.slow
+def test_resume_ends_with_the_same_weights(tmp_path, corpus_file):
+    """A run resumed from a mid-epoch checkpoint ends bit-identical to one run straight through
+    (dropout on, stripping on, so RNG, data position, masks and optimizer state all matter)."""
+    extra = {"data.max_tokens": 32 * 8 * 12, "train.epochs": 2, "train.checkpoint_every": 4,
+             "train.checkpoint_limit": 10, "train.deterministic": True, "model.dropout": 0.1,
+             "revival.method": "synaptic_stripping", "revival.fraction": 0.3, "liveness.dead_frequency": 0.2}
+    straight = tmp_path / "straight"
+    train(load_config(RECIPE, tiny_overrides(straight, corpus_file, **extra)))
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    # the state a run killed after step 16 (mid second epoch) would have left
+    shutil.copytree(straight / "checkpoints" / "step_00000016", resumed / "checkpoints" / "step_00000016")
+    summary = train(load_config(RECIPE, tiny_overrides(resumed, corpus_file, **extra, **{"train.resume": "auto"})))
+    assert summary.steps == 24
+    a = load_file(straight / "final" / "model.safetensors")
+    b = load_file(resumed / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    pruned = sum(int((a[f"transformer.h.{i}.mlp.c_fc.weight"] == 0).sum()) for i in range(2))
+    assert pruned > 0  # stripping did act, so the masks took part in the comparison
+    la = json.loads((straight / "liveness" / "epoch_001.json").read_text())
+    lb = json.loads((resumed / "liveness" / "epoch_001.json").read_text())
+    assert la == lb
+
+
+@pytest.mark.slow
+def test_wandb_offline_writes_a_local_run(tmp_path, corpus_file, caplog):
+    run_dir = tmp_path / "wb"
+    with caplog.at_level("INFO", logger="reviveformer"):
+        train(load_config(RECIPE, tiny_overrides(run_dir, corpus_file, **{
+            "data.max_tokens": 32 * 8 * 6, "wandb.mode": "offline", "wandb.group": "tests"})))
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert list(runs[0].glob("run-*.wandb")), "no W&B offline log file"
+    assert "wandb sync" in caplog.text
+
+
+@pytest.mark.slow
+def test_two_processes_with_accelerate_launch(tmp_path, corpus_file):
+    """Two CPU processes train one run; then the same final model audited by 1 and by 2 processes gives
+    identical counts (the counts are summed across processes before anything else)."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(free_port()), "-m", "reviveformer"]
+    run_dir = tmp_path / "ddp"
+    p = subprocess.run([*launch, "train", str(RECIPE), *tiny_overrides(run_dir, corpus_file, **{
+        "data.max_tokens": 32 * 16 * 8, "train.epochs": 1})], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = metrics_rows(run_dir)
+    steps = [r["step"] for r in rows if "train/loss" in r]
+    assert steps == [5]  # 8 steps of 2 x 8 sequences, logged once (main process only), not twice
+    assert (run_dir / "final" / "model.safetensors").is_file()
+
+    one = tmp_path / "audit1"
+    two = tmp_path / "audit2"
+    assert main(["audit", str(run_dir), "--out", str(one)]) == 0
+    launch[launch.index("--main_process_port") + 1] = str(free_port())
+    p = subprocess.run([*launch, "audit", str(run_dir), "--out", str(two)], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    a = json.loads((one / "liveness.json").read_text())
+    b = json.loads((two / "liveness.json").read_text())
+    assert a["tokens"] == b["tokens"] > 0
+    for site in a["sites"]:
+        for la, lb in zip(a["sites"][site], b["sites"][site], strict=True):
+            assert la["fire_count"] == lb["fire_count"], (site, la["layer"])
