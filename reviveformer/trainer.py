@@ -33,7 +33,8 @@ from reviveformer.data import load_tokenizer, prepare_data
 from reviveformer.errors import CheckpointError, TrainingHalted, UserError
 from reviveformer.evaluation import evaluate, measure, reduce_sum, val_loader
 from reviveformer.liveness import LivenessMonitor, LivenessReport, capacity
-from reviveformer.model import build_model, describe, init_from_checkpoint, model_summary, save_final
+from reviveformer import activations
+from reviveformer.model import DEFAULT_ACTIVATION, build_model, describe, init_from_checkpoint, model_summary, save_final
 from reviveformer.revival import build_reviver, check_supported
 from reviveformer.tracking import Tracking
 
@@ -94,17 +95,17 @@ def param_groups(model, weight_decay: float) -> list[dict]:
 
 
 def check_output_dir(path: Path) -> None:
-    """Fail before training when the run directory cannot be written (unwritable, or a file in the way)."""
+    """Fail before training when the run directory cannot be written (unwritable, a file in the way, a nearly
+    full disk), without creating anything: a run that fails later must not leave a half-made directory."""
     if path.exists() and not path.is_dir():
         raise UserError(f"train.output_dir={path} is a file; give a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"train.output_dir={path} is not writable ({e.strerror}); choose another directory") from None
-    free = shutil.disk_usage(path).free
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"train.output_dir={path} is not writable ({existing} does not allow writing); choose "
+                        "another directory")
+    free = shutil.disk_usage(existing).free
     if free < 50 * 2**20:
         raise UserError(f"train.output_dir={path} has only {free // 2**20} MiB free; checkpoints need more")
 
@@ -135,6 +136,7 @@ class Trainer:
         resume_from = self._resume_path()
         if self.is_main:
             check_output_dir(self.run_dir)
+        activations.validate_activation(cfg.model.activation or DEFAULT_ACTIVATION, cfg.model.leaky_relu_slope)
         acc.wait_for_everyone()
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True)
