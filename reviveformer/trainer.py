@@ -416,11 +416,11 @@ class Trainer:
                         if tc.mixed_precision != "fp16":  # fp16's scaler skips inf gradients by itself
                             finite = finite & torch.isfinite(grad_norm)
                         if not bool(finite):  # the one host sync per optimizer step: a NaN must never reach the weights
+                            msg = (f"non-finite loss or gradient at step {self.step + 1} (loss {mean_loss.item():.4g}, "
+                                   f"grad norm {float(grad_norm):.4g}); the optimizer update was skipped")
                             optimizer.zero_grad(set_to_none=True)
                             step_loss.zero_()
                             self.bad_steps += 1
-                            msg = (f"non-finite loss or gradient at step {self.step + 1} (loss {mean_loss.item():.4g}, "
-                                   f"grad norm {float(grad_norm):.4g}); the optimizer update was skipped")
                             if self.bad_steps > tc.max_bad_steps:
                                 raise TrainingHalted(msg + f". Stopping: {self.bad_steps} such step(s), train.max_bad_steps="
                                                      f"{tc.max_bad_steps}; the last good checkpoint is kept in "

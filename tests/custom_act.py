@@ -27,3 +27,18 @@ def make_nothing() -> int:
 
 
 NOT_CALLABLE = 3
+
+
+class NanOnFifthTrainingCall(nn.Module):
+    """ReLU that returns NaN on its fifth call in training mode: a fault injected through the real model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.calls += 1
+            if self.calls == 5:
+                return x * float("nan")
+        return torch.relu(x)
