@@ -162,6 +162,9 @@ class TrainConfig:
     """Show a progress bar on the main process."""
 
     def __post_init__(self) -> None:
+        # YAML reads a bare `no` as false, which reaches this str field as "False"
+        if self.mixed_precision in ("False", "false"):
+            self.mixed_precision = "no"
         _raise("train", _problems([
             (bool(self.output_dir), "output_dir must be a non-empty path"),
             (self.epochs >= 1, f"epochs={self.epochs} must be >= 1"),
@@ -356,8 +359,11 @@ def _describe(err: OmegaConfBaseException, where: str) -> str:
     return f"{where}: {msg}" + (f" (key '{key}')" if key else "")
 
 
-def read_recipe(path: str | Path) -> DictConfig:
-    """A recipe file as a DictConfig; a missing file or invalid YAML is a ConfigError naming the file."""
+def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> DictConfig:
+    """A recipe file as a DictConfig; a missing file or invalid YAML is a ConfigError naming the file.
+
+    A recipe may start from another with `base: other.yaml` (a path relative to the recipe's folder): the
+    base is read first and this recipe's keys win, so an arm holds only what differs from its base."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe {path} does not exist (give a YAML file such as recipes/quickstart.yaml)")
@@ -367,7 +373,17 @@ def read_recipe(path: str | Path) -> DictConfig:
         raise ConfigError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]} ({e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {path} must be a mapping of sections (model, data, train, ...), not {type(data).__name__}")
-    return OmegaConf.create(data)
+    base = data.pop("base", None)
+    if base is None:
+        return OmegaConf.create(data)
+    base_path = (path.parent / str(base)).resolve()
+    if base_path in _seen:
+        raise ConfigError(f"recipe {path}: base: {base} makes a cycle ({' -> '.join(p.name for p in _seen)})")
+    parent = read_recipe(base_path, (*_seen, path.resolve()))
+    try:
+        return OmegaConf.merge(parent, OmegaConf.create(data))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"recipe {path}: {str(e).splitlines()[0]}") from None
 
 
 def load_config(

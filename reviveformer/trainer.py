@@ -290,7 +290,9 @@ class Trainer:
         if report is None:
             _, report = self.measure(self.cfg.train.eval_batches)
         unwrapped = self.accelerator.unwrap_model(self.model)
+        t0 = time.perf_counter()
         metrics = self.reviver.revive(unwrapped, report.to_json(), self.optimizer)
+        metrics["revival/seconds"] = time.perf_counter() - t0
         # capacity after revival: newly pruned weights no longer count as effective
         cap = capacity(unwrapped, report.dead_units("mlp_post"), self.reviver.pruned_masks())
         metrics.update({f"capacity/{k}": float(v) for k, v in cap.items()})
@@ -299,6 +301,11 @@ class Trainer:
         if details and self.is_main:
             cols = list(details[0].keys())
             self.tracking.log_table("revival/per_layer", cols, [[d[c] for c in cols] for d in details], self.step)
+            try:
+                fig = plots.plot_revived_per_layer(details, self.run_dir / "plots" / "revival_per_layer.png")
+                self.tracking.log_images({"plots/revival_per_layer": fig}, step=self.step)
+            except Exception as e:  # a figure must never stop training
+                log.warning("plotting failed: %s: %s", type(e).__name__, e)
         return metrics
 
     # ---------------------------------------------------------------- logging
@@ -322,9 +329,10 @@ class Trainer:
         return None
 
     def _epoch_end(self, epoch: int) -> str | None:
+        epoch_seconds = time.perf_counter() - self._epoch_t0  # training time of the epoch, before its eval
         val, report = self.measure(self.cfg.train.eval_batches)
         self.last_val = val
-        self.tracking.log({**val, "epoch": epoch}, step=self.step)
+        self.tracking.log({**val, "epoch": epoch, "train/epoch_seconds": epoch_seconds}, step=self.step)
         actions: set[str] = set()
         if report is not None:
             self.last_report = report
@@ -394,6 +402,7 @@ class Trainer:
         model.train()
         while not done and self.epoch < tc.epochs:
             epoch = self.epoch
+            self._epoch_t0 = window_t = time.perf_counter()
             self.train_loader.set_epoch(epoch)
             loader = self.train_loader
             if self.batches_in_epoch:
@@ -444,10 +453,12 @@ class Trainer:
                 self.tokens_seen += step_tokens
                 bar.update(1)
                 if self.step % tc.log_every == 0:
-                    actions = self._log_train(window_loss, window_steps, window_tokens, window_t, grad_norm)
+                    now = time.perf_counter()
+                    actions = self._log_train(window_loss, window_steps, window_tokens / (now - window_t), grad_norm)
                     bar.set_postfix(loss=f"{window_loss.item() / max(window_steps, 1):.3f}")
                     window_loss.zero_()
-                    window_steps, window_tokens, window_t = 0, 0, time.perf_counter()
+                    # the next window starts now, so the cost of this log (liveness report, alerts) counts in it
+                    window_steps, window_tokens, window_t = 0, 0, now
                     stopped_by = self._act_on_alerts(actions)
                 if tc.eval_every and self.step % tc.eval_every == 0:
                     self.last_val = self.evaluate(tc.eval_batches)
@@ -477,13 +488,12 @@ class Trainer:
         bar.close()
         return self._finish(stopped_by)
 
-    def _log_train(self, window_loss, window_steps, window_tokens, window_t, grad_norm) -> set[str]:
-        elapsed = max(time.perf_counter() - window_t, 1e-9)
+    def _log_train(self, window_loss, window_steps, tokens_per_s, grad_norm) -> set[str]:
         metrics = {
             "train/loss": window_loss.item() / max(window_steps, 1),
             "train/lr": self.scheduler.get_last_lr()[0],
             "train/grad_norm": float(grad_norm),
-            "train/tokens_per_s": window_tokens / elapsed,
+            "train/tokens_per_s": tokens_per_s,
             "train/epoch": self.epoch,
         }
         self.tracking.log(metrics, step=self.step)
