@@ -25,16 +25,22 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 
+from reviveformer import activations, plots
 from reviveformer import checkpoint as ckpt
-from reviveformer import plots
 from reviveformer.alerts import AlertManager, JsonlAlertSink, RateLimitedSink, console_sink, titled_alert_sink
 from reviveformer.config import Config, save_config, to_dict
 from reviveformer.data import load_tokenizer, prepare_data
 from reviveformer.errors import CheckpointError, TrainingHalted, UserError
 from reviveformer.evaluation import evaluate, measure, reduce_sum, val_loader
 from reviveformer.liveness import LivenessMonitor, LivenessReport, capacity
-from reviveformer import activations
-from reviveformer.model import DEFAULT_ACTIVATION, build_model, describe, init_from_checkpoint, model_summary, save_final
+from reviveformer.model import (
+    DEFAULT_ACTIVATION,
+    build_model,
+    describe,
+    init_from_checkpoint,
+    model_summary,
+    save_final,
+)
 from reviveformer.revival import build_reviver, check_supported
 from reviveformer.tracking import Tracking
 

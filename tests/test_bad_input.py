@@ -22,8 +22,6 @@ def fixtures(tmp_path_factory):
     GPT-2 checkpoint whose vocabulary (300) is smaller than a 512-token tokenizer's."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from reviveformer.config import DataConfig
-    from reviveformer.data import load_documents, train_bpe_tokenizer
 
     root = tmp_path_factory.mktemp("bad")
     (root / "empty.txt").write_text("\n \n")
@@ -55,7 +53,7 @@ def _cases(root: Path, corpus: Path):
         ("init_from not GPT-2", [f"model.init_from={root / 'bert'}"], "is a 'bert' model"),
         ("init_from without config", [f"model.init_from={root}"], "has no config.json"),
         ("vocabulary mismatch", [f"model.init_from={root / 'small-gpt2'}", f"data.tokenizer={tok512}",
-                                 f"data.source=text", f"data.path={corpus}"], "vocabulary mismatch"),
+                                 "data.source=text", f"data.path={corpus}"], "vocabulary mismatch"),
         ("unknown tokenizer", ["data.tokenizer=/no/such/tokenizer"], "data.tokenizer=/no/such/tokenizer"),
     ]
 

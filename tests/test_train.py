@@ -16,10 +16,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import REPO, tiny_overrides
 from reviveformer.cli import main
 from reviveformer.config import load_config
 from reviveformer.trainer import train
-from conftest import REPO, tiny_overrides
 
 RECIPE = REPO / "recipes" / "quickstart.yaml"
 

@@ -1,0 +1,126 @@
+"""`audit`, `strip` and `sweep` through the CLI, checked against numbers computed here independently."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, tiny_overrides
+from reviveformer.cli import main
+from reviveformer.config import load_config
+from reviveformer.trainer import train
+
+RECIPE = REPO / "recipes" / "quickstart.yaml"
+
+
+@pytest.fixture(scope="module")
+def relu_run(tmp_path_factory, corpus_file) -> Path:
+    run_dir = tmp_path_factory.mktemp("cmd") / "relu"
+    train(load_config(RECIPE, tiny_overrides(run_dir, corpus_file, **{
+        "data.max_tokens": 32 * 8 * 20, "train.epochs": 1, "train.lr": 1e-2})))
+    return run_dir
+
+
+def _independent_mlp_post_counts(final: Path, ids: torch.Tensor, threshold: float) -> list[list[int]]:
+    """Fire counts at mlp_post with plain transformers: hook c_fc's output, apply ReLU by hand, count."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(final).eval()
+    captured: dict[int, list[torch.Tensor]] = {}
+    hooks = [block.mlp.c_fc.register_forward_hook(lambda m, i, o, k=k: captured.setdefault(k, []).append(o))
+             for k, block in enumerate(model.transformer.h)]
+    with torch.no_grad():
+        for start in range(0, len(ids), 16):
+            model(input_ids=ids[start:start + 16])
+    for h in hooks:
+        h.remove()
+    return [(torch.cat(captured[k]).clamp(min=0).abs() > threshold).reshape(-1, captured[k][0].shape[-1])
+            .sum(0).tolist() for k in sorted(captured)]
+
+
+@pytest.mark.slow
+def test_audit_counts_match_an_independent_count(relu_run, tmp_path, capsys):
+    from reviveformer.data import prepare_data
+    from reviveformer.saved_model import open_saved_model
+
+    out = tmp_path / "audit"
+    assert main(["audit", str(relu_run), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "mlp_post" in printed and "dormant" in printed
+    liveness = json.loads((out / "liveness.json").read_text())
+    assert set(liveness["sites"]) == {"mlp_pre", "mlp_post", "attn_out"}
+    for png in ("frequency_heatmap.png", "dead_ratio_per_layer.png", "activation_histograms.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = open_saved_model(str(relu_run), [])
+    ids = prepare_data(saved.cfg.data, saved.cfg.train.seed, tokenizer=saved.tokenizer).val[:]["input_ids"]
+    assert liveness["tokens"] == ids.numel()
+    expected = _independent_mlp_post_counts(relu_run / "final", ids, liveness["threshold"])
+    for layer, counts in enumerate(expected):
+        assert liveness["sites"]["mlp_post"][layer]["fire_count"] == counts
+
+
+@pytest.mark.slow
+def test_strip_zeroes_exactly_the_rule(relu_run, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "stripped"
+    assert main(["strip", str(relu_run), "--out", str(out), "liveness.dead_frequency=0.05",
+                 "revival.fraction=0.2"]) == 0
+    report = json.loads((out / "strip.json").read_text())
+    liveness = json.loads((out / "liveness.json").read_text())
+    before = load_file(relu_run / "final" / "model.safetensors")
+    after = load_file(out / "model.safetensors")
+    total = 0
+    for layer in range(2):
+        key = f"transformer.h.{layer}.mlp.c_fc.weight"
+        w0, w1 = before[key], after[key]
+        dead = liveness["sites"]["mlp_post"][layer]["dead_units"]
+        assert report["layers"][layer]["dead_units"] == len(dead)
+        changed = (w0 != w1)
+        assert torch.all(w1[changed] == 0)
+        for j in range(w0.shape[1]):
+            col = w0[:, j]
+            if j in dead:
+                n = int((col != 0).sum())
+                k = min(math.ceil(0.2 * n), int((col < 0).sum()))
+                assert int(changed[:, j].sum()) == k, (layer, j)
+                # the zeroed ones are the k most negative
+                if k:
+                    assert col[changed[:, j]].max() <= col[~changed[:, j]].min()
+            else:
+                assert not changed[:, j].any()
+        total += int(changed.sum())
+    assert total == report["weights_stripped"] > 0
+    assert "weights stripped" in capsys.readouterr().out
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(out) is not None
+
+
+@pytest.mark.slow
+def test_sweep_two_activations(tmp_path, corpus_file, capsys):
+    out = tmp_path / "sweep"
+    args = ["sweep", str(RECIPE), "--activations", "relu,gelu", "--out", str(out),
+            *tiny_overrides(tmp_path / "unused", corpus_file, **{"data.max_tokens": 32 * 8 * 6, "train.epochs": 1})]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "relu" in printed and "gelu" in printed
+    result = json.loads((out / "sweep.json").read_text())
+    for name in ("relu", "gelu"):
+        run = Path(result["runs"][name])
+        assert load_config(run / "config.yaml").model.activation == name
+        assert load_config(run / "config.yaml").wandb.job_type == "sweep"
+        last = json.loads(sorted((run / "liveness").glob("epoch_*.json"))[-1].read_text())
+        assert result["dead_ratio_per_layer"][name]["mlp_post"] == [e["dead_ratio"] for e in last["sites"]["mlp_post"]]
+    for site in ("mlp_pre", "mlp_post", "attn_out"):
+        assert (out / f"dead_ratio_per_layer_{site}.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "compare" / "compare.md").is_file()
+    # a chart at another threshold, re-measured on the saved models; a huge threshold kills every unit
+    assert main([*args, "--threshold", "1000"]) == 0
+    result = json.loads((out / "sweep.json").read_text())
+    assert result["threshold"] == 1000
+    assert all(r == 1.0 for name in ("relu", "gelu") for r in result["dead_ratio_per_layer"][name]["mlp_post"])
