@@ -282,7 +282,14 @@ class Trainer:
         return self.monitor.report(reduce=self._reduce_sum, pruned_masks=masks)
 
     def evaluate(self, max_batches: int | None = None) -> dict[str, float]:
-        return evaluate(self.model, self.val_loader, self.accelerator, max_batches)
+        """Validation loss only; the monitor is paused so the training window holds training tokens alone."""
+        if self.monitor is None:
+            return evaluate(self.model, self.val_loader, self.accelerator, max_batches)
+        self.monitor.active = False
+        try:
+            return evaluate(self.model, self.val_loader, self.accelerator, max_batches)
+        finally:
+            self.monitor.active = True
 
     def measure(self, max_batches: int | None = None) -> tuple[dict[str, float], LivenessReport | None]:
         masks = self.reviver.pruned_masks() if self.reviver else None
@@ -336,7 +343,11 @@ class Trainer:
 
     def _epoch_end(self, epoch: int) -> str | None:
         epoch_seconds = time.perf_counter() - self._epoch_t0  # training time of the epoch, before its eval
+        if self.monitor is not None:
+            self.monitor.histogram_next = True  # activation values of the first validation batch
         val, report = self.measure(self.cfg.train.eval_batches)
+        hists = self.monitor.histograms() if self.monitor is not None else {}
+        self._log_histograms(hists)
         self.last_val = val
         self.tracking.log({**val, "epoch": epoch, "train/epoch_seconds": epoch_seconds}, step=self.step)
         actions: set[str] = set()
@@ -349,12 +360,17 @@ class Trainer:
                 tmp = path.with_suffix(".json.tmp")
                 tmp.write_text(json.dumps(data))
                 tmp.rename(path)
-                self._plots(data)
+                self._plots(data, hists)
         if self.reviver is not None and self.cfg.revival.every_steps == 0:
             self.revive(report)
         return self._act_on_alerts(actions - ({"revive"} if self.cfg.revival.every_steps == 0 else set()))
 
-    def _plots(self, liveness: dict) -> None:
+    def _log_histograms(self, hists: dict) -> None:
+        if hists:
+            self.tracking.log_histograms(
+                {f"liveness/{site}/layer_{layer}/activations": v for (site, layer), v in hists.items()}, self.step)
+
+    def _plots(self, liveness: dict, hists: dict) -> None:
         pdir = self.run_dir / "plots"
         try:
             images = {
@@ -363,11 +379,9 @@ class Trainer:
                 "plots/dead_ratio_over_training": plots.plot_dead_ratio_over_training(
                     self.run_dir / "metrics.jsonl", pdir / "dead_ratio_over_training.png"),
             }
-            if self.monitor is not None:
-                hists = self.monitor.histograms()
-                if hists:
-                    images["plots/activation_histograms"] = plots.plot_activation_histograms(
-                        hists, pdir / "activation_histograms.png")
+            if hists:
+                images["plots/activation_histograms"] = plots.plot_activation_histograms(
+                    hists, pdir / "activation_histograms.png")
         except Exception as e:  # a figure must never stop training
             log.warning("plotting failed: %s: %s", type(e).__name__, e)
             return
@@ -458,6 +472,9 @@ class Trainer:
                 window_tokens += step_tokens
                 self.tokens_seen += step_tokens
                 bar.update(1)
+                if self.monitor is not None and cfg.liveness.histogram_every and \
+                        self.step % cfg.liveness.histogram_every == 0:
+                    self._log_histograms(self.monitor.histograms())
                 if self.step % tc.log_every == 0:
                     now = time.perf_counter()
                     actions = self._log_train(window_loss, window_steps, window_tokens / (now - window_t), grad_norm)
