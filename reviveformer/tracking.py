@@ -93,7 +93,13 @@ class SafeWandBTracker(WandBTracker):
         self._safe("log", super().log, values, step=step, **kwargs)
 
     def finish(self) -> None:
-        self._safe("finish", super().finish)
+        # also after a failure: an unfinished run would linger in wandb's process-wide state
+        if self.run is None:
+            return
+        try:
+            self.run.finish()
+        except Exception as e:
+            self._fail("finish", e)
 
 
 def has_wandb_credentials() -> bool:
