@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -120,7 +119,3 @@ def model_summary(model) -> str:
     name, _ = activations.activation_from_config(c)
     return (f"GPT-2 {c.n_layer} layers x {c.n_embd} wide, {c.n_head} heads, MLP {c.n_inner or 4 * c.n_embd} "
             f"({name}), vocab {c.vocab_size}, {n_trainable(model) / 1e6:.2f}M parameters")
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())

@@ -84,8 +84,9 @@ def write_json(path: Path, obj: dict) -> None:
 
 
 def measure_saved(saved: SavedModel, accelerator, split: str = "validation", batch_size: int = 16,
-                  histogram: bool = False, progress_desc: str = "audit"):
-    """One liveness measurement of a saved model: (val metrics, LivenessReport, histograms or {})."""
+                  histogram: bool = False, progress_desc: str = "audit", dataset=None):
+    """One liveness measurement of a saved model: (val metrics, LivenessReport, histograms or {}).
+    `dataset` (packed blocks) replaces the split of the model's own data when given."""
     from tqdm.auto import tqdm
 
     from reviveformer.evaluation import measure, val_loader
@@ -93,7 +94,8 @@ def measure_saved(saved: SavedModel, accelerator, split: str = "validation", bat
 
     if batch_size < 1:
         raise UserError(f"--batch-size={batch_size} must be >= 1")
-    dataset = measurement_data(saved, split)
+    if dataset is None:
+        dataset = measurement_data(saved, split)
     monitor = LivenessMonitor(saved.model, saved.cfg.liveness)
     monitor.histogram_next = histogram  # a sample of activation values from the first batch
     model = accelerator.prepare(saved.model)
