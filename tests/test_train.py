@@ -189,3 +189,46 @@ def test_two_processes_with_accelerate_launch(tmp_path, corpus_file):
     for site in a["sites"]:
         for la, lb in zip(a["sites"][site], b["sites"][site], strict=True):
             assert la["fire_count"] == lb["fire_count"], (site, la["layer"])
+
+
+@pytest.mark.slow
+def test_alert_actions_stop_and_revive(tmp_path, corpus_file):
+    """A `stop` rule ends the run cleanly at the first log where it trips (checkpoint and final/ written);
+    a `revive` rule runs the revival step right there."""
+    extra = {"data.max_tokens": 32 * 8 * 20, "train.epochs": 1, "train.lr": 1e-2}
+    run_dir = tmp_path / "stop"
+    summary = train(load_config(RECIPE, tiny_overrides(run_dir, corpus_file, **extra, **{
+        "alerts.rules": "[{name: any_dead, site: mlp_post, above: 0.0, action: stop}]"})))
+    first_trip = next(r["step"] for r in metrics_rows(run_dir) if r.get("alerts/any_dead", 0) > 0)
+    assert summary.stopped_by == "alert action stop"
+    assert summary.steps == first_trip < 20
+    assert (run_dir / "checkpoints" / f"step_{first_trip:08d}").is_dir()
+    assert (run_dir / "final" / "model.safetensors").is_file()
+
+    run_dir = tmp_path / "revive"
+    train(load_config(RECIPE, tiny_overrides(run_dir, corpus_file, **extra, **{
+        "revival.method": "synaptic_stripping",
+        "alerts.rules": "[{name: any_dead, site: mlp_post, above: 0.0, action: revive}]"})))
+    rows = metrics_rows(run_dir)
+    trips = [r["step"] for r in rows if r.get("alerts/any_dead", 0) > 0]
+    revivals = [r["step"] for r in rows if "revival/dead_units" in r]
+    assert trips and trips[0] in revivals  # revived at the step the rule first tripped
+    assert revivals[-1] == 20  # and at the epoch end, as always
+
+
+@pytest.mark.slow
+def test_fine_tune_swaps_the_activation_with_a_warning(trained, tmp_path, corpus_file, caplog):
+    run_dir, _, _ = trained
+    out = tmp_path / "swap"
+    with caplog.at_level("WARNING", logger="reviveformer"):
+        train(load_config(RECIPE, tiny_overrides(out, corpus_file, **{
+            "model.init_from": str(run_dir / "final"), "model.activation": "gelu", "data.max_tokens": 32 * 8 * 4,
+            "train.epochs": 1})))
+    assert "swaps the checkpoint's relu" in caplog.text
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(out / "final")
+    assert model.config.activation_function == "gelu"
+    x = torch.linspace(-3, 3, 7)
+    assert torch.allclose(model.transformer.h[0].mlp.act(x), torch.nn.functional.gelu(x))
+    assert load_config(out / "config.yaml").model.activation == "gelu"

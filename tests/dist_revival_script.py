@@ -1,0 +1,72 @@
+"""Launched by tests/test_revival_distributed.py under `accelerate launch` with 2 CPU processes.
+
+Each process trains a tiny ReLU GPT-2 on its own batches (DDP), measures liveness, strips from the counts
+reduced over both processes, and trains on. Writes, from the main process: whether the two replicas'
+weights are identical afterwards, and whether the processes' local (unreduced) dead sets differed, which
+is what would split the replicas if a decision were made from local counts.
+
+    accelerate launch --multi_gpu --num_processes 2 tests/dist_revival_script.py OUT.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+from accelerate import Accelerator
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from reviveformer.config import LivenessConfig
+from reviveformer.liveness import LivenessMonitor
+from reviveformer.revival.stripping import SynapticStripping
+
+
+def main(out: str) -> None:
+    acc = Accelerator()
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=32, vocab_size=97,
+                                       activation_function="relu", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+    # rarely-firing units: how often they fire depends on each process's data
+    with torch.no_grad():
+        for block in model.transformer.h:
+            block.mlp.c_fc.bias[:128] -= 0.35
+    monitor = LivenessMonitor(model, LivenessConfig(dead_frequency=0.02))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ddp, opt = acc.prepare(model, opt)
+    gen = torch.Generator().manual_seed(100 + acc.process_index)  # different data on each process
+
+    def steps(n: int, reviver=None) -> None:
+        for _ in range(n):
+            ids = torch.randint(0, 97, (4, 32), generator=gen)
+            loss = ddp(input_ids=ids, labels=ids).loss
+            acc.backward(loss)
+            opt.step()
+            opt.zero_grad()
+            if reviver is not None:
+                reviver.after_optimizer_step(model)
+
+    steps(3)
+    local = monitor.report()  # this process's counts only
+    report = monitor.report(reduce=lambda t: acc.reduce(t, "sum"))
+    reviver = SynapticStripping(fraction=0.3)
+    metrics = reviver.revive(model, report.to_json(), opt)
+    steps(3, reviver)
+
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    replicas = acc.gather(flat[None])
+    local_dead = torch.tensor([len(u) for u in local.dead_units("mlp_post").values()])
+    all_local_dead = acc.gather(local_dead[None])
+    if acc.is_main_process:
+        with open(out, "w") as f:
+            json.dump({
+                "replicas_equal": bool(torch.equal(replicas[0], replicas[1])),
+                "local_dead_differ": not torch.equal(all_local_dead[0], all_local_dead[1]),
+                "stripped_now": metrics["revival/stripped_now"],
+            }, f)
+    acc.wait_for_everyone()
+    acc.end_training()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
