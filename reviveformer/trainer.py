@@ -140,8 +140,10 @@ class Trainer:
     def _setup(self) -> None:
         cfg, acc = self.cfg, self.accelerator
         resume_from = self._resume_path()
-        if self.is_main:
-            check_output_dir(self.run_dir)
+        check_output_dir(self.run_dir)  # on every process: an error raised on one alone would hang the others
+        if self.cfg.train.resume == "never" and (self.run_dir / "config.yaml").is_file():
+            raise UserError(f"train.output_dir={self.run_dir} already holds a run; continue it with "
+                            "train.resume=auto, or give another train.output_dir (nothing was changed)")
         activations.validate_activation(cfg.model.activation or DEFAULT_ACTIVATION, cfg.model.leaky_relu_slope)
         acc.wait_for_everyone()
         if cfg.train.deterministic:
@@ -174,7 +176,6 @@ class Trainer:
         else:
             model = build_model(cfg.model, vocab_size=len(tok), eos_token_id=tok.eos_token_id)
             cfg.model.activation = describe(model).activation
-        self.model_raw = model
         log.info("%s", model_summary(model))
 
         self.monitor = LivenessMonitor(model, cfg.liveness) if cfg.liveness.enabled else None

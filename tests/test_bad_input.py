@@ -118,3 +118,13 @@ def test_audit_and_strip_bad_input(tmp_path, fixtures, capsys):
     (out / "x").write_text("x")
     assert main(["strip", str(fixtures / "small-gpt2"), "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_an_existing_run_is_not_overwritten(tmp_path, corpus_file, capsys):
+    run_dir = tmp_path / "run"
+    args = ["train", RECIPE, *tiny_overrides(run_dir, corpus_file, **{"data.max_tokens": 32 * 8 * 2, "train.epochs": 1})]
+    assert main(args) == 0
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    assert main(args) == 2
+    assert "already holds a run; continue it with train.resume=auto" in capsys.readouterr().err
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == before
