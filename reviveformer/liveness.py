@@ -1,0 +1,725 @@
+"""Neuron liveness: per-unit firing counts at three sites of every GPT-2 block, and the report built from them.
+
+`LivenessMonitor` counts, on the model's device and with no host sync, for each watched site and layer:
+how many observed token positions each unit fired on (`fire_count`, int64), the sum of |a| per unit (`abs_sum`,
+float64, for the ReDo dormancy score) and the number of observed positions (`tokens`, int64). `report()` sums
+the counts over processes and turns them into the design.md `liveness.json` numbers.
+
+How counting is installed (nothing is added to the model's state_dict, its parameter names or its config):
+each watched module keeps its identity and gets its class swapped for a counting subclass of its own class
+(`block.mlp.act` -> counts its input, `mlp_pre`, and its output, `mlp_post`; `block.attn.c_proj` -> counts its
+output, `attn_out`, before the residual add and dropout). The subclass only adds a `forward` that calls the
+original one and counts, so any activation module works, including a user's own with parameters (a wrapper
+module would have renamed those parameters). `close()` swaps the original classes back. The counters are plain
+tensor attributes, deliberately not buffers: DDP broadcasts buffers from rank 0 on every forward, which would
+overwrite each process's own counts, and buffers would end up in saved checkpoints. They follow the model
+through `model.to(...)`/`accelerator.prepare` (the counting subclass hooks `_apply`), keeping their dtypes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate.utils import extract_model_from_parallel
+from torch import Tensor, nn
+
+from reviveformer.config import SITES, LivenessConfig
+from reviveformer.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+MLP_SITE = "mlp_post"  # the site whose dead units define capacity and revival (design.md)
+HISTOGRAM_RANGE = 10.0
+"""Activation histograms use `histogram_bins` equal bins over [-HISTOGRAM_RANGE, HISTOGRAM_RANGE]; values
+outside are clamped into the two edge bins (so every observed value is counted once). Fixed, so that
+histograms of different steps and layers share their bins."""
+STATE_VERSION = 1
+
+Reduce = Callable[[Tensor], Tensor]
+
+# float32 holds every integer up to here: per-batch fire counts of fewer positions are summed in float32
+_FLOAT_EXACT = 2**24
+
+
+# ---------------------------------------------------------------------------------------------- hot path
+
+
+def _floor_to_dtype(value: float, dtype: torch.dtype) -> float:
+    """The largest `dtype` number <= value (value >= 0), as a Python float.
+
+    For `a` of that dtype, `a > value` (exact, real numbers) is the same as `a > floor`, and `floor` converts
+    to the dtype exactly; comparing with `value` itself would first round it to the nearest dtype number,
+    which in float32 moves 1e-3 up to 0.00100000005 and drops the activations equal to it."""
+    t = torch.tensor(value, dtype=torch.float64).to(dtype)
+    if float(t) > value:  # rounded up: step to the next number below (positive, so one less in bit pattern)
+        ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
+        t = (t.view(ints) - 1).view(dtype)
+    return float(t)
+
+
+class _Probe:
+    """The counters of one watched module (one layer; one or two sites), and the code that updates them."""
+
+    def __init__(
+        self,
+        monitor: LivenessMonitor,
+        layer: int,
+        sites: tuple[str, ...],
+        units: int,
+        device: torch.device,
+    ) -> None:
+        self.monitor = monitor
+        self.layer = layer
+        self.sites = sites
+        self.units = units
+        self.tokens = torch.zeros(len(sites), dtype=torch.int64, device=device)
+        self.fire_count = [torch.zeros(units, dtype=torch.int64, device=device) for _ in sites]
+        self.abs_sum = [torch.zeros(units, dtype=torch.float64, device=device) for _ in sites]
+        bins = monitor.cfg.histogram_bins
+        self.hist = [torch.zeros(bins, dtype=torch.int64, device=device) for _ in sites]
+        self.hist_pending = False  # take a histogram on the next counted forward
+        self.hist_taken = False
+
+    def move(self, device: torch.device) -> None:
+        if self.tokens.device == device:
+            return
+        self.tokens = self.tokens.to(device)
+        self.fire_count = [t.to(device) for t in self.fire_count]
+        self.abs_sum = [t.to(device) for t in self.abs_sum]
+        self.hist = [t.to(device) for t in self.hist]
+
+    @torch.no_grad()
+    def count(self, acts: tuple[Tensor, ...]) -> None:
+        """Count one forward's activations, `acts[k]` of shape (..., units) for site `self.sites[k]`."""
+        mon = self.monitor
+        mask = mon._mask
+        positions = acts[0].numel() // acts[0].shape[-1]
+        if mask is not None:
+            if tuple(acts[0].shape[:-1]) != mon._mask_shape:
+                raise ValueError(
+                    f"liveness attention mask has shape {mon._mask_shape} but layer {self.layer} sees "
+                    f"activations of shape {tuple(acts[0].shape)}: call monitor.set_attention_mask with the "
+                    "(batch, seq) mask of this batch, or None"
+                )
+            self.tokens.add_(mon._mask_tokens)
+        else:
+            self.tokens.add_(positions)
+        float_sums = positions < _FLOAT_EXACT
+        # on CPU, reuse two scratch buffers: a fresh activation-sized tensor there costs page faults that take
+        # longer than the op itself (GPU caching allocators make fresh tensors free; compiled code fuses them away)
+        scratch = acts[0].device.type == "cpu" and not torch.compiler.is_compiling()
+        for k, a in enumerate(acts):
+            a = a.reshape(-1, a.shape[-1])  # (positions, units)
+            if self.hist_pending:
+                self._histogram(k, a, mask)
+            if mask is not None:
+                # zeroing masked positions is enough: 0 never fires (threshold >= 0) and adds 0 to abs_sum.
+                # (a product, 5x faster than where() on CPU; a non-finite padded value would leak NaN into abs_sum)
+                a = torch.mul(a, mon._mask_col, out=mon._scratch(1, a)) if scratch else a * mon._mask_col
+            absa = torch.abs(a, out=mon._scratch(0, a)) if scratch else a.abs()
+            # per-batch sums in float32 (the input stays bf16 under autocast), accumulated in float64
+            self.abs_sum[k].add_(absa.sum(dim=0, dtype=torch.float32))
+            thr = mon._threshold(a.dtype)
+            score = absa if mon._criterion_abs else a
+            if float_sums:
+                # the comparison written as 1.0/0.0 into absa's memory (no new buffer; abs_sum is taken): on CPU
+                # several times faster than a bool result; float32 sums of it are exact below 2**24 positions
+                fires = torch.gt(score, thr, out=absa)
+                self.fire_count[k].add_(fires.sum(dim=0, dtype=torch.float32).to(torch.int64))
+            else:
+                self.fire_count[k].add_((score > thr).sum(dim=0, dtype=torch.int32))  # exact below 2**31
+        if self.hist_pending:
+            self.hist_pending = False
+            self.hist_taken = True
+
+    def _histogram(self, k: int, a: Tensor, mask: Tensor | None) -> None:
+        # fixed-bin histogram by index_add_ (no data-dependent sizes, so no host sync; masked positions weigh 0)
+        bins = self.hist[k].numel()
+        r = HISTOGRAM_RANGE
+        v = a.float().clamp(-r, r).flatten()
+        idx = ((v + r) * (bins / (2 * r))).long().clamp_(0, bins - 1)
+        if mask is None:
+            w = torch.ones_like(idx)
+        else:
+            w = self.monitor._mask_col.expand(a.shape).flatten().long()
+        self.hist[k].index_add_(0, idx, w)
+
+
+class _Counting(nn.Module):
+    """Base of the counting subclasses: keeps the counters on the device the module is moved to."""
+
+    _rf_probe: _Probe
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> nn.Module:
+        out = super()._apply(fn, recurse)
+        # learn the target device from an integer probe tensor, which no dtype cast (half, bf16) touches
+        try:
+            device = fn(torch.empty(0, dtype=torch.int64, device=self._rf_probe.tokens.device)).device
+        except Exception:  # an _apply function that is not a move (none in torch today): keep the counters
+            return out
+        self._rf_probe.move(device)
+        return out
+
+
+class _CountingActivation(_Counting):
+    """Counting subclass of an MLP activation: counts its input (mlp_pre) and output (mlp_post)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        probe = self._rf_probe
+        if not probe.monitor.active:
+            return super().forward(x)
+        sites = probe.sites
+        if sites == ("mlp_pre",):
+            probe.count((x,))  # before the activation runs: an in-place activation would overwrite x
+            return super().forward(x)
+        if sites == ("mlp_post",):
+            y = super().forward(x)
+            probe.count((y,))
+            return y
+        x_seen = x.detach().clone() if _is_inplace(self) else x
+        y = super().forward(x)
+        probe.count((x_seen, y))
+        return y
+
+
+class _CountingOutput(_Counting):
+    """Counting subclass of `attn.c_proj`: counts its output (attn_out), before residual add and dropout."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = super().forward(x)
+        probe = self._rf_probe
+        if probe.monitor.active:
+            probe.count((y,))
+        return y
+
+
+def _is_inplace(module: nn.Module) -> bool:
+    return bool(getattr(module, "inplace", False))
+
+
+_SUBCLASSES: dict[tuple[type, type], type] = {}
+
+
+def _counting_class(cls: type, mixin: type) -> type:
+    """The counting subclass of `cls` (one per class, so torch.compile sees a stable type)."""
+    key = (cls, mixin)
+    if key not in _SUBCLASSES:
+        _SUBCLASSES[key] = type(f"Counting{cls.__name__}", (mixin, cls), {"__module__": __name__})
+    return _SUBCLASSES[key]
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+@dataclass
+class LayerLiveness:
+    """Liveness of one layer at one site (design.md definitions)."""
+
+    layer: int
+    units: int
+    fire_count: list[int]
+    frequency: list[float]
+    dead_ratio: float
+    dead_units: list[int]
+    dormant_ratio: float
+    dormancy: list[float] = field(default_factory=list)
+    dormant_units: list[int] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The per-layer entry of liveness.json."""
+        return {
+            "layer": self.layer,
+            "units": self.units,
+            "fire_count": self.fire_count,
+            "frequency": self.frequency,
+            "dead_ratio": self.dead_ratio,
+            "dead_units": self.dead_units,
+            "dormant_ratio": self.dormant_ratio,
+            "dormancy": self.dormancy,
+            "dormant_units": self.dormant_units,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> LayerLiveness:
+        """Read a per-layer entry (`dormancy`/`dormant_units` may be absent in files from elsewhere)."""
+        return cls(
+            layer=int(d["layer"]),
+            units=int(d["units"]),
+            fire_count=[int(c) for c in d["fire_count"]],
+            frequency=[float(f) for f in d["frequency"]],
+            dead_ratio=float(d["dead_ratio"]),
+            dead_units=[int(j) for j in d["dead_units"]],
+            dormant_ratio=float(d["dormant_ratio"]),
+            dormancy=[float(s) for s in d.get("dormancy", [])],
+            dormant_units=[int(j) for j in d.get("dormant_units", [])],
+        )
+
+
+def layer_liveness(
+    layer: int, fire_count: np.ndarray, abs_sum: np.ndarray, tokens: int, dead_frequency: float, tau: float
+) -> LayerLiveness:
+    """One layer's numbers from its (process-summed) counts.
+
+    With `tokens == 0` nothing was observed: every frequency and dormancy score is defined as 0, so the
+    rules below call every unit dead (when dead_frequency > 0) and dormant; `report()` warns about it."""
+    fire_count = np.asarray(fire_count, dtype=np.int64)
+    abs_sum = np.asarray(abs_sum, dtype=np.float64)
+    units = int(fire_count.shape[0])
+    frequency = fire_count / tokens if tokens > 0 else np.zeros(units)
+    dead = np.flatnonzero(frequency < dead_frequency)
+    # ReDo dormancy score (Sokar et al. 2023): s[j] = mean_t |a[t,j]| / mean_k mean_t |a[t,k]|; the token counts
+    # cancel, so s = abs_sum / mean(abs_sum). A layer whose mean is 0 (silent, or no tokens) scores 0 everywhere.
+    layer_mean = abs_sum.mean() if units else 0.0
+    score = abs_sum / layer_mean if layer_mean > 0 else np.zeros(units)
+    dormant = np.flatnonzero(score <= tau)
+    return LayerLiveness(
+        layer=layer,
+        units=units,
+        fire_count=fire_count.tolist(),
+        frequency=frequency.tolist(),
+        dead_ratio=len(dead) / units if units else 0.0,
+        dead_units=dead.tolist(),
+        dormant_ratio=len(dormant) / units if units else 0.0,
+        dormancy=score.tolist(),
+        dormant_units=dormant.tolist(),
+    )
+
+
+@dataclass
+class LivenessReport:
+    """One liveness measurement: per site, per layer numbers, plus effective capacity (when mlp_post is
+    watched). `to_json()` is the design.md `liveness.json` format, with per-layer `dormancy` (ReDo scores)
+    and `dormant_units` added. `tokens` is the number of observed positions (the largest count over sites and
+    layers; they are all equal when every forward runs the whole model)."""
+
+    tokens: int
+    threshold: float
+    criterion: str
+    dead_frequency: float
+    tau: float
+    sites: dict[str, list[LayerLiveness]]
+    capacity: dict[str, int | float] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The liveness.json dict (plain Python types; `capacity` left out when it is None)."""
+        d: dict[str, Any] = {
+            "tokens": self.tokens,
+            "threshold": self.threshold,
+            "criterion": self.criterion,
+            "dead_frequency": self.dead_frequency,
+            "tau": self.tau,
+            "sites": {site: [e.to_json() for e in layers] for site, layers in self.sites.items()},
+        }
+        if self.capacity is not None:
+            d["capacity"] = dict(self.capacity)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> LivenessReport:
+        """Read a liveness.json dict."""
+        return cls(
+            tokens=int(d["tokens"]),
+            threshold=float(d["threshold"]),
+            criterion=str(d["criterion"]),
+            dead_frequency=float(d["dead_frequency"]),
+            tau=float(d["tau"]),
+            sites={s: [LayerLiveness.from_json(e) for e in layers] for s, layers in d["sites"].items()},
+            capacity=dict(d["capacity"]) if d.get("capacity") is not None else None,
+        )
+
+    def metrics(self) -> dict[str, float]:
+        """Scalars to log: `liveness/<site>/dead_ratio` (all layers), per-layer dead and dormant ratios, and
+        `capacity/<name>`."""
+        m: dict[str, float] = {}
+        for site, layers in self.sites.items():
+            units = sum(e.units for e in layers)
+            dead = sum(len(e.dead_units) for e in layers)
+            m[f"liveness/{site}/dead_ratio"] = dead / units if units else 0.0
+            for e in layers:
+                m[f"liveness/{site}/layer_{e.layer}/dead_ratio"] = float(e.dead_ratio)
+                m[f"liveness/{site}/layer_{e.layer}/dormant_ratio"] = float(e.dormant_ratio)
+        for name, value in (self.capacity or {}).items():
+            m[f"capacity/{name}"] = float(value)
+        return m
+
+    def dead_units(self, site: str = MLP_SITE) -> dict[int, list[int]]:
+        """Dead units per layer at `site`."""
+        if site not in self.sites:
+            raise ValueError(f"the liveness report has no site {site!r} (it has {', '.join(self.sites)})")
+        return {e.layer: list(e.dead_units) for e in self.sites[site]}
+
+
+def capacity(
+    model: nn.Module, dead_units: dict[int, list[int]], pruned_masks: dict[int, Tensor] | None = None
+) -> dict[str, int | float]:
+    """Effective capacity (design.md): alive MLP units, and trainable parameters minus those that belong only
+    to dead MLP units (c_fc.weight[:, j], c_fc.bias[j], c_proj.weight[j, :]) minus pruned weights outside
+    those columns. `pruned_masks[i]` is a bool tensor shaped like `h[i].mlp.c_fc.weight`, True = pruned.
+    `model` may be wrapped (DDP, torch.compile)."""
+    model = _unwrap(model)
+    blocks = list(_blocks(model))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    all_units = alive = 0
+    effective = trainable
+    for i, block in enumerate(blocks):
+        mlp = block.mlp
+        units = mlp.c_fc.weight.shape[1]
+        dead = sorted({int(j) for j in dead_units.get(i, [])})
+        if dead and not (0 <= dead[0] and dead[-1] < units):
+            raise ValueError(
+                f"dead unit indices {dead[0]}..{dead[-1]} out of range for {units} units in layer {i}"
+            )
+        all_units += units
+        alive += units - len(dead)
+        per_unit = 0
+        if mlp.c_fc.weight.requires_grad:
+            per_unit += mlp.c_fc.weight.shape[0]
+        if mlp.c_fc.bias is not None and mlp.c_fc.bias.requires_grad:
+            per_unit += 1
+        if mlp.c_proj.weight.requires_grad:
+            per_unit += mlp.c_proj.weight.shape[1]
+        effective -= per_unit * len(dead)
+        mask = (pruned_masks or {}).get(i)
+        if mask is not None and mlp.c_fc.weight.requires_grad:
+            if tuple(mask.shape) != tuple(mlp.c_fc.weight.shape):
+                raise ValueError(
+                    f"pruned mask of layer {i} has shape {tuple(mask.shape)}, c_fc.weight {tuple(mlp.c_fc.weight.shape)}"
+                )
+            keep = torch.ones(units, dtype=torch.bool, device=mask.device)
+            keep[dead] = False
+            effective -= int(mask[:, keep].sum())  # pruned weights of dead units are already subtracted
+    return {
+        "alive_units": alive,
+        "alive_fraction": alive / all_units if all_units else 0.0,
+        "effective_params": effective,
+        "effective_param_fraction": effective / trainable if trainable else 0.0,
+    }
+
+
+def _out_features(module: nn.Module) -> int:
+    # GPT-2's Conv1D stores weight as (in, out) and names the width nf; nn.Linear as (out, in)
+    nf = getattr(module, "nf", None)
+    return int(nf) if nf is not None else int(module.weight.shape[0])
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return extract_model_from_parallel(model, keep_torch_compile=False)
+
+
+def _blocks(model: nn.Module) -> nn.ModuleList:
+    body = getattr(model, "transformer", model)
+    blocks = getattr(body, "h", None)
+    if not isinstance(blocks, nn.ModuleList):
+        raise ValueError(
+            f"{type(model).__name__} is not a GPT-2 model: liveness needs model.transformer.h[i] blocks "
+            "(a transformers GPT2LMHeadModel or GPT2Model)"
+        )
+    return blocks
+
+
+# ---------------------------------------------------------------------------------------------- monitor
+
+
+class LivenessMonitor:
+    """Counts per-unit firing at the configured sites of every block of a GPT-2 model (see module docstring).
+
+    Install on the model before or after wrapping it (DDP, torch.compile: the wrapped model is unwrapped);
+    `close()` removes everything. `report()` is a collective when given a `reduce`: call it on every process.
+
+    What the caller does: `set_attention_mask` for every batch that has padding (None, the default, counts every
+    position); `reset()` (or `fresh_window()`) to start a window. Every forward of the model counts while
+    `active`, so activation checkpointing (which re-runs forwards in backward) would count its blocks twice."""
+
+    def __init__(self, model: nn.Module, cfg: LivenessConfig) -> None:
+        model = _unwrap(model)
+        self.model = model
+        self.cfg = cfg
+        self.sites = tuple(s for s in SITES if s in cfg.sites)
+        self.active = True
+        """When False, the counting modules pass activations through without counting."""
+        self._criterion_abs = cfg.criterion == "abs"
+        # exact `a > threshold` per activation dtype (see _floor_to_dtype); filled for the usual dtypes up front
+        self._thresholds = {
+            dt: _floor_to_dtype(cfg.threshold, dt)
+            for dt in (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+        }
+        self._mask: Tensor | None = None
+        self._mask_col: Tensor | None = None
+        self._mask_tokens: Tensor | None = None
+        self._mask_shape: tuple[int, ...] = ()
+        self._scratch_buffers: dict[tuple[int, torch.dtype], Tensor] = {}
+        self._installed: list[tuple[nn.Module, type]] = []
+        self._probes: dict[str, list[_Probe]] = {s: [] for s in self.sites}
+
+        blocks = _blocks(model)
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        mlp_sites = tuple(s for s in self.sites if s in ("mlp_pre", "mlp_post"))
+        targets: list[tuple[nn.Module, type, int, tuple[str, ...], int]] = []
+        for i, block in enumerate(blocks):
+            if mlp_sites:
+                act = block.mlp.act
+                if not isinstance(act, nn.Module):
+                    raise ValueError(
+                        f"transformer.h[{i}].mlp.act is a {type(act).__name__}, not an nn.Module"
+                    )
+                targets.append((act, _CountingActivation, i, mlp_sites, _out_features(block.mlp.c_fc)))
+            if "attn_out" in self.sites:
+                c_proj = block.attn.c_proj
+                targets.append((c_proj, _CountingOutput, i, ("attn_out",), _out_features(c_proj)))
+        seen: set[int] = set()
+        for module, _, i, _, _ in targets:
+            if isinstance(module, _Counting):
+                raise ValueError(f"block {i} is already watched by a LivenessMonitor: close() that one first")
+            if id(module) in seen:
+                raise ValueError(
+                    f"block {i} shares its module {type(module).__name__} with another block; "
+                    "liveness needs one module per block"
+                )
+            seen.add(id(module))
+        for module, mixin, i, sites, units in targets:
+            probe = _Probe(self, i, sites, units, device)
+            original = type(module)
+            module.__class__ = _counting_class(original, mixin)
+            module._rf_probe = probe  # a plain attribute: not a parameter, buffer or submodule
+            self._installed.append((module, original))
+            for s in sites:
+                self._probes[s].append(probe)
+
+    # ------------------------------------------------------------------ hot-path settings
+    def _threshold(self, dtype: torch.dtype) -> float:
+        thr = self._thresholds.get(dtype)
+        if thr is None:
+            thr = self._thresholds[dtype] = _floor_to_dtype(self.cfg.threshold, dtype)
+        return thr
+
+    def _scratch(self, i: int, like: Tensor) -> Tensor:
+        """Scratch buffer `i` shaped and typed like `like` (reallocated only when a larger one is needed)."""
+        buf = self._scratch_buffers.get((i, like.dtype))
+        if buf is None or buf.numel() < like.numel() or buf.device != like.device:
+            buf = self._scratch_buffers[(i, like.dtype)] = torch.empty(
+                like.numel(), dtype=like.dtype, device=like.device
+            )
+        return buf[: like.numel()].view(like.shape)
+
+    def set_attention_mask(self, mask: Tensor | None) -> None:
+        """The (batch, seq) mask of the next forwards, 1 = real token, 0 = padding (not counted); None: every
+        position counts. Stays in effect until changed, so set it for every batch of padded data."""
+        if mask is None:
+            self._mask = self._mask_col = self._mask_tokens = None
+            self._mask_shape = ()
+            return
+        if mask.dim() != 2:
+            raise ValueError(f"attention mask must have shape (batch, seq), got {tuple(mask.shape)}")
+        device = self._device()
+        self._mask = mask.to(device=device, non_blocking=True) != 0
+        self._mask_col = self._mask.reshape(-1, 1)
+        self._mask_tokens = self._mask.sum()
+        self._mask_shape = tuple(mask.shape)
+
+    @property
+    def histogram_next(self) -> bool:
+        """Set True to take a histogram of activation values on the next counted forward (see `histograms`)."""
+        return any(p.hist_pending for p in self._all_probes())
+
+    @histogram_next.setter
+    def histogram_next(self, value: bool) -> None:
+        for p in self._all_probes():
+            p.hist_pending = bool(value)
+
+    # ------------------------------------------------------------------ windows and state
+    def _all_probes(self) -> list[_Probe]:
+        seen: dict[int, _Probe] = {}
+        for probes in self._probes.values():
+            for p in probes:
+                seen.setdefault(id(p), p)
+        return list(seen.values())
+
+    def _device(self) -> torch.device:
+        probes = self._all_probes()
+        return probes[0].tokens.device if probes else torch.device("cpu")
+
+    def to(self, device: torch.device | str) -> LivenessMonitor:
+        """Move the counters (model.to() and accelerator.prepare already move them along with the model)."""
+        for p in self._all_probes():
+            p.move(torch.device(device))
+        return self
+
+    def reset(self) -> None:
+        """Zero all counters (in place: a compiled model keeps its graph)."""
+        for p in self._all_probes():
+            p.tokens.zero_()
+            for t in (*p.fire_count, *p.abs_sum):
+                t.zero_()
+
+    @contextlib.contextmanager
+    def fresh_window(self) -> Iterator[LivenessMonitor]:
+        """Count a separate window (e.g. a validation pass): saves the counters, zeroes them, yields, and puts
+        the saved ones back, so the training window in progress is not disturbed."""
+        saved = [[t.clone() for t in (p.tokens, *p.fire_count, *p.abs_sum)] for p in self._all_probes()]
+        self.reset()
+        try:
+            yield self
+        finally:
+            for p, ts in zip(self._all_probes(), saved, strict=True):
+                for dst, src in zip((p.tokens, *p.fire_count, *p.abs_sum), ts, strict=True):
+                    dst.copy_(src)
+
+    def _stacked(self, site: str) -> tuple[Tensor, Tensor, Tensor]:
+        """(fire_count (L, U) int64, abs_sum (L, U) float64, tokens (L,) int64) of a site, on the device."""
+        probes = self._probes[site]
+        ks = [p.sites.index(site) for p in probes]
+        return (
+            torch.stack([p.fire_count[k] for p, k in zip(probes, ks, strict=True)]),
+            torch.stack([p.abs_sum[k] for p, k in zip(probes, ks, strict=True)]),
+            torch.stack([p.tokens[k] for p, k in zip(probes, ks, strict=True)]),
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The counters as CPU tensors: {"version", "sites": {site: {"fire_count", "abs_sum", "tokens"}}}."""
+        self._check_installed()
+        sites = {}
+        for site in self.sites:
+            fire, abs_sum, tokens = self._stacked(site)
+            sites[site] = {"fire_count": fire.cpu(), "abs_sum": abs_sum.cpu(), "tokens": tokens.cpu()}
+        return {"version": STATE_VERSION, "sites": sites}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore counters saved by `state_dict` (onto the counters' current device)."""
+        self._check_installed()
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            got = state.get("version") if isinstance(state, dict) else type(state).__name__
+            raise CheckpointError(
+                f"liveness monitor state has version {got}, this reviveformer reads {STATE_VERSION}"
+            )
+        sites = state.get("sites")
+        if not isinstance(sites, dict) or set(sites) != set(self.sites):
+            have = sorted(sites) if isinstance(sites, dict) else "none"
+            raise CheckpointError(
+                f"liveness monitor state has sites {have} but liveness.sites is {list(self.sites)}; resume with the "
+                "same liveness.sites as the checkpoint"
+            )
+        for site in self.sites:
+            probes = self._probes[site]
+            entry = sites[site]
+            want = {
+                "fire_count": (len(probes), probes[0].units),
+                "abs_sum": (len(probes), probes[0].units),
+                "tokens": (len(probes),),
+            }
+            for key, shape in want.items():
+                t = entry.get(key)
+                if not isinstance(t, Tensor) or tuple(t.shape) != shape:
+                    got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+                    raise CheckpointError(
+                        f"liveness monitor state {site}.{key} has shape {got}, this model needs {shape}"
+                    )
+            for layer, p in enumerate(probes):
+                k = p.sites.index(site)
+                p.fire_count[k].copy_(entry["fire_count"][layer])
+                p.abs_sum[k].copy_(entry["abs_sum"][layer])
+                p.tokens[k].copy_(entry["tokens"][layer])
+
+    # ------------------------------------------------------------------ outputs
+    def histograms(self) -> dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]:
+        """Histograms taken since the last call, {(site, layer): (counts int64 (bins,), edges (bins + 1,))},
+        over the fixed range [-HISTOGRAM_RANGE, HISTOGRAM_RANGE]; clears them."""
+        edges = np.linspace(-HISTOGRAM_RANGE, HISTOGRAM_RANGE, self.cfg.histogram_bins + 1)
+        out: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+        for p in self._all_probes():
+            if not p.hist_taken:
+                continue
+            for site, h in zip(p.sites, p.hist, strict=True):
+                out[(site, p.layer)] = (h.cpu().numpy().copy(), edges.copy())
+                h.zero_()
+            p.hist_taken = False
+        return dict(sorted(out.items(), key=lambda kv: (SITES.index(kv[0][0]), kv[0][1])))
+
+    def report(
+        self, reduce: Reduce | None = None, pruned_masks: dict[int, Tensor] | None = None
+    ) -> LivenessReport:
+        """Sum the counters over processes (`reduce`: a sum over processes, e.g.
+        `lambda t: accelerator.reduce(t, "sum")`; None for one process) and compute the liveness numbers.
+
+        All counters travel in two tensors (int64 counts, float64 sums), so `reduce` runs twice whatever the
+        model size; counts are summed before any ratio is taken. Capacity needs site mlp_post and is None
+        without it."""
+        self._check_installed()
+        ints, floats, layout = [], [], []
+        for site in self.sites:
+            fire, abs_sum, tokens = self._stacked(site)
+            ints += [fire.flatten(), tokens]
+            floats.append(abs_sum.flatten())
+            layout.append((site, *fire.shape))
+        int_all, float_all = torch.cat(ints), torch.cat(floats)
+        if reduce is not None:
+            int_all, float_all = reduce(int_all), reduce(float_all)
+        int_np, float_np = int_all.cpu().numpy(), float_all.cpu().numpy()
+
+        sites: dict[str, list[LayerLiveness]] = {}
+        max_tokens = 0
+        io = fo = 0
+        for site, n_layer, units in layout:
+            fire = int_np[io : io + n_layer * units].reshape(n_layer, units)
+            io += n_layer * units
+            tokens = int_np[io : io + n_layer]
+            io += n_layer
+            abs_sum = float_np[fo : fo + n_layer * units].reshape(n_layer, units)
+            fo += n_layer * units
+            max_tokens = max(max_tokens, int(tokens.max(initial=0)))
+            sites[site] = [
+                layer_liveness(i, fire[i], abs_sum[i], int(tokens[i]), self.cfg.dead_frequency, self.cfg.tau)
+                for i in range(n_layer)
+            ]
+        if max_tokens == 0:
+            log.warning("liveness report over 0 observed tokens: every unit counts as dead and dormant")
+        cap = None
+        if MLP_SITE in sites:
+            cap = capacity(self.model, {e.layer: e.dead_units for e in sites[MLP_SITE]}, pruned_masks)
+        return LivenessReport(
+            tokens=max_tokens,
+            threshold=self.cfg.threshold,
+            criterion=self.cfg.criterion,
+            dead_frequency=self.cfg.dead_frequency,
+            tau=self.cfg.tau,
+            sites=sites,
+            capacity=cap,
+        )
+
+    def _check_installed(self) -> None:
+        if not self._installed:
+            raise ValueError("this LivenessMonitor is closed; create a new one")
+        # a module swapped after installation (e.g. activations.set_activation) would silently count nothing
+        blocks = _blocks(self.model)
+        for module, _ in self._installed:
+            p = module._rf_probe
+            block = blocks[p.layer]
+            current = block.attn.c_proj if p.sites == ("attn_out",) else block.mlp.act
+            if current is not module:
+                raise ValueError(
+                    f"transformer.h[{p.layer}] no longer holds the module the liveness monitor watches (was it "
+                    "replaced, e.g. by an activation swap, after the monitor was installed?); close() the monitor "
+                    "and create a new one after changing the model"
+                )
+
+    def close(self) -> None:
+        """Remove the counting: every watched module gets its own class back and loses its counters."""
+        for module, original in reversed(self._installed):
+            module.__class__ = original
+            module.__dict__.pop("_rf_probe", None)
+        self._installed.clear()
+        self._probes = {s: [] for s in self.sites}
+        self._mask = self._mask_col = self._mask_tokens = None
+        self._scratch_buffers.clear()
+
+    def __enter__(self) -> LivenessMonitor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

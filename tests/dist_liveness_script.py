@@ -1,0 +1,89 @@
+"""Launched by tests/test_liveness.py under `accelerate launch` (1 or 2 CPU processes).
+
+Builds the seeded tiny model, counts liveness over a fixed set of padded token sequences split across the
+processes (each sequence seen by exactly one process), reduces with `accelerator.reduce(t, "sum")` and, on the
+main process, writes the report JSON to the path given on the command line.
+
+    accelerate launch ... tests/dist_liveness_script.py OUT.json
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import gc
+import json
+import sys
+
+import torch
+from accelerate import Accelerator
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from reviveformer.config import LivenessConfig
+from reviveformer.liveness import LivenessMonitor
+
+VOCAB = 97
+N_SEQ = 8  # divisible by 2: no process gets a padding duplicate
+SEQ_LEN = 16
+BATCH = 2
+KILLED = {0: [3, 17, 200], 1: [5]}  # relu units made dead by a large negative bias
+
+
+def build_model() -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    cfg = GPT2Config(
+        n_layer=2,
+        n_embd=64,
+        n_head=2,
+        n_positions=32,
+        vocab_size=VOCAB,
+        activation_function="relu",
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    model = GPT2LMHeadModel(cfg).eval()
+    with torch.no_grad():
+        for i, units in KILLED.items():
+            model.transformer.h[i].mlp.c_fc.bias[units] = -100.0
+    return model
+
+
+def data() -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed token ids (N_SEQ, SEQ_LEN) and right-padding masks with lengths in [1, SEQ_LEN]."""
+    g = torch.Generator().manual_seed(1234)
+    ids = torch.randint(0, VOCAB, (N_SEQ, SEQ_LEN), generator=g)
+    lengths = torch.randint(1, SEQ_LEN + 1, (N_SEQ,), generator=g)
+    mask = (torch.arange(SEQ_LEN)[None, :] < lengths[:, None]).long()
+    return ids, mask
+
+
+def main(out: str) -> None:
+    faulthandler.dump_traceback_later(120, exit=True)  # a hang prints every thread's stack and ends
+    accelerator = Accelerator(cpu=True)
+    model = build_model()
+    monitor = LivenessMonitor(model, LivenessConfig())
+    model = accelerator.prepare(model)  # DDP with 2 processes: forwards run through it, as in the trainer
+    ids, mask = data()
+    mine = list(range(accelerator.process_index, N_SEQ, accelerator.num_processes))
+    with torch.no_grad():
+        for start in range(0, len(mine), BATCH):
+            rows = mine[start : start + BATCH]
+            monitor.set_attention_mask(mask[rows])
+            model(input_ids=ids[rows], attention_mask=mask[rows])
+    report = monitor.report(reduce=lambda t: accelerator.reduce(t, "sum"))
+    if accelerator.is_main_process:
+        with open(out, "w") as f:
+            json.dump({"num_processes": accelerator.num_processes, "report": report.to_json()}, f)
+    accelerator.wait_for_everyone()
+    monitor.close()
+    # DDP goes before its process group: freed after it (at exit), gloo teardown now and then hangs
+    del model
+    accelerator.free_memory()
+    gc.collect()
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
