@@ -303,6 +303,9 @@ class Trainer:
             return {}
         if report is None:
             _, report = self.measure(self.cfg.train.eval_batches)
+        if report.tokens == 0:  # every unit would count as dead: nothing to decide from
+            log.warning("revival skipped at step %d: the liveness measurement saw no tokens", self.step)
+            return {}
         unwrapped = self.accelerator.unwrap_model(self.model)
         t0 = time.perf_counter()
         metrics = self.reviver.revive(unwrapped, report.to_json(), self.optimizer)
@@ -399,6 +402,9 @@ class Trainer:
                 self.tracking.finish()
             if self.monitor is not None:
                 self.monitor.close()
+            for attr in ("model", "optimizer", "scheduler", "train_loader", "val_loader"):
+                self.__dict__.pop(attr, None)
+            release(self.accelerator)
             if not self.keep_process_group:
                 self.accelerator.end_training()
         summary.wall_s = time.perf_counter() - t0
@@ -555,6 +561,15 @@ class Trainer:
         return Summary(run_dir=str(self.run_dir), steps=self.step, epochs=self.epoch, tokens=self.tokens_seen,
                        tokens_per_s=tps, val_loss=self.last_val.get("val/loss", float("nan")),
                        val_ppl=self.last_val.get("val/ppl", float("nan")), stopped_by=stopped_by, dead_ratio=dead)
+
+
+def release(accelerator) -> None:
+    """Drop the prepared (DDP-wrapped) model and optimizer before the process group goes: a DDP model still
+    alive at teardown made 2-process CPU runs hang at exit now and then."""
+    import gc
+
+    accelerator.free_memory()
+    gc.collect()
 
 
 def train(cfg: Config, keep_process_group: bool = False) -> Summary:

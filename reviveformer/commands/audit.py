@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     from reviveformer import plots
     from reviveformer.saved_model import measure_saved, open_saved_model, write_json
+    from reviveformer.trainer import release
 
     saved = open_saved_model(args.checkpoint, args.overrides)
     out = Path(args.out) if args.out else saved.path.parent / "audit"
@@ -51,5 +52,6 @@ def run(args: argparse.Namespace) -> int:
         print(table(data))
         print(f"tokens: {data['tokens']:,}  loss: {val['val/loss']:.4f}  perplexity: {val['val/ppl']:.2f}")
         print(f"liveness.json and plots: {out}")
+    release(acc)
     acc.end_training()
     return 0

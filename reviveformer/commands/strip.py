@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from reviveformer.model import save_final
     from reviveformer.revival.stripping import SynapticStripping
     from reviveformer.saved_model import measure_saved, open_saved_model, write_json
+    from reviveformer.trainer import release
 
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -63,5 +64,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"layer {d['layer']}: {d['dead_units']} dead units, {d['weights_stripped']} weights stripped")
         print(f"stripped {strip_report['weights_stripped']} weights of {strip_report['dead_units']} dead units; "
               f"model, strip.json and liveness.json in {out}")
+    release(acc)
     acc.end_training()
     return 0
