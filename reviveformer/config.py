@@ -202,6 +202,9 @@ class LivenessConfig:
     """A unit is dead when its firing frequency is below this."""
     tau: float = 0.1
     """A unit is dormant when its normalised mean |a| (ReDo score) is <= tau."""
+    sample_every: int = 1
+    """During training, count on one optimizer step in this many (1: every step). The training windows then
+    hold fewer tokens, for less hot-path cost; epoch-end, audit and strip measurements count every token."""
     histogram_every: int = 0
     """Every this many steps, log a histogram of activation values per site and layer (0: never)."""
     histogram_bins: int = 64
@@ -216,6 +219,7 @@ class LivenessConfig:
             (self.criterion in CRITERIA, f"criterion={self.criterion!r} must be one of {', '.join(CRITERIA)}"),
             (0.0 <= self.dead_frequency <= 1.0, f"dead_frequency={self.dead_frequency} must be in [0, 1]"),
             (self.tau >= 0, f"tau={self.tau} must be >= 0"),
+            (self.sample_every >= 1, f"sample_every={self.sample_every} must be >= 1"),
             (self.histogram_every >= 0, f"histogram_every={self.histogram_every} must be >= 0"),
             (self.histogram_bins >= 2, f"histogram_bins={self.histogram_bins} must be >= 2"),
         ]))

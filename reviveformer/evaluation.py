@@ -37,9 +37,11 @@ def evaluate(model, loader, accelerator, max_batches: int | None = None, progres
         if max_batches is not None and i >= max_batches:
             break
         logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
-        labels = batch["labels"][:, 1:]
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.size(-1)),
-                                                 labels.reshape(-1), reduction="sum", ignore_index=-100)
+        # next-token targets: shift the labels, not the logits (slicing the logits would copy them all)
+        ids = batch["labels"]
+        labels = torch.cat([ids[:, 1:], ids.new_full((ids.shape[0], 1), -100)], dim=1)
+        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1),
+                                                 reduction="sum", ignore_index=-100)
         loss_sum += loss.double()
         count += (labels != -100).sum()
         if progress is not None:
@@ -56,7 +58,11 @@ def measure(model, loader, accelerator, monitor, pruned_masks=None, max_batches:
     Returns (val metrics, LivenessReport or None when there is no monitor)."""
     if monitor is None:
         return evaluate(model, loader, accelerator, max_batches, progress), None
-    with monitor.fresh_window():
-        val = evaluate(model, loader, accelerator, max_batches, progress)
-        report = monitor.report(reduce=lambda t: reduce_sum(accelerator, t), pruned_masks=pruned_masks)
+    was_active, monitor.active = monitor.active, True  # training may have paused it (liveness.sample_every)
+    try:
+        with monitor.fresh_window():
+            val = evaluate(model, loader, accelerator, max_batches, progress)
+            report = monitor.report(reduce=lambda t: reduce_sum(accelerator, t), pruned_masks=pruned_masks)
+    finally:
+        monitor.active = was_active
     return val, report

@@ -286,11 +286,11 @@ class Trainer:
         """Validation loss only; the monitor is paused so the training window holds training tokens alone."""
         if self.monitor is None:
             return evaluate(self.model, self.val_loader, self.accelerator, max_batches)
-        self.monitor.active = False
+        was_active, self.monitor.active = self.monitor.active, False
         try:
             return evaluate(self.model, self.val_loader, self.accelerator, max_batches)
         finally:
-            self.monitor.active = True
+            self.monitor.active = was_active
 
     def measure(self, max_batches: int | None = None) -> tuple[dict[str, float], LivenessReport | None]:
         masks = self.reviver.pruned_masks() if self.reviver else None
@@ -436,6 +436,8 @@ class Trainer:
                 loader = acc.skip_first_batches(self.train_loader, self.batches_in_epoch)
             step_loss = torch.zeros((), device=acc.device)
             for batch in loader:
+                if self.monitor is not None and cfg.liveness.sample_every > 1:
+                    self.monitor.active = (self.step + 1) % cfg.liveness.sample_every == 0
                 if self.monitor is not None and cfg.liveness.histogram_every and \
                         (self.step + 1) % cfg.liveness.histogram_every == 0:
                     self.monitor.histogram_next = True

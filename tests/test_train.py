@@ -232,3 +232,21 @@ def test_fine_tune_swaps_the_activation_with_a_warning(trained, tmp_path, corpus
     x = torch.linspace(-3, 3, 7)
     assert torch.allclose(model.transformer.h[0].mlp.act(x), torch.nn.functional.gelu(x))
     assert load_config(out / "config.yaml").model.activation == "gelu"
+
+
+@pytest.mark.slow
+def test_liveness_sample_every_counts_one_step_in_n(tmp_path, corpus_file):
+    """liveness.sample_every=3: the training window holds only the sampled steps' tokens, while the epoch-end
+    measurement still sees every validation token."""
+    from reviveformer import checkpoint as ckpt
+    from reviveformer.data import prepare_data
+
+    run_dir = tmp_path / "sampled"
+    cfg = load_config(RECIPE, tiny_overrides(run_dir, corpus_file, **{
+        "data.max_tokens": 32 * 8 * 6, "train.epochs": 1, "train.log_every": 4, "liveness.sample_every": 3}))
+    train(cfg)
+    # steps 5 and 6 are in the window after the log at step 4; of them only step 6 is sampled (6 % 3 == 0)
+    state = ckpt.read_state(run_dir / "checkpoints" / "step_00000006")
+    assert state["monitor"]["sites"]["mlp_post"]["tokens"].tolist() == [8 * 32, 8 * 32]
+    n_val = prepare_data(cfg.data, cfg.train.seed).val[:]["input_ids"].numel()
+    assert json.loads((run_dir / "liveness" / "epoch_000.json").read_text())["tokens"] == n_val
