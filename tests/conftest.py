@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sysconfig
 from pathlib import Path
 
@@ -49,3 +50,10 @@ def tiny_overrides(run_dir: Path, corpus: Path | None = None, **extra) -> list[s
         o.update({"data.source": "text", "data.path": str(corpus)})
     o.update(extra)
     return [f"{k}={v}" for k, v in o.items()]
+
+
+def free_port() -> int:
+    """A free local TCP port for an `accelerate launch` rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
