@@ -15,6 +15,8 @@ log = logging.getLogger("reviveformer")
 
 DEFAULT_ACTIVATION = "gelu_new"
 RECIPE_NAME = "reviveformer.yaml"  # the resolved reviveformer config saved beside a model
+# transformers picks the loss from the class name, which for GPT2LMHeadModel says nothing, and then warns
+CAUSAL_LM_LOSS = "ForCausalLM"
 
 
 def build_model(cfg: ModelConfig, vocab_size: int, eos_token_id: int) -> GPT2LMHeadModel:
@@ -37,6 +39,7 @@ def build_model(cfg: ModelConfig, vocab_size: int, eos_token_id: int) -> GPT2LMH
     )
     model = GPT2LMHeadModel(hf)
     activations.set_activation(model, name, cfg.leaky_relu_slope)
+    model.loss_type = CAUSAL_LM_LOSS
     return model
 
 
@@ -66,6 +69,7 @@ def load_model(path: str) -> GPT2LMHeadModel:
         raise CheckpointError(f"{where}: the weights could not be loaded ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''})") from None
     activations.set_activation(model, name, slope)
+    model.loss_type = CAUSAL_LM_LOSS
     return model
 
 

@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -418,7 +419,8 @@ class Trainer:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.is_main and tc.progress),
-                   desc="training", unit="step", dynamic_ncols=True)
+                   desc="training", unit="step", dynamic_ncols=True,
+                   mininterval=0.2 if sys.stderr.isatty() else 30.0)  # a log file gets a line every 30 s
         window_loss = torch.zeros((), device=acc.device)
         window_steps = 0
         window_tokens = 0
