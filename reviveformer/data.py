@@ -40,10 +40,6 @@ class PackedData:
     tokenizer: object  # a transformers tokenizer
     fingerprint: str
 
-    @property
-    def train_tokens(self) -> int:
-        return len(self.train) * len(self.train[0]["input_ids"]) if len(self.train) else 0
-
 
 def cache_root(cfg: DataConfig) -> Path:
     return Path(cfg.cache_dir or os.environ.get("REVIVEFORMER_CACHE", Path.home() / ".cache" / "reviveformer"))
@@ -191,7 +187,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
 
 
-def pack(docs: Dataset, tokenizer, block_size: int, max_tokens: int | None, fingerprint: str) -> Dataset:
+def pack(docs: Dataset, tokenizer, block_size: int, fingerprint: str) -> Dataset:
     """Tokenise documents (each followed by EOS), concatenate and cut into full blocks of block_size."""
     eos = tokenizer.eos_token_id
 
@@ -211,8 +207,6 @@ def pack(docs: Dataset, tokenizer, block_size: int, max_tokens: int | None, fing
                    desc="tokenising")
     packed = tok.map(group, batched=True, batch_size=1000, remove_columns=["ids"], new_fingerprint=f"{fingerprint}-pack",
                      desc="packing")
-    if max_tokens is not None:
-        packed = packed.select(range(min(len(packed), max(1, max_tokens // block_size))))
     return packed
 
 
@@ -236,8 +230,8 @@ def prepare_data(cfg: DataConfig, seed: int, tokenizer=None) -> PackedData:
     if (store / "done").is_file():
         train, val = datasets.load_from_disk(str(store / "train")), datasets.load_from_disk(str(store / "validation"))
     else:
-        train = pack(docs["train"], tokenizer, cfg.block_size, None, f"{key}-train")
-        val = pack(docs["validation"], tokenizer, cfg.block_size, None, f"{key}-val")
+        train = pack(docs["train"], tokenizer, cfg.block_size, f"{key}-train")
+        val = pack(docs["validation"], tokenizer, cfg.block_size, f"{key}-val")
         _check_not_empty(train, val, cfg)
         tmp = store.with_name(store.name + f".tmp{os.getpid()}")
         train.save_to_disk(str(tmp / "train"))

@@ -8,7 +8,7 @@ from pathlib import Path
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from reviveformer import activations
-from reviveformer.config import Config, ModelConfig, load_config, save_config
+from reviveformer.config import Config, ModelConfig, save_config
 from reviveformer.errors import CheckpointError
 
 log = logging.getLogger("reviveformer")
@@ -106,12 +106,6 @@ def save_final(model: GPT2LMHeadModel, tokenizer, cfg: Config, out_dir: str | Pa
     tokenizer.save_pretrained(out)
     save_config(cfg, out / RECIPE_NAME)
     return out
-
-
-def saved_run_config(path: str | Path) -> Config | None:
-    """The reviveformer config saved beside a model (None for a model that is not ours)."""
-    f = Path(path) / RECIPE_NAME
-    return load_config(f) if f.is_file() else None
 
 
 def n_trainable(model) -> int:
