@@ -1,7 +1,8 @@
 """MLP activations: a name -> module registry, swapping the activation of a GPT-2, and saving it so it reloads.
 
 Names (design.md, Activations): `relu`, `leaky_relu` (slope `model.leaky_relu_slope`), `elu`, `selu`, `gelu`
-(exact erf form), `gelu_new` (GPT-2's tanh approximation), `silu` (alias `swish`), `mish`; any other name
+(exact erf form), `gelu_new` (GPT-2's tanh approximation), `silu` (alias `swish`), `mish`, `prelu` (a learned
+negative slope per block, saved with the weights and restored by `model.load_model`); any other name
 that transformers' `ACT2FN` knows (so a checkpoint saved with, say, `gelu_pytorch_tanh` still loads); and
 `package.module:attr` for a user's own. Importing that `module:attr` is the only code a config can load.
 
@@ -44,6 +45,8 @@ ACTIVATIONS: dict[str, Callable[[float], nn.Module]] = {
     "silu": lambda slope: nn.SiLU(),
     "swish": lambda slope: nn.SiLU(),
     "mish": lambda slope: nn.Mish(),
+    # learned: one negative slope per block (init 0.25), saved in the state dict as h.<i>.mlp.act.weight
+    "prelu": lambda slope: nn.PReLU(),
 }
 
 # Candidate transformers names for registry entries; each is used only if `_same_function` confirms it.
@@ -55,6 +58,7 @@ _HF_CANDIDATES = {
     "silu": "silu",
     "swish": "swish",
     "mish": "mish",
+    "prelu": "prelu",
 }
 # Placeholder a loader builds the model with before `set_activation` installs the real function.
 PLACEHOLDER_HF_ACTIVATION = "gelu_new"
@@ -185,8 +189,8 @@ def _same_function(name: str, slope: float, hf_name: str) -> bool:
     for dtype in (torch.float32, torch.float64):
         x = torch.cat([torch.linspace(-40, 40, 16001, dtype=dtype), torch.logspace(-12, 2, 201, dtype=dtype)])
         x = torch.cat([x, -x])
-        with torch.no_grad():
-            if not torch.equal(ours(x), theirs(x)):
+        with torch.no_grad():  # .to(dtype): a learned activation's parameters follow the input's dtype
+            if not torch.equal(ours.to(dtype)(x), theirs.to(dtype)(x)):
                 return False
     return True
 
@@ -236,8 +240,9 @@ def prepare_config_for_transformers(hf_config: Any) -> tuple[Any, str, float]:
 
     A model loader builds the model from the copy (`GPT2LMHeadModel.from_pretrained(path, config=copy)`),
     whose `activation_function` is the saved one when transformers knows it and a placeholder otherwise, then
-    calls `set_activation(model, name, slope)` (or the swapped-in activation the user asked for). Activations
-    hold no parameters in the registry, so the placeholder does not change what the state dict loads.
+    calls `set_activation(model, name, slope)` (or the swapped-in activation the user asked for). A learned
+    activation's parameters (prelu, a user's module) are then loaded into the installed modules by the loader,
+    since the modules transformers built are replaced.
     """
     name, slope = activation_from_config(hf_config)
     prepared = copy.deepcopy(hf_config)

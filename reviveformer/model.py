@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
+import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from reviveformer import activations
 from reviveformer.config import Config, ModelConfig, save_config
-from reviveformer.errors import CheckpointError
+from reviveformer.errors import CheckpointError, UserError
 
 log = logging.getLogger("reviveformer")
 
@@ -37,29 +39,111 @@ def build_model(cfg: ModelConfig, vocab_size: int, eos_token_id: int) -> GPT2LMH
         bos_token_id=eos_token_id,
         eos_token_id=eos_token_id,
     )
-    model = GPT2LMHeadModel(hf)
+    try:
+        model = GPT2LMHeadModel(hf)
+    except (torch.OutOfMemoryError, MemoryError) as e:
+        raise UserError(_too_large(cfg, vocab_size, e)) from None
+    except RuntimeError as e:  # the CPU allocator raises a plain RuntimeError
+        if "allocate" not in str(e):
+            raise
+        raise UserError(_too_large(cfg, vocab_size, e)) from None
     activations.set_activation(model, name, cfg.leaky_relu_slope)
     model.loss_type = CAUSAL_LM_LOSS
     return model
+
+
+def _too_large(cfg: ModelConfig, vocab_size: int, err: BaseException) -> str:
+    first = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return (f"the model could not be allocated ({first}): model.n_layer={cfg.n_layer}, model.n_embd={cfg.n_embd}, "
+            f"model.n_inner={cfg.n_inner} with a vocabulary of {vocab_size} is too large for the memory here; lower "
+            "model.n_layer or model.n_embd, or use a machine with more memory")
 
 
 def _is_local(path: str) -> bool:
     return Path(path).expanduser().exists()
 
 
-def load_model(path: str) -> GPT2LMHeadModel:
-    """Load a GPT2LMHeadModel from a directory (or a hub name) with the activation it was saved with."""
+def _looks_like_a_path(path: str) -> bool:
+    """A hub id is `name` or `owner/name`; anything else (absolute, ./, ~, deeper) can only be a folder."""
+    return path.startswith(("/", ".", "~")) or path.count("/") > 1 or "\\" in path
+
+
+ACT_PREFIX = ".mlp.act."  # state-dict keys of the MLP activations' own parameters and buffers
+# weight file -> the index of its shards (transformers writes one or the other)
+WEIGHT_FILES = {"model.safetensors": "model.safetensors.index.json", "pytorch_model.bin": "pytorch_model.bin.index.json"}
+
+
+def _saved_tensors(path: str, keys: set[str]) -> dict[str, torch.Tensor]:
+    """The tensors of `keys` stored in a checkpoint's weight files (single or sharded, safetensors or a
+    pickle read with weights_only=True), from a folder or the hub cache."""
+    from safetensors import safe_open
+    from transformers.utils import cached_file
+
+    for weights, index_name in WEIGHT_FILES.items():
+        index = cached_file(path, index_name, _raise_exceptions_for_missing_entries=False)
+        single = cached_file(path, weights, _raise_exceptions_for_missing_entries=False)
+        if index:
+            shards = sorted({f for k, f in json.loads(Path(index).read_text())["weight_map"].items() if k in keys})
+            files = [cached_file(path, f) for f in shards]
+        elif single:
+            files = [single]
+        else:
+            continue
+        found: dict[str, torch.Tensor] = {}
+        for f in files:
+            if f.endswith(".safetensors"):
+                with safe_open(f, framework="pt") as st:
+                    found.update({k: st.get_tensor(k) for k in st.keys() if k in keys})
+            else:
+                found.update({k: v for k, v in torch.load(f, map_location="cpu", weights_only=True).items()
+                              if k in keys})
+        return found
+    return {}
+
+
+def _restore_activation_state(model: GPT2LMHeadModel, path: str, name: str) -> None:
+    """Put the saved parameters of a learned activation (prelu, a user's module) back into the modules that
+    `set_activation` just installed: they are built after the weights load, so they start fresh otherwise."""
+    wanted = {k for k in model.state_dict() if ACT_PREFIX in k}
+    if not wanted:
+        return
+    saved = _saved_tensors(path, wanted)
+    if not saved:
+        log.warning("checkpoint %s holds no parameters for its activation %s; they start from their initial "
+                    "values", path, name)
+        return
+    if set(saved) != wanted:
+        raise CheckpointError(f"checkpoint {path}: the saved parameters of activation {name} "
+                              f"({', '.join(sorted(saved))}) do not match what {name} holds now "
+                              f"({', '.join(sorted(wanted))}); was the activation's code changed since it was saved?")
+    try:
+        model.load_state_dict(saved, strict=False)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path}: the saved parameters of activation {name} do not fit it "
+                              f"({str(e).splitlines()[-1].strip()})") from None
+
+
+def load_model(path: str, key: str = "checkpoint") -> GPT2LMHeadModel:
+    """Load a GPT2LMHeadModel from a directory (or a hub name) with the activation it was saved with,
+    including that activation's learned parameters. `key` names the source in messages (model.init_from)."""
     from transformers import AutoConfig
 
-    where = f"checkpoint {path}"
+    where = f"{key} {path}" if key == "checkpoint" else f"{key}={path}"
+    if not _is_local(path) and _looks_like_a_path(path):
+        raise CheckpointError(f"{where} does not exist; give a model folder (RUN_DIR/final or any save_pretrained "
+                              "folder) or a run directory")
     if _is_local(path) and not (Path(path) / "config.json").is_file():
         raise CheckpointError(f"{where} has no config.json: give a folder written by save_pretrained (for example "
                               "RUN_DIR/final) or a GPT-2 hub name")
     try:
         hf = AutoConfig.from_pretrained(path)
     except Exception as e:
-        raise CheckpointError(f"{where} could not be read as a Hugging Face model ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if not _is_local(path):
+            raise CheckpointError(f"{where} is not a local folder, and as a hub model name it could not be loaded "
+                                  f"(offline, or no such model: {reason}); give a model folder (RUN_DIR/final, a "
+                                  "save_pretrained folder), a run directory, or a hub name such as gpt2") from None
+        raise CheckpointError(f"{where} could not be read as a Hugging Face model ({reason})") from None
     if hf.model_type != "gpt2":
         raise CheckpointError(f"{where} is a '{hf.model_type}' model; reviveformer trains GPT-2 (model_type gpt2)")
     hf, name, slope = activations.prepare_config_for_transformers(hf)
@@ -69,6 +153,7 @@ def load_model(path: str) -> GPT2LMHeadModel:
         raise CheckpointError(f"{where}: the weights could not be loaded ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''})") from None
     activations.set_activation(model, name, slope)
+    _restore_activation_state(model, path, name)
     model.loss_type = CAUSAL_LM_LOSS
     return model
 
@@ -76,7 +161,7 @@ def load_model(path: str) -> GPT2LMHeadModel:
 def init_from_checkpoint(cfg: ModelConfig) -> GPT2LMHeadModel:
     """Fine-tuning start: the checkpoint's weights; dropout from the config; an activation swap if asked."""
     assert cfg.init_from
-    model = load_model(cfg.init_from)
+    model = load_model(cfg.init_from, key="model.init_from")
     saved_name, slope = activations.activation_from_config(model.config)
     if cfg.activation and (cfg.activation != saved_name or (cfg.activation == "leaky_relu" and slope != cfg.leaky_relu_slope)):
         log.warning("model.activation=%s swaps the checkpoint's %s: this changes the function the weights were "

@@ -42,3 +42,16 @@ class NanOnFifthTrainingCall(nn.Module):
             if self.calls == 5:
                 return x * float("nan")
         return torch.relu(x)
+
+
+class LearnedSlopeTanh(nn.Module):
+    """A user's activation with parameters: a * tanh(x) + b * x, one learned a and b (and a buffer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor(1.0))
+        self.b = nn.Parameter(torch.tensor(0.0))
+        self.register_buffer("calls_seen", torch.zeros((), dtype=torch.int64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a * torch.tanh(x) + self.b * x

@@ -258,3 +258,82 @@ def test_save_reload_round_trip(
     else:
         with pytest.raises(KeyError):
             AutoModelForCausalLM.from_pretrained(tmp_path)
+
+
+# --- learned activations: their parameters survive save -> reload (audit, strip, init_from) ---------------
+
+
+def _learned_model(activation: str) -> GPT2LMHeadModel:
+    """A reviveformer model whose activation parameters are set away from their initial values, per block."""
+    from reviveformer.config import ModelConfig
+    from reviveformer.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(n_layer=2, n_embd=16, n_head=2, n_positions=16, activation=activation), 64, 0)
+    with torch.no_grad():
+        for i, block in enumerate(model.transformer.h):
+            for k, p in enumerate(block.mlp.act.parameters()):
+                p.fill_(0.1 + 0.3 * i - 0.05 * k)  # 0.1, 0.4 (prelu); a, b differ per block (custom)
+            for b in block.mlp.act.buffers():
+                b.fill_(7 + i)
+    return model.eval()
+
+
+def _act_state(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items() if ".mlp.act." in k}
+
+
+@pytest.mark.parametrize("activation", ["prelu", "custom_act:LearnedSlopeTanh"])
+def test_learned_activation_parameters_survive_reload(activation, tmp_path, custom_path):
+    """load_model (what audit and strip open) and init_from give back the saved parameter values, not fresh
+    ones, and the same logits as the model that was saved."""
+    from safetensors.torch import load_file
+
+    from reviveformer.config import ModelConfig
+    from reviveformer.model import init_from_checkpoint, load_model
+
+    model = _learned_model(activation)
+    expected = _act_state(model)
+    assert expected and all(v.float().abs().sum() > 0 for v in expected.values())
+    model.save_pretrained(tmp_path)
+    # what is on disk, read independently of the loader
+    on_disk = {k: v for k, v in load_file(tmp_path / "model.safetensors").items() if ".mlp.act." in k}
+    assert on_disk.keys() == expected.keys()
+    for loaded in (load_model(str(tmp_path)), init_from_checkpoint(ModelConfig(init_from=str(tmp_path)))):
+        got = _act_state(loaded)
+        assert got.keys() == expected.keys()
+        for k in expected:
+            assert torch.equal(got[k], on_disk[k]), k
+        torch.testing.assert_close(logits(loaded.eval()), logits(model), rtol=0, atol=0)
+
+
+def test_prelu_reload_matches_plain_transformers(tmp_path):
+    """prelu is a name transformers knows: plain from_pretrained builds nn.PReLU and loads its weight, and
+    gives the same logits and the same slopes as reviveformer's loader."""
+    from reviveformer.model import load_model
+
+    model = _learned_model("prelu")
+    model.save_pretrained(tmp_path)
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ours = load_model(str(tmp_path)).eval()
+    assert [b.mlp.act.weight.item() for b in plain.transformer.h] == pytest.approx([0.1, 0.4])
+    assert [b.mlp.act.weight.item() for b in ours.transformer.h] == pytest.approx([0.1, 0.4])
+    torch.testing.assert_close(logits(ours), logits(plain), rtol=0, atol=0)
+    # and the slope is really used: by hand, the MLP of block 0 on a negative input
+    x = torch.tensor([-2.0, 3.0])
+    assert ours.transformer.h[0].mlp.act(x).tolist() == pytest.approx([-0.2, 3.0])
+
+
+def test_swapping_to_a_learned_activation_starts_it_fresh(tmp_path):
+    """init_from with another activation swaps it: the new module's own initial parameters (prelu: 0.25)."""
+    from reviveformer.config import ModelConfig
+    from reviveformer.model import init_from_checkpoint
+
+    model = _learned_model("prelu")
+    model.save_pretrained(tmp_path)
+    relu = init_from_checkpoint(ModelConfig(init_from=str(tmp_path), activation="relu"))
+    assert not _act_state(relu)
+    # and back: a relu checkpoint swapped to prelu gets PReLU's documented initial slope
+    relu.save_pretrained(tmp_path / "relu")
+    prelu = init_from_checkpoint(ModelConfig(init_from=str(tmp_path / "relu"), activation="prelu"))
+    assert [b.mlp.act.weight.item() for b in prelu.transformer.h] == [0.25, 0.25]
