@@ -124,3 +124,71 @@ def test_sweep_two_activations(tmp_path, corpus_file, capsys):
     result = json.loads((out / "sweep.json").read_text())
     assert result["threshold"] == 1000
     assert all(r == 1.0 for name in ("relu", "gelu") for r in result["dead_ratio_per_layer"][name]["mlp_post"])
+
+
+@pytest.fixture(scope="module")
+def prelu_run(tmp_path_factory, corpus_file) -> Path:
+    """A short run with a learned activation: training moves each block's PReLU slope away from 0.25."""
+    run_dir = tmp_path_factory.mktemp("cmd") / "prelu"
+    train(load_config(RECIPE, tiny_overrides(run_dir, corpus_file, **{
+        "model.activation": "prelu", "data.max_tokens": 32 * 8 * 6, "train.epochs": 1, "train.lr": 1e-2})))
+    return run_dir
+
+
+def _slopes(model_dir: Path) -> list[float]:
+    from safetensors.torch import load_file
+
+    weights = load_file(model_dir / "model.safetensors")
+    return [weights[f"transformer.h.{i}.mlp.act.weight"].item() for i in range(2)]
+
+
+@pytest.mark.slow
+def test_strip_keeps_learned_activation_and_a_users_tmp_folder(prelu_run, tmp_path, capsys):
+    """strip reloads the trained PReLU slopes (not fresh 0.25s) and saves them unchanged; a folder of the
+    user's named OUT.tmp is neither used nor removed, and no temporary folder is left."""
+    trained = _slopes(prelu_run / "final")
+    assert all(abs(s - 0.25) > 1e-4 for s in trained)  # training moved them, so a fresh reload would show
+    out = tmp_path / "stripped"
+    users = tmp_path / "stripped.tmp"
+    users.mkdir()
+    (users / "notes.txt").write_text("mine")
+    assert main(["strip", str(prelu_run), "--out", str(out), "liveness.dead_frequency=0.05"]) == 0
+    capsys.readouterr()
+    assert _slopes(out) == trained
+    assert (users / "notes.txt").read_text() == "mine" and sorted(p.name for p in users.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stripped", "stripped.tmp"]
+    # audit opens it the same way: its loss is that of the saved model, measured independently here
+    audit = tmp_path / "audit"
+    assert main(["audit", str(out), "--out", str(audit)]) == 0
+    printed = capsys.readouterr().out
+    from transformers import AutoModelForCausalLM
+
+    from reviveformer.data import prepare_data
+    from reviveformer.saved_model import open_saved_model
+
+    saved = open_saved_model(str(out), [])
+    ids = prepare_data(saved.cfg.data, saved.cfg.train.seed, tokenizer=saved.tokenizer).val[:]["input_ids"]
+    plain = AutoModelForCausalLM.from_pretrained(out).eval()  # prelu: transformers builds nn.PReLU itself
+    with torch.no_grad():
+        loss = plain(input_ids=ids, labels=ids).loss.item()
+    assert f"loss: {loss:.4f}" in printed
+
+
+def test_strip_failure_removes_only_its_own_temporary_folder(relu_run, tmp_path, monkeypatch):
+    """A failure while the result is written (injected in save_final) leaves neither OUT nor a temporary
+    folder, and the user's OUT.tmp stays as it was."""
+    import reviveformer.model
+
+    def half_written(model, tokenizer, cfg, out_dir):
+        (Path(out_dir) / "model.safetensors").write_bytes(b"partial")
+        raise OSError("disk full (injected)")
+
+    monkeypatch.setattr(reviveformer.model, "save_final", half_written)
+    out = tmp_path / "stripped"
+    users = tmp_path / "stripped.tmp"
+    users.mkdir()
+    (users / "notes.txt").write_text("mine")
+    with pytest.raises(OSError, match="injected"):
+        main(["strip", str(relu_run), "--out", str(out)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stripped.tmp"]
+    assert (users / "notes.txt").read_text() == "mine"

@@ -18,14 +18,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import shutil
-
     from accelerate import Accelerator
 
     from reviveformer.errors import UserError
-    from reviveformer.model import save_final
     from reviveformer.revival.stripping import SynapticStripping
-    from reviveformer.saved_model import measure_saved, open_saved_model, write_json
+    from reviveformer.saved_model import measure_saved, open_saved_model
     from reviveformer.trainer import release
 
     out = Path(args.out)
@@ -40,14 +37,35 @@ def run(args: argparse.Namespace) -> int:
     stripper = SynapticStripping.from_config(saved.cfg.revival)
     metrics = stripper.revive(unwrapped, report.to_json(), None)
     if acc.is_main_process:
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+        result = _save_stripped(out, saved, unwrapped, stripper, metrics, report)
+        for d in result["layers"]:
+            print(f"layer {d['layer']}: {d['dead_units']} dead units, {d['weights_stripped']} weights stripped")
+        print(f"stripped {result['weights_stripped']} weights of {result['dead_units']} dead units; "
+              f"model, strip.json and liveness.json in {out}")
+    release(acc)
+    acc.end_training()
+    return 0
+
+
+def _save_stripped(out: Path, saved, model, stripper, metrics: dict, report) -> dict:
+    """Write the stripped model, strip.json and liveness.json into a fresh folder beside `out`, then rename it
+    to `out`: a half-written result never sits under the name asked for. The temporary folder gets a unique
+    name (mkdtemp), so no folder of the user's is ever overwritten or removed; only ours is, on failure."""
+    import shutil
+    import tempfile
+
+    from reviveformer.model import save_final
+    from reviveformer.saved_model import write_json
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
         cfg = saved.cfg
         cfg.revival.method = "synaptic_stripping"
-        save_final(unwrapped, saved.tokenizer, cfg, tmp)
+        save_final(model, saved.tokenizer, cfg, tmp)
         layers = [{"layer": d["layer"], "dead_units": d["dead_units"], "weights_stripped": d["stripped_now"]}
                   for d in stripper.last_layer_details()]
-        strip_report = {
+        result = {
             "checkpoint": str(saved.path),
             "fraction": cfg.revival.fraction,
             "strip_bias": cfg.revival.strip_bias,
@@ -55,15 +73,12 @@ def run(args: argparse.Namespace) -> int:
             "weights_stripped": int(metrics.get("revival/stripped_now", 0)),
             "layers": layers,
         }
-        write_json(tmp / "strip.json", strip_report)
+        write_json(tmp / "strip.json", result)
         write_json(tmp / "liveness.json", report.to_json())
         if out.exists():
-            out.rmdir()
+            out.rmdir()  # checked empty before measuring
         tmp.rename(out)
-        for d in layers:
-            print(f"layer {d['layer']}: {d['dead_units']} dead units, {d['weights_stripped']} weights stripped")
-        print(f"stripped {strip_report['weights_stripped']} weights of {strip_report['dead_units']} dead units; "
-              f"model, strip.json and liveness.json in {out}")
-    release(acc)
-    acc.end_training()
-    return 0
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result
