@@ -11,7 +11,9 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sysconfig
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,8 @@ EOS = "<|endoftext|>"
 # Documents are cut into chunks of about this many characters (at line boundaries) so that even a single
 # text file yields enough documents for a train/validation split.
 CHUNK_CHARS = 4000
+# A file where more than this share of characters are invalid UTF-8 is taken for binary and skipped.
+BINARY_SHARE = 0.1
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".text", ".json", ".csv", ".tex", ".html", ""}
 
 
@@ -78,6 +82,26 @@ def _chunk(text: str) -> list[str]:
     return chunks
 
 
+def read_text_file(path: Path) -> str | None:
+    """A file's text as UTF-8. A few invalid bytes (a stray Latin-1 character, a cut multi-byte one) are
+    decoded as U+FFFD with one warning naming the file, rather than dropping the whole file; a file that is
+    mostly not UTF-8 (binary) is skipped with a warning. None when skipped."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        first = e.start
+    text = raw.decode("utf-8", errors="replace")
+    # count replacements against the file's own U+FFFD characters, which are valid UTF-8
+    bad = text.count("\ufffd") - raw.count("\ufffd".encode())
+    if bad > BINARY_SHARE * max(len(text), 1):
+        log.warning("skipping %s: not UTF-8 text (%d of %d characters invalid)", path, bad, len(text))
+        return None
+    log.warning("%s has %d invalid UTF-8 byte sequence(s), the first at byte %d; they are read as U+FFFD", path,
+                bad, first)
+    return text
+
+
 def _files_signature(files: list[Path]) -> str:
     h = hashlib.sha256()
     for f in files:
@@ -93,10 +117,9 @@ def load_documents(cfg: DataConfig, seed: int) -> tuple[DatasetDict, str]:
     files = _stdlib_files(cfg.max_files) if cfg.source == "stdlib" else _text_files(cfg.path or "", cfg.max_files)
     texts: list[str] = []
     for f in files:
-        try:
-            texts.extend(_chunk(f.read_text(encoding="utf-8")))
-        except UnicodeDecodeError:
-            log.warning("skipping %s: not UTF-8 text", f)
+        text = read_text_file(f)
+        if text is not None:
+            texts.extend(_chunk(text))
     texts = [t for t in texts if t.strip()]
     where = "the standard library" if cfg.source == "stdlib" else f"data.path={cfg.path}"
     if len(texts) < 2:
@@ -109,6 +132,10 @@ def load_documents(cfg: DataConfig, seed: int) -> tuple[DatasetDict, str]:
 
 def _split(docs: Dataset, val_fraction: float, seed: int) -> DatasetDict:
     n_val = max(1, round(len(docs) * val_fraction))
+    if n_val >= len(docs):
+        raise DataError(f"data.val_fraction={val_fraction} leaves no training documents: the data has {len(docs)} "
+                        f"documents (chunks of ~{CHUNK_CHARS} characters) and {n_val} would go to validation; give "
+                        f"data.val_fraction at most {(len(docs) - 1) / len(docs):.3f}, or more text")
     split = docs.train_test_split(test_size=n_val, seed=seed, shuffle=True)
     return DatasetDict(train=split["train"], validation=split["test"])
 
@@ -174,12 +201,13 @@ def get_tokenizer(cfg: DataConfig, docs: DatasetDict, fingerprint: str):
     if (cached / "tokenizer.json").is_file():
         return load_tokenizer(str(cached))
     tok = train_bpe_tokenizer(docs["train"]["text"], cfg.vocab_size)
-    tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=cached.name + ".tmp-", dir=cached.parent))  # ours alone, never reused
     tok.save_pretrained(tmp)
     try:
         tmp.rename(cached)
     except OSError:  # another process finished first; keep theirs
-        pass
+        shutil.rmtree(tmp, ignore_errors=True)
     return load_tokenizer(str(cached)) if (cached / "tokenizer.json").is_file() else tok
 
 
@@ -233,14 +261,15 @@ def prepare_data(cfg: DataConfig, seed: int, tokenizer=None) -> PackedData:
         train = pack(docs["train"], tokenizer, cfg.block_size, f"{key}-train")
         val = pack(docs["validation"], tokenizer, cfg.block_size, f"{key}-val")
         _check_not_empty(train, val, cfg)
-        tmp = store.with_name(store.name + f".tmp{os.getpid()}")
+        store.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=store.name + ".tmp-", dir=store.parent))
         train.save_to_disk(str(tmp / "train"))
         val.save_to_disk(str(tmp / "validation"))
         (tmp / "done").write_text(key_src)
         try:
             tmp.rename(store)
         except OSError:  # another process finished first
-            pass
+            shutil.rmtree(tmp, ignore_errors=True)
         if (store / "done").is_file():
             train = datasets.load_from_disk(str(store / "train"))
             val = datasets.load_from_disk(str(store / "validation"))

@@ -93,3 +93,57 @@ def test_text_shorter_than_a_block(tmp_path):
 def test_hub_source_without_network_is_a_clear_error():
     with pytest.raises(DataError, match="could not be loaded"):
         prepare_data(DataConfig(source="hub", name="surely-not-a-dataset-xyz", config=None), seed=0)
+
+
+def test_a_few_invalid_utf8_bytes_are_replaced_with_one_warning(corpus_file, tmp_path, caplog):
+    """A text file with three stray bytes keeps all its text (each bad byte read as U+FFFD) and warns once,
+    naming the file; before, the whole file was dropped."""
+    text = corpus_file.read_text()
+    raw = text.encode()
+    cut = [len(raw) // 4, len(raw) // 2, 3 * len(raw) // 4]
+    bad = raw[: cut[0]] + b"\xff" + raw[cut[0] : cut[1]] + b"\xfe" + raw[cut[1] : cut[2]] + b"\x80" + raw[cut[2] :]
+    path = tmp_path / "latin.txt"
+    path.write_bytes(bad)
+    with caplog.at_level("WARNING", logger="reviveformer"):
+        docs, _ = load_documents(DataConfig(source="text", path=str(path)), seed=0)
+    joined = "".join(docs["train"]["text"]) + "".join(docs["validation"]["text"])
+    assert len(joined) == len(text) + 3 and joined.count("\ufffd") == 3
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and str(path) in warnings[0] and "3 invalid UTF-8" in warnings[0]
+    assert f"byte {cut[0]}" in warnings[0]
+
+
+def test_a_binary_file_in_a_folder_is_skipped(corpus_file, tmp_path, caplog):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "code.py").write_text(corpus_file.read_text())
+    (folder / "blob").write_bytes(bytes(range(128, 256)) * 64)  # no suffix: a text candidate, but not text
+    with caplog.at_level("WARNING", logger="reviveformer"):
+        docs, _ = load_documents(DataConfig(source="text", path=str(folder)), seed=0)
+    assert sum(len(t) for split in docs.values() for t in split["text"]) == len(corpus_file.read_text())
+    assert any("skipping" in r.getMessage() and "blob" in r.getMessage() for r in caplog.records)
+
+
+def test_a_split_that_leaves_no_training_documents(corpus_file):
+    """~30 documents of ~4000 characters: val_fraction 0.999 would put them all in validation."""
+    n_docs = len(load_documents(_cfg(corpus_file), seed=0)[0]["train"]) + 2  # at least
+    with pytest.raises(DataError, match=r"data.val_fraction=0.999 leaves no training documents.*at most 0\.9"):
+        load_documents(_cfg(corpus_file, val_fraction=0.999), seed=0)
+    assert n_docs > 10
+
+
+def test_cache_temporaries_are_unique_and_cleaned(corpus_file, tmp_path):
+    """The packed-data cache is written under a mkdtemp name: a folder that happens to hold the old fixed
+    temporary name (`<key>.tmp<pid>`) is neither written into nor moved, and nothing temporary is left."""
+    import os
+
+    key = prepare_data(_cfg(corpus_file, cache_dir=str(tmp_path / "a")), seed=0).fingerprint
+    stale = tmp_path / "b" / "packed" / f"{key}.tmp{os.getpid()}"
+    stale.mkdir(parents=True)
+    (stale / "keep.txt").write_text("not the program's")
+    d = prepare_data(_cfg(corpus_file, cache_dir=str(tmp_path / "b")), seed=0)
+    assert d.fingerprint == key and len(d.train) > 0
+    assert sorted(p.name for p in stale.iterdir()) == ["keep.txt"]
+    assert not (tmp_path / "b" / "packed" / key / "keep.txt").exists()
+    leftovers = [p.name for p in (tmp_path / "b").rglob("*") if ".tmp" in p.name and p != stale]
+    assert leftovers == []
