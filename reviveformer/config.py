@@ -7,7 +7,9 @@ OmegaConf or validation failure becomes one `ConfigError` that names the key and
 from __future__ import annotations
 
 import difflib
+import json
 import math
+import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +54,7 @@ class ModelConfig:
     dropout: float = 0.0
     """Dropout for residual, embedding and attention (GPT-2's resid/embd/attn_pdrop)."""
     activation: str | None = None
-    """MLP activation: a registry name (relu, leaky_relu, elu, selu, gelu, gelu_new, silu, swish, mish) or
+    """MLP activation: a registry name (relu, leaky_relu, elu, selu, gelu, gelu_new, silu, swish, mish, prelu) or
     `package.module:attr`. None: gelu_new (GPT-2's own) for a new model, the checkpoint's own with init_from;
     with init_from, another name swaps the checkpoint's activation."""
     leaky_relu_slope: float = 0.01
@@ -247,6 +249,8 @@ class AlertRule:
             (self.site in SITES, f"site={self.site!r} must be one of {', '.join(SITES)}"),
             (self.metric in ALERT_METRICS, f"metric={self.metric!r} must be one of {', '.join(ALERT_METRICS)}"),
             (0.0 <= self.above <= 1.0, f"above={self.above} must be in [0, 1]"),
+            (self.layers is None or (len(self.layers) > 0 and min(self.layers) >= 0),
+             f"layers={self.layers} must be null (all layers) or a non-empty list of layer indices >= 0"),
             (self.action in ALERT_ACTIONS, f"action={self.action!r} must be one of {', '.join(ALERT_ACTIONS)}"),
         ]))
 
@@ -329,6 +333,119 @@ class Config:
             )
 
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json")  # a saved fast or slow Hugging Face tokenizer
+
+
+def _checkpoint_config(init_from: str) -> dict[str, Any] | None:
+    """The `config.json` of a local checkpoint folder (None for a hub name, a missing or unreadable one: the
+    model loader reports those)."""
+    path = Path(init_from).expanduser() / "config.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+def training_problems(cfg: Config) -> list[str]:
+    """What makes a config unfit for training although each section is valid on its own: the checks that
+    span sections. Run when the config loads, so a run is refused before any data is prepared."""
+    problems: list[str] = []
+    live, revival = cfg.liveness, cfg.revival
+    watched = list(live.sites) if live.enabled else []
+    if revival.method != "none":
+        if not live.enabled:
+            problems.append(f"revival.method={revival.method} needs liveness.enabled=true (revival decides from "
+                            "the liveness counts); set liveness.enabled=true or revival.method=none")
+        elif "mlp_post" not in live.sites:
+            problems.append(f"revival.method={revival.method} needs 'mlp_post' in liveness.sites={list(live.sites)} "
+                            "(the dead set is taken there); add mlp_post or set revival.method=none")
+    saved = _checkpoint_config(cfg.model.init_from) if cfg.model.init_from else None
+    n_layer = int(saved.get("n_layer", cfg.model.n_layer)) if saved else cfg.model.n_layer
+    layers_from = f"model.init_from={cfg.model.init_from}" if saved else f"model.n_layer={n_layer}"
+    for rule in cfg.alerts.rules:
+        at = f"alerts.rules[{rule.name}]"
+        if not live.enabled:
+            problems.append(f"{at} needs liveness.enabled=true (alerts read the liveness metrics)")
+        elif rule.site not in watched:
+            problems.append(f"{at}.site={rule.site} is not watched, so the rule would never fire: liveness.sites="
+                            f"{watched}; add {rule.site} to liveness.sites or give the rule one of {', '.join(watched)}")
+        if rule.action == "revive" and revival.method == "none":
+            problems.append(f"{at}.action=revive needs a revival method, but revival.method=none; set revival.method "
+                            f"to {' or '.join(m for m in REVIVAL_METHODS if m != 'none')}, or another action "
+                            "(none, stop)")
+        missing = sorted(i for i in rule.layers or [] if i >= n_layer)
+        if missing:
+            problems.append(f"{at}.layers has {missing}, which are not layers of the model: {layers_from} has layers "
+                            f"0..{n_layer - 1}")
+    # Training windows are cut only at a log (epoch-end measurements count in a window of their own), so a
+    # window of log_every consecutive steps holds a counted step exactly when sample_every <= log_every.
+    if live.enabled and live.sample_every > cfg.train.log_every:
+        problems.append(f"liveness.sample_every={live.sample_every} is above train.log_every={cfg.train.log_every}: "
+                        "a logged liveness window would hold no counted step (and read as all dead); give "
+                        f"liveness.sample_every <= {cfg.train.log_every} or a larger train.log_every")
+    # (a folder that is no GPT-2 checkpoint at all is the model loader's to report)
+    if cfg.model.init_from and cfg.data.tokenizer == "bpe" and saved and saved.get("model_type") == "gpt2":
+        folder = Path(cfg.model.init_from).expanduser()
+        if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+            problems.append(f"model.init_from={cfg.model.init_from} holds no tokenizer ({' or '.join(TOKENIZER_FILES)}), "
+                            "and data.tokenizer=bpe would train a new vocabulary its embeddings do not know; give "
+                            "data.tokenizer=PATH of the tokenizer it was trained with (or gpt2 for a stock GPT-2)")
+    return problems
+
+
+def check_training_config(cfg: Config) -> None:
+    """Raise one ConfigError listing every cross-section problem of `training_problems`."""
+    problems = training_problems(cfg)
+    if problems:
+        raise ConfigError("invalid config for training: " + "; ".join(problems))
+
+
+def _schema_hints(schema: type) -> dict[str, Any]:
+    return typing.get_type_hints(schema)
+
+
+def _list_item_schema(hint: Any) -> type | None:
+    """The dataclass of a `list[SomeDataclass]` field (alerts.rules), else None."""
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        return item if is_dataclass(item) else None
+    return None
+
+
+def _show(value: Any) -> str:
+    return "null" if value is None else repr(value)
+
+
+def check_shape(value: Any, schema: type = None, at: str = "", where: str = "config") -> None:  # type: ignore[assignment]
+    """Check a plain recipe/override layer against the schema's shape: a mapping where the schema has a
+    section, a list where it has a list of rules, known keys only. Scalar types are left to OmegaConf; these
+    are the cases where its merge errors name the wrong place (or no place) and not what is valid there."""
+    schema = schema or Config
+    names = [f.name for f in fields(schema)]
+    if not isinstance(value, dict):
+        what = f"'{at}'" if at else "the config"
+        raise ConfigError(f"{where}: {what} must be a mapping of its keys ({', '.join(names)}), not {_show(value)}")
+    hints = _schema_hints(schema)
+    for key, sub in value.items():
+        full = f"{at}.{key}" if at else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            place = f"'{at}'" if at else "the top level"
+            raise ConfigError(f"{where}: unknown config key '{full}'{hint} (valid keys at {place}: {', '.join(names)})")
+        hint_t = hints[key]
+        if is_dataclass(hint_t):
+            check_shape(sub, hint_t, full, where)
+        elif (item := _list_item_schema(hint_t)) is not None:
+            if not isinstance(sub, list):
+                raise ConfigError(
+                    f"{where}: '{full}' must be a list, not {type(sub).__name__} {_show(sub)}; write each entry as a "
+                    f"mapping of {', '.join(f.name for f in fields(item))}, e.g. {full}=[{{name: dead_mlp, "
+                    "site: mlp_post, above: 0.3}] (an override gives the whole list)")
+            for i, entry in enumerate(sub):
+                check_shape(entry, item, f"{full}[{i}]", where)
+
+
 def _suggest(key: str, schema_node: Any) -> str:
     names = [f.name for f in fields(schema_node)] if is_dataclass(schema_node) else []
     close = difflib.get_close_matches(key, names, n=1)
@@ -378,6 +495,7 @@ def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> DictConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {path} must be a mapping of sections (model, data, train, ...), not {type(data).__name__}")
     base = data.pop("base", None)
+    check_shape(data, where=f"recipe {path}")
     if base is None:
         return OmegaConf.create(data)
     base_path = (path.parent / str(base)).resolve()
@@ -390,22 +508,40 @@ def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> DictConfig:
         raise ConfigError(f"recipe {path}: {str(e).splitlines()[0]}") from None
 
 
+def _parse_override(item: str) -> DictConfig:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like section.key=value (for example train.lr=3e-4)")
+    try:
+        layer = OmegaConf.from_dotlist([item])
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"override '{item}': {str(e).splitlines()[0]}") from None
+    except yaml.YAMLError as e:  # the value is read as YAML: an unclosed [ or { ends here
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"override '{item}': the value is not valid YAML ({problem}); close its brackets, or "
+                          "quote it to give a plain string (key='value')") from None
+    check_shape(OmegaConf.to_container(layer), where=f"override '{item}'")
+    return layer
+
+
 def load_config(
-    recipe: str | Path | DictConfig | dict | None = None, overrides: list[str] | None = None
+    recipe: str | Path | DictConfig | dict | None = None, overrides: list[str] | None = None, *,
+    training: bool = True,
 ) -> Config:
-    """Schema defaults <- recipe <- dot-list overrides, validated; any problem is one ConfigError."""
+    """Schema defaults <- recipe <- dot-list overrides, validated; any problem is one ConfigError.
+
+    `training` adds the cross-section checks of a training run (`training_problems`); `audit` and `strip`,
+    which only measure a saved model, load without them."""
     schema = OmegaConf.structured(Config)
     layers: list[tuple[str, Any]] = []
     if recipe is not None:
-        base = read_recipe(recipe) if isinstance(recipe, (str, Path)) else OmegaConf.create(recipe)
-        layers.append((f"recipe {recipe}" if isinstance(recipe, (str, Path)) else "config", base))
+        if isinstance(recipe, (str, Path)):
+            layers.append((f"recipe {recipe}", read_recipe(recipe)))
+        else:
+            plain = OmegaConf.to_container(recipe) if isinstance(recipe, DictConfig) else recipe
+            check_shape(plain)
+            layers.append(("config", OmegaConf.create(recipe)))
     for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like section.key=value (for example train.lr=3e-4)")
-        try:
-            layers.append((f"override '{item}'", OmegaConf.from_dotlist([item])))
-        except OmegaConfBaseException as e:
-            raise ConfigError(f"override '{item}': {str(e).splitlines()[0]}") from None
+        layers.append((f"override '{item}'", _parse_override(item)))
     merged = schema
     for where, layer in layers:
         try:
@@ -419,6 +555,8 @@ def load_config(
     except OmegaConfBaseException as e:
         raise ConfigError(_describe(e, "config")) from None
     assert isinstance(cfg, Config)
+    if training:
+        check_training_config(cfg)
     return cfg
 
 

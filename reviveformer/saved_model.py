@@ -8,6 +8,8 @@ overrides point the measurement elsewhere.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,10 +49,10 @@ def open_saved_model(path: str, overrides: list[str]) -> SavedModel:
         ours = (where / RECIPE_NAME).is_file()
     base = None
     if ours:
-        base = to_dict(load_config(where / RECIPE_NAME))
+        base = to_dict(load_config(where / RECIPE_NAME, training=False))
         base["train"]["output_dir"] = str(where.parent)
         base["model"]["init_from"] = None
-    cfg = load_config(base, overrides)
+    cfg = load_config(base, overrides, training=False)
     tok_path = str(where) if (where / "tokenizer.json").is_file() or (where / "vocab.json").is_file() else None
     if cfg.data.tokenizer != "bpe":
         tok_path = cfg.data.tokenizer
@@ -78,9 +80,16 @@ def measurement_data(saved: SavedModel, split: str):
 
 
 def write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.rename(path)
+    """Write `path` whole or not at all: into a uniquely named file beside it (never a name a user holds),
+    then renamed over it."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(obj, indent=1))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def measure_saved(saved: SavedModel, accelerator, split: str = "validation", batch_size: int = 16,

@@ -29,11 +29,12 @@ from torch.utils.data import DataLoader
 from reviveformer import activations, plots
 from reviveformer import checkpoint as ckpt
 from reviveformer.alerts import AlertManager, JsonlAlertSink, RateLimitedSink, console_sink, titled_alert_sink
-from reviveformer.config import Config, save_config, to_dict
+from reviveformer.config import Config, check_training_config, save_config, to_dict
 from reviveformer.data import load_tokenizer, prepare_data
 from reviveformer.errors import CheckpointError, TrainingHalted, UserError
 from reviveformer.evaluation import evaluate, measure, reduce_sum, val_loader
 from reviveformer.liveness import LivenessMonitor, LivenessReport, capacity
+from reviveformer.memory import check_fits
 from reviveformer.model import (
     DEFAULT_ACTIVATION,
     build_model,
@@ -140,6 +141,8 @@ class Trainer:
     # ---------------------------------------------------------------- set-up
     def _setup(self) -> None:
         cfg, acc = self.cfg, self.accelerator
+        check_training_config(cfg)  # cross-section checks (a Config built in code skips load_config's)
+        check_fits(cfg)  # weights + optimizer state against free memory, before any data is prepared
         resume_from = self._resume_path()
         check_output_dir(self.run_dir)  # on every process: an error raised on one alone would hang the others
         if self.cfg.train.resume == "never" and (self.run_dir / "config.yaml").is_file():
@@ -155,7 +158,7 @@ class Trainer:
         tokenizer = None
         if cfg.model.init_from:
             init_model = init_from_checkpoint(cfg.model)
-            if cfg.data.tokenizer == "bpe" and (Path(cfg.model.init_from) / "tokenizer.json").is_file():
+            if cfg.data.tokenizer == "bpe":  # the checkpoint's own (a folder without one is refused at load)
                 # fine-tuning keeps the checkpoint's own vocabulary
                 tokenizer = load_tokenizer(cfg.model.init_from)
         with acc.main_process_first():
@@ -183,10 +186,6 @@ class Trainer:
         self.reviver = build_reviver(cfg.revival, seed=cfg.train.seed)
         if self.reviver is not None:
             check_supported(str(acc.distributed_type))
-            if self.monitor is None:
-                raise UserError("revival.method needs liveness.enabled=true (revival decides from liveness counts)")
-            if "mlp_post" not in cfg.liveness.sites:
-                raise UserError("revival.method needs 'mlp_post' in liveness.sites (the dead set is taken there)")
 
         # Its own generator: creating an iterator must not draw from the global RNG that dropout uses, or a
         # resumed run (which creates its iterator after restoring that RNG) would drift from a straight one.

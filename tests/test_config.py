@@ -86,3 +86,84 @@ def test_bad_yaml_and_missing_recipe(tmp_path):
     listy.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_config(listy)
+
+
+# --- checks across sections (issue 10 item 5): at load, all problems in one message --------------------------
+
+
+def test_cross_section_problems_are_gathered_and_name_both_keys():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["revival.method=redo", "liveness.sites=[attn_out]", "liveness.sample_every=20",
+                           "alerts.rules=[{name: d, site: mlp_pre, action: stop, layers: [3]}]"])
+    msg = str(e.value)
+    for fragment in ("revival.method=redo needs 'mlp_post' in liveness.sites=['attn_out']",
+                     "alerts.rules[d].site=mlp_pre is not watched",
+                     "alerts.rules[d].layers has [3]", "model.n_layer=2 has layers 0..1",
+                     "liveness.sample_every=20 is above train.log_every=10"):
+        assert fragment in msg, fragment
+
+
+def test_measuring_a_saved_model_skips_the_training_checks():
+    """audit and strip load without them: a liveness.sites override on a checkpoint trained with revival
+    is a measurement choice there, not a broken run."""
+    cfg = load_config(None, ["revival.method=redo", "liveness.sites=[attn_out]"], training=False)
+    assert cfg.liveness.sites == ["attn_out"]
+
+
+@pytest.mark.parametrize("overrides", [
+    ["liveness.sample_every=10", "train.log_every=10"],  # equal: each logged step is itself counted
+    ["liveness.sample_every=3", "train.log_every=4"],  # not a divisor: 4 consecutive steps hold a multiple of 3
+    ["liveness.enabled=false", "liveness.sample_every=50"],  # nothing is counted, nothing to leave empty
+    ["alerts.rules=[{name: d, action: revive, layers: [1]}]", "revival.method=synaptic_stripping"],
+])
+def test_consistent_sections_load(overrides):
+    assert load_config(None, overrides) is not None
+
+
+def test_layer_check_reads_the_checkpoint_with_init_from(tmp_path):
+    """With init_from the model's layers are the checkpoint's, not model.n_layer's default."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=4, n_embd=16, n_head=2, n_positions=16, vocab_size=300)).save_pretrained(
+        tmp_path)
+    (tmp_path / "tokenizer.json").write_text("{}")  # only its presence is checked at load
+    assert load_config(None, [f"model.init_from={tmp_path}", "alerts.rules=[{name: d, layers: [3]}]"])
+    with pytest.raises(ConfigError, match=r"layers has \[4\].*model.init_from=.* has layers 0..3"):
+        load_config(None, [f"model.init_from={tmp_path}", "alerts.rules=[{name: d, layers: [4]}]"])
+
+
+def test_a_window_of_log_every_steps_always_holds_a_counted_step():
+    """Why sample_every <= log_every suffices: steps s with s % sample_every == 0 are counted and a window
+    is the log_every steps since the last log (an epoch-end measurement counts in a window of its own and
+    does not cut the training window). Checked by brute force against the rule the loader applies."""
+    for log_every in range(1, 25):
+        for sample_every in range(1, 30):
+            windows = [range(k * log_every + 1, (k + 1) * log_every + 1) for k in range(40)]
+            all_counted = all(any(s % sample_every == 0 for s in w) for w in windows)
+            ok = True
+            try:
+                load_config(None, [f"liveness.sample_every={sample_every}", f"train.log_every={log_every}"])
+            except ConfigError:
+                ok = False
+            assert ok == all_counted, (sample_every, log_every)
+
+
+@pytest.mark.slow
+def test_sampled_windows_are_never_empty_across_an_epoch_end(tmp_path, corpus_file):
+    """End to end: 6 steps per epoch, logs every 5 steps, one step in 5 counted; the window (5, 10] spans an
+    epoch end and every logged liveness window has tokens (an empty one reads as dead_ratio 1.0)."""
+    import json
+
+    from conftest import REPO, tiny_overrides
+    from reviveformer.trainer import train
+
+    run_dir = tmp_path / "run"
+    train(load_config(REPO / "recipes" / "quickstart.yaml", tiny_overrides(run_dir, corpus_file, **{
+        "data.max_tokens": 32 * 8 * 6, "train.epochs": 2, "liveness.sample_every": 5})))
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in rows if "liveness/mlp_pre/dead_ratio" in r and "train/loss" not in r]
+    steps = sorted({r["step"] for r in rows if "train/loss" in r})
+    assert steps == [5, 10]
+    window_logs = [r for r in logged if r["step"] in steps]
+    assert len(window_logs) >= 2
+    assert all(r["liveness/mlp_pre/dead_ratio"] < 1.0 for r in window_logs)
