@@ -400,15 +400,14 @@ def check_training_config(cfg: Config) -> None:
         raise ConfigError("invalid config for training: " + "; ".join(problems))
 
 
-def _schema_hints(schema: type) -> dict[str, Any]:
-    return typing.get_type_hints(schema)
-
-
-def _list_item_schema(hint: Any) -> type | None:
-    """The dataclass of a `list[SomeDataclass]` field (alerts.rules), else None."""
+def _list_hint(hint: Any) -> tuple[Any, bool] | None:
+    """(item type, may be null) of a `list[X]` or `list[X] | None` field, else None."""
     if typing.get_origin(hint) is list:
-        (item,) = typing.get_args(hint)
-        return item if is_dataclass(item) else None
+        return typing.get_args(hint)[0], False
+    args = typing.get_args(hint)
+    for arg in args:
+        if typing.get_origin(arg) is list and type(None) in args:
+            return typing.get_args(arg)[0], True
     return None
 
 
@@ -416,16 +415,16 @@ def _show(value: Any) -> str:
     return "null" if value is None else repr(value)
 
 
-def check_shape(value: Any, schema: type = None, at: str = "", where: str = "config") -> None:  # type: ignore[assignment]
+def check_shape(value: Any, schema: type | None = None, at: str = "", where: str = "config") -> None:
     """Check a plain recipe/override layer against the schema's shape: a mapping where the schema has a
-    section, a list where it has a list of rules, known keys only. Scalar types are left to OmegaConf; these
-    are the cases where its merge errors name the wrong place (or no place) and not what is valid there."""
+    section, a list where it has a list, known keys only. Scalar types are left to OmegaConf; these are the
+    cases where its merge errors name the wrong place (or no place) and not what is valid there."""
     schema = schema or Config
     names = [f.name for f in fields(schema)]
     if not isinstance(value, dict):
         what = f"'{at}'" if at else "the config"
         raise ConfigError(f"{where}: {what} must be a mapping of its keys ({', '.join(names)}), not {_show(value)}")
-    hints = _schema_hints(schema)
+    hints = typing.get_type_hints(schema)
     for key, sub in value.items():
         full = f"{at}.{key}" if at else str(key)
         if key not in names:
@@ -433,17 +432,23 @@ def check_shape(value: Any, schema: type = None, at: str = "", where: str = "con
             hint = f"; did you mean '{close[0]}'?" if close else ""
             place = f"'{at}'" if at else "the top level"
             raise ConfigError(f"{where}: unknown config key '{full}'{hint} (valid keys at {place}: {', '.join(names)})")
-        hint_t = hints[key]
-        if is_dataclass(hint_t):
-            check_shape(sub, hint_t, full, where)
-        elif (item := _list_item_schema(hint_t)) is not None:
-            if not isinstance(sub, list):
-                raise ConfigError(
-                    f"{where}: '{full}' must be a list, not {type(sub).__name__} {_show(sub)}; write each entry as a "
-                    f"mapping of {', '.join(f.name for f in fields(item))}, e.g. {full}=[{{name: dead_mlp, "
-                    "site: mlp_post, above: 0.3}] (an override gives the whole list)")
-            for i, entry in enumerate(sub):
+        if is_dataclass(hints[key]):
+            check_shape(sub, hints[key], full, where)
+            continue
+        listed = _list_hint(hints[key])
+        if listed is None or (sub is None and listed[1]):
+            continue
+        item, _ = listed
+        entry_kind = (f"a mapping of {', '.join(f.name for f in fields(item))}" if is_dataclass(item)
+                      else getattr(item, "__name__", str(item)))
+        if not isinstance(sub, list):
+            whole = "" if "[" in full else f"; an override gives the whole list: {full}=[...]"
+            raise ConfigError(f"{where}: '{full}' must be a list (each entry {entry_kind}), not {_show(sub)}{whole}")
+        for i, entry in enumerate(sub):
+            if is_dataclass(item):
                 check_shape(entry, item, f"{full}[{i}]", where)
+            elif isinstance(entry, (dict, list)):
+                raise ConfigError(f"{where}: '{full}[{i}]' must be {entry_kind}, not {_show(entry)}")
 
 
 def _suggest(key: str, schema_node: Any) -> str:
@@ -548,6 +553,8 @@ def load_config(
             merged = OmegaConf.merge(merged, layer)
         except OmegaConfBaseException as e:
             raise ConfigError(_describe(e, where)) from None
+        except TypeError as e:  # a container shape check_shape did not foresee
+            raise ConfigError(f"{where}: {e}") from None
     try:
         cfg = OmegaConf.to_object(merged)
     except ValueError as e:

@@ -167,3 +167,28 @@ def test_sampled_windows_are_never_empty_across_an_epoch_end(tmp_path, corpus_fi
     window_logs = [r for r in logged if r["step"] in steps]
     assert len(window_logs) >= 2
     assert all(r["liveness/mlp_pre/dead_ratio"] < 1.0 for r in window_logs)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("alerts.rules={dead: {above: 0.3}}", "'alerts.rules' must be a list (each entry a mapping of name, site"),
+    ("alerts.rules=[5]", "'alerts.rules[0]' must be a mapping of its keys (name, site, metric"),
+    ("alerts.rules=[{name: a, layers: {x: 1}}]", "'alerts.rules[0].layers' must be a list (each entry int)"),
+    ("liveness.sites={a: 1}", "'liveness.sites' must be a list (each entry str)"),
+    ("wandb.tags={a: 1}", "'wandb.tags' must be a list"),
+    ("alerts=[1]", "'alerts' must be a mapping of its keys (rules, wandb_wait_s), not [1]"),
+    ("model=5", "'model' must be a mapping of its keys (n_layer, n_embd"),
+    ("alerts.rules=[{name: a, sitee: x}]", "valid keys at 'alerts.rules[0]': name, site, metric, above, layers"),
+    ("train.lr={a", "the value is not valid YAML"),
+])
+def test_shape_errors_name_the_place_and_what_is_valid_there(override, expected):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert expected in str(e.value)
+    assert "valid keys: model, data" not in str(e.value)  # not the top-level sections for a nested key
+
+
+def test_shapes_are_checked_in_a_base_recipe_too(tmp_path):
+    (tmp_path / "base.yaml").write_text("alerts:\n  rules:\n    dead: {above: 0.3}\n")
+    (tmp_path / "arm.yaml").write_text("base: base.yaml\nrevival:\n  method: redo\n")
+    with pytest.raises(ConfigError, match=r"base.yaml: 'alerts.rules' must be a list"):
+        load_config(tmp_path / "arm.yaml")
