@@ -204,6 +204,22 @@ def test_audit_and_strip_bad_input(tmp_path, fixtures, capsys):
     (out / "x").write_text("x")
     assert main(["strip", str(fixtures / "small-gpt2"), "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
+    # bad overrides and a missing checkpoint: exit 2, the key named, and no output folder made
+    cases = [
+        (["audit", str(fixtures / "small-gpt2"), "liveness.threshold=-1", "--out", str(tmp_path / "a1")],
+         "liveness.threshold=-1.0 must be >= 0"),
+        (["audit", str(fixtures / "small-gpt2"), "liveness.sitess=[mlp_post]", "--out", str(tmp_path / "a2")],
+         "did you mean 'sites'"),
+        (["strip", str(tmp_path / "gone"), "--out", str(tmp_path / "s1")], "gone does not exist"),
+        (["strip", str(fixtures / "small-gpt2"), "--out", str(tmp_path / "s2")],
+         "has no tokenizer: give one with data.tokenizer=PATH"),
+    ]
+    for argv, expected in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err, (argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["occupied"]
+    assert not (fixtures / "audit").exists()
 
 
 def test_an_existing_run_is_not_overwritten(tmp_path, corpus_file, capsys):
