@@ -336,7 +336,7 @@ class Config:
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json")  # a saved fast or slow Hugging Face tokenizer
 
 
-def _checkpoint_config(init_from: str) -> dict[str, Any] | None:
+def checkpoint_json(init_from: str) -> dict[str, Any] | None:
     """The `config.json` of a local checkpoint folder (None for a hub name, a missing or unreadable one: the
     model loader reports those)."""
     path = Path(init_from).expanduser() / "config.json"
@@ -359,7 +359,7 @@ def training_problems(cfg: Config) -> list[str]:
         elif "mlp_post" not in live.sites:
             problems.append(f"revival.method={revival.method} needs 'mlp_post' in liveness.sites={list(live.sites)} "
                             "(the dead set is taken there); add mlp_post or set revival.method=none")
-    saved = _checkpoint_config(cfg.model.init_from) if cfg.model.init_from else None
+    saved = checkpoint_json(cfg.model.init_from) if cfg.model.init_from else None
     n_layer = int(saved.get("n_layer", cfg.model.n_layer)) if saved else cfg.model.n_layer
     layers_from = f"model.init_from={cfg.model.init_from}" if saved else f"model.n_layer={n_layer}"
     for rule in cfg.alerts.rules:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from reviveformer.config import Config, ModelConfig
+from reviveformer.config import Config, ModelConfig, checkpoint_json
 from reviveformer.errors import UserError
 
 BYTES_PER_PARAM = 4 + 4 + 8  # fp32 weight + gradient + AdamW exp_avg and exp_avg_sq
@@ -60,13 +60,11 @@ def estimate(cfg: Config) -> Estimate:
     source = (f"model.n_layer={m.n_layer}, model.n_embd={m.n_embd}, model.n_inner={m.n_inner}, "
               f"vocabulary {sizes['vocab_size']}")
     if m.init_from:
-        path = Path(m.init_from).expanduser() / "config.json"
-        try:
-            saved = json.loads(path.read_text())
-            sizes = {k: saved.get(k, v) for k, v in sizes.items()}
-            source = f"model.init_from={m.init_from}"
-        except (OSError, ValueError):
+        saved = checkpoint_json(m.init_from)
+        if saved is None:
             return Estimate(0, 0, f"model.init_from={m.init_from}")  # unknown here; the loader reports it
+        sizes = {k: saved.get(k, v) for k, v in sizes.items()}
+        source = f"model.init_from={m.init_from}"
     params = gpt2_params(**sizes)
     return Estimate(params, params * BYTES_PER_PARAM, source)
 
