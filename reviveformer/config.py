@@ -341,9 +341,10 @@ def checkpoint_json(init_from: str) -> dict[str, Any] | None:
     model loader reports those)."""
     path = Path(init_from).expanduser() / "config.json"
     try:
-        return json.loads(path.read_text()) if path.is_file() else None
+        saved = json.loads(path.read_text()) if path.is_file() else None
     except (OSError, ValueError):
         return None
+    return saved if isinstance(saved, dict) else None
 
 
 def training_problems(cfg: Config) -> list[str]:
@@ -360,7 +361,8 @@ def training_problems(cfg: Config) -> list[str]:
             problems.append(f"revival.method={revival.method} needs 'mlp_post' in liveness.sites={list(live.sites)} "
                             "(the dead set is taken there); add mlp_post or set revival.method=none")
     saved = checkpoint_json(cfg.model.init_from) if cfg.model.init_from else None
-    n_layer = int(saved.get("n_layer", cfg.model.n_layer)) if saved else cfg.model.n_layer
+    n_layer = saved.get("n_layer", cfg.model.n_layer) if saved else cfg.model.n_layer
+    n_layer = n_layer if isinstance(n_layer, int) else cfg.model.n_layer  # a broken config.json: the loader's
     layers_from = f"model.init_from={cfg.model.init_from}" if saved else f"model.n_layer={n_layer}"
     for rule in cfg.alerts.rules:
         at = f"alerts.rules[{rule.name}]"
