@@ -21,9 +21,6 @@ import yaml
 from reviveformer import plots
 from reviveformer.errors import UserError
 
-# Mirrors trainer.JOB_TYPES (the arm a run is logged under when wandb.job_type is unset); not imported from
-# there because the trainer pulls in torch and a comparison needs none of it.
-ARM_OF_METHOD = {"none": "baseline", "synaptic_stripping": "stripping", "redo": "redo"}
 # GPT-2's own activation: what a new model gets when model.activation is left unset.
 DEFAULT_ACTIVATION = "gelu_new"
 
@@ -289,12 +286,17 @@ def _get(config: Mapping[str, Any], section: str, key: str) -> Any:
 
 
 def arm_of(config: Mapping[str, Any]) -> str | None:
-    """wandb.job_type, else the arm of revival.method (none -> baseline, synaptic_stripping -> stripping)."""
+    """wandb.job_type, else the arm of revival.method (none -> baseline, synaptic_stripping -> stripping),
+    from the revival registry, the same place the trainer takes the job_type from."""
     job_type = _get(config, "wandb", "job_type")
     if job_type:
         return str(job_type)
     method = _get(config, "revival", "method")
-    return ARM_OF_METHOD.get(method, method) if method else None
+    if not method:
+        return None
+    from reviveformer.revival import arm_of_method  # imports torch: only when a run's config needs it
+
+    return arm_of_method(str(method))
 
 
 def _activation_of(config: Mapping[str, Any]) -> str | None:
