@@ -147,7 +147,9 @@ def test_sweep_with_two_processes(tmp_path, corpus_file):
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in rows if "val/loss" in r] == [4]  # 4 steps of 2 x 8 sequences, logged once
     assert any(not torch.equal(finals[0][k], finals[1][k]) for k in finals[0])  # the seeds differ
-    assert (out / "compare" / "compare.md").is_file()
+    seeds = json.loads((out / "compare" / "seeds.json").read_text())  # the two seeds are one arm
+    assert [(g["arm"], g["n"], g["seeds"]) for g in seeds["groups"]] == [("baseline", 2, [0, 1])]
+    assert "arms over seeds" in p.stdout
 
 
 @pytest.mark.slow
