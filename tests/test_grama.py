@@ -213,3 +213,19 @@ def test_training_with_grama_end_to_end_and_resume(tmp_path, corpus_file):
     b = load_file(resumed / "final" / "model.safetensors")
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_scoring_a_step_never_syncs_with_the_host():
+    model = relu_gpt2().cuda()
+    grama = GraMa()
+    ids = batch(0).cuda()
+    model(input_ids=ids, labels=ids).loss.backward()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any device-to-host synchronisation now raises
+    try:
+        for _ in range(3):
+            grama.before_optimizer_step(model)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert grama.window_scores(model)[0].device.type == "cuda"

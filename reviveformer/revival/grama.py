@@ -95,10 +95,10 @@ class GraMa(Reviver):
             weight = mlp.c_fc.weight
             grad = weight.grad if weight.grad is not None else torch.zeros_like(weight)
             total = self._sums.get(i)
-            if total is None or total.device != grad.device:
-                # first step, or a resumed state still on the CPU
-                total = self._sums[i] = (total if total is not None else
-                                         torch.zeros(weight.shape[1], dtype=torch.float32)).to(grad.device)
+            if total is None:
+                total = self._sums[i] = torch.zeros(weight.shape[1], dtype=torch.float32, device=grad.device)
+            elif total.device != grad.device:  # a resumed state, still on the CPU: moved once
+                total = self._sums[i] = total.to(grad.device)
             total.add_(step_scores(grad))
         self.steps += 1
 
