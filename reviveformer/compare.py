@@ -20,10 +20,8 @@ import yaml
 
 from reviveformer import plots
 from reviveformer.errors import UserError
+from reviveformer.stats import WELCH_METHOD, Difference, mean_sd, welch_interval
 
-# Mirrors trainer.JOB_TYPES (the arm a run is logged under when wandb.job_type is unset); not imported from
-# there because the trainer pulls in torch and a comparison needs none of it.
-ARM_OF_METHOD = {"none": "baseline", "synaptic_stripping": "stripping", "redo": "redo"}
 # GPT-2's own activation: what a new model gets when model.activation is left unset.
 DEFAULT_ACTIVATION = "gelu_new"
 
@@ -289,12 +287,17 @@ def _get(config: Mapping[str, Any], section: str, key: str) -> Any:
 
 
 def arm_of(config: Mapping[str, Any]) -> str | None:
-    """wandb.job_type, else the arm of revival.method (none -> baseline, synaptic_stripping -> stripping)."""
+    """wandb.job_type, else the arm of revival.method (none -> baseline, synaptic_stripping -> stripping),
+    from the revival registry, the same place the trainer takes the job_type from."""
     job_type = _get(config, "wandb", "job_type")
     if job_type:
         return str(job_type)
     method = _get(config, "revival", "method")
-    return ARM_OF_METHOD.get(method, method) if method else None
+    if not method:
+        return None
+    from reviveformer.revival import arm_of_method  # imports torch: only when a run's config needs it
+
+    return arm_of_method(str(method))
 
 
 def _activation_of(config: Mapping[str, Any]) -> str | None:
@@ -390,6 +393,123 @@ def summarise_all(runs: Sequence[RunData]) -> list[dict[str, Any]]:
     return [summarise(run, sites) for run in runs]
 
 
+# ---------------------------------------------------------------------------------------------- seeds
+
+# Config keys that say where or how a run was kept and logged, not what was trained: runs whose configs differ
+# only in these and in train.seed are seeds of one arm. (wandb: all but job_type, which names the arm.)
+_NOT_SETTINGS = {("train", "seed"), ("train", "output_dir"), ("train", "resume"), ("train", "progress"),
+                 ("data", "cache_dir")}
+# The columns a seed group summarises (numbers); the others are labels.
+_GROUPED = ("final_val_loss", "best_val_loss", "alive_fraction", "effective_params", "effective_param_fraction",
+            "revived_units", "pruned_weights", "tokens_per_s")
+
+
+def settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's config without the keys that do not change what is trained (seed, directories, W&B names),
+    flattened to dotted keys."""
+    flat: dict[str, Any] = {}
+    for section, values in config.items():
+        if not isinstance(values, Mapping):
+            flat[str(section)] = values
+            continue
+        for key, value in values.items():
+            if (section, key) in _NOT_SETTINGS or (section == "wandb" and key != "job_type"):
+                continue
+            flat[f"{section}.{key}"] = value
+    return flat
+
+
+@dataclass
+class SeedGroup:
+    """Runs that differ only in train.seed: one arm of a comparison."""
+
+    label: str
+    runs: list[RunData]
+    rows: list[dict[str, Any]]
+    """The runs' `summarise` rows."""
+
+    @property
+    def seeds(self) -> list[Any]:
+        return [_get(r.config, "train", "seed") for r in self.runs]
+
+    def values(self, key: str) -> list[float]:
+        """The runs' finite values of a table column (runs without it are left out)."""
+        return [float(v) for row in self.rows if (v := _number(row.get(key))) is not None]
+
+
+def group_seeds(runs: Sequence[RunData], rows: Sequence[dict[str, Any]]) -> list[SeedGroup]:
+    """Runs grouped by their settings (everything but the seed and where they were kept), in order of first
+    appearance. A group is labelled by its arm; arms that would share a label get the settings that tell them
+    apart (`baseline (activation=gelu)`)."""
+    keyed: dict[str, SeedGroup] = {}
+    flat: dict[str, dict[str, Any]] = {}
+    for run, row in zip(runs, rows, strict=True):
+        st = settings(run.config)
+        key = json.dumps(st, sort_keys=True, default=str)
+        if key not in keyed:
+            keyed[key] = SeedGroup(label=str(row.get("arm") or run.name), runs=[], rows=[])
+            flat[key] = st
+        keyed[key].runs.append(run)
+        keyed[key].rows.append(row)
+    groups = list(keyed.values())
+    arms = {k: g.label for k, g in keyed.items()}
+    for key, group in keyed.items():
+        twins = [k for k in keyed if arms[k] == arms[key] and k != key]
+        if twins:
+            differ = [k for k in flat[key] if any(flat[t].get(k) != flat[key][k] for t in twins)]
+            differ += [k for t in twins for k in flat[t] if k not in flat[key] and k not in differ]
+            group.label += " (" + ", ".join(f"{k.rsplit('.', 1)[-1]}={flat[key].get(k)}" for k in differ) + ")"
+    for group, label in zip(groups, _dedupe([g.label for g in groups]), strict=True):  # any repeat left: numbered
+        group.label = label
+    return groups
+
+
+def group_row(group: SeedGroup, sites: Sequence[str]) -> dict[str, Any]:
+    """One row per arm: its label, n, the seeds, and for each numeric column {"mean", "sd", "n"} (sd None for one
+    value; the column None when no run has it)."""
+    row: dict[str, Any] = {"arm": group.label, "n": len(group.runs), "seeds": group.seeds,
+                           "activation": group.rows[0].get("activation")}
+    for key in (*_GROUPED[:2], *(f"dead_ratio/{s}" for s in sites), *_GROUPED[2:]):
+        values = group.values(key)
+        if values:
+            mean, sd, n = mean_sd(values)
+            row[key] = {"mean": mean, "sd": sd, "n": n}
+        else:
+            row[key] = None
+    return row
+
+
+def reference_group(groups: Sequence[SeedGroup], baseline: str | None = None) -> SeedGroup:
+    """The arm others are compared to: `baseline` if given, else the one arm labelled baseline, else the first."""
+    if baseline is not None:
+        for g in groups:
+            if g.label == baseline:
+                return g
+        raise UserError(f"--baseline {baseline!r} is not one of the arms: {', '.join(g.label for g in groups)}")
+    named = [g for g in groups if g.label == "baseline"]
+    return named[0] if len(named) == 1 else groups[0]
+
+
+def differences(groups: Sequence[SeedGroup], reference: SeedGroup, key: str = "final_val_loss",
+                confidence: float = 0.95) -> list[dict[str, Any]]:
+    """Each other arm minus the reference in `key`: the difference of the means and Welch's t interval (None
+    when an arm has fewer than 2 seeds with the value)."""
+    ref = reference.values(key)
+    out = []
+    for g in groups:
+        if g is reference:
+            continue
+        values = g.values(key)
+        d: Difference | None = welch_interval(values, ref, confidence)
+        out.append({
+            "arm": g.label, "reference": reference.label, "metric": key, "n": len(values), "n_reference": len(ref),
+            "diff": d.diff if d else (mean_sd(values)[0] - mean_sd(ref)[0] if values and ref else None),
+            "low": d.low if d else None, "high": d.high if d else None, "df": d.df if d else None,
+            "confidence": confidence, "method": WELCH_METHOD if d else "needs 2 or more seeds on both sides",
+        })
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- tables
 
 MISSING = "-"
@@ -438,10 +558,7 @@ def table_cells(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list
     return [c[0] for c in cols], cells, [c[2] for c in cols]
 
 
-def render_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The rows as a GitHub-flavoured Markdown table (numbers right-aligned)."""
-    headers, cells, numeric = table_cells(rows)
-
+def _markdown(headers: Sequence[str], cells: Sequence[Sequence[str]], numeric: Sequence[bool]) -> str:
     def line(values: Sequence[str]) -> str:
         return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
 
@@ -449,9 +566,7 @@ def render_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join([line(headers), rule, *(line(c) for c in cells)])
 
 
-def render_text(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The rows as plain aligned text for the console (numbers right-aligned)."""
-    headers, cells, numeric = table_cells(rows)
+def _text(headers: Sequence[str], cells: Sequence[Sequence[str]], numeric: Sequence[bool]) -> str:
     widths = [max(len(x) for x in col) for col in zip(headers, *cells, strict=True)]
 
     def line(values: Sequence[str]) -> str:
@@ -460,6 +575,49 @@ def render_text(rows: Sequence[Mapping[str, Any]]) -> str:
         ).rstrip()
 
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(c) for c in cells)])
+
+
+def render_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The rows as a GitHub-flavoured Markdown table (numbers right-aligned)."""
+    return _markdown(*table_cells(rows))
+
+
+def render_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The rows as plain aligned text for the console (numbers right-aligned)."""
+    return _text(*table_cells(rows))
+
+
+def _stat(key: str, stat: Mapping[str, Any] | None) -> str:
+    """`mean +- sd` in the column's format (sd of a count with one decimal); the mean alone for one value."""
+    if stat is None:
+        return MISSING
+    _, fmt, _ = _column(key)
+    spread = (lambda v: f"{v:,.1f}") if fmt is _int else fmt
+    return fmt(stat["mean"]) + ("" if stat["sd"] is None else f" ± {spread(stat['sd'])}")
+
+
+def group_cells(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]], list[bool]]:
+    """(headers, cells, numeric flags) of `group_row` rows: arm, n, activation, then mean +- sd columns."""
+    keys = [k for k in rows[0] if k not in ("arm", "n", "seeds", "activation")] if rows else []
+    headers = ["arm", "n", "activation", *(_column(k)[0] for k in keys)]
+    cells = [[str(r["arm"]), str(r["n"]), str(r.get("activation") or MISSING), *(_stat(k, r.get(k)) for k in keys)]
+             for r in rows]
+    return headers, cells, [False, True, False, *([True] * len(keys))]
+
+
+def difference_cells(diffs: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]], list[bool]]:
+    """(headers, cells, numeric flags) of `differences` rows."""
+    if not diffs:
+        return [], [], []
+    pct = f"{diffs[0]['confidence']:.0%}"
+    headers = ["arm", "n", f"{diffs[0]['reference']} n", "difference", f"{pct} interval", "df"]
+    cells = []
+    for d in diffs:
+        interval = MISSING if d["low"] is None else f"[{d['low']:+.4f}, {d['high']:+.4f}]"
+        cells.append([str(d["arm"]), str(d["n"]), str(d["n_reference"]),
+                      MISSING if d["diff"] is None else f"{d['diff']:+.4f}", interval,
+                      MISSING if d["df"] is None else f"{d['df']:.1f}"])
+    return headers, cells, [False, True, True, True, True, True]
 
 
 # ---------------------------------------------------------------------------------------------- outputs
@@ -508,8 +666,30 @@ def write_figures(runs: Sequence[RunData], out_dir: Path) -> dict[str, Path]:
     return figures
 
 
+def write_band_figures(groups: Sequence[SeedGroup], out_dir: Path) -> dict[str, Path]:
+    """Per arm, a line (mean over its seeds) with a band (+- 1 sd) over training: validation loss and each
+    site's dead ratio. Returns {figure name: path}."""
+    runs = [r for g in groups for r in g.runs]
+    metrics = {g.label: [[_finite_row(row) for row in r.metrics] for r in g.runs] for g in groups}
+    figures: dict[str, Path] = {}
+    if _has_key(runs, "val/loss"):
+        figures["validation loss over seeds"] = plots.plot_groups_band_over_training(
+            metrics, "val/loss", out_dir / "val_loss_seeds.png", ylabel="validation loss",
+            title="Validation loss (mean and sd over seeds)")
+    for site in _site_order({s for run in runs for s in sites_of(run)}):
+        if _has_key(runs, f"liveness/{site}/dead_ratio"):
+            figures[f"dead ratio over training over seeds: {site}"] = plots.plot_groups_band_over_training(
+                metrics, f"liveness/{site}/dead_ratio", out_dir / f"dead_ratio_over_training_{site}_seeds.png",
+                ylabel="dead ratio", title=f"Dead units over training: {site} (mean and sd over seeds)")
+    return figures
+
+
 def _markdown_report(
-    runs: Sequence[RunData], rows: Sequence[Mapping[str, Any]], figures: Mapping[str, Path], out_dir: Path
+    runs: Sequence[RunData],
+    rows: Sequence[Mapping[str, Any]],
+    figures: Mapping[str, Path],
+    out_dir: Path,
+    seeds: Mapping[str, Any] | None = None,
 ) -> str:
     lines = [
         "# Run comparison",
@@ -522,9 +702,19 @@ def _markdown_report(
         "summed over all revivals; weights pruned is the last total; tokens/s is the median. "
         f"`{MISSING}`: the run has no such value.",
         "",
-        "## Runs",
-        "",
     ]
+    if seeds:
+        lines += ["## Arms over seeds", "", _markdown(*group_cells(seeds["groups"])), "",
+                  "Runs whose configs differ only in `train.seed` (and in where they were kept and logged) are "
+                  "one arm: each number is the mean ± the sample standard deviation over its n seeds.", ""]
+        if seeds["differences"]:
+            diffs = seeds["differences"]
+            lines += [f"## Difference to {seeds['reference']} in final validation loss", "",
+                      _markdown(*difference_cells(diffs)), "",
+                      f"Difference of the means (arm minus {seeds['reference']}) with its "
+                      f"{diffs[0]['confidence']:.0%} interval; method: {WELCH_METHOD}. An interval that contains 0 "
+                      "does not tell the arms apart at that level; `-`: fewer than 2 seeds on a side.", ""]
+    lines += ["## Runs", ""]
     lines += [f"- **{run.name}**: `{run.source}`" for run in runs]
     if figures:
         lines += ["", "## Figures", ""]
@@ -534,29 +724,57 @@ def _markdown_report(
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_comparison(runs: Sequence[RunData], out_dir: str | Path) -> dict[str, Any]:
-    """Table and figures of `runs` into `out_dir`: compare.md, compare.json and PNGs.
+def seed_summary(runs: Sequence[RunData], rows: Sequence[dict[str, Any]],
+                 baseline: str | None = None) -> dict[str, Any] | None:
+    """The arms over seeds, when some arm has 2 or more seeds: {"groups": group rows, "reference": label,
+    "differences": to the reference in final val loss, "method"}. None when every arm has one run."""
+    groups = group_seeds(runs, rows)
+    if all(len(g.runs) < 2 for g in groups):
+        if baseline is not None:
+            raise UserError(f"--baseline {baseline}: no arm has 2 or more seeds, so there is nothing to compare "
+                            "over seeds (runs differing only in train.seed make one arm)")
+        return None
+    sites = [k.split("/", 1)[1] for k in rows[0] if k.startswith("dead_ratio/")] if rows else []
+    reference = reference_group(groups, baseline)
+    return {"groups": [group_row(g, sites) for g in groups], "reference": reference.label,
+            "differences": differences(groups, reference), "method": WELCH_METHOD}
 
-    Returns {"rows", "markdown" (path), "json" (path), "figures" ({name: path}), "text" (console table)}.
+
+def write_comparison(runs: Sequence[RunData], out_dir: str | Path, baseline: str | None = None) -> dict[str, Any]:
+    """Table and figures of `runs` into `out_dir`: compare.md, compare.json and PNGs; with arms of 2 or more
+    seeds also seeds.json (mean, sd, n per arm and the differences to the reference arm) and band figures.
+
+    Returns {"rows", "markdown" (path), "json" (path), "figures" ({name: path}), "text" (console table),
+    "seeds" (the seed summary or None)}.
     """
     if not runs:
         raise UserError("nothing to compare: no runs given")
     rows = summarise_all(runs)
+    seeds = seed_summary(runs, rows, baseline)  # before anything is written: a bad --baseline writes nothing
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures = write_figures(runs, out)
+    text = render_text(rows)
+    if seeds:
+        figures.update(write_band_figures(group_seeds(runs, rows), out))
+        (out / "seeds.json").write_text(json.dumps(seeds, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+        text += "\n\narms over seeds (mean ± sd):\n" + _text(*group_cells(seeds["groups"]))
+        if seeds["differences"]:
+            text += (f"\n\nfinal val loss, difference to {seeds['reference']} ({WELCH_METHOD}):\n"
+                     + _text(*difference_cells(seeds["differences"])))
     md_path, json_path = out / "compare.md", out / "compare.json"
-    md_path.write_text(_markdown_report(runs, rows, figures, out), encoding="utf-8")
+    md_path.write_text(_markdown_report(runs, rows, figures, out, seeds), encoding="utf-8")
     json_path.write_text(json.dumps(rows, indent=1, allow_nan=False) + "\n", encoding="utf-8")
     return {
         "rows": rows,
         "markdown": md_path,
         "json": json_path,
         "figures": figures,
-        "text": render_text(rows),
+        "text": text,
+        "seeds": seeds,
     }
 
 
-def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[str, Any]:
+def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, baseline: str | None = None) -> dict[str, Any]:
     """Load run directories and write their comparison into `out_dir` (see `write_comparison`)."""
-    return write_comparison(load_runs(run_dirs), out_dir)
+    return write_comparison(load_runs(run_dirs), out_dir, baseline)

@@ -22,7 +22,7 @@ from reviveformer.errors import ConfigError
 
 SITES = ("mlp_pre", "mlp_post", "attn_out")
 CRITERIA = ("abs", "positive")
-REVIVAL_METHODS = ("none", "synaptic_stripping", "redo")
+REVIVAL_METHODS = ("none", "synaptic_stripping", "redo", "grama")
 ALERT_METRICS = ("dead_ratio", "dormant_ratio")
 ALERT_ACTIONS = ("none", "revive", "stop")
 DATA_SOURCES = ("stdlib", "text", "hub")
@@ -271,7 +271,7 @@ class AlertsConfig:
 @dataclass
 class RevivalConfig:
     method: str = "none"
-    """none, synaptic_stripping or redo."""
+    """none, synaptic_stripping, redo or grama (gradient-magnitude dormancy, Liu et al. 2025)."""
     fraction: float = 0.05
     """Synaptic stripping: share of a dead unit's nonzero incoming weights to zero (most negative first)."""
     persistent: bool = True
@@ -281,7 +281,7 @@ class RevivalConfig:
     every_steps: int = 0
     """Revive every this many optimizer steps instead of at epoch end (0: epoch end)."""
     tau: float = 0.1
-    """ReDo: re-initialise units whose dormancy score is <= tau."""
+    """ReDo and GraMa: re-initialise units whose score (ReDo: activation, GraMa: gradient) is <= tau."""
 
     def __post_init__(self) -> None:
         _raise("revival", _problems([

@@ -507,6 +507,71 @@ def plot_runs_dead_ratio_per_layer(
     return save_figure(runs_dead_ratio_per_layer_figure(runs, site, title=title), path)
 
 
+def seed_band(runs: Sequence[Sequence[Mapping[str, Any]]], key: str) -> dict[str, np.ndarray]:
+    """Mean and spread over seeds of one metric: at each step logged by any run, the mean, the sample standard
+    deviation (NaN where fewer than 2 runs have the step) and n, the number of runs with a value there."""
+    per_run = [dict(zip(*(a.tolist() for a in _series(rows, key)), strict=True)) for rows in runs]
+    steps = sorted({s for series in per_run for s in series})
+    mean, sd, n = [], [], []
+    for step in steps:
+        values = [series[step] for series in per_run if step in series and math.isfinite(series[step])]
+        n.append(len(values))
+        mean.append(float(np.mean(values)) if values else np.nan)
+        sd.append(float(np.std(values, ddof=1)) if len(values) > 1 else np.nan)
+    return {"step": np.array(steps, dtype=np.int64), "mean": np.array(mean), "sd": np.array(sd),
+            "n": np.array(n, dtype=np.int64)}
+
+
+def groups_band_over_training_figure(
+    groups: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]],
+    key: str,
+    ylabel: str | None = None,
+    title: str | None = None,
+) -> Figure:
+    """One line per arm (the mean over its seeds' runs) with a band of mean +- one standard deviation over the
+    seeds; `groups` maps an arm's label to the metric rows of each of its runs. Arms without the key are left
+    out."""
+    fig = Figure(figsize=(7.0, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    drawn = 0
+    for i, (label, runs) in enumerate(groups.items()):
+        band = seed_band(runs, key)
+        keep = band["n"] > 0
+        if not keep.any():
+            continue
+        x, m, sd = band["step"][keep], band["mean"][keep], band["sd"][keep]
+        colour = f"C{i % 10}"
+        ax.plot(x, m, color=colour, lw=1.8, label=f"{label} (n={len(runs)})", marker="o" if len(x) == 1 else None)
+        spread = np.isfinite(sd)
+        if spread.any():
+            ax.fill_between(x[spread], (m - sd)[spread], (m + sd)[spread], color=colour, alpha=0.2, lw=0)
+        drawn += 1
+    if not drawn:
+        raise ValueError(f"no arm has the metric {key!r} (arms: {', '.join(groups) or 'none'})")
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel or key)
+    if "ratio" in key or "fraction" in key:
+        _ratio_axis(ax)
+    else:
+        ax.grid(True, alpha=0.3)
+    ax.legend(frameon=False, fontsize=8 if drawn > 6 else 9)
+    ax.set_title(title or key, fontweight="bold")
+    ax.text(0.99, 0.01, "line: mean over seeds; band: +- 1 sd", transform=ax.transAxes, ha="right",
+            va="bottom", fontsize=7, alpha=0.7)
+    return fig
+
+
+def plot_groups_band_over_training(
+    groups: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]],
+    key: str,
+    path: str | Path,
+    ylabel: str | None = None,
+    title: str | None = None,
+) -> Path:
+    """Save `groups_band_over_training_figure(groups, key, ylabel, title)` as a PNG at `path`."""
+    return save_figure(groups_band_over_training_figure(groups, key, ylabel=ylabel, title=title), path)
+
+
 # ------------------------------------------------------------------------------ revival
 
 

@@ -43,12 +43,10 @@ from reviveformer.model import (
     model_summary,
     save_final,
 )
-from reviveformer.revival import build_reviver, check_supported
+from reviveformer.revival import arm_of_method, build_reviver, check_supported
 from reviveformer.tracking import Tracking
 
 log = logging.getLogger("reviveformer")
-
-JOB_TYPES = {"none": "baseline", "synaptic_stripping": "stripping", "redo": "redo"}
 
 
 @dataclass
@@ -206,7 +204,7 @@ class Trainer:
             warmup_cosine(cfg.train.warmup_steps, self.total_steps, cfg.train.min_lr_ratio))
         self.scheduler = acc.prepare(self.scheduler)
 
-        self.job_type = self.cfg.wandb.job_type or JOB_TYPES[cfg.revival.method]
+        self.job_type = self.cfg.wandb.job_type or arm_of_method(cfg.revival.method)
         if self.is_main:
             for sub in ("liveness", "plots", "checkpoints"):
                 (self.run_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -466,6 +464,8 @@ class Trainer:
                                                      f"{self.run_dir / 'checkpoints'}")
                             log.warning("%s (%d of train.max_bad_steps=%d)", msg, self.bad_steps, tc.max_bad_steps)
                             continue
+                        if self.reviver is not None:  # GraMa reads the step's gradients here (clipped, finite)
+                            self.reviver.before_optimizer_step(acc.unwrap_model(model))
                         optimizer.step()
                         self.scheduler.step()
                         optimizer.zero_grad(set_to_none=True)

@@ -108,22 +108,27 @@ def test_sweep_two_activations(tmp_path, corpus_file, capsys):
             *tiny_overrides(tmp_path / "unused", corpus_file, **{"data.max_tokens": 32 * 8 * 6, "train.epochs": 1})]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "relu" in printed and "gelu" in printed
+    assert "activation-relu" in printed and "activation-gelu" in printed
     result = json.loads((out / "sweep.json").read_text())
+    assert result["grid"] == {"model.activation": ["relu", "gelu"]} and result["seeds"] == [0]
     for name in ("relu", "gelu"):
-        run = Path(result["runs"][name])
+        label = f"activation-{name}__seed-0"
+        run = Path(result["runs"][label])
+        assert run == out / label
         assert load_config(run / "config.yaml").model.activation == name
-        assert load_config(run / "config.yaml").wandb.job_type == "sweep"
+        assert load_config(run / "config.yaml").wandb.job_type == f"activation-{name}"  # one arm per cell
         last = json.loads(sorted((run / "liveness").glob("epoch_*.json"))[-1].read_text())
-        assert result["dead_ratio_per_layer"][name]["mlp_post"] == [e["dead_ratio"] for e in last["sites"]["mlp_post"]]
+        assert result["dead_ratio_per_layer"][label]["mlp_post"] == [e["dead_ratio"] for e in last["sites"]["mlp_post"]]
     for site in ("mlp_pre", "mlp_post", "attn_out"):
         assert (out / f"dead_ratio_per_layer_{site}.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "compare" / "compare.md").is_file()
-    # a chart at another threshold, re-measured on the saved models; a huge threshold kills every unit
+    # a chart at another threshold, re-measured on the saved models (the finished runs are kept, not
+    # retrained); a huge threshold kills every unit
     assert main([*args, "--threshold", "1000"]) == 0
+    assert "is finished; kept" in capsys.readouterr().out
     result = json.loads((out / "sweep.json").read_text())
     assert result["threshold"] == 1000
-    assert all(r == 1.0 for name in ("relu", "gelu") for r in result["dead_ratio_per_layer"][name]["mlp_post"])
+    assert all(r == 1.0 for label in result["runs"] for r in result["dead_ratio_per_layer"][label]["mlp_post"])
 
 
 @pytest.fixture(scope="module")

@@ -533,3 +533,98 @@ def test_cli_compare_user_errors(
     assert err.startswith("reviveformer compare: error: ") and message in err
     assert "Traceback" not in err
     assert not (tmp_path / "compare").exists()  # nothing half-written
+
+
+# --- arms over seeds ------------------------------------------------------------------------------------------
+
+
+def seeded_run(root: Path, name: str, method: str, activation: str, seed: int, final_loss: float,
+               dead_units: list[int]) -> Path:
+    cfg = config(method, activation)
+    cfg["train"] = {"epochs": 2, "seed": seed, "output_dir": str(root / name)}
+    cfg["wandb"]["name"] = name  # differs per run, as a sweep names them: not a setting
+    return write_run(root / name, cfg, [
+        {"step": 10, "val/loss": final_loss + 1.0, "liveness/mlp_post/dead_ratio": 0.5},
+        {"step": 20, "val/loss": final_loss, "liveness/mlp_post/dead_ratio": len(dead_units) / 20},
+    ], epochs=[liveness({"mlp_post": [dead_units, []]})])
+
+
+@pytest.fixture
+def seeded(tmp_path: Path) -> list[Path]:
+    root = tmp_path / "runs"
+    # baseline and redo have equal sample sds (0.02), so Welch's df is exactly 2 (n - 1) = 4
+    return [
+        seeded_run(root, "base-s0", "none", "relu", 0, 4.10, [0, 1]),
+        seeded_run(root, "base-s1", "none", "relu", 1, 4.12, [0, 1, 2, 3]),
+        seeded_run(root, "base-s2", "none", "relu", 2, 4.08, [0, 1, 2]),
+        seeded_run(root, "redo-s0", "redo", "relu", 0, 4.00, [0]),
+        seeded_run(root, "redo-s1", "redo", "relu", 1, 4.02, []),
+        seeded_run(root, "redo-s2", "redo", "relu", 2, 3.98, [0]),
+        seeded_run(root, "gelu-s0", "none", "gelu", 0, 4.50, []),
+    ]
+
+
+def test_seed_groups_mean_sd_and_welch_interval(seeded: list[Path], tmp_path: Path, capsys) -> None:
+    import statistics
+
+    out = tmp_path / "cmp"
+    assert main(["compare", *map(str, seeded), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((out / "seeds.json").read_text())
+    groups = {g["arm"]: g for g in result["groups"]}
+    # the two arms labelled baseline are told apart by the setting that differs
+    assert list(groups) == ["baseline (activation=relu)", "redo", "baseline (activation=gelu)"]
+    base = groups["baseline (activation=relu)"]
+    assert base["n"] == 3 and base["seeds"] == [0, 1, 2]
+    assert base["final_val_loss"]["mean"] == pytest.approx(statistics.mean([4.10, 4.12, 4.08]))
+    assert base["final_val_loss"]["sd"] == pytest.approx(statistics.stdev([4.10, 4.12, 4.08]))
+    assert base["dead_ratio/mlp_post"]["mean"] == pytest.approx(statistics.mean([2 / 20, 4 / 20, 3 / 20]))
+    assert base["dead_ratio/mlp_post"]["sd"] == pytest.approx(statistics.stdev([2 / 20, 4 / 20, 3 / 20]))
+    assert groups["baseline (activation=gelu)"]["final_val_loss"] == {"mean": 4.50, "sd": None, "n": 1}
+
+    # no arm is labelled exactly "baseline", so the first arm is the reference; --baseline picks another
+    assert result["reference"] == "baseline (activation=relu)"
+    redo = next(d for d in result["differences"] if d["arm"] == "redo")
+    se = math.sqrt(0.02**2 / 3 + 0.02**2 / 3)
+    t = 2.776445105  # Student t, 97.5% quantile, 4 degrees of freedom (printed tables)
+    assert redo["diff"] == pytest.approx(-0.10) and redo["df"] == pytest.approx(4.0)
+    assert (redo["low"], redo["high"]) == (pytest.approx(-0.10 - t * se), pytest.approx(-0.10 + t * se))
+    assert "Welch" in redo["method"]
+    gelu = next(d for d in result["differences"] if d["arm"].endswith("gelu)"))
+    assert gelu["low"] is None and gelu["diff"] == pytest.approx(4.50 - 4.10)  # one seed: no interval
+
+    md = (out / "compare.md").read_text()
+    assert "## Arms over seeds" in md and "4.1000 ± 0.0200" in md and "Welch" in md
+    assert f"[{-0.10 - t * se:+.4f}, {-0.10 + t * se:+.4f}]" in md
+    assert "4.1000 ± 0.0200" in printed and "Welch" in printed
+    for name in ("val_loss_seeds.png", "dead_ratio_over_training_mlp_post_seeds.png"):
+        assert_png(out / name)
+        assert f"]({name})" in md
+
+
+def test_baseline_option(seeded: list[Path], tmp_path: Path, capsys) -> None:
+    out = tmp_path / "cmp"
+    assert main(["compare", *map(str, seeded), "--out", str(out), "--baseline", "redo"]) == 0
+    result = json.loads((out / "seeds.json").read_text())
+    assert result["reference"] == "redo"
+    assert next(d for d in result["differences"] if d["arm"].endswith("relu)"))["diff"] == pytest.approx(0.10)
+    bad = tmp_path / "bad"
+    assert main(["compare", *map(str, seeded), "--out", str(bad), "--baseline", "nope"]) == 2
+    assert "--baseline 'nope' is not one of the arms" in capsys.readouterr().err
+    assert not bad.exists()
+
+
+def test_seed_band_by_hand() -> None:
+    from reviveformer.plots import seed_band
+
+    a = [{"step": 10, "k": 1.0}, {"step": 20, "k": 2.0}]
+    b = [{"step": 10, "k": 3.0}, {"step": 20, "k": 4.0}, {"step": 30, "k": 5.0}, {"step": 30, "other": 1}]
+    band = seed_band([a, b], "k")
+    assert band["step"].tolist() == [10, 20, 30] and band["n"].tolist() == [2, 2, 1]
+    assert band["mean"].tolist() == [2.0, 3.0, 5.0]
+    assert band["sd"][:2].tolist() == pytest.approx([math.sqrt(2)] * 2) and math.isnan(band["sd"][2])
+
+
+def test_one_seed_per_arm_has_no_seed_section(runs: dict[str, Path], tmp_path: Path) -> None:
+    result = compare.compare_runs([str(p) for p in runs.values()], tmp_path / "cmp")
+    assert result["seeds"] is None and not (tmp_path / "cmp" / "seeds.json").exists()

@@ -1,6 +1,8 @@
 """`reviveformer compare RUN_DIR [RUN_DIR ...] [--out DIR]`: runs side by side, a table and figures.
 
-Runs come from run directories, from a W&B group (`--wandb ENTITY/PROJECT --group G`), or both.
+Runs come from run directories, from a W&B group (`--wandb ENTITY/PROJECT --group G`), or both. Runs that
+differ only in `train.seed` are one arm: mean +- sd over its seeds, bands in the figures, and each arm's
+difference to the baseline arm in final val loss with a Welch t interval.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="also read the runs of a W&B group (needs W&B credentials: `wandb login` or WANDB_API_KEY)",
     )
     p.add_argument("--group", help="the W&B group to read with --wandb (the recipes' wandb.group)")
+    p.add_argument("--baseline", metavar="ARM",
+                   help="the arm the others are compared to over seeds (default: the arm named baseline, "
+                        "else the first)")
 
 
 def _default_out(args: argparse.Namespace) -> Path:
@@ -57,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
             if r.name in taken:  # a local directory and a W&B run of the same name
                 r.name = f"wandb:{r.name}"
         runs += fetched
-    result = compare.write_comparison(runs, Path(args.out) if args.out else _default_out(args))
+    result = compare.write_comparison(runs, Path(args.out) if args.out else _default_out(args), args.baseline)
     print(result["text"])
     print()
     print(f"table: {result['markdown']} (rows as JSON: {result['json']})")

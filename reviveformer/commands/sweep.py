@@ -1,122 +1,279 @@
-"""`reviveformer sweep RECIPE.yaml --activations relu,gelu,... [key=value ...]`: activation pilots + chart.
+"""`reviveformer sweep RECIPE.yaml --grid KEY=V1,V2 [--grid ...] --seeds 0,1,2 [key=value ...]`: every cell of
+a grid, for every seed, then a comparison that groups the seeds of each cell.
 
-One run per activation (same seed, data and steps), grouped under one W&B group, then the chart that tells
-which activation kills fewest neurons (dead ratio per layer, one line per activation) and a table.
+Each run (cell x seed) has its own run directory under the sweep folder, named after its cell and seed
+(`activation-relu__seed-0`); all share one W&B group, and each cell is one arm (its W&B job_type).
+`--activations relu,gelu` is shorthand for `--grid model.activation=relu,gelu`. Re-running the same command
+continues a sweep: finished runs (with a `final/` model) are kept as they are, an interrupted one resumes from
+its last checkpoint (`train.resume=auto`), the rest start.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-HELP = "train one pilot per activation and chart the dead ratio per layer of each"
+HELP = "train every cell of a grid (e.g. activations, revival methods) for every seed, then compare them"
+
+# Keys a grid may not vary: the sweep sets them itself for every run.
+RESERVED_KEYS = {
+    "train.seed": "use --seeds 0,1,2",
+    "train.output_dir": "the sweep names each run's directory; use --out for the sweep folder",
+    "train.resume": "the sweep resumes its runs itself; set train.resume=... as an override for every run",
+    "wandb.group": "all runs of a sweep share one group; set wandb.group=... as an override",
+    "wandb.name": "the sweep names each run after its cell and seed",
+}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recipe", help="YAML recipe of the pilot")
-    p.add_argument("overrides", nargs="*", help="overrides for every pilot, e.g. train.max_steps=200")
-    p.add_argument("--activations", required=True, help="comma-separated activation names, e.g. relu,gelu,silu")
+    p.add_argument("recipe", help="YAML recipe of every run")
+    p.add_argument("overrides", nargs="*", help="overrides for every run, e.g. train.max_steps=200")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="a config key and its values (repeat for more keys: every combination is a cell)")
+    p.add_argument("--activations", help="shorthand for --grid model.activation=NAMES, e.g. relu,gelu,silu")
+    p.add_argument("--seeds", help="comma-separated train.seed values run for every cell (default: the recipe's)")
     p.add_argument("--out", help="sweep folder (default: sweep/ beside the recipe's train.output_dir)")
     p.add_argument("--threshold", type=float, default=None,
-                   help="draw the chart at another firing threshold, re-measured on each pilot's final model "
-                        "(no re-training)")
+                   help="draw the per-layer chart at another firing threshold, re-measured on each run's final "
+                        "model (no re-training)")
 
 
-def _parse_activations(text: str) -> list[str]:
-    from reviveformer.activations import validate_activation
+@dataclass
+class PlannedRun:
+    """One run of the sweep: a cell of the grid and a seed."""
+
+    label: str
+    """Name of the run directory and W&B run name suffix (`activation-relu__seed-0`)."""
+    cell: str
+    """The cell's label (`activation-relu`), the arm it is compared under; "" without a grid."""
+    seed: int
+    run_dir: Path
+    values: list[tuple[str, str]] = field(default_factory=list)
+    """The cell's (key, value) pairs."""
+    overrides: list[str] = field(default_factory=list)
+    """Overrides of this run on top of the user's (grid values, seed, directory, W&B names)."""
+
+
+def parse_grid(grid: list[str], activations: str | None) -> list[tuple[str, list[str]]]:
+    """`--grid KEY=V1,V2` options (and `--activations`) as [(key, [values])], in the order given."""
     from reviveformer.errors import UserError
 
-    names = [a.strip() for a in text.split(",") if a.strip()]
-    if not names:
-        raise UserError("--activations needs at least one name, e.g. --activations relu,gelu")
-    if len(set(names)) != len(names):
-        raise UserError(f"--activations lists a name twice: {text}")
-    for name in names:
-        validate_activation(name, key="--activations")
-    return names
+    axes: list[tuple[str, list[str]]] = []
+    items = list(grid)
+    if activations is not None:
+        items.append(f"model.activation={activations}")
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or "." not in key:
+            raise UserError(f"--grid {item!r} must look like section.key=V1,V2 (for example "
+                            "--grid revival.method=none,redo)")
+        values = [v.strip() for v in text.split(",") if v.strip()]
+        if not values:
+            raise UserError(f"--grid {key}= needs at least one value, e.g. --grid {key}=A,B")
+        if len(set(values)) != len(values):
+            raise UserError(f"--grid {key} lists a value twice: {text}")
+        if key in RESERVED_KEYS:
+            raise UserError(f"--grid {key}: a sweep sets {key} itself ({RESERVED_KEYS[key]})")
+        if any(key == k for k, _ in axes):
+            raise UserError(f"--grid {key} is given twice (--activations is --grid model.activation); give each "
+                            "key once with all its values")
+        axes.append((key, values))
+    if activations is not None:
+        from reviveformer.activations import validate_activation
+
+        for name in axes[-1][1]:
+            validate_activation(name, key="--activations")
+    return axes
 
 
-def _last_liveness(run_dir: Path) -> dict | None:
-    files = sorted((run_dir / "liveness").glob("epoch_*.json"))
-    return json.loads(files[-1].read_text()) if files else None
+def parse_seeds(text: str | None, default: int) -> list[int]:
+    """`--seeds 0,1,2` as [0, 1, 2]; the recipe's own seed when not given."""
+    from reviveformer.errors import UserError
+
+    if text is None:
+        return [default]
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--seeds {text!r} must be comma-separated integers, e.g. --seeds 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds {text!r} must list at least one seed, each once, e.g. --seeds 0,1,2")
+    return seeds
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "_-." else "_" for c in text)
+
+
+def cell_names(keys: list[str]) -> list[str]:
+    """The name each grid key goes by in labels: its last part (`activation`), or the whole key where two keys
+    share a last part."""
+    leaves = [k.rsplit(".", 1)[-1] for k in keys]
+    return [leaf if leaves.count(leaf) == 1 else key for key, leaf in zip(keys, leaves, strict=True)]
+
+
+def plan_runs(axes: list[tuple[str, list[str]]], seeds: list[int], out: Path, group: str) -> list[PlannedRun]:
+    """Every cell x seed, cells in the grid's order (the last key varying fastest), seeds innermost."""
+    keys = [k for k, _ in axes]
+    names = cell_names(keys)
+    runs = []
+    for values in itertools.product(*(v for _, v in axes)):
+        cell = "__".join(f"{n}-{_safe(v)}" for n, v in zip(names, values, strict=True))
+        for seed in seeds:
+            label = f"{cell}__seed-{seed}" if cell else f"seed-{seed}"
+            run_dir = out / label
+            overrides = [*(f"{k}={v}" for k, v in zip(keys, values, strict=True)), f"train.seed={seed}",
+                         f"train.output_dir={run_dir}", f"wandb.group={group}", f"wandb.name={out.name}-{label}"]
+            if cell:
+                overrides.append(f"wandb.job_type={cell}")  # one arm per cell
+            runs.append(PlannedRun(label=label, cell=cell, seed=seed, run_dir=run_dir,
+                                   values=list(zip(keys, values, strict=True)), overrides=overrides))
+    return runs
+
+
+def is_finished(run_dir: Path) -> bool:
+    """A run whose final model is written (final/ appears by an atomic rename, so it is complete)."""
+    return (run_dir / "final" / "config.json").is_file()
+
+
+def _value(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def check_finished_run(run: PlannedRun, cfg: Any, keys: list[str]) -> None:
+    """A finished run is kept only if it is this run: the same values of the keys the sweep sets."""
+    from reviveformer.config import load_config
+    from reviveformer.errors import UserError
+
+    saved = load_config(run.run_dir / "config.yaml")
+    for key in keys:
+        old, new = _value(saved, key), _value(cfg, key)
+        if old != new:
+            raise UserError(
+                f"{run.run_dir} holds a finished run with {key}={old!r}, but this sweep's run there has {key}={new!r}; "
+                "give another --out, or remove that directory to train it again (nothing was changed)")
 
 
 def run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
 
-    from reviveformer import plots
-    from reviveformer.compare import compare_runs
     from reviveformer.config import load_config
     from reviveformer.errors import UserError
     from reviveformer.trainer import train
 
-    names = _parse_activations(args.activations)
     if args.threshold is not None and args.threshold < 0:
         raise UserError(f"--threshold={args.threshold} must be >= 0")
+    axes = parse_grid(args.grid, args.activations)
     base = load_config(args.recipe, args.overrides)  # validates the recipe and overrides once, up front
+    if not base.liveness.enabled:
+        # Refused here, on every process, before any training: the summary needs each run's liveness.
+        raise UserError("sweep needs liveness.enabled=true: it compares the runs' dead ratios (remove the "
+                        "liveness.enabled=false override, or use `reviveformer train` for single runs)")
+    seeds = parse_seeds(args.seeds, base.train.seed)
     out = Path(args.out) if args.out else Path(base.train.output_dir).parent / "sweep"
     group = base.wandb.group or f"sweep-{Path(args.recipe).stem}"
     user_keys = {o.split("=", 1)[0] for o in args.overrides}
-    runs: dict[str, Path] = {}
-    for name in names:
-        extra = [f"model.activation={name}", f"train.output_dir={out / _dirname(name)}", f"wandb.group={group}",
-                 "wandb.job_type=sweep", f"wandb.name={out.name}-{_dirname(name)}"]
+    plan = plan_runs(axes, seeds, out, group)
+    # Every run's config is loaded (and so validated) before the first one trains.
+    configs = []
+    for r in plan:
+        extra = list(r.overrides)
+        if "wandb.job_type" in user_keys:  # the user's own job_type wins over the cell's
+            extra = [o for o in extra if not o.startswith("wandb.job_type=")]
         if "train.resume" not in user_keys:
             extra.append("train.resume=auto")  # re-running a sweep finishes what is missing
         cfg = load_config(args.recipe, [*args.overrides, *extra])
-        cfg.wandb.tags = [*cfg.wandb.tags, f"activation:{name}"]
-        summary = train(cfg, keep_process_group=True)
-        runs[name] = Path(summary.run_dir)
-    state = PartialState()
-    liveness = {name: _last_liveness(d) for name, d in runs.items()}
+        cfg.wandb.tags = [*cfg.wandb.tags, *(f"{k}:{v}" for k, v in r.values), f"seed:{r.seed}"]
+        configs.append(cfg)
+    # Decided before any training, so every process skips the same runs.
+    finished = [is_finished(r.run_dir) for r in plan]
+    for r, cfg, done in zip(plan, configs, finished, strict=True):
+        if done:
+            check_finished_run(r, cfg, [k for k, _ in axes] + ["train.seed"])
+    # The trainer's Accelerator reads ACCELERATE_USE_CPU; a PartialState made first must too, or a CPU launch
+    # with N processes would set itself up as N single processes.
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    for r, cfg, done in zip(plan, configs, finished, strict=True):
+        if state.is_main_process:
+            print(f"sweep: {r.label}" + (" is finished; kept" if done else ""), flush=True)
+        if not done:
+            train(cfg, keep_process_group=True)
+    # Read (or re-measured) on every process: an error raised on one alone would leave the others waiting.
+    liveness = {r.label: _last_liveness(r.run_dir) for r in plan}
     if args.threshold is not None:
-        liveness = _remeasure(runs, args.threshold)
+        liveness = _remeasure({r.label: r.run_dir for r in plan}, args.threshold)
     if state.is_main_process:
-        missing = [n for n, v in liveness.items() if v is None]
-        if missing:
-            raise UserError(f"no liveness measurement for {', '.join(missing)}: keep liveness.enabled=true")
-        out.mkdir(parents=True, exist_ok=True)
-        charts = []
-        sites = [s for s in ("mlp_pre", "mlp_post", "attn_out") if any(s in v["sites"] for v in liveness.values())]
-        suffix = f" (threshold {args.threshold:g})" if args.threshold is not None else ""
-        for site in sites:
-            charts.append(plots.plot_runs_dead_ratio_per_layer(
-                liveness, site, out / f"dead_ratio_per_layer_{site}.png",
-                title=f"Dead units per layer by activation: {site}{suffix}"))
-        result = compare_runs([str(d) for d in runs.values()], out / "compare")
-        (out / "sweep.json").write_text(json.dumps(
-            {"activations": names, "threshold": args.threshold, "runs": {n: str(d) for n, d in runs.items()},
-             "dead_ratio_per_layer": {n: {s: [e["dead_ratio"] for e in v["sites"][s]] for s in v["sites"]}
-                                      for n, v in liveness.items()}}, indent=1))
-        print(_table(liveness, sites))
-        print(f"charts: {', '.join(str(c) for c in charts)}")
-        print(f"table: {result['markdown']}")
+        summarise_sweep(plan, axes, seeds, out, liveness, args.threshold)
     state.wait_for_everyone()
     state.destroy_process_group()
     return 0
 
 
-def _dirname(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "_-" else "_" for c in name)
+def summarise_sweep(plan: list[PlannedRun], axes: list[tuple[str, list[str]]], seeds: list[int], out: Path,
+                    liveness: dict[str, dict], threshold: float | None) -> None:
+    """sweep.json, the per-layer dead-ratio charts (one line per cell, the mean over its seeds) and the
+    comparison of all runs, seeds of a cell grouped."""
+    from reviveformer import plots
+    from reviveformer.compare import compare_runs
+
+    per_cell = _mean_liveness_per_cell(plan, liveness)
+    out.mkdir(parents=True, exist_ok=True)
+    sites = [s for s in ("mlp_pre", "mlp_post", "attn_out") if any(s in v["sites"] for v in per_cell.values())]
+    suffix = f" (threshold {threshold:g})" if threshold is not None else ""
+    charts = [plots.plot_runs_dead_ratio_per_layer(
+        per_cell, site, out / f"dead_ratio_per_layer_{site}.png",
+        title=f"Dead units per layer, mean over seeds: {site}{suffix}") for site in sites]
+    result = compare_runs([str(r.run_dir) for r in plan], out / "compare")
+    (out / "sweep.json").write_text(json.dumps({
+        "grid": dict(axes), "seeds": seeds, "threshold": threshold,
+        "runs": {r.label: str(r.run_dir) for r in plan},
+        "cells": {c: [r.label for r in plan if (r.cell or "all") == c] for c in per_cell},
+        "dead_ratio_per_layer": {label: {s: [e["dead_ratio"] for e in v["sites"][s]] for s in v["sites"]}
+                                 for label, v in liveness.items()},
+    }, indent=1))
+    print(result["text"])
+    print(f"charts: {', '.join(str(c) for c in charts)}")
+    print(f"table: {result['markdown']}")
 
 
-def _table(liveness: dict[str, dict], sites: list[str]) -> str:
-    head = f"{'activation':<14}" + "".join(f"{s + ' dead':>16}" for s in sites)
-    rows = [head]
-    for name, v in liveness.items():
-        cells = []
-        for s in sites:
-            layers = v["sites"].get(s, [])
-            units = sum(e["units"] for e in layers)
-            dead = sum(len(e["dead_units"]) for e in layers)
-            cells.append(f"{dead / units:>16.3f}" if units else f"{'-':>16}")
-        rows.append(f"{name:<14}" + "".join(cells))
-    return "\n".join(rows)
+def _last_liveness(run_dir: Path) -> dict:
+    from reviveformer.compare import load_run
+
+    liveness = load_run(run_dir).liveness
+    if liveness is None:
+        from reviveformer.errors import UserError
+
+        raise UserError(f"{run_dir} has no liveness measurement; re-run it with liveness.enabled=true")
+    return liveness
+
+
+def _mean_liveness_per_cell(plan: list[PlannedRun], liveness: dict[str, dict]) -> dict[str, dict]:
+    """Per cell, each layer's dead ratio averaged over the cell's seeds, in the liveness.json shape."""
+    out: dict[str, dict] = {}
+    for cell in dict.fromkeys(r.cell for r in plan):
+        runs = [liveness[r.label] for r in plan if r.cell == cell]
+        sites = {}
+        for site in runs[0]["sites"]:
+            layers = [run["sites"].get(site, []) for run in runs]
+            if any(len(ls) != len(layers[0]) for ls in layers):
+                continue
+            sites[site] = [{"layer": e["layer"],
+                            "dead_ratio": sum(ls[k]["dead_ratio"] for ls in layers) / len(layers)}
+                           for k, e in enumerate(layers[0])]
+        out[cell or "all"] = {"sites": sites}
+    return out
 
 
 def _remeasure(runs: dict[str, Path], threshold: float) -> dict[str, dict]:
-    """Each pilot's final model measured again at another firing threshold (counts depend on the threshold,
+    """Each run's final model measured again at another firing threshold (counts depend on the threshold,
     so saved counts cannot be re-thresholded; the saved model can be re-measured without re-training)."""
     from accelerate import Accelerator
 

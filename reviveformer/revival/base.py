@@ -5,11 +5,16 @@ Lifecycle, driven by the trainer:
 1. `revive(model, report, optimizer)` at each revival point (epoch end, or every `revival.every_steps`
    optimizer steps), after the validation liveness pass, with the report in the design.md `liveness.json`
    format. Returns the `revival/...` metrics to log.
-2. `after_optimizer_step(model)` after every optimizer step (right after `optimizer.step()`), to keep
+2. `before_optimizer_step(model)` once per optimizer step, after backward, gradient clipping and the
+   non-finite check, right before `optimizer.step()`: the gradients of the step are there (reduced over
+   processes by DDP), unscaled (fp16's scaler unscales them in `clip_grad_norm_`) and finite (a skipped step
+   never reaches it). For methods that measure gradients (GraMa).
+3. `after_optimizer_step(model)` after every optimizer step (right after `optimizer.step()`), to keep
    persistently pruned weights at zero.
-3. `state_dict()` / `load_state_dict()` with the checkpoint (masks, previous dead set, counters).
+4. `state_dict()` / `load_state_dict()` with the checkpoint (masks, previous dead set, counters).
 
-A new method is a new module with a `Reviver` subclass plus one line in `reviveformer.revival.REVIVERS`.
+A new method is a new module with a `Reviver` subclass (its `name`, the `revival.method` value, and its
+`arm`, the W&B job_type and comparison label of its runs) plus one line in `reviveformer.revival.REVIVERS`.
 """
 
 from __future__ import annotations
@@ -84,9 +89,12 @@ def unit_index(units: list[int], n_units: int, device: torch.device) -> torch.Te
 
 
 class Reviver(ABC):
-    """A neuron-revival method. Subclasses set `name` and implement `revive` and the state methods."""
+    """A neuron-revival method. Subclasses set `name` and `arm` and implement `revive` and the state methods."""
 
     name: ClassVar[str]
+    """The `revival.method` value."""
+    arm: ClassVar[str]
+    """The arm its runs are logged and compared under (W&B job_type when wandb.job_type is unset)."""
 
     def __init__(self) -> None:
         self._details: list[dict[str, Any]] = []
@@ -103,6 +111,10 @@ class Reviver(ABC):
         `optimizer` may be a torch optimizer, an `AcceleratedOptimizer`, or None (a saved model, no training).
         Every process must get the same report so that every replica makes the same edit.
         """
+
+    def before_optimizer_step(self, model: nn.Module) -> None:
+        """Read the step's gradients before the update (on the device, no host sync). Default: nothing."""
+        return None
 
     def after_optimizer_step(self, model: nn.Module) -> None:
         """Re-apply persistent masks after an optimizer step (cheap, in place, no host sync). Default: none."""

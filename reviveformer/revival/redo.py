@@ -36,7 +36,7 @@ from reviveformer.revival.base import (
 from reviveformer.revival.optim import reset_adam_state
 
 # Spreads (seed, revival count) into distinct generator seeds.
-_SEED_STRIDE = 1_000_003
+SEED_STRIDE = 1_000_003
 
 
 def dormant_units(scores: list[float | None], tau: float) -> list[int]:
@@ -44,10 +44,36 @@ def dormant_units(scores: list[float | None], tau: float) -> list[int]:
     return [j for j, s in enumerate(scores) if s is None or math.isnan(s) or s <= tau]
 
 
+@torch.no_grad()
+def reinitialise_units(mlp: nn.Module, idx: torch.Tensor, gen: torch.Generator, std: float, optimizer: Any) -> None:
+    """ReDo's reset of units `idx` of one GPT2MLP: fresh incoming weights normal(0, std) drawn from `gen` on the
+    CPU (so every process draws the same whatever its device), zero bias, zero outgoing weights (the fresh unit
+    starts with no effect on the output, Sokar et al. 2023), and the optimizer state of those entries reset."""
+    if not idx.numel():
+        return
+    c_fc, c_proj = mlp.c_fc, mlp.c_proj
+    n_in, n_units = c_fc.weight.shape
+    fresh = torch.randn((n_in, idx.numel()), generator=gen, dtype=torch.float32) * std
+    c_fc.weight[:, idx] = fresh.to(device=c_fc.weight.device, dtype=c_fc.weight.dtype)
+    col = torch.zeros(c_fc.weight.shape, dtype=torch.bool, device=c_fc.weight.device)
+    col[:, idx] = True
+    reset_adam_state(optimizer, c_fc.weight, col)
+    if c_fc.bias is not None:
+        c_fc.bias[idx] = 0
+        unit = torch.zeros(n_units, dtype=torch.bool, device=c_fc.bias.device)
+        unit[idx] = True
+        reset_adam_state(optimizer, c_fc.bias, unit)
+    c_proj.weight[idx, :] = 0
+    row = torch.zeros(c_proj.weight.shape, dtype=torch.bool, device=c_proj.weight.device)
+    row[idx, :] = True
+    reset_adam_state(optimizer, c_proj.weight, row)
+
+
 class ReDo(Reviver):
     """ReDo re-initialisation of dormant MLP units (Sokar et al. 2023)."""
 
     name = "redo"
+    arm = "redo"
 
     def __init__(self, tau: float = 0.1, seed: int = 0) -> None:
         super().__init__()
@@ -71,7 +97,7 @@ class ReDo(Reviver):
         std = float(model_config(model).initializer_range)
         # Drawn on the CPU from a generator seeded by (seed, revival count): every process draws the same
         # fresh weights whatever its device, so replicas stay identical.
-        gen = torch.Generator(device="cpu").manual_seed(self.seed * _SEED_STRIDE + self.revivals)
+        gen = torch.Generator(device="cpu").manual_seed(self.seed * SEED_STRIDE + self.revivals)
         details = []
         for entry in site_layers(report, mlps, self.name):
             i = entry["layer"]
@@ -79,30 +105,14 @@ class ReDo(Reviver):
                 raise ValueError(
                     f"revival.method=redo needs per-unit 'dormancy' scores in layer {i} of the report"
                 )
-            c_fc, c_proj = mlps[i].c_fc, mlps[i].c_proj
-            n_in, n_units = c_fc.weight.shape
+            c_fc = mlps[i].c_fc
+            n_units = c_fc.weight.shape[1]
             if len(entry["dormancy"]) != n_units:
                 raise ValueError(
                     f"report has {len(entry['dormancy'])} dormancy scores in layer {i}, the model {n_units} units"
                 )
             dormant = dormant_units(entry["dormancy"], self.tau)
-            idx = unit_index(dormant, n_units, c_fc.weight.device)
-            if idx.numel():
-                fresh = torch.randn((n_in, idx.numel()), generator=gen, dtype=torch.float32) * std
-                c_fc.weight[:, idx] = fresh.to(device=c_fc.weight.device, dtype=c_fc.weight.dtype)
-                col = torch.zeros(c_fc.weight.shape, dtype=torch.bool, device=c_fc.weight.device)
-                col[:, idx] = True
-                reset_adam_state(optimizer, c_fc.weight, col)
-                if c_fc.bias is not None:
-                    c_fc.bias[idx] = 0
-                    unit = torch.zeros(n_units, dtype=torch.bool, device=c_fc.bias.device)
-                    unit[idx] = True
-                    reset_adam_state(optimizer, c_fc.bias, unit)
-                # Zero outgoing weights: the fresh unit starts with no effect on the output (Sokar et al. 2023).
-                c_proj.weight[idx, :] = 0
-                row = torch.zeros(c_proj.weight.shape, dtype=torch.bool, device=c_proj.weight.device)
-                row[idx, :] = True
-                reset_adam_state(optimizer, c_proj.weight, row)
+            reinitialise_units(mlps[i], unit_index(dormant, n_units, c_fc.weight.device), gen, std, optimizer)
             details.append(
                 {
                     "layer": i,

@@ -71,6 +71,7 @@ class SynapticStripping(Reviver):
     """Synaptic stripping of dead MLP units (Whitaker & Whitley 2023), optionally as persistent pruning."""
 
     name = "synaptic_stripping"
+    arm = "stripping"
 
     def __init__(self, fraction: float = 0.05, persistent: bool = True, strip_bias: bool = False) -> None:
         super().__init__()

@@ -1,0 +1,178 @@
+"""GraMa / ReGraMa (Liu et al. 2025, "Measure gradients, not activations! Enhancing neuronal activity in deep
+reinforcement learning", NeurIPS 2025, arXiv 2505.24061): re-initialise MLP units whose incoming weights get
+little gradient.
+
+Dormancy by activation value is ill-posed for GELU or SiLU (a unit is never exactly silent); GraMa asks
+instead whether a unit still learns. At optimizer step s, for MLP unit j of layer i with incoming weights
+`W_in = c_fc.weight[:, j]` (GPT-2's Conv1D is (in, out)):
+
+    m_s[j] = mean_r |dL/dW_in[r, j]|            s_s[j] = m_s[j] / mean_k m_s[k]
+
+The score of unit j is s_s[j] averaged over the optimizer steps since the last revival (the paper scores one
+batch; averaging over a window measures the same thing with less noise). Normalising within each step makes
+the score independent of gradient clipping and of the loss's overall scale, both of which multiply every
+gradient of a step by one factor. A layer whose gradients are all zero on a step scores 0 there. A unit with
+score <= tau is dormant and is reset like ReDo: fresh incoming weights (the model's init), zero bias, zero
+outgoing weights, and its optimizer state reset (`reinitialise_units`).
+
+The statistic is accumulated on the device in `before_optimizer_step` (called by the trainer after backward,
+clipping and the non-finite check, right before `optimizer.step()`): a few small in-place kernels per layer,
+no host sync. Under DDP the gradients are already averaged over processes at that point, so every process
+accumulates the same sums; the decision still takes process 0's sums (broadcast) so that every replica makes
+the same edit by construction.
+
+Metrics returned by `revive` (totals, and per layer as `revival/layer_<i>/<name>` for the first three):
+`revival/dormant_units` (units reset now), `revival/dead_units` (dead units in the liveness report, for
+comparing arms), `revival/revived_units` (dormant at the previous revival, not now),
+`revival/reinitialised_total`, `revival/count`, and `revival/grama_steps` (optimizer steps scored).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from reviveformer.revival.base import (
+    REVIVAL_SITE,
+    Reviver,
+    mlp_layers,
+    model_config,
+    revived_count,
+    unit_index,
+)
+from reviveformer.revival.redo import SEED_STRIDE, reinitialise_units
+
+log = logging.getLogger("reviveformer")
+
+
+@torch.no_grad()
+def step_scores(grad: torch.Tensor) -> torch.Tensor:
+    """GraMa scores of one step from the gradient of `c_fc.weight` (in, out): per unit (column), the mean
+    |gradient| of its incoming weights over the layer's mean of that (Liu et al. 2025). Zero gradient -> 0."""
+    per_unit = grad.detach().float().abs().mean(dim=0)
+    # clamp_min: an all-zero layer gives 0 / tiny = 0 instead of NaN, on the device (no host branch)
+    return per_unit / per_unit.mean().clamp_min(torch.finfo(torch.float32).tiny)
+
+
+def _broadcast_from_main(t: torch.Tensor) -> torch.Tensor:
+    """Process 0's tensor on every process (a no-op on one process)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.broadcast(t, src=0)
+    return t
+
+
+class GraMa(Reviver):
+    """Gradient-magnitude dormancy and reset (ReGraMa, Liu et al. 2025)."""
+
+    name = "grama"
+    arm = "grama"
+
+    def __init__(self, tau: float = 0.1, seed: int = 0) -> None:
+        super().__init__()
+        if tau < 0:
+            raise ValueError(f"tau={tau} must be >= 0")
+        self.tau = tau
+        self.seed = seed
+        self.revivals = 0
+        self.reinitialised_total = 0
+        self.steps = 0  # optimizer steps accumulated in the current window
+        self._sums: dict[int, torch.Tensor] = {}  # per layer, sum over the window of the step scores
+        self._prev_dormant: dict[int, list[int]] = {}
+        self.last_scores: dict[int, list[float]] = {}  # the scores the last revival decided from
+
+    @classmethod
+    def from_config(cls, cfg: Any, *, seed: int = 0) -> GraMa:
+        """From a `RevivalConfig` (its `tau`) and the run's seed."""
+        return cls(tau=cfg.tau, seed=seed)
+
+    @torch.no_grad()
+    def before_optimizer_step(self, model: nn.Module) -> None:
+        """Add this step's scores of every MLP layer to the window (in place, on the device)."""
+        for i, mlp in enumerate(mlp_layers(model)):
+            weight = mlp.c_fc.weight
+            grad = weight.grad if weight.grad is not None else torch.zeros_like(weight)
+            total = self._sums.get(i)
+            if total is None:
+                total = self._sums[i] = torch.zeros(weight.shape[1], dtype=torch.float32, device=grad.device)
+            elif total.device != grad.device:  # a resumed state, still on the CPU: moved once
+                total = self._sums[i] = total.to(grad.device)
+            total.add_(step_scores(grad))
+        self.steps += 1
+
+    def window_scores(self, model: nn.Module) -> dict[int, torch.Tensor]:
+        """Per layer, the mean step score over the window so far (process 0's, on every process)."""
+        out = {}
+        for i, mlp in enumerate(mlp_layers(model)):
+            total = self._sums.get(i)
+            if total is None:
+                total = torch.zeros(mlp.c_fc.weight.shape[1], dtype=torch.float32, device=mlp.c_fc.weight.device)
+            out[i] = _broadcast_from_main(total.clone()) / max(self.steps, 1)
+        return out
+
+    @torch.no_grad()
+    def revive(self, model: nn.Module, report: dict[str, Any], optimizer: Any) -> dict[str, float]:
+        """Reset every unit whose window score is <= tau, then start a new window."""
+        mlps = mlp_layers(model)
+        dead = {e["layer"]: len(set(e.get("dead_units", [])))
+                for e in (report or {}).get("sites", {}).get(REVIVAL_SITE) or []}
+        std = float(model_config(model).initializer_range)
+        gen = torch.Generator(device="cpu").manual_seed(self.seed * SEED_STRIDE + self.revivals)
+        steps = self.steps
+        if steps == 0:
+            log.warning("revival.method=grama: no optimizer step since the last revival; nothing to score")
+        scores = self.window_scores(model)
+        details = []
+        for i, mlp in enumerate(mlps):
+            n_units = mlp.c_fc.weight.shape[1]
+            values = scores[i].cpu().tolist()  # the one host sync, at revival time only
+            dormant = [j for j, s in enumerate(values) if s <= self.tau] if steps else []
+            reinitialise_units(mlp, unit_index(dormant, n_units, mlp.c_fc.weight.device), gen, std, optimizer)
+            details.append({
+                "layer": i,
+                "dead_units": dead.get(i, 0),
+                "dormant_units": len(dormant),
+                "revived_units": revived_count(self._prev_dormant.get(i), dormant),
+            })
+            self._prev_dormant[i] = dormant
+            self.last_scores[i] = values
+            self.reinitialised_total += len(dormant)
+        for total in self._sums.values():
+            total.zero_()
+        self.steps = 0
+        self.revivals += 1
+        self._details = details
+        metrics: dict[str, float] = {}
+        for key in ("dormant_units", "dead_units", "revived_units"):
+            metrics[f"revival/{key}"] = float(sum(d[key] for d in details))
+        metrics["revival/reinitialised_total"] = float(self.reinitialised_total)
+        metrics["revival/count"] = float(self.revivals)
+        metrics["revival/grama_steps"] = float(steps)
+        for d in details:
+            for key in ("dormant_units", "dead_units", "revived_units"):
+                metrics[f"revival/layer_{d['layer']}/{key}"] = float(d[key])
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        """Seed, counters, the window's sums (on the CPU) and the previous dormant set per layer."""
+        return {
+            "method": self.name,
+            "seed": self.seed,
+            "revivals": self.revivals,
+            "reinitialised_total": self.reinitialised_total,
+            "steps": self.steps,
+            "sums": {str(i): t.detach().cpu().clone() for i, t in self._sums.items()},
+            "prev_dormant": {str(i): list(d) for i, d in self._prev_dormant.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict()` (the sums move to the gradients' device at the next step)."""
+        self._check_method(state)
+        self.seed = int(state["seed"])
+        self.revivals = int(state["revivals"])
+        self.reinitialised_total = int(state["reinitialised_total"])
+        self.steps = int(state["steps"])
+        self._sums = {int(i): t.detach().clone().float() for i, t in state["sums"].items()}
+        self._prev_dormant = {int(i): [int(j) for j in d] for i, d in state["prev_dormant"].items()}
