@@ -104,8 +104,7 @@ def revival_totals_line(events: Sequence[RevivalEvent]) -> str:
     revived = sum(e.revived_units for e in events)
     head = f"revival ({METHOD_NAMES[last.method]}): {len(events)} event{'s' * (len(events) != 1)}"
     if last.method == "redo":
-        return (f"{head}, {sum(e.dormant_units for e in events):,} dormant units re-initialised in all "
-                f"({last.reinitialised_total:,} re-initialisations), {revived:,} units revived")
+        return f"{head}, {last.reinitialised_total:,} dormant units re-initialised in all, {revived:,} units revived"
     return (f"{head}, {sum(e.dead_units for e in events):,} dead units found in all, {last.stripped_total:,} "
             f"weights stripped ({last.pruned_total:,} held at zero now), {revived:,} units revived")
 
