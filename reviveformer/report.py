@@ -265,6 +265,7 @@ figure img{max-width:100%;height:auto;display:block}figcaption{color:#59636e;fon
 .card b{display:block;font-size:1.25em}.card span{color:#59636e;font-size:.85em}
 .side{display:grid;gap:14px}.side>div{min-width:0}.side figure{width:calc(100% - 18px)}
 details{margin:6px 0}summary{cursor:pointer;color:#33506e}
+.wrap{display:flex;flex-wrap:wrap;gap:0 14px;align-items:flex-start}.wrap figure{max-width:calc(50% - 25px)}
 """
 
 
@@ -373,29 +374,31 @@ def _mark_revivals(fig: Figure, steps: Sequence[int]) -> Figure:
     return fig
 
 
-def _run_figures(run: RunData, hists, prefix: str = "fig") -> list[str]:
-    """The figures of one run, in page order (ids `<prefix>-<name>`)."""
+def _run_figures(run: RunData, hists, prefix: str = "fig") -> dict[str, str]:
+    """The figures of one run that it has data for, in page order: {name: html} (element ids
+    `<prefix>-<name>`)."""
     rows = run.metrics
     liveness = run.liveness or {}
     has_freq = any("frequency" in e for layers in (liveness.get("sites") or {}).values() for e in layers)
     steps = [e.step for e in revival_events(rows)]
     marks = "; dotted red lines: revivals" if steps else ""
-    out = [
-        _figure(f"{prefix}-loss", "Loss curves", lambda: _mark_revivals(loss_curves_figure(rows), steps),
-                "training loss per log window, validation loss at each evaluation" + marks),
-        _figure(f"{prefix}-dead-over-training", "Dead ratio over training per site and layer",
-                lambda: _mark_revivals(plots.dead_ratio_over_training_figure(rows), steps),
-                "training windows and epoch-end measurements" + marks),
-    ]
+    out = {
+        "loss": _figure(f"{prefix}-loss", "Loss curves", lambda: _mark_revivals(loss_curves_figure(rows), steps),
+                        "training loss per log window, validation loss at each evaluation" + marks),
+        "dead-over-training": _figure(
+            f"{prefix}-dead-over-training", "Dead ratio over training per site and layer",
+            lambda: _mark_revivals(plots.dead_ratio_over_training_figure(rows), steps),
+            "training windows and epoch-end measurements" + marks),
+    }
     if has_freq:
-        out.append(_figure(f"{prefix}-frequency-heatmap", "Firing frequency heatmap (last epoch)",
-                           lambda: plots.frequency_heatmap_figure(liveness)))
+        out["frequency-heatmap"] = _figure(f"{prefix}-frequency-heatmap", "Firing frequency heatmap (last epoch)",
+                                           lambda: plots.frequency_heatmap_figure(liveness))
     if liveness.get("sites"):
-        out.append(_figure(f"{prefix}-dead-per-layer", "Dead ratio per layer (last epoch)",
-                           lambda: plots.dead_ratio_per_layer_figure(liveness)))
+        out["dead-per-layer"] = _figure(f"{prefix}-dead-per-layer", "Dead ratio per layer (last epoch)",
+                                        lambda: plots.dead_ratio_per_layer_figure(liveness))
     if hists:
-        out.append(_figure(f"{prefix}-histograms", "Activation histograms (last epoch)",
-                           lambda: plots.activation_histograms_figure(hists)))
+        out["histograms"] = _figure(f"{prefix}-histograms", "Activation histograms (last epoch)",
+                                    lambda: plots.activation_histograms_figure(hists))
     return out
 
 
@@ -409,7 +412,7 @@ def run_report_html(run_dir: str | Path) -> str:
     alerts = read_alerts(path)
     summary = compare.summarise(run)
     sites = compare.sites_of(run)
-    figures = _run_figures(run, hists)
+    figures = list(_run_figures(run, hists).values())
 
     val = _last(rows, "val/loss")
     cards = [("status", _run_status(path, rows)),
@@ -494,24 +497,31 @@ def comparison_html(runs: Sequence[RunData], rows: Sequence[Mapping[str, Any]],
             _table(headers, cells, numeric, table_id="comparison"),
             "<h2>Runs</h2><ul>" + "".join(f"<li><b>{_e(r.name)}</b>: {_e(r.source)}</li>" for r in runs) + "</ul>"]
     if figures:
-        body.append("<h2>Side by side</h2>")
+        body.append('<h2>Side by side</h2><div class="wrap">')
         for i, (title, png) in enumerate(figures.items()):
             data = base64.b64encode(Path(png).read_bytes()).decode("ascii")
             body.append(f'<figure id="cmp-{i}"><img alt="{_e(title)}" src="data:image/png;base64,{data}">'
                         f"<figcaption>{_e(title)}</figcaption></figure>")
-    body.append("<h2>Each run</h2>")
-    columns = []
+        body.append("</div>")
+    body.append("<h2>Each run</h2><p>One column per run; a row per figure, so the same figure of each run "
+                "sits side by side.</p>")
+    per_run, notes = [], []
     for i, run in enumerate(runs):
-        source = Path(run.source)
-        hists = last_histograms(source) if run.source and source.is_dir() else None
+        source = Path(run.source) if run.source else None
+        local = source is not None and source.is_dir()
+        per_run.append(_run_figures(run, last_histograms(source) if local else None, prefix=f"run{i}"))
         events = revival_events(run.metrics)
-        alerts = read_alerts(source) if run.source and source.is_dir() else []
-        col = [f"<h3>{_e(run.name)}</h3>", *_run_figures(run, hists, prefix=f"run{i}"),
-               f"<p>{_e(revival_totals_line(events)) if events else 'no revival'}; {len(alerts)} alert"
-               f"{'s' * (len(alerts) != 1)}.</p>"]
-        columns.append("<div>" + "".join(col) + "</div>")
+        alerts = len(read_alerts(source)) if local else 0
+        notes.append(f"{revival_totals_line(events) if events else 'no revival'}; {alerts} alert"
+                     f"{'s' * (alerts != 1)}" + ("" if local else " (alerts are read from run directories only)"))
+    cells = [f"<div><h3>{_e(run.name)}</h3><p>{_e(note)}</p></div>" for run, note in zip(runs, notes, strict=True)]
+    kinds = [k for k in ("loss", "dead-over-training", "frequency-heatmap", "dead-per-layer", "histograms")
+             if any(k in figs for figs in per_run)]
+    for kind in kinds:
+        cells += [f"<div>{figs.get(kind, '<p class=missing>not available for this run</p>')}</div>"
+                  for figs in per_run]
     body.append(f'<div class="side" style="grid-template-columns:repeat({len(runs)},minmax(0,1fr))">'
-                + "".join(columns) + "</div>")
+                + "".join(cells) + "</div>")
     return _page(f"reviveformer comparison of {len(runs)} runs", "\n".join(body))
 
 
