@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 
 MLP_SITE = "mlp_post"  # the site whose dead units define capacity and revival (design.md)
 HISTOGRAM_RANGE = 10.0
-"""Activation histograms (see `histogram_edges`) reach out to +-HISTOGRAM_RANGE; values beyond it are counted in
-the two outermost bins, so every observed value is counted once."""
+"""Activation histograms (see `histogram_edges`) reach out to +-HISTOGRAM_RANGE; values beyond it are counted
+in the two outermost bins, so every observed value is counted once."""
 HISTOGRAM_ZERO_MIN = 1e-6
 """Half-width of the zero bin when liveness.threshold is 0 (a log scale needs a smallest edge above 0)."""
 STATE_VERSION = 1
@@ -67,9 +67,9 @@ def _floor_to_dtype(value: float, dtype: torch.dtype) -> float:
 def histogram_edges(bins: int, threshold: float) -> np.ndarray:
     """Bin edges of the activation histograms: a zero bin [-z, z] in the middle, with z the liveness
     threshold (under criterion abs it holds exactly the values that do not fire), and `bins // 2` log-spaced
-    bins on each side from z out to HISTOGRAM_RANGE, so the spike of near-zero values is resolved (four decades
-    at the default threshold) instead of falling into one wide bin. `2 * (bins // 2) + 1` bins (an even `bins` gets one more:
-    the zero bin), fixed for a run, so histograms of all steps and layers share them.
+    bins on each side from z out to HISTOGRAM_RANGE, so the spike of near-zero values is resolved (four
+    decades at the default threshold) instead of falling into one wide bin. `2 * (bins // 2) + 1` bins (an
+    even `bins` gets one more: the zero bin), fixed for a run: histograms of all steps and layers share them.
 
     A positive bin k is (e[k-1], e[k]], its mirror [-e[k], -e[k-1]); the edges are float32 numbers (the device
     compares float32 values with them), returned as float64 of the same values."""

@@ -90,7 +90,8 @@ class Summary:
             out.append(f"dead ratio before the last revival (step {self.revival_step}): "
                        f"{ratios(self.dead_ratio_before_revival)}")
             if self.dead_ratio_after_revival:
-                out.append(f"dead ratio after it (measured at the end): {ratios(self.dead_ratio_after_revival)}")
+                after = ratios(self.dead_ratio_after_revival)
+                out.append(f"dead ratio after it (measured at the end): {after}")
         elif self.dead_ratio:
             out.append("dead ratio: " + ratios(self.dead_ratio))
         if self.stopped_by:
@@ -339,6 +340,7 @@ class Trainer:
         metrics.update({f"capacity/{k}": float(v) for k, v in cap.items()})
         self.tracking.log(metrics, step=self.step)
         self.revived_this_session = True
+        # batches_in_epoch is reset when an epoch ends, before its epoch-end work
         when = f"end of epoch {self.epoch}" if self.batches_in_epoch == 0 else f"during epoch {self.epoch + 1}"
         log.info("%s", run_report.revival_event(metrics, self.step).line(when))
         details = self.reviver.last_layer_details()
@@ -434,7 +436,8 @@ class Trainer:
 
         try:
             self._setup()
-            with logging_redirect_tqdm():  # console lines (alerts, revivals) go above the progress bar, not into it
+            # console lines (alerts, revivals) are printed above the progress bar, not into its line
+            with logging_redirect_tqdm():
                 summary = self._loop()
         finally:
             if hasattr(self, "tracking"):
@@ -599,10 +602,10 @@ class Trainer:
             _, report = self.measure(self.cfg.train.eval_batches)
             after = self._dead_ratios(report)
             self.tracking.log({f"revival/dead_ratio_after/{k}": v for k, v in after.items()}, step=self.step)
-        summary = Summary(run_dir=str(self.run_dir), steps=self.step, epochs=self.epoch, tokens=self.tokens_seen,
-                          val_loss=self.last_val.get("val/loss", float("nan")),
-                          val_ppl=self.last_val.get("val/ppl", float("nan")), stopped_by=stopped_by, dead_ratio=dead,
-                          dead_ratio_after_revival=after)
+        summary = Summary(run_dir=str(self.run_dir), steps=self.step, epochs=self.epoch,
+                          tokens=self.tokens_seen, val_loss=self.last_val.get("val/loss", float("nan")),
+                          val_ppl=self.last_val.get("val/ppl", float("nan")), stopped_by=stopped_by,
+                          dead_ratio=dead, dead_ratio_after_revival=after)
         if self.is_main and (self.run_dir / "metrics.jsonl").is_file():
             rows = plots.read_metrics(self.run_dir / "metrics.jsonl")
             rates = [r["train/tokens_per_s"] for r in rows if "train/tokens_per_s" in r]

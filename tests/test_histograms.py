@@ -141,3 +141,18 @@ def test_figure_shows_the_zero_bin() -> None:
     [step] = [p for p in ax.patches if isinstance(p, StepPatch)]
     np.testing.assert_array_equal(step.get_data().edges, edges)
     assert ax.get_legend().get_texts()[0].get_text() == f"layer 0: {120 / counts.sum():.0%} in zero bin"
+
+
+def test_compiled_histogram_equals_eager() -> None:
+    """fullgraph compile: the histogram code has no graph break (so no host sync) and bins the same."""
+    cfg = LivenessConfig(histogram_bins=32)
+    eager, compiled = tiny_model("gelu_new"), tiny_model("gelu_new")
+    m_eager, m_compiled = LivenessMonitor(eager, cfg), LivenessMonitor(compiled, cfg)
+    fn = torch.compile(compiled, fullgraph=True)
+    for monitor, model in ((m_eager, eager), (m_compiled, fn)):
+        monitor.histogram_next = True
+        run(model, monitor, seeds=[8])
+    a, b = m_eager.histograms(), m_compiled.histograms()
+    assert a.keys() == b.keys() and len(a) == 6
+    for key in a:
+        np.testing.assert_array_equal(a[key][0], b[key][0], err_msg=str(key))

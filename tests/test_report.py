@@ -36,19 +36,49 @@ def runs(tmp_path_factory, corpus_file):
     subprocess (as a user runs it: the console is what we check), 2 epochs, an alert that fires."""
     root = tmp_path_factory.mktemp("report")
     base = root / "base"
-    train(load_config(REPO / "recipes" / "quickstart.yaml", tiny_overrides(base, corpus_file, **{
-        "data.max_tokens": 32 * 8 * STEPS_PER_EPOCH, "train.epochs": 1, "train.lr": 1e-2})))
+    train(
+        load_config(
+            REPO / "recipes" / "quickstart.yaml",
+            tiny_overrides(
+                base,
+                corpus_file,
+                **{"data.max_tokens": 32 * 8 * STEPS_PER_EPOCH, "train.epochs": 1, "train.lr": 1e-2},
+            ),
+        )
+    )
     ft = root / "ft"
-    overrides = tiny_overrides(ft, corpus_file, **{
-        "model.init_from": str(base / "final"), "data.tokenizer": "bpe", "train.progress": "true",
-        "data.max_tokens": 32 * 8 * STEPS_PER_EPOCH, "train.epochs": 2, "train.lr": 5e-3,
-        "liveness.dead_frequency": 0.05, "alerts.rules": "[{name: dead_mlp, site: mlp_post, above: 0.0}]"})
+    overrides = tiny_overrides(
+        ft,
+        corpus_file,
+        **{
+            "model.init_from": str(base / "final"),
+            "data.tokenizer": "bpe",
+            "train.progress": "true",
+            "data.max_tokens": 32 * 8 * STEPS_PER_EPOCH,
+            "train.epochs": 2,
+            "train.lr": 5e-3,
+            "liveness.dead_frequency": 0.05,
+            "alerts.rules": "[{name: dead_mlp, site: mlp_post, above: 0.0}]",
+        },
+    )
     for key in ("model.n_layer", "model.n_embd", "model.n_head", "model.n_positions", "data.vocab_size"):
         overrides = [o for o in overrides if not o.startswith(key + "=")]  # the checkpoint's own
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_HUB_DISABLE", "TRANSFORMERS_NO"))}
-    proc = subprocess.run([sys.executable, "-m", "reviveformer", "train",
-                           str(REPO / "recipes" / "finetune-revival.yaml"), *overrides],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "reviveformer",
+            "train",
+            str(REPO / "recipes" / "finetune-revival.yaml"),
+            *overrides,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return base, ft, proc
 
@@ -60,8 +90,10 @@ def revival_rows(rows: list[dict]) -> list[dict]:
 # ---------------------------------------------------------------------------------------------- console
 
 
-LINE = re.compile(r"^revival (\d+) at step (\d+) \(end of epoch (\d+)\), synaptic stripping: ([\d,]+) dead units "
-                  r"found, ([\d,]+) weights stripped \(([\d,]+) held at zero in all\); (.*)$")
+LINE = re.compile(
+    r"^revival (\d+) at step (\d+) \(end of epoch (\d+)\), synaptic stripping: ([\d,]+) dead units "
+    r"found, ([\d,]+) weights stripped \(([\d,]+) held at zero in all\); (.*)$"
+)
 
 
 @pytest.mark.slow
@@ -77,8 +109,11 @@ def test_a_console_line_per_revival_with_the_logged_numbers(runs):
         number, step, epoch, dead, stripped, held = (int(g.replace(",", "")) for g in m.groups()[:6])
         assert (number, step) == (row["revival/count"], row["step"])
         assert epoch == step // STEPS_PER_EPOCH
-        assert (dead, stripped, held) == (row["revival/dead_units"], row["revival/stripped_now"],
-                                          row["revival/pruned_total"])
+        assert (dead, stripped, held) == (
+            row["revival/dead_units"],
+            row["revival/stripped_now"],
+            row["revival/pruned_total"],
+        )
         if number == 1:
             assert m[7] == "first revival, nothing to compare with yet"
         else:
@@ -96,8 +131,10 @@ def test_summary_totals_and_dead_ratio_around_the_last_revival(runs, tmp_path):
     stripped = sum(int(r["revival/stripped_now"]) for r in events)
     revived = sum(int(r["revival/revived_units"]) for r in events)
     assert stripped == events[-1]["revival/stripped_total"]
-    assert (f"revival (synaptic stripping): 2 events, {dead:,} dead units found in all, {stripped:,} weights "
-            f"stripped ({int(events[-1]['revival/pruned_total']):,} held at zero now), {revived:,} units revived") in out
+    assert (
+        f"revival (synaptic stripping): 2 events, {dead:,} dead units found in all, {stripped:,} weights "
+        f"stripped ({int(events[-1]['revival/pruned_total']):,} held at zero now), {revived:,} units revived"
+    ) in out
     # before: the epoch-end measurement at the last revival's step, as logged under liveness/
     last_step = events[-1]["step"]
     measured = [r for r in rows if r["step"] == last_step and "liveness/mlp_post/dead_ratio" in r][-1]
@@ -108,7 +145,10 @@ def test_summary_totals_and_dead_ratio_around_the_last_revival(runs, tmp_path):
     [after_row] = [r for r in rows if "revival/dead_ratio_after/mlp_post" in r]
     after = "  ".join(f"{s} {after_row[f'revival/dead_ratio_after/{s}']:.3f}" for s in sites)
     assert f"dead ratio after it (measured at the end): {after}" in out
-    assert main(["audit", str(ft / "final"), "--out", str(tmp_path / "audit"), "liveness.dead_frequency=0.05"]) == 0
+    assert (
+        main(["audit", str(ft / "final"), "--out", str(tmp_path / "audit"), "liveness.dead_frequency=0.05"])
+        == 0
+    )
     audited = json.loads((tmp_path / "audit" / "liveness.json").read_text())["sites"]["mlp_post"]
     ratio = sum(len(e["dead_units"]) for e in audited) / sum(e["units"] for e in audited)
     assert after_row["revival/dead_ratio_after/mlp_post"] == pytest.approx(ratio, abs=1e-12)
@@ -130,17 +170,35 @@ def test_console_holds_only_our_lines(runs):
 
 
 def test_redo_line_and_totals() -> None:
-    metrics = {"revival/dormant_units": 40.0, "revival/dead_units": 12.0, "revival/revived_units": 5.0,
-               "revival/reinitialised_total": 70.0, "revival/count": 2.0}
+    metrics = {
+        "revival/dormant_units": 40.0,
+        "revival/dead_units": 12.0,
+        "revival/revived_units": 5.0,
+        "revival/reinitialised_total": 70.0,
+        "revival/count": 2.0,
+    }
     event = report.revival_event(metrics, step=60)
-    assert event.line("end of epoch 2") == ("revival 2 at step 60 (end of epoch 2), ReDo: 40 dormant units "
-                                            "re-initialised (12 dead); 5 units revived since the previous revival")
-    first = report.revival_event({**metrics, "revival/count": 1.0, "revival/dormant_units": 30.0,
-                                  "revival/revived_units": 0.0, "revival/reinitialised_total": 30.0}, step=30)
-    assert first.line() == ("revival 1 at step 30, ReDo: 30 dormant units re-initialised (12 dead); first revival, "
-                            "nothing to compare with yet")
+    assert event.line("end of epoch 2") == (
+        "revival 2 at step 60 (end of epoch 2), ReDo: 40 dormant units "
+        "re-initialised (12 dead); 5 units revived since the previous revival"
+    )
+    first = report.revival_event(
+        {
+            **metrics,
+            "revival/count": 1.0,
+            "revival/dormant_units": 30.0,
+            "revival/revived_units": 0.0,
+            "revival/reinitialised_total": 30.0,
+        },
+        step=30,
+    )
+    assert first.line() == (
+        "revival 1 at step 30, ReDo: 30 dormant units re-initialised (12 dead); first revival, "
+        "nothing to compare with yet"
+    )
     assert report.revival_totals_line([first, event]) == (
-        "revival (ReDo): 2 events, 70 dormant units re-initialised in all, 5 units revived")
+        "revival (ReDo): 2 events, 70 dormant units re-initialised in all, 5 units revived"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- pages
@@ -190,8 +248,13 @@ class Page(HTMLParser):
             self._cell.append(data)
 
 
-RUN_FIGURES = {"fig-loss", "fig-dead-over-training", "fig-frequency-heatmap", "fig-dead-per-layer",
-               "fig-histograms"}
+RUN_FIGURES = {
+    "fig-loss",
+    "fig-dead-over-training",
+    "fig-frequency-heatmap",
+    "fig-dead-per-layer",
+    "fig-histograms",
+}
 
 
 @pytest.mark.slow
@@ -206,28 +269,54 @@ def test_run_report_content_matches_the_run_files(runs):
     # revival events: one table row per logged revival, same numbers
     events = revival_rows(rows)
     table = page.tables["revival-events"]
-    assert table[0] == ["#", "step", "when", "dead units found", "weights stripped", "held at zero in all",
-                        "units revived"]
-    assert table[1:] == [[str(int(r["revival/count"])), str(r["step"]), f"end of epoch {r['step'] // STEPS_PER_EPOCH}",
-                          f"{int(r['revival/dead_units']):,}", f"{int(r['revival/stripped_now']):,}",
-                          f"{int(r['revival/pruned_total']):,}", f"{int(r['revival/revived_units']):,}"]
-                         for r in events]
+    assert table[0] == [
+        "#",
+        "step",
+        "when",
+        "dead units found",
+        "weights stripped",
+        "held at zero in all",
+        "units revived",
+    ]
+    assert table[1:] == [
+        [
+            str(int(r["revival/count"])),
+            str(r["step"]),
+            f"end of epoch {r['step'] // STEPS_PER_EPOCH}",
+            f"{int(r['revival/dead_units']):,}",
+            f"{int(r['revival/stripped_now']):,}",
+            f"{int(r['revival/pruned_total']):,}",
+            f"{int(r['revival/revived_units']):,}",
+        ]
+        for r in events
+    ]
     # alerts: every line of alerts.jsonl
     alerts = [json.loads(line) for line in (ft / "alerts.jsonl").read_text().splitlines()]
     assert alerts and [[c[0], c[3], c[5]] for c in page.tables["alerts"][1:]] == [
-        [str(a["step"]), str(a["layer"]), f"{a['value']:.3f}"] for a in alerts]
+        [str(a["step"]), str(a["layer"]), f"{a['value']:.3f}"] for a in alerts
+    ]
     # capacity: the last logged values
     last = {k: v for r in rows for k, v in r.items() if k.startswith("capacity/")}
     cap = dict(page.tables["capacity"][1:])
     assert cap["alive_units"] == f"{int(last['capacity/alive_units']):,}"
     assert cap["effective_param_fraction"] == f"{last['capacity/effective_param_fraction']:.1%}"
     # before/after the last revival
-    after = {k.rsplit("/", 1)[1]: v for r in rows for k, v in r.items() if k.startswith("revival/dead_ratio_after/")}
+    after = {
+        k.rsplit("/", 1)[1]: v
+        for r in rows
+        for k, v in r.items()
+        if k.startswith("revival/dead_ratio_after/")
+    }
     ba = {c[0]: c[1:] for c in page.tables["revival-before-after"][1:]}
-    assert ba["mlp_post"] == [f"{events[-1]['revival/dead_ratio_before/mlp_post']:.1%}", f"{after['mlp_post']:.1%}"]
+    assert ba["mlp_post"] == [
+        f"{events[-1]['revival/dead_ratio_before/mlp_post']:.1%}",
+        f"{after['mlp_post']:.1%}",
+    ]
     # settings and headline numbers
     settings = dict(page.tables["settings"][1:])
-    assert settings["revival.method"] == "synaptic_stripping" and settings["liveness.dead_frequency"] == "0.05"
+    assert (
+        settings["revival.method"] == "synaptic_stripping" and settings["liveness.dead_frequency"] == "0.05"
+    )
     val = [r["val/loss"] for r in rows if "val/loss" in r][-1]
     assert f"<b>{val:.4f}</b><span>final validation loss</span>" in text
     assert "finished at step 20" in text
@@ -241,8 +330,9 @@ def test_report_command_on_a_killed_run(runs, tmp_path, capsys):
     killed = tmp_path / "killed"
     killed.mkdir()
     shutil.copy(ft / "config.yaml", killed / "config.yaml")
-    shutil.copytree(ft / "liveness", killed / "liveness",
-                    ignore=lambda d, names: [n for n in names if "001" in n])  # only epoch 0 ended
+    shutil.copytree(
+        ft / "liveness", killed / "liveness", ignore=lambda d, names: [n for n in names if "001" in n]
+    )  # only epoch 0 ended
     lines = (ft / "metrics.jsonl").read_text().splitlines()
     kept = [ln for ln in lines if json.loads(ln)["step"] <= 15]
     (killed / "metrics.jsonl").write_text("\n".join(kept) + "\n" + lines[len(kept)][:20])
@@ -278,6 +368,7 @@ def test_compare_page_side_by_side(runs, tmp_path, capsys):
     pngs = sorted(out.glob("*.png"))
     assert sum(k.startswith("cmp-") for k in page.figures) == len(pngs) > 0
     assert sorted(page.figures[k] for k in page.figures if k.startswith("cmp-")) == sorted(
-        p.read_bytes() for p in pngs)
+        p.read_bytes() for p in pngs
+    )
     for i in (0, 1):  # each run's own figures, one column each
         assert {f"run{i}-loss", f"run{i}-dead-over-training", f"run{i}-histograms"} <= set(page.figures)
