@@ -27,6 +27,10 @@ def _setup_logging() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("WANDB_SILENT", "true")
+    # transformers' and the hub's bars (`Loading weights`, `Writing model shards`, downloads) say nothing the
+    # user needs; read when those libraries are imported, so set before any command imports them
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -210,7 +210,7 @@ class LivenessConfig:
     histogram_every: int = 0
     """Every this many steps, log a histogram of activation values per site and layer (0: never)."""
     histogram_bins: int = 64
-    """Bins of that histogram."""
+    """Log-spaced bins of that histogram, half each side of a zero bin as wide as the threshold (design.md)."""
 
     def __post_init__(self) -> None:
         bad_sites = [s for s in self.sites if s not in SITES]

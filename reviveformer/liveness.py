@@ -36,9 +36,10 @@ log = logging.getLogger(__name__)
 
 MLP_SITE = "mlp_post"  # the site whose dead units define capacity and revival (design.md)
 HISTOGRAM_RANGE = 10.0
-"""Activation histograms use `histogram_bins` equal bins over [-HISTOGRAM_RANGE, HISTOGRAM_RANGE]; values
-outside are clamped into the two edge bins (so every observed value is counted once). Fixed, so that
-histograms of different steps and layers share their bins."""
+"""Activation histograms (see `histogram_edges`) reach out to +-HISTOGRAM_RANGE; values beyond it are counted
+in the two outermost bins, so every observed value is counted once."""
+HISTOGRAM_ZERO_MIN = 1e-6
+"""Half-width of the zero bin when liveness.threshold is 0 (a log scale needs a smallest edge above 0)."""
 STATE_VERSION = 1
 
 Reduce = Callable[[Tensor], Tensor]
@@ -63,6 +64,22 @@ def _floor_to_dtype(value: float, dtype: torch.dtype) -> float:
     return float(t)
 
 
+def histogram_edges(bins: int, threshold: float) -> np.ndarray:
+    """Bin edges of the activation histograms: a zero bin [-z, z] in the middle, with z the liveness
+    threshold (under criterion abs it holds exactly the values that do not fire), and `bins // 2` log-spaced
+    bins on each side from z out to HISTOGRAM_RANGE, so the spike of near-zero values is resolved (four
+    decades at the default threshold) instead of falling into one wide bin. `2 * (bins // 2) + 1` bins (an
+    even `bins` gets one more: the zero bin), fixed for a run: histograms of all steps and layers share them.
+
+    A positive bin k is (e[k-1], e[k]], its mirror [-e[k], -e[k-1]); the edges are float32 numbers (the device
+    compares float32 values with them), returned as float64 of the same values."""
+    z = _floor_to_dtype(threshold, torch.float32) if threshold > 0 else HISTOGRAM_ZERO_MIN
+    top = max(HISTOGRAM_RANGE, 10 * z)
+    side = np.geomspace(z, top, bins // 2 + 1).astype(np.float32)
+    side[0] = np.float32(z)  # exactly the float32 threshold: the zero bin is the "does not fire" set
+    return np.concatenate([-side[::-1], side]).astype(np.float64)
+
+
 class _Probe:
     """The counters of one watched module (one layer; one or two sites), and the code that updates them."""
 
@@ -82,7 +99,10 @@ class _Probe:
         self.fire_count = [torch.zeros(units, dtype=torch.int64, device=device) for _ in sites]
         self.abs_sum = [torch.zeros(units, dtype=torch.float64, device=device) for _ in sites]
         bins = monitor.cfg.histogram_bins
-        self.hist = [torch.zeros(bins, dtype=torch.int64, device=device) for _ in sites]
+        # positive edges of the zero bin and the log-spaced bins (histogram_edges), float32 on the device
+        side = histogram_edges(bins, monitor.cfg.threshold)[bins // 2 + 1 :]
+        self.hist_edges = torch.tensor(side, dtype=torch.float32, device=device)
+        self.hist = [torch.zeros(2 * (bins // 2) + 1, dtype=torch.int64, device=device) for _ in sites]
         self.hist_pending = False  # take a histogram on the next counted forward
         self.hist_taken = False
 
@@ -93,6 +113,7 @@ class _Probe:
         self.fire_count = [t.to(device) for t in self.fire_count]
         self.abs_sum = [t.to(device) for t in self.abs_sum]
         self.hist = [t.to(device) for t in self.hist]
+        self.hist_edges = self.hist_edges.to(device)
 
     @torch.no_grad()
     def count(self, acts: tuple[Tensor, ...]) -> None:
@@ -139,11 +160,12 @@ class _Probe:
             self.hist_taken = True
 
     def _histogram(self, k: int, a: Tensor, mask: Tensor | None) -> None:
-        # fixed-bin histogram by index_add_ (no data-dependent sizes, so no host sync; masked positions weigh 0)
-        bins = self.hist[k].numel()
-        r = HISTOGRAM_RANGE
-        v = a.float().clamp(-r, r).flatten()
-        idx = ((v + r) * (bins / (2 * r))).long().clamp_(0, bins - 1)
+        # fixed-bin histogram by bucketize and index_add_ (no data-dependent sizes, so no host sync; masked
+        # positions weigh 0). |v| is binned on the positive edges, then mirrored by sign around the zero bin.
+        side = self.hist_edges.numel() - 1  # bins on each side of the zero bin
+        v = a.float().flatten()
+        ring = torch.bucketize(v.abs(), self.hist_edges).clamp_(max=side)  # 0: |v| <= threshold
+        idx = torch.where(v < 0, side - ring, side + ring)
         if mask is None:
             w = torch.ones_like(idx)
         else:
@@ -629,8 +651,8 @@ class LivenessMonitor:
     # ------------------------------------------------------------------ outputs
     def histograms(self) -> dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]:
         """Histograms taken since the last call, {(site, layer): (counts int64 (bins,), edges (bins + 1,))},
-        over the fixed range [-HISTOGRAM_RANGE, HISTOGRAM_RANGE]; clears them."""
-        edges = np.linspace(-HISTOGRAM_RANGE, HISTOGRAM_RANGE, self.cfg.histogram_bins + 1)
+        on the run's fixed `histogram_edges`; clears them."""
+        edges = histogram_edges(self.cfg.histogram_bins, self.cfg.threshold)
         out: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
         for p in self._all_probes():
             if not p.hist_taken:

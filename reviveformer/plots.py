@@ -289,32 +289,67 @@ def _centres(counts: np.ndarray, bins: np.ndarray) -> np.ndarray:
     raise ValueError(f"histogram has {len(counts)} counts but {len(bins)} bin edges (expected counts + 1)")
 
 
+def _zero_bin(bins: np.ndarray) -> tuple[int, float] | None:
+    """(index, half-width) of the zero bin of log-spaced histogram edges (liveness.histogram_edges: a bin
+    [-z, z] between mirrored log-spaced bins), or None for equal-width bins."""
+    widths = np.diff(bins)
+    if len(widths) < 3 or not np.all(widths > 0):
+        return None
+    mid = len(widths) // 2
+    z = bins[mid + 1]
+    if len(widths) % 2 == 0 or not math.isclose(-bins[mid], z) or widths.max() < 50 * widths.min():
+        return None
+    return mid, float(z)
+
+
 def activation_histograms_figure(
     hists: Mapping[tuple[str, int], tuple[np.ndarray, np.ndarray]], layers: Sequence[int] | None = None
 ) -> Figure:
-    """Per site one panel, one line per layer: counts (log scale) against bin centres.
+    """Per site one panel, one line per layer: counts (log scale) against activation value.
 
     `hists[(site, layer)] = (counts, bin_edges)` (edges of length counts + 1, or bin centres). `layers`:
-    the layers to draw (None: all present).
+    the layers to draw (None: all present). Log-spaced bins around a zero bin (the monitor's) are drawn as
+    steps on a symmetric-log axis, the zero bin shaded and its share of the values in the legend; equal bins
+    as a line through the bin centres.
     """
     sites = _site_order({site for site, _ in hists})
     if not sites:
         raise ValueError("no histograms to plot")
-    fig = Figure(figsize=(5.0 * len(sites), 4.0), layout="constrained")
+    fig = Figure(figsize=(5.4 * len(sites), 4.2), layout="constrained")
     axes = fig.subplots(1, len(sites), squeeze=False)[0]
     for ax, site in zip(axes, sites, strict=True):
         present = sorted(layer for s, layer in hists if s == site)
         chosen = [layer for layer in present if layers is None or layer in set(layers)]
         colors = _layer_colors(chosen)
+        zero_width = None
         for layer in chosen:
             counts, bins = (np.asarray(a, dtype=np.float64) for a in hists[(site, layer)])
             x = _centres(counts, bins)
-            ax.plot(
-                x, np.where(counts > 0, counts, np.nan), color=colors[layer], lw=1.3, label=f"layer {layer}"
-            )
+            zero = _zero_bin(bins) if len(bins) == len(counts) + 1 else None
+            shown = np.where(counts > 0, counts, np.nan)
+            if zero is None:
+                ax.plot(x, shown, color=colors[layer], lw=1.3, label=f"layer {layer}")
+                continue
+            mid, zero_width = zero
+            share = counts[mid] / counts.sum() if counts.sum() else 0.0
+            ax.stairs(shown, bins, color=colors[layer], lw=1.4, baseline=None,
+                      label=f"layer {layer}: {share:.0%} in zero bin")
+        if zero_width is not None:
+            # linear within the zero bin, log outside: each log bin gets the same width on screen
+            ax.set_xscale("symlog", linthresh=zero_width, linscale=0.25)
+            lo, hi = ax.get_xlim()
+            # 0 and whole decades from ten times the zero bin out: the zero bin's own edges would crowd 0
+            decades = 10.0 ** np.arange(math.ceil(math.log10(zero_width)) + 1, math.floor(math.log10(hi)) + 1)
+            ticks = [-d for d in decades[::-1] if -d >= lo] + [0.0] + list(decades)
+            ax.xaxis.set_major_locator(FixedLocator(ticks))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+            ax.xaxis.set_minor_locator(FixedLocator([]))
+            ax.axvspan(-zero_width, zero_width, color="0.5", alpha=0.2, lw=0)
+            ax.set_xlabel(f"activation value (symmetric log; shaded: |a| <= {zero_width:.3g}, does not fire)")
+        else:
+            ax.set_xlabel("activation value")
         ax.set_yscale("log")
         ax.set_title(site)
-        ax.set_xlabel("activation value")
         ax.set_ylabel("count (log)")
         ax.grid(True, alpha=0.3)
         if not chosen:

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from reviveformer import activations, plots
 from reviveformer import checkpoint as ckpt
+from reviveformer import report as run_report
 from reviveformer.alerts import AlertManager, JsonlAlertSink, RateLimitedSink, console_sink, titled_alert_sink
 from reviveformer.config import Config, check_training_config, save_config, to_dict
 from reviveformer.data import load_tokenizer, prepare_data
@@ -63,6 +64,14 @@ class Summary:
     val_ppl: float = float("nan")
     stopped_by: str | None = None
     dead_ratio: dict[str, float] = field(default_factory=dict)
+    revival: str | None = None
+    """The revival totals line (report.revival_totals_line), None when nothing was revived."""
+    revival_step: int = 0
+    dead_ratio_before_revival: dict[str, float] = field(default_factory=dict)
+    """Per site, the dead ratio the last revival decided from."""
+    dead_ratio_after_revival: dict[str, float] = field(default_factory=dict)
+    """Per site, measured at the end of the run, after the last revival."""
+    report: str | None = None
 
     def lines(self) -> list[str]:
         out = [
@@ -71,11 +80,24 @@ class Summary:
             f"tokens/s: {self.tokens_per_s:,.0f}",
             f"validation loss: {self.val_loss:.4f}  perplexity: {self.val_ppl:.2f}",
         ]
-        if self.dead_ratio:
-            out.append("dead ratio: " + "  ".join(f"{k} {v:.3f}" for k, v in self.dead_ratio.items()))
+
+        def ratios(d: dict[str, float]) -> str:
+            return "  ".join(f"{k} {v:.3f}" for k, v in d.items())
+
+        if self.revival:
+            out.append(self.revival)
+            out.append(f"dead ratio before the last revival (step {self.revival_step}): "
+                       f"{ratios(self.dead_ratio_before_revival)}")
+            if self.dead_ratio_after_revival:
+                after = ratios(self.dead_ratio_after_revival)
+                out.append(f"dead ratio after it (measured at the end): {after}")
+        elif self.dead_ratio:
+            out.append("dead ratio: " + ratios(self.dead_ratio))
         if self.stopped_by:
             out.append(f"stopped early: {self.stopped_by}")
         out.append(f"final model: {Path(self.run_dir) / 'final'}")
+        if self.report:
+            out.append(f"report: {self.report}")
         return out
 
 
@@ -223,6 +245,7 @@ class Trainer:
         self.tokens_seen = 0
         self.last_val: dict[str, float] = {}
         self.last_report: LivenessReport | None = None
+        self.revived_this_session = False
         if resume_from is not None:
             self._restore(resume_from)
 
@@ -308,10 +331,15 @@ class Trainer:
         t0 = time.perf_counter()
         metrics = self.reviver.revive(unwrapped, report.to_json(), self.optimizer)
         metrics["revival/seconds"] = time.perf_counter() - t0
+        metrics.update({f"revival/dead_ratio_before/{k}": v for k, v in self._dead_ratios(report).items()})
         # capacity after revival: newly pruned weights no longer count as effective
         cap = capacity(unwrapped, report.dead_units("mlp_post"), self.reviver.pruned_masks())
         metrics.update({f"capacity/{k}": float(v) for k, v in cap.items()})
         self.tracking.log(metrics, step=self.step)
+        self.revived_this_session = True
+        # batches_in_epoch is reset when an epoch ends, before its epoch-end work
+        when = f"end of epoch {self.epoch}" if self.batches_in_epoch == 0 else f"during epoch {self.epoch + 1}"
+        log.info("%s", run_report.revival_event(metrics, self.step).line(when))
         details = self.reviver.last_layer_details()
         if details and self.is_main:
             cols = list(details[0].keys())
@@ -362,10 +390,19 @@ class Trainer:
                 tmp = path.with_suffix(".json.tmp")
                 tmp.write_text(json.dumps(data))
                 tmp.rename(path)
+                self._save_histograms(epoch, hists)
                 self._plots(data, hists)
         if self.reviver is not None and self.cfg.revival.every_steps == 0:
             self.revive(report)
         return self._act_on_alerts(actions - ({"revive"} if self.cfg.revival.every_steps == 0 else set()))
+
+    def _save_histograms(self, epoch: int, hists: dict) -> None:
+        """liveness/activations_epoch_NNN.json: the epoch-end histograms, for the report page."""
+        if hists:
+            path = self.run_dir / "liveness" / f"activations_epoch_{epoch:03d}.json"
+            tmp = path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(run_report.histograms_json(hists)))
+            tmp.rename(path)
 
     def _log_histograms(self, hists: dict) -> None:
         if hists:
@@ -392,9 +429,13 @@ class Trainer:
     # ---------------------------------------------------------------- the loop
     def run(self) -> Summary:
         t0 = time.perf_counter()
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
         try:
             self._setup()
-            summary = self._loop()
+            # console lines (alerts, revivals) are printed above the progress bar, not into its line
+            with logging_redirect_tqdm():
+                summary = self._loop()
         finally:
             if hasattr(self, "tracking"):
                 self.tracking.finish()
@@ -553,17 +594,39 @@ class Trainer:
         acc.wait_for_everyone()
         dead = {}
         if self.last_report is not None:
-            m = self.last_report.metrics()
-            dead = {site: m[f"liveness/{site}/dead_ratio"] for site in self.cfg.liveness.sites
-                    if f"liveness/{site}/dead_ratio" in m}
-        tps = 0.0
+            dead = self._dead_ratios(self.last_report)
+        after = {}
+        if self.revived_this_session:
+            # the last revival changed the model after the measurement it decided from: measure once more
+            _, report = self.measure(self.cfg.train.eval_batches)
+            after = self._dead_ratios(report)
+            self.tracking.log({f"revival/dead_ratio_after/{k}": v for k, v in after.items()}, step=self.step)
+        summary = Summary(run_dir=str(self.run_dir), steps=self.step, epochs=self.epoch,
+                          tokens=self.tokens_seen, val_loss=self.last_val.get("val/loss", float("nan")),
+                          val_ppl=self.last_val.get("val/ppl", float("nan")), stopped_by=stopped_by,
+                          dead_ratio=dead, dead_ratio_after_revival=after)
         if self.is_main and (self.run_dir / "metrics.jsonl").is_file():
-            rates = [r["train/tokens_per_s"] for r in map(json.loads, open(self.run_dir / "metrics.jsonl"))
-                     if "train/tokens_per_s" in r]
-            tps = sorted(rates)[len(rates) // 2] if rates else 0.0
-        return Summary(run_dir=str(self.run_dir), steps=self.step, epochs=self.epoch, tokens=self.tokens_seen,
-                       tokens_per_s=tps, val_loss=self.last_val.get("val/loss", float("nan")),
-                       val_ppl=self.last_val.get("val/ppl", float("nan")), stopped_by=stopped_by, dead_ratio=dead)
+            rows = plots.read_metrics(self.run_dir / "metrics.jsonl")
+            rates = [r["train/tokens_per_s"] for r in rows if "train/tokens_per_s" in r]
+            summary.tokens_per_s = sorted(rates)[len(rates) // 2] if rates else 0.0
+            events = run_report.revival_events(rows)  # all of the run's revivals, a resumed run's included
+            if events:
+                summary.revival = run_report.revival_totals_line(events)
+                summary.revival_step = events[-1].step
+                prefix = "revival/dead_ratio_before/"
+                last = [r for r in rows if r.get("step") == events[-1].step and "revival/count" in r][-1]
+                summary.dead_ratio_before_revival = {k[len(prefix):]: v for k, v in last.items()
+                                                     if k.startswith(prefix)}
+            try:
+                summary.report = str(run_report.write_run_report(self.run_dir))
+            except Exception as e:  # the report must never fail a finished run
+                log.warning("report.html not written: %s: %s", type(e).__name__, e)
+        return summary
+
+    def _dead_ratios(self, report: LivenessReport) -> dict[str, float]:
+        m = report.metrics()
+        return {site: m[f"liveness/{site}/dead_ratio"] for site in self.cfg.liveness.sites
+                if f"liveness/{site}/dead_ratio" in m}
 
 
 def release(accelerator) -> None:

@@ -1,5 +1,5 @@
 """One module per command; each has HELP, add_arguments(parser) and run(args) -> exit status."""
 
-from reviveformer.commands import audit, compare, strip, sweep, train
+from reviveformer.commands import audit, compare, report, strip, sweep, train
 
-COMMANDS = {"train": train, "audit": audit, "strip": strip, "compare": compare, "sweep": sweep}
+COMMANDS = {"train": train, "audit": audit, "strip": strip, "compare": compare, "sweep": sweep, "report": report}

@@ -41,7 +41,7 @@ def _default_out(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reviveformer import compare
+    from reviveformer import compare, report
     from reviveformer.errors import UserError
 
     if args.wandb and not args.group:
@@ -62,10 +62,13 @@ def run(args: argparse.Namespace) -> int:
             if r.name in taken:  # a local directory and a W&B run of the same name
                 r.name = f"wandb:{r.name}"
         runs += fetched
-    result = compare.write_comparison(runs, Path(args.out) if args.out else _default_out(args), args.baseline)
+    out = Path(args.out) if args.out else _default_out(args)
+    result = compare.write_comparison(runs, out, args.baseline)
+    page = report.write_comparison_report(runs, result, out)
     print(result["text"])
     print()
     print(f"table: {result['markdown']} (rows as JSON: {result['json']})")
+    print(f"report page: {page}")
     for title, path in result["figures"].items():
         print(f"figure, {title}: {path}")
     return 0
