@@ -1,8 +1,10 @@
 """Resumable checkpoints: Accelerate's save_state plus reviveformer's own state, written atomically.
 
 A checkpoint is written under `checkpoints/.tmp-step_XXXXXXXX` and renamed to `step_XXXXXXXX` only when
-complete (with a `COMPLETE` marker inside), so a run killed mid-write never resumes from a half-written one.
-Our own state is tensors in safetensors and everything else in JSON: nothing is unpickled.
+complete, so a run killed mid-write never resumes from a half-written one. The `COMPLETE` marker, written
+last, is a manifest (step, process count, every file with its size): a checkpoint with a file missing or cut
+short is treated as corrupt, not as one of another model size. Our own state is tensors in safetensors and
+everything else in JSON: nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from reviveformer.errors import CheckpointError
+from reviveformer.errors import CheckpointError, TrainingHalted
+from reviveformer.faults import fault_point
 
 log = logging.getLogger("reviveformer")
 
@@ -77,6 +80,28 @@ def read_state(directory: Path) -> dict[str, Any]:
     return _unflatten(rest, tensors)
 
 
+def check_finite_weights(model, what: str) -> None:
+    """Refuse to write non-finite weights: a checkpoint or final model must always be a good one to go back to."""
+    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise TrainingHalted(f"{len(bad)} weight tensor(s) hold non-finite values (first: {bad[0]}); {what} was not "
+                             "written, the last good checkpoint is kept")
+
+
+def write_manifest(directory: Path, step: int, num_processes: int) -> None:
+    files = {p.name: p.stat().st_size for p in sorted(directory.iterdir()) if p.is_file() and p.name != MARKER}
+    (directory / MARKER).write_text(json.dumps({"step": step, "num_processes": num_processes, "files": files}))
+
+
+def read_manifest(directory: Path) -> dict[str, Any] | None:
+    """The marker's manifest; None for a marker from before manifests (just the step number)."""
+    try:
+        data = json.loads((directory / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def save_checkpoint(accelerator, checkpoints_dir: Path, step: int, state: dict[str, Any], limit: int) -> Path:
     """All processes call this (save_state gathers); the main process writes our state and renames."""
     final = checkpoints_dir / step_dir_name(step)
@@ -88,7 +113,8 @@ def save_checkpoint(accelerator, checkpoints_dir: Path, step: int, state: dict[s
     accelerator.save_state(str(tmp), safe_serialization=True)
     if accelerator.is_main_process:
         write_state(tmp, state)
-        (tmp / MARKER).write_text(str(step))
+        fault_point("checkpoint_write")
+        write_manifest(tmp, step, accelerator.num_processes)
         if final.exists():  # the same step saved again (epoch end right after a periodic save)
             shutil.rmtree(final)
         tmp.rename(final)
@@ -111,9 +137,22 @@ def prune(checkpoints_dir: Path, limit: int) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+def missing_parts(path: Path) -> list[str]:
+    """Files the manifest lists that are absent or of another size (for an old marker: the parts every
+    checkpoint has)."""
+    manifest = read_manifest(path)
+    if manifest is None:
+        needed = [STATE_JSON, STATE_TENSORS, "optimizer.bin", "random_states_0.pkl"]
+        return [n for n in needed if not (path / n).is_file()]
+    return [name for name, size in manifest["files"].items()
+            if not (path / name).is_file() or (path / name).stat().st_size != size]
+
+
 def is_loadable(path: Path) -> bool:
-    """A cheap integrity check: the marker, our state and the model weights are present and parse."""
+    """A cheap integrity check: the marker, every part it lists, our state and the model weights read back."""
     try:
+        if missing_parts(path):
+            return False
         read_state(path)
         from safetensors import safe_open
 
@@ -133,7 +172,9 @@ def find_resume_point(checkpoints_dir: Path) -> Path | None:
     for path in reversed(list_complete(checkpoints_dir)):
         if is_loadable(path):
             return path
-        log.warning("skipping corrupt checkpoint %s (it does not read back); trying an older one", path)
+        missing = missing_parts(path)
+        why = f"{', '.join(missing)} missing or cut short" if missing else "it does not read back"
+        log.warning("skipping corrupt checkpoint %s (%s); trying an older one", path, why)
     return None
 
 

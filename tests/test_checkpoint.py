@@ -38,7 +38,7 @@ def _fake_checkpoint(root, step, complete=True, weights=True):
 
         save_file({"w": torch.zeros(2)}, str(d / "model.safetensors"))
     if complete:
-        (d / ckpt.MARKER).write_text(str(step))
+        ckpt.write_manifest(d, step, num_processes=1)
     return d
 
 
