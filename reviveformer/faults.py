@@ -36,6 +36,10 @@ def fault_point(phase: str) -> None:
         return
     _arrivals[phase] = _arrivals.get(phase, 0) + 1
     if _arrivals[phase] == int(nth or 1):
-        sys.stderr.write(f"{ENV}={spec}: killed at {phase}\n")
-        sys.stderr.flush()
-        os._exit(EXIT_KILLED)
+        _kill(f"{ENV}={spec}: killed at {phase}")
+
+
+def _kill(message: str) -> None:
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+    os._exit(EXIT_KILLED)
