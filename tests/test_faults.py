@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -78,3 +82,38 @@ def test_wandb_log_failure_warns_once_and_trains_on(tmp_path, corpus_file, caplo
     assert caplog.text.count("W&B log failed") == 1
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert any("val/loss" in r for r in rows)
+
+
+@pytest.mark.parametrize("precision", ["no", "fp16"])
+def test_non_finite_gradient_stops_before_the_update(tmp_path, corpus_file, capsys, monkeypatch, precision):
+    """A NaN gradient behind a finite loss: caught before the update in fp32 and in fp16 on CPU (where
+    Accelerate runs without a gradient scaler), and no checkpoint holds a non-finite weight."""
+    run_dir = tmp_path / precision
+    args = ["train", RECIPE, *tiny_overrides(run_dir, corpus_file, **{
+        "model.activation": "custom_act:NanGradOnFifthTrainingCall", "train.checkpoint_every": 2,
+        "train.checkpoint_limit": 10, "train.mixed_precision": precision, "data.max_tokens": 32 * 8 * 20})]
+    if precision == "no":
+        monkeypatch.syspath_prepend(str(TESTS))
+        code, err = main(args), capsys.readouterr().err
+    else:  # Accelerate's mixed precision is fixed once per process: a process of its own
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+        p = subprocess.run([sys.executable, "-m", "reviveformer", *args], env=env, capture_output=True, text=True,
+                           timeout=300)
+        code, err = p.returncode, p.stderr
+    assert code == 3, err
+    assert "non-finite loss or gradient at step 5" in err and "Traceback" not in err
+    assert [p.name for p in ckpt.list_complete(run_dir / "checkpoints")] == ["step_00000002", "step_00000004"]
+    for step in ("step_00000002", "step_00000004"):
+        weights = load_file(run_dir / "checkpoints" / step / "model.safetensors")
+        assert all(torch.isfinite(t).all() for t in weights.values()), step
+
+
+def test_no_checkpoint_with_non_finite_weights(tmp_path):
+    from reviveformer.errors import TrainingHalted
+
+    model = torch.nn.Linear(3, 2)
+    ckpt.check_finite_weights(model, "x")  # finite: no error
+    with torch.no_grad():
+        model.bias[1] = float("inf")
+    with pytest.raises(TrainingHalted, match="1 weight tensor.*bias.*the checkpoint of step 7 was not written"):
+        ckpt.check_finite_weights(model, "the checkpoint of step 7")
