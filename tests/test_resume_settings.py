@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import REPO, tiny_overrides
 from reviveformer.cli import main
@@ -69,3 +70,32 @@ def test_allowed_change_warns_once_and_takes_effect(done_run, tmp_path, corpus_f
 
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "train/loss" in r] == [5, 9, 12]
+
+
+@pytest.mark.slow
+def test_max_steps_mid_epoch_keeps_the_epoch_open(tmp_path, corpus_file):
+    """max_steps=5 stops in the first of 2 epochs of 12 steps: the epoch has not ended (no epoch-end file, the
+    checkpoint says epoch 0, batch 5). Resumed without max_steps, the run continues that epoch's data: with a
+    constant learning rate it ends bit-identical to a run straight through (24 steps, 6,144 tokens)."""
+    from safetensors.torch import load_file
+
+    from reviveformer import checkpoint as ckpt
+
+    extra = {**EXTRA, "data.max_tokens": 32 * 8 * 12, "train.epochs": 2, "train.warmup_steps": 0,
+             "train.min_lr_ratio": 1.0, "train.deterministic": True}
+    straight = tmp_path / "straight"
+    train(load_config(RECIPE, tiny_overrides(straight, corpus_file, **extra)))
+    run_dir = tmp_path / "budget"
+    summary = train(load_config(RECIPE, tiny_overrides(run_dir, corpus_file, **extra, **{"train.max_steps": 5})))
+    assert (summary.steps, summary.epochs, summary.tokens) == (5, 0, 5 * 256)
+    assert not (run_dir / "liveness" / "epoch_000.json").exists()
+    state = ckpt.read_state(run_dir / "checkpoints" / "step_00000005")
+    assert (state["epoch"], state["batches_in_epoch"]) == (0, 5)
+    summary = train(load_config(RECIPE, tiny_overrides(run_dir, corpus_file, **extra)))
+    assert (summary.steps, summary.epochs, summary.tokens) == (24, 2, 24 * 256)
+    a = load_file(straight / "final" / "model.safetensors")
+    b = load_file(run_dir / "final" / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    for name in ("epoch_000.json", "epoch_001.json"):
+        assert (straight / "liveness" / name).read_text() == (run_dir / "liveness" / name).read_text()
