@@ -25,6 +25,7 @@ from reviveformer.faults import fault_point
 log = logging.getLogger("reviveformer")
 
 STEP_DIR = re.compile(r"^step_(\d{8})$")
+TMP_DIR = re.compile(r"^\.tmp-step_(\d{8})$")
 MARKER = "COMPLETE"
 STATE_JSON = "reviveformer_state.json"
 STATE_TENSORS = "reviveformer_state.safetensors"
@@ -116,7 +117,8 @@ def save_checkpoint(accelerator, checkpoints_dir: Path, step: int, state: dict[s
         fault_point("checkpoint_write")
         write_manifest(tmp, step, accelerator.num_processes)
         if final.exists():  # the same step saved again (epoch end right after a periodic save)
-            shutil.rmtree(final)
+            shutil.rmtree(final)  # killed from here to the rename: the complete tmp folder is found instead
+            fault_point("checkpoint_replace")
         tmp.rename(final)
         prune(checkpoints_dir, limit)
     accelerator.wait_for_everyone()
@@ -124,14 +126,21 @@ def save_checkpoint(accelerator, checkpoints_dir: Path, step: int, state: dict[s
 
 
 def list_complete(checkpoints_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first. A temporary folder whose marker (written last) is in place is
+    complete too: a run killed between saving a step again (epoch end after a periodic save) and the
+    rename has only that one."""
     if not checkpoints_dir.is_dir():
         return []
-    found = [p for p in checkpoints_dir.iterdir() if STEP_DIR.match(p.name) and (p / MARKER).is_file()]
-    return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
+    by_step: dict[int, Path] = {}
+    for p in checkpoints_dir.iterdir():
+        m = STEP_DIR.match(p.name) or TMP_DIR.match(p.name)
+        if m and (p / MARKER).is_file() and (int(m.group(1)) not in by_step or STEP_DIR.match(p.name)):
+            by_step[int(m.group(1))] = p
+    return [by_step[s] for s in sorted(by_step)]
 
 
 def prune(checkpoints_dir: Path, limit: int) -> None:
-    for old in list_complete(checkpoints_dir)[:-limit]:
+    for old in [p for p in list_complete(checkpoints_dir) if STEP_DIR.match(p.name)][:-limit]:
         shutil.rmtree(old, ignore_errors=True)
     for stale in checkpoints_dir.glob(".tmp-step_*"):  # left by a killed run
         shutil.rmtree(stale, ignore_errors=True)

@@ -9,6 +9,8 @@ dictionary lookup per call. Phases (where the trainer and checkpoint code call `
 - `epoch_end_measure`: inside the epoch-end measurement, before anything of it is logged or written;
 - `after_revival`: after the epoch-end revival, before the epoch-end checkpoint;
 - `checkpoint_write`: while a checkpoint is written (state saved, marker not yet written, not renamed);
+- `checkpoint_replace`: a step saved again (epoch end after a periodic save): the old folder removed, the
+  complete new one not yet renamed;
 - `final_write`: while final/ is written (saved under a temporary name, not yet renamed).
 """
 
@@ -19,7 +21,7 @@ import sys
 
 ENV = "REVIVEFORMER_FAULT"
 PHASES = ("mid_step", "after_periodic_checkpoint", "epoch_end_measure", "after_revival", "checkpoint_write",
-          "final_write")
+          "checkpoint_replace", "final_write")
 EXIT_KILLED = 137
 
 _arrivals: dict[str, int] = {}

@@ -16,7 +16,7 @@ from reviveformer.errors import CheckpointError
 # Allowed with a warning: read afresh at every use, so a new value acts from the resumed step on.
 ALLOWED = (
     "train.epochs", "train.max_steps", "train.log_every", "train.eval_every", "train.eval_batches",
-    "train.checkpoint_every", "train.checkpoint_limit", "train.grad_clip", "train.max_bad_steps", "train.compile",
+    "train.checkpoint_every", "train.checkpoint_limit", "train.grad_clip", "train.max_bad_steps",
     "liveness.dead_frequency", "liveness.tau", "liveness.sample_every", "liveness.histogram_every",
     "liveness.histogram_bins", "alerts.", "revival.fraction", "revival.strip_bias", "revival.every_steps",
     "revival.tau", "data.cache_dir",

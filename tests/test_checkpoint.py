@@ -77,3 +77,16 @@ def test_a_checkpoint_with_a_part_missing_is_skipped_like_a_corrupt_one(tmp_path
         assert ckpt.find_resume_point(tmp_path) == tmp_path / "step_00000010"
     assert "step_00000030 (optimizer.bin missing or cut short)" in caplog.text
     assert "step_00000020 (optimizer.bin missing or cut short)" in caplog.text
+
+
+def test_a_complete_temporary_checkpoint_is_found_when_its_rename_did_not_happen(tmp_path):
+    """Saving a step again (the epoch-end checkpoint after a periodic one of the same step) removes the old
+    folder before renaming the new one: killed in between, the complete temporary folder is the resume point."""
+    _fake_checkpoint(tmp_path, 10)
+    tmp = _fake_checkpoint(tmp_path, 20)
+    tmp = tmp.rename(tmp_path / ".tmp-step_00000020")
+    (tmp_path / ".tmp-step_00000030").mkdir()  # killed before its marker: never complete
+    assert [p.name for p in ckpt.list_complete(tmp_path)] == ["step_00000010", ".tmp-step_00000020"]
+    assert ckpt.find_resume_point(tmp_path) == tmp
+    _fake_checkpoint(tmp_path, 20)  # both: the renamed one wins
+    assert ckpt.find_resume_point(tmp_path) == tmp_path / "step_00000020"
