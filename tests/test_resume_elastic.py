@@ -78,6 +78,9 @@ def test_two_processes_resumed_on_one(tmp_path, corpus_file):
     p = launch(2, run_dir, corpus_file, fault="after_periodic_checkpoint:2")
     assert p.returncode != 0, p.stderr[-3000:]
     assert [c.name for c in ckpt.list_complete(run_dir / "checkpoints")][-1] == "step_00000008"
+    # the training window saved is the sum over both processes: steps 6-8 (log_every=5), 2 x 8 x 32 tokens each
+    window = ckpt.read_state(run_dir / "checkpoints" / "step_00000008")["monitor"]["sites"]["mlp_post"]
+    assert window["tokens"].tolist() == [3 * 2 * 8 * 32] * 2
     p = launch(1, run_dir, corpus_file)
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stderr.count("processes: 2 -> 1") == 1 and "bit-identical" in p.stderr
