@@ -30,7 +30,7 @@ EXTRA = {"data.max_tokens": 32 * 8 * 12, "train.epochs": 2, "train.checkpoint_ev
          "revival.fraction": 0.3, "liveness.dead_frequency": 0.2, "train.resume": "auto"}
 
 
-def launch(n: int, run_dir: Path, corpus: Path, fault: str | None = None) -> subprocess.CompletedProcess:
+def launch(n: int, run_dir: Path, corpus: Path, fault: str | None = None, **extra) -> subprocess.CompletedProcess:
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     env.pop(faults.ENV, None)
     if fault:
@@ -40,13 +40,14 @@ def launch(n: int, run_dir: Path, corpus: Path, fault: str | None = None) -> sub
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(free_port()), "-m", "reviveformer"]
-    return subprocess.run([*cmd, "train", RECIPE, *tiny_overrides(run_dir, corpus, **EXTRA)], env=env,
+    return subprocess.run([*cmd, "train", RECIPE, *tiny_overrides(run_dir, corpus, **EXTRA, **extra)], env=env,
                           capture_output=True, text=True, timeout=300)
 
 
-def check_run(run_dir: Path, out: str, steps: int, masks_at: str) -> None:
-    assert f"steps: {steps}  epochs: 2  tokens: 6,144" in out  # the same tokens as one run straight through
-    for name in ("epoch_000.json", "epoch_001.json"):
+def check_run(run_dir: Path, out: str, steps: int, masks_at: str, epochs: int = 2, tokens: str = "6,144") -> None:
+    assert f"steps: {steps}  epochs: {epochs}  tokens: {tokens}" in out  # the tokens of one run straight through
+    assert sorted(p.name for p in (run_dir / "liveness").iterdir()) == [f"epoch_{e:03d}.json" for e in range(epochs)]
+    for name in [f"epoch_{e:03d}.json" for e in range(epochs)]:
         # eval_batches=1: one batch of 8 x 32 tokens, whatever the process count
         assert json.loads((run_dir / "liveness" / name).read_text())["tokens"] == 8 * 32, name
     # the first epoch's stripping (saved before the kill) is still in force in the final weights
@@ -73,15 +74,20 @@ def test_one_process_resumed_on_two(tmp_path, corpus_file):
 
 @pytest.mark.slow
 def test_two_processes_resumed_on_one(tmp_path, corpus_file):
+    """With a step budget: train.max_steps=10 on 2 processes is 10 x 2 x 8 sequences (5,120 tokens, 4 steps
+    into the second epoch); resumed on 1 process after step 8, the 2 steps left become 4."""
     run_dir = tmp_path / "2to1"
     # killed after the periodic checkpoint of step 8 (epoch 1, 2 of its 6 steps: 4 of 12 batches done)
-    p = launch(2, run_dir, corpus_file, fault="after_periodic_checkpoint:2")
+    p = launch(2, run_dir, corpus_file, fault="after_periodic_checkpoint:2", **{"train.max_steps": 10})
     assert p.returncode != 0, p.stderr[-3000:]
     assert [c.name for c in ckpt.list_complete(run_dir / "checkpoints")][-1] == "step_00000008"
     # the training window saved is the sum over both processes: steps 6-8 (log_every=5), 2 x 8 x 32 tokens each
     window = ckpt.read_state(run_dir / "checkpoints" / "step_00000008")["monitor"]["sites"]["mlp_post"]
     assert window["tokens"].tolist() == [3 * 2 * 8 * 32] * 2
-    p = launch(1, run_dir, corpus_file)
+    p = launch(1, run_dir, corpus_file, **{"train.max_steps": 10})
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stderr.count("processes: 2 -> 1") == 1 and "bit-identical" in p.stderr
-    check_run(run_dir, p.stdout + p.stderr, steps=8 + 8, masks_at="step_00000008")
+    # the budget ends mid-epoch: one epoch ended, and the second epoch's position is kept
+    check_run(run_dir, p.stdout + p.stderr, steps=8 + 4, masks_at="step_00000008", epochs=1, tokens="5,120")
+    state = ckpt.read_state(run_dir / "checkpoints" / "step_00000012")
+    assert (state["epoch"], state["batches_in_epoch"], state["num_processes"]) == (1, 8, 1)
