@@ -343,6 +343,7 @@ class Trainer:
                 self.monitor.reset()
         if self.reviver and state.get("reviver") is not None:
             self.reviver.load_state_dict(state["reviver"])
+        self._saved_step = self.step  # that checkpoint holds this position already
         log.info("resumed from %s (step %d, epoch %d, batch %d)", path, self.step, self.epoch, self.batches_in_epoch)
 
     def _total_steps(self) -> int:
@@ -514,11 +515,14 @@ class Trainer:
         self.model.train()
         while stopped_by is None and self.epoch < tc.epochs:
             if self.batches_in_epoch < self.batches_per_epoch:
-                if self.step >= self.total_steps:
-                    break
-                stopped_by = self._train_epoch()
+                if self.step < self.total_steps:
+                    stopped_by = self._train_epoch()
                 if self.batches_in_epoch < self.batches_per_epoch:
-                    break  # left mid-epoch (the step budget or an alert's stop): the epoch has not ended
+                    # left mid-epoch (the step budget or an alert's stop): the epoch has not ended, and a
+                    # checkpoint keeps the position within it for a later resume
+                    if self._saved_step != self.step:
+                        self.save_checkpoint()
+                    break
             # the epoch's data is done (now, or before the checkpoint this run resumed from): its end
             epoch = self.epoch
             self.epoch += 1
@@ -527,11 +531,6 @@ class Trainer:
             fault_point("after_revival")
             self.save_checkpoint()
             self._epoch_t0 = time.perf_counter()
-        else:
-            self._bar.close()
-            return self._finish(stopped_by)
-        if self._saved_step != self.step:  # left mid-epoch: keep the position within the epoch for a resume
-            self.save_checkpoint()
         self._bar.close()
         return self._finish(stopped_by)
 
