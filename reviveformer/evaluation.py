@@ -21,13 +21,25 @@ def val_loader(accelerator, dataset, batch_size: int):
         accelerator.even_batches = True
 
 
+def local_batches(accelerator, max_batches: int | None) -> int | None:
+    """This process's share of the first `max_batches` validation batches. The prepared loader deals batch k
+    of the whole split to process k % N, so a cap on the number of batches is a global one: 1 and N processes
+    measure the same tokens."""
+    if max_batches is None:
+        return None
+    n, i = accelerator.num_processes, accelerator.process_index
+    return max(0, (max_batches - i + n - 1) // n)
+
+
 def reduce_sum(accelerator, t: torch.Tensor) -> torch.Tensor:
     return accelerator.reduce(t, "sum") if accelerator.num_processes > 1 else t
 
 
 @torch.no_grad()
 def evaluate(model, loader, accelerator, max_batches: int | None = None, progress=None) -> dict[str, float]:
-    """Mean next-token loss over all validation tokens of all processes, and its perplexity."""
+    """Mean next-token loss over all validation tokens of all processes (the first `max_batches` batches of
+    the split, in all), and its perplexity."""
+    max_batches = local_batches(accelerator, max_batches)
     was_training = model.training
     model.eval()
     dev = accelerator.device

@@ -7,6 +7,11 @@ other; this module builds them from their config sections and calls them at the 
 - every optimizer step (`sync_gradients`): non-finite check, clip, step, revival masks, step counter;
 - every `log_every` steps: train metrics and the liveness window (then reset), alerts;
 - at each epoch end: validation pass with a fresh liveness window, liveness json, plots, revival, checkpoint.
+
+The position in training is (step, epoch, batches_in_epoch), saved in every checkpoint. An epoch has ended
+only when its epoch end (measurement, liveness json, revival) has run and `epoch` has moved on: a checkpoint
+taken after an epoch's last batch but before its end (a periodic one, or `train.max_steps` on that batch)
+resumes into that epoch end, and one taken mid-epoch resumes into the rest of that epoch's data.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from reviveformer.config import Config, check_training_config, save_config, to_d
 from reviveformer.data import load_tokenizer, prepare_data
 from reviveformer.errors import CheckpointError, TrainingHalted, UserError
 from reviveformer.evaluation import evaluate, measure, reduce_sum, val_loader
+from reviveformer.faults import fault_point
 from reviveformer.liveness import LivenessMonitor, LivenessReport, capacity
 from reviveformer.memory import check_fits
 from reviveformer.model import (
@@ -44,6 +50,7 @@ from reviveformer.model import (
     model_summary,
     save_final,
 )
+from reviveformer.resume import compare_settings
 from reviveformer.revival import arm_of_method, build_reviver, check_supported
 from reviveformer.tracking import Tracking
 
@@ -201,6 +208,8 @@ class Trainer:
             model = build_model(cfg.model, vocab_size=len(tok), eos_token_id=tok.eos_token_id)
             cfg.model.activation = describe(model).activation
         log.info("%s", model_summary(model))
+        # everything that can refuse a resume runs before the first write (config.yaml, W&B, folders)
+        saved = self._check_resume(resume_from) if resume_from is not None else None
 
         self.monitor = LivenessMonitor(model, cfg.liveness) if cfg.liveness.enabled else None
         self.reviver = build_reviver(cfg.revival, seed=cfg.train.seed)
@@ -219,12 +228,29 @@ class Trainer:
         model, optimizer, self.train_loader = acc.prepare(model, optimizer, train_loader)
         self.val_loader = val_loader(acc, self.data.val, cfg.train.batch_size)
         self.model, self.optimizer = model, optimizer
-        self.steps_per_epoch = math.ceil(len(self.train_loader) / cfg.train.grad_accum)
-        self.total_steps = cfg.train.max_steps or self.steps_per_epoch * cfg.train.epochs
+        self.batches_per_epoch = len(self.train_loader)  # micro-batches of one process
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.train.grad_accum)
+        self.total_steps = 0  # set below, once the position is known; the schedule reads it at each step
+        tc = cfg.train
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
-            warmup_cosine(cfg.train.warmup_steps, self.total_steps, cfg.train.min_lr_ratio))
+            lambda s: warmup_cosine(tc.warmup_steps, self.total_steps, tc.min_lr_ratio)(s))
         self.scheduler = acc.prepare(self.scheduler)
+
+        self.step = 0
+        self.epoch = 0
+        self.batches_in_epoch = 0
+        self.bad_steps = 0
+        self.tokens_seen = 0
+        self.step_budget = cfg.train.max_steps
+        self.last_val: dict[str, float] = {}
+        self.last_val_step = -1
+        self._saved_step = -1
+        self.last_report: LivenessReport | None = None
+        self.revived_this_session = False
+        if saved is not None:
+            self._restore(resume_from, saved)
+        self.total_steps = self._total_steps()
 
         self.job_type = self.cfg.wandb.job_type or arm_of_method(cfg.revival.method)
         if self.is_main:
@@ -237,17 +263,8 @@ class Trainer:
             sinks = [console_sink, JsonlAlertSink(self.run_dir / "alerts.jsonl"),
                      RateLimitedSink(titled_alert_sink(self.tracking.alert), cfg.alerts.wandb_wait_s)]
         self.alerts = AlertManager(cfg.alerts, sinks=sinks)
-
-        self.step = 0
-        self.epoch = 0
-        self.batches_in_epoch = 0
-        self.bad_steps = 0
-        self.tokens_seen = 0
-        self.last_val: dict[str, float] = {}
-        self.last_report: LivenessReport | None = None
-        self.revived_this_session = False
-        if resume_from is not None:
-            self._restore(resume_from)
+        if saved is not None:
+            self.alerts.load_state_dict(saved["alerts"])
 
     def _resume_path(self) -> Path | None:
         r = self.cfg.train.resume
@@ -270,26 +287,98 @@ class Trainer:
             "step": self.step,
             "epoch": self.epoch,
             "batches_in_epoch": self.batches_in_epoch,
+            "batches_per_epoch": self.batches_per_epoch,
+            "num_processes": self.accelerator.num_processes,
+            "step_budget": self.step_budget,
             "bad_steps": self.bad_steps,
             "tokens_seen": self.tokens_seen,
-            "monitor": self.monitor.state_dict() if self.monitor else None,
+            "config": to_dict(self.cfg),
+            "monitor": self._monitor_state(),
             "reviver": self.reviver.state_dict() if self.reviver else None,
             "alerts": self.alerts.state_dict(),
         }
 
-    def _restore(self, path: Path) -> None:
-        state = ckpt.load_checkpoint(self.accelerator, path)
+    def _monitor_state(self) -> dict | None:
+        """The training window's counts summed over processes (the main process alone writes the state)."""
+        if self.monitor is None:
+            return None
+        state = self.monitor.state_dict()
+        if self.accelerator.num_processes > 1:
+            dev = self.accelerator.device
+            for counts in state["sites"].values():
+                for k, t in counts.items():
+                    counts[k] = self._reduce_sum(t.to(dev)).cpu()
+        return state
+
+    def _check_resume(self, path: Path) -> dict:
+        """Read the checkpoint's state and refuse a resume it cannot honour, before anything is written;
+        announce what it may change in one warning. Returns the state."""
+        state = ckpt.read_state(path)
+        saved_cfg = state.get("config")
+        if saved_cfg is None:  # a checkpoint from before configs were saved in it: the run's config.yaml
+            import yaml
+
+            legacy = path.parent.parent / "config.yaml"
+            saved_cfg = yaml.safe_load(legacy.read_text()) if legacy.is_file() else to_dict(self.cfg)
+        changes = compare_settings(saved_cfg, to_dict(self.cfg), str(path))
+        saved_np = state.get("num_processes", 1)
+        if saved_np != self.accelerator.num_processes:
+            changes.append(f"processes: {saved_np} -> {self.accelerator.num_processes} (the data position, step "
+                           "count, liveness and revival state carry over; the random streams cannot, so the result "
+                           "will not be bit-identical to an uninterrupted run)")
+        if changes:
+            log.warning("resuming from %s with changed settings, in effect from step %d on: %s", path,
+                        state["step"], "; ".join(changes))
+        return state
+
+    def _restore(self, path: Path, state: dict) -> None:
+        acc = self.accelerator
+        ckpt.load_checkpoint(acc, path)
         self.step, self.epoch = state["step"], state["epoch"]
-        self.batches_in_epoch, self.bad_steps = state["batches_in_epoch"], state["bad_steps"]
-        self.tokens_seen = state["tokens_seen"]
+        self.bad_steps, self.tokens_seen = state["bad_steps"], state["tokens_seen"]
+        saved_np = state.get("num_processes", 1)
+        saved_per_epoch = state.get("batches_per_epoch", self.batches_per_epoch)
+        if state["batches_in_epoch"] >= saved_per_epoch:  # the epoch's data is done, its end is not
+            self.batches_in_epoch = self.batches_per_epoch
+        else:  # the data position in global batches, dealt again over this run's processes, on a step boundary
+            global_batches = state["batches_in_epoch"] * saved_np
+            ga = self.cfg.train.grad_accum
+            self.batches_in_epoch = global_batches // acc.num_processes // ga * ga
+            if self.batches_in_epoch * acc.num_processes != global_batches:
+                log.warning("the %d batches of this epoch already trained do not deal evenly over %d processes: "
+                            "resuming after %d of them (%d seen again)", global_batches, acc.num_processes,
+                            self.batches_in_epoch * acc.num_processes,
+                            global_batches - self.batches_in_epoch * acc.num_processes)
+        self.step_budget = self.cfg.train.max_steps
+        saved_max = state.get("config", {}).get("train", {}).get("max_steps", self.cfg.train.max_steps)
+        budget = state.get("step_budget", saved_max)
+        if budget is not None and saved_max == self.cfg.train.max_steps and saved_np != acc.num_processes:
+            # the same tokens in all: the steps left shrink or grow with the samples each step takes
+            self.step_budget = self.step + math.ceil((budget - self.step) * saved_np / acc.num_processes)
+        elif budget is not None and saved_max == self.cfg.train.max_steps:
+            self.step_budget = budget
         if self.monitor and state.get("monitor") is not None:
             self.monitor.load_state_dict(state["monitor"])
+            if not self.is_main:  # the saved counts are the sum over processes: count them once
+                self.monitor.reset()
         if self.reviver and state.get("reviver") is not None:
             self.reviver.load_state_dict(state["reviver"])
-        self.alerts.load_state_dict(state["alerts"])
+        self._saved_step = self.step  # that checkpoint holds this position already
         log.info("resumed from %s (step %d, epoch %d, batch %d)", path, self.step, self.epoch, self.batches_in_epoch)
 
+    def _total_steps(self) -> int:
+        """The step at which training ends: the end of the last epoch, or the step budget (train.max_steps)."""
+        tc = self.cfg.train
+        if self.epoch >= tc.epochs:
+            to_end = self.step
+        else:
+            left = math.ceil((self.batches_per_epoch - self.batches_in_epoch) / tc.grad_accum)
+            to_end = self.step + left + self.steps_per_epoch * (tc.epochs - self.epoch - 1)
+        return to_end if self.step_budget is None else min(self.step_budget, to_end)
+
     def save_checkpoint(self) -> Path:
+        ckpt.check_finite_weights(self.model, f"the checkpoint of step {self.step}")
+        self._saved_step = self.step
         return ckpt.save_checkpoint(self.accelerator, self.run_dir / "checkpoints", self.step, self._state(),
                                     self.cfg.train.checkpoint_limit)
 
@@ -376,9 +465,10 @@ class Trainer:
         if self.monitor is not None:
             self.monitor.histogram_next = True  # activation values of the first validation batch
         val, report = self.measure(self.cfg.train.eval_batches)
+        fault_point("epoch_end_measure")
         hists = self.monitor.histograms() if self.monitor is not None else {}
         self._log_histograms(hists)
-        self.last_val = val
+        self.last_val, self.last_val_step = val, self.step
         self.tracking.log({**val, "epoch": epoch, "train/epoch_seconds": epoch_seconds}, step=self.step)
         actions: set[str] = set()
         if report is not None:
@@ -450,117 +540,125 @@ class Trainer:
         return summary
 
     def _loop(self) -> Summary:
+        tc = self.cfg.train
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.is_main and tc.progress),
+                         desc="training", unit="step", dynamic_ncols=True,
+                         mininterval=0.2 if sys.stderr.isatty() else 30.0)  # a log file gets a line every 30 s
+        self._window_loss = torch.zeros((), device=self.accelerator.device)
+        self._window_steps, self._window_tokens = 0, 0
+        self._window_t = self._epoch_t0 = time.perf_counter()
+        stopped_by = None
+        self.model.train()
+        while stopped_by is None and self.epoch < tc.epochs:
+            if self.batches_in_epoch < self.batches_per_epoch:
+                if self.step < self.total_steps:
+                    stopped_by = self._train_epoch()
+                if self.batches_in_epoch < self.batches_per_epoch:
+                    # left mid-epoch (the step budget or an alert's stop): the epoch has not ended, and a
+                    # checkpoint keeps the position within it for a later resume
+                    if self._saved_step != self.step:
+                        self.save_checkpoint()
+                    break
+            # the epoch's data is done (now, or before the checkpoint this run resumed from): its end
+            epoch = self.epoch
+            self.epoch += 1
+            self.batches_in_epoch = 0
+            stopped_by = self._epoch_end(epoch) or stopped_by
+            fault_point("after_revival")
+            self.save_checkpoint()
+            self._epoch_t0 = time.perf_counter()
+        self._bar.close()
+        return self._finish(stopped_by)
+
+    def _train_epoch(self) -> str | None:
+        """Train on the rest of the current epoch's data; return early at the step budget or an alert's stop
+        (its reason). Leaves `batches_in_epoch` at `batches_per_epoch` when the data ran out."""
         cfg, acc = self.cfg, self.accelerator
         tc = cfg.train
         model, optimizer = self.model, self.optimizer
         params = [p for p in model.parameters() if p.requires_grad]
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.is_main and tc.progress),
-                   desc="training", unit="step", dynamic_ncols=True,
-                   mininterval=0.2 if sys.stderr.isatty() else 30.0)  # a log file gets a line every 30 s
-        window_loss = torch.zeros((), device=acc.device)
-        window_steps = 0
-        window_tokens = 0
-        window_t = time.perf_counter()
+        tokens_per_step = tc.batch_size * cfg.data.block_size * tc.grad_accum * acc.num_processes
+        self.train_loader.set_epoch(self.epoch)
+        loader = self.train_loader
+        if self.batches_in_epoch:
+            loader = acc.skip_first_batches(self.train_loader, self.batches_in_epoch)
+        step_loss = torch.zeros((), device=acc.device)
         stopped_by = None
-        tokens_per_step_local = tc.batch_size * cfg.data.block_size
-        done = self.total_steps <= self.step
-        model.train()
-        while not done and self.epoch < tc.epochs:
-            epoch = self.epoch
-            self._epoch_t0 = window_t = time.perf_counter()
-            self.train_loader.set_epoch(epoch)
-            loader = self.train_loader
-            if self.batches_in_epoch:
-                loader = acc.skip_first_batches(self.train_loader, self.batches_in_epoch)
-            step_loss = torch.zeros((), device=acc.device)
-            for batch in loader:
-                if self.monitor is not None and cfg.liveness.sample_every > 1:
-                    self.monitor.active = (self.step + 1) % cfg.liveness.sample_every == 0
-                if self.monitor is not None and cfg.liveness.histogram_every and \
-                        (self.step + 1) % cfg.liveness.histogram_every == 0:
-                    self.monitor.histogram_next = True
-                with acc.accumulate(model):
-                    loss = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
-                    step_loss += loss.detach() / tc.grad_accum
-                    acc.backward(loss)
-                    self.batches_in_epoch += 1
-                    if acc.sync_gradients:
-                        max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
-                        grad_norm = acc.clip_grad_norm_(params, max_norm)
-                        mean_loss = acc.reduce(step_loss, "mean") if acc.num_processes > 1 else step_loss
-                        finite = torch.isfinite(mean_loss)
-                        if tc.mixed_precision != "fp16":  # fp16's scaler skips inf gradients by itself
-                            finite = finite & torch.isfinite(grad_norm)
-                        if not bool(finite):  # the one host sync per optimizer step: a NaN must never reach the weights
-                            msg = (f"non-finite loss or gradient at step {self.step + 1} (loss {mean_loss.item():.4g}, "
-                                   f"grad norm {float(grad_norm):.4g}); the optimizer update was skipped")
-                            optimizer.zero_grad(set_to_none=True)
-                            step_loss.zero_()
-                            self.bad_steps += 1
-                            if self.bad_steps > tc.max_bad_steps:
-                                raise TrainingHalted(msg + f". Stopping: {self.bad_steps} such step(s), train.max_bad_steps="
-                                                     f"{tc.max_bad_steps}; the last good checkpoint is kept in "
-                                                     f"{self.run_dir / 'checkpoints'}")
-                            log.warning("%s (%d of train.max_bad_steps=%d)", msg, self.bad_steps, tc.max_bad_steps)
-                            continue
-                        if self.reviver is not None:  # GraMa reads the step's gradients here (clipped, finite)
-                            self.reviver.before_optimizer_step(acc.unwrap_model(model))
-                        optimizer.step()
-                        self.scheduler.step()
+        for batch in loader:
+            if self.monitor is not None and cfg.liveness.sample_every > 1:
+                self.monitor.active = (self.step + 1) % cfg.liveness.sample_every == 0
+            if self.monitor is not None and cfg.liveness.histogram_every and \
+                    (self.step + 1) % cfg.liveness.histogram_every == 0:
+                self.monitor.histogram_next = True
+            with acc.accumulate(model):
+                loss = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
+                step_loss += loss.detach() / tc.grad_accum
+                acc.backward(loss)
+                self.batches_in_epoch += 1
+                if acc.sync_gradients:
+                    fault_point("mid_step")
+                    max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
+                    grad_norm = acc.clip_grad_norm_(params, max_norm)
+                    mean_loss = acc.reduce(step_loss, "mean") if acc.num_processes > 1 else step_loss
+                    finite = torch.isfinite(mean_loss)
+                    # a gradient scaler skips an inf-gradient step by itself; without one (fp16 on CPU, bf16,
+                    # fp32) the gradient norm must be finite
+                    if acc.scaler is None:
+                        finite = finite & torch.isfinite(grad_norm)
+                    if not bool(finite):  # the one host sync per optimizer step: a NaN must never reach the weights
+                        msg = (f"non-finite loss or gradient at step {self.step + 1} (loss {mean_loss.item():.4g}, "
+                               f"grad norm {float(grad_norm):.4g}); the optimizer update was skipped")
                         optimizer.zero_grad(set_to_none=True)
-                if not acc.sync_gradients:
-                    continue
-                # ---- step-level work, once per optimizer step
-                self.step += 1
-                if self.reviver is not None:
-                    self.reviver.after_optimizer_step(acc.unwrap_model(model))
-                window_loss += mean_loss.detach()
-                step_loss = torch.zeros((), device=acc.device)
-                window_steps += 1
-                step_tokens = tokens_per_step_local * tc.grad_accum * acc.num_processes
-                window_tokens += step_tokens
-                self.tokens_seen += step_tokens
-                bar.update(1)
-                if self.monitor is not None and cfg.liveness.histogram_every and \
-                        self.step % cfg.liveness.histogram_every == 0:
-                    self._log_histograms(self.monitor.histograms())
-                if self.step % tc.log_every == 0:
-                    now = time.perf_counter()
-                    actions = self._log_train(window_loss, window_steps, window_tokens / (now - window_t), grad_norm)
-                    bar.set_postfix(loss=f"{window_loss.item() / max(window_steps, 1):.3f}")
-                    window_loss.zero_()
-                    # the next window starts now, so the cost of this log (liveness report, alerts) counts in it
-                    window_steps, window_tokens, window_t = 0, 0, now
-                    stopped_by = self._act_on_alerts(actions)
-                if tc.eval_every and self.step % tc.eval_every == 0:
-                    self.last_val = self.evaluate(tc.eval_batches)
-                    self.tracking.log(self.last_val, step=self.step)
-                if cfg.revival.every_steps and self.step % cfg.revival.every_steps == 0:
-                    self.revive()
-                if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
-                    self.save_checkpoint()
-                if stopped_by or (tc.max_steps and self.step >= tc.max_steps):
-                    break
-            else:
-                # the epoch ran to its end
-                self.epoch += 1
-                self.batches_in_epoch = 0
-                stopped_by = self._epoch_end(epoch) or stopped_by
-                self.save_checkpoint()
-                if stopped_by:
-                    break
+                        step_loss.zero_()
+                        self.bad_steps += 1
+                        if self.bad_steps > tc.max_bad_steps:
+                            raise TrainingHalted(msg + f". Stopping: {self.bad_steps} such step(s), train.max_bad_steps="
+                                                 f"{tc.max_bad_steps}; the last good checkpoint is kept in "
+                                                 f"{self.run_dir / 'checkpoints'}")
+                        log.warning("%s (%d of train.max_bad_steps=%d)", msg, self.bad_steps, tc.max_bad_steps)
+                        continue
+                    if self.reviver is not None:  # GraMa reads the step's gradients here (clipped, finite)
+                        self.reviver.before_optimizer_step(acc.unwrap_model(model))
+                    optimizer.step()
+                    self.scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+            if not acc.sync_gradients:
                 continue
-            # left the epoch early: max_steps or an alert's stop
-            if not stopped_by:
-                self.epoch += 1
-                self.batches_in_epoch = 0
-                stopped_by = self._epoch_end(epoch)
-            self.save_checkpoint()
-            break
-        bar.close()
-        return self._finish(stopped_by)
+            # ---- step-level work, once per optimizer step
+            self.step += 1
+            if self.reviver is not None:
+                self.reviver.after_optimizer_step(acc.unwrap_model(model))
+            self._window_loss += mean_loss.detach()
+            step_loss = torch.zeros((), device=acc.device)
+            self._window_steps += 1
+            self._window_tokens += tokens_per_step
+            self.tokens_seen += tokens_per_step
+            self._bar.update(1)
+            if self.monitor is not None and cfg.liveness.histogram_every and \
+                    self.step % cfg.liveness.histogram_every == 0:
+                self._log_histograms(self.monitor.histograms())
+            if self.step % tc.log_every == 0:
+                now = time.perf_counter()
+                actions = self._log_train(self._window_loss, self._window_steps,
+                                          self._window_tokens / (now - self._window_t), grad_norm)
+                self._bar.set_postfix(loss=f"{self._window_loss.item() / max(self._window_steps, 1):.3f}")
+                self._window_loss.zero_()
+                # the next window starts now, so the cost of this log (liveness report, alerts) counts in it
+                self._window_steps, self._window_tokens, self._window_t = 0, 0, now
+                stopped_by = self._act_on_alerts(actions)
+            if tc.eval_every and self.step % tc.eval_every == 0:
+                self.last_val, self.last_val_step = self.evaluate(tc.eval_batches), self.step
+                self.tracking.log(self.last_val, step=self.step)
+            if cfg.revival.every_steps and self.step % cfg.revival.every_steps == 0:
+                self.revive()
+            if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
+                self.save_checkpoint()
+                fault_point("after_periodic_checkpoint")
+            if stopped_by or self.step >= self.total_steps:
+                return stopped_by
+        return stopped_by
 
     def _log_train(self, window_loss, window_steps, tokens_per_s, grad_norm) -> set[str]:
         metrics = {
@@ -575,19 +673,23 @@ class Trainer:
         if self.monitor is not None:
             report = self.liveness_report()
             self.monitor.reset()
-            actions = self._log_liveness(report, when="train")
+            if report.tokens > 0:  # a window with no counted tokens (liveness.sample_every) says nothing
+                actions = self._log_liveness(report, when="train")
         return actions
 
     def _finish(self, stopped_by: str | None) -> Summary:
         acc = self.accelerator
-        if not self.last_val:
+        if self.last_val_step != self.step:  # the summary's numbers are those of the final weights
             self.last_val, report = self.measure(self.cfg.train.eval_batches)
+            self.last_val_step = self.step
             self.last_report = report or self.last_report
+        ckpt.check_finite_weights(self.model, "final/")
         acc.wait_for_everyone()
         if self.is_main:
             tmp = self.run_dir / ".final-tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             save_final(acc.unwrap_model(self.model), self.data.tokenizer, self.cfg, tmp)
+            fault_point("final_write")
             final = self.run_dir / "final"
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)

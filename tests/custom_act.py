@@ -55,3 +55,30 @@ class LearnedSlopeTanh(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.a * torch.tanh(x) + self.b * x
+
+
+class _ReluNanGrad(torch.autograd.Function):
+    """ReLU forward, NaN backward: a finite loss whose gradient is not."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad * float("nan")
+
+
+class NanGradOnFifthTrainingCall(nn.Module):
+    """ReLU whose gradient is NaN on its fifth call in training mode (the loss stays finite)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.calls += 1
+            if self.calls == 5:
+                return _ReluNanGrad.apply(x)
+        return torch.relu(x)

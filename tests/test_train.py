@@ -244,3 +244,23 @@ def test_liveness_sample_every_counts_one_step_in_n(tmp_path, corpus_file):
     assert state["monitor"]["sites"]["mlp_post"]["tokens"].tolist() == [8 * 32, 8 * 32]
     n_val = prepare_data(cfg.data, cfg.train.seed).val[:]["input_ids"].numel()
     assert json.loads((run_dir / "liveness" / "epoch_000.json").read_text())["tokens"] == n_val
+
+
+@pytest.mark.slow
+def test_window_without_counted_tokens_logs_no_liveness_and_trips_nothing(tmp_path, corpus_file):
+    """liveness.sample_every=7 with train.log_every=5: steps 1-5 count nothing (only step 7 is sampled), so the
+    log at step 5 carries no liveness numbers (not a dead ratio of 1.0) and a stop rule does not act on it."""
+    run_dir = tmp_path / "empty-window"
+    cfg = load_config(RECIPE, tiny_overrides(run_dir, corpus_file, **{
+        "data.max_tokens": 32 * 8 * 12, "train.epochs": 1, "train.log_every": 7, "liveness.sample_every": 7,
+        "alerts.rules": "[{name: mostly_dead, site: mlp_post, above: 0.9, action: stop}]"}))
+    cfg.train.log_every = 5  # set after loading: the run itself must cope, whatever the load-time checks allow
+    summary = train(cfg)
+    assert summary.stopped_by is None and summary.steps == 12  # (the epoch end, at 12, is its own row)
+    rows: dict[int, dict] = {}
+    for r in metrics_rows(run_dir):  # one row per log call: merge those of a step
+        rows.setdefault(r["step"], {}).update(r)
+    assert [s for s in sorted(rows) if "train/loss" in rows[s]] == [5, 10]
+    assert not [k for k in rows[5] if k.startswith(("liveness/", "alerts/"))]
+    assert 0.0 <= rows[10]["liveness/mlp_post/dead_ratio"] < 0.9  # step 7's tokens, a real measurement
+    assert rows[10]["alerts/mostly_dead"] == 0

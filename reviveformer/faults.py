@@ -1,0 +1,47 @@
+"""A test hook: kill the process at a named phase of training, so that resume tests need no timing.
+
+`REVIVEFORMER_FAULT=phase[:occurrence]` makes the `occurrence`-th (default 1st) arrival at `phase` end the
+process at once with `os._exit(137)`, as SIGKILL would: no cleanup, no flush, no atexit. Unset, it costs one
+dictionary lookup per call. Phases (where the trainer and checkpoint code call `fault_point`):
+
+- `mid_step`: after the backward pass of an optimizer step, before the update;
+- `after_periodic_checkpoint`: right after a `train.checkpoint_every` checkpoint is complete;
+- `epoch_end_measure`: inside the epoch-end measurement, before anything of it is logged or written;
+- `after_revival`: after the epoch-end revival, before the epoch-end checkpoint;
+- `checkpoint_write`: while a checkpoint is written (state saved, marker not yet written, not renamed);
+- `checkpoint_replace`: a step saved again (epoch end after a periodic save): the old folder removed, the
+  complete new one not yet renamed;
+- `final_write`: while final/ is written (saved under a temporary name, not yet renamed).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+ENV = "REVIVEFORMER_FAULT"
+PHASES = ("mid_step", "after_periodic_checkpoint", "epoch_end_measure", "after_revival", "checkpoint_write",
+          "checkpoint_replace", "final_write")
+EXIT_KILLED = 137
+
+_arrivals: dict[str, int] = {}
+
+
+def fault_point(phase: str) -> None:
+    """Count an arrival at `phase`; end the process here when REVIVEFORMER_FAULT names this arrival."""
+    assert phase in PHASES, phase
+    spec = os.environ.get(ENV)
+    if not spec:
+        return
+    name, _, nth = spec.partition(":")
+    if name != phase:
+        return
+    _arrivals[phase] = _arrivals.get(phase, 0) + 1
+    if _arrivals[phase] == int(nth or 1):
+        _kill(f"{ENV}={spec}: killed at {phase}")
+
+
+def _kill(message: str) -> None:
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+    os._exit(EXIT_KILLED)
