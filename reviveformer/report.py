@@ -623,10 +623,14 @@ def write_run_report(run_dir: str | Path, out: str | Path | None = None) -> Path
 
 
 def comparison_html(
-    runs: Sequence[RunData], rows: Sequence[Mapping[str, Any]], figures: Mapping[str, Path]
+    runs: Sequence[RunData],
+    rows: Sequence[Mapping[str, Any]],
+    figures: Mapping[str, Path],
+    seeds: Mapping[str, Any] | None = None,
 ) -> str:
-    """The comparison page: the table of `compare.summarise_all` rows, the comparison figures (PNGs written
-    by `compare.write_figures`), then each run's own figures side by side, one column per run."""
+    """The comparison page: the table of `compare.summarise_all` rows, the arms over seeds (mean +- sd and the
+    differences to the reference arm, when `seeds` has them), the comparison figures (PNGs written by
+    `compare.write_figures`, the seed bands among them), then each run's own figures side by side."""
     headers, cells, numeric = compare.table_cells(rows)
     body = [
         f"<h1>Comparison of {len(runs)} runs</h1>",
@@ -634,6 +638,22 @@ def comparison_html(
         f"revived summed over revivals; tokens/s the median. {compare.MISSING}: the run has no such "
         "value.</p>",
         _table(headers, cells, numeric, table_id="comparison"),
+    ]
+    if seeds:
+        body += [
+            "<h2>Arms over seeds</h2>",
+            '<p class="sub">Runs that differ only in their seed are one arm: each number is the mean &plusmn; the '
+            "sample standard deviation over its n seeds.</p>",
+            _table(*compare.group_cells(seeds["groups"]), table_id="seeds"),
+        ]
+        if seeds["differences"]:
+            body += [
+                f"<h2>Difference to {_e(seeds['reference'])} in final validation loss</h2>",
+                f'<p class="sub">Arm minus {_e(seeds["reference"])}, with a {_e(seeds["method"])}. An interval '
+                "that contains 0 does not tell the arms apart at that level.</p>",
+                _table(*compare.difference_cells(seeds["differences"]), table_id="differences"),
+            ]
+    body += [
         "<h2>Runs</h2><ul>"
         + "".join(f"<li><b>{_e(r.name)}</b>: {_e(r.source)}</li>" for r in runs)
         + "</ul>",
@@ -685,4 +705,5 @@ def comparison_html(
 
 def write_comparison_report(runs: Sequence[RunData], result: Mapping[str, Any], out_dir: str | Path) -> Path:
     """Write `compare.html` into `out_dir` from a `compare.write_comparison` result; returns its path."""
-    return write_html(Path(out_dir) / COMPARE_FILE, comparison_html(runs, result["rows"], result["figures"]))
+    return write_html(Path(out_dir) / COMPARE_FILE,
+                      comparison_html(runs, result["rows"], result["figures"], result.get("seeds")))

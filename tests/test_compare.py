@@ -3,6 +3,7 @@ UserError, W&B history converts to the same rows, and the CLI prints the table."
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import sys
@@ -600,6 +601,14 @@ def test_seed_groups_mean_sd_and_welch_interval(seeded: list[Path], tmp_path: Pa
     for name in ("val_loss_seeds.png", "dead_ratio_over_training_mlp_post_seeds.png"):
         assert_png(out / name)
         assert f"]({name})" in md
+
+    # the report page carries the same: the seed table, the interval, and the band figures embedded
+    page = (out / "compare.html").read_text()
+    assert 'id="seeds"' in page and "4.1000 ± 0.0200" in page
+    assert 'id="differences"' in page and f"[{-0.10 - t * se:+.4f}, {-0.10 + t * se:+.4f}]" in page
+    for name in ("val_loss_seeds.png", "dead_ratio_over_training_mlp_post_seeds.png"):
+        png = base64.b64encode((out / name).read_bytes()).decode("ascii")
+        assert f"data:image/png;base64,{png}" in page
 
 
 def test_baseline_option(seeded: list[Path], tmp_path: Path, capsys) -> None:
