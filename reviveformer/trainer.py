@@ -143,6 +143,8 @@ class Trainer:
         self.monitor: LivenessMonitor | None = None
         self.before_epoch_end: list[Callable[[Trainer], None]] = []
         """Called at each epoch end before its validation pass (e.g. to read the training's peak memory)."""
+        self.after_train_log: list[Callable[[Trainer], None]] = []
+        """Called after each train log, its liveness window included (e.g. to time windows of steps)."""
         if not self.is_main:
             log.setLevel(logging.ERROR)  # console logging on the main process only
 
@@ -550,6 +552,8 @@ class Trainer:
             self.monitor.reset()
             due = reaches_multiple(self.step, self.cfg.train.log_every, self.cfg.liveness.frequency_histogram_every)
             actions = self._log_liveness(counts, when="train", histograms=due)
+        for hook in self.after_train_log:
+            hook(self)
         return actions
 
     def _finish(self, stopped_by: str | None) -> Summary:

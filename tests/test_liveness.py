@@ -744,3 +744,34 @@ def test_frequency_histogram_cadence_by_hand() -> None:
     assert due(10, 25) == [30, 50, 80, 100]  # the log that reaches 25 is step 30, 75 -> 80
     assert due(30, 20) == [30, 60, 90]  # a cadence finer than the logs: every log
     assert due(10, 0) == []
+
+
+def test_trainer_hooks_and_frequency_histograms_at_their_cadence(tmp_path, corpus_file, monkeypatch) -> None:
+    """`after_train_log` runs after each train log with the liveness window already reset;
+    `before_epoch_end` once per epoch end; W&B frequency histograms (offline) only at the train log that
+    reaches a multiple of liveness.frequency_histogram_every, and at the epoch end."""
+    from conftest import tiny_overrides
+    from reviveformer.config import load_config
+    from reviveformer.tracking import Tracking
+    from reviveformer.trainer import Trainer
+
+    cfg = load_config(REPO / "recipes" / "quickstart.yaml", tiny_overrides(tmp_path / "run", corpus_file, **{
+        "train.max_steps": 12, "train.log_every": 4, "train.epochs": 1, "wandb.mode": "offline",
+        "liveness.frequency_histogram_every": 8}))
+    trainer = Trainer(cfg)
+    logs, epoch_ends, frequency_steps = [], [], []
+    trainer.after_train_log.append(
+        lambda t: logs.append((t.step, _zero(t.monitor.state_dict()))))
+    trainer.before_epoch_end.append(lambda t: epoch_ends.append(t.step))
+    log_histograms = Tracking.log_histograms
+
+    def recording(self, hists, step):
+        if any(k.endswith("/frequency") for k in hists):
+            frequency_steps.append(step)
+        log_histograms(self, hists, step)
+
+    monkeypatch.setattr(Tracking, "log_histograms", recording)
+    trainer.run()
+    assert logs == [(4, True), (8, True), (12, True)]
+    assert epoch_ends == [12]
+    assert frequency_steps == [8, 12]  # the train log at 8, then the epoch end at 12 (not the train log at 4, 12)
