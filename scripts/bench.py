@@ -11,7 +11,7 @@ Default mode: `--processes` worker processes each run the real trainer in every 
 per log window (`train.log_every` steps, the log's own cost included, through the trainer's public
 `after_train_log` hook); its figure is the median window after the first (warm-up). A ratio is taken
 between the arms of one round (paired), and the table shows the median ratio over rounds with its min and
-max. On CPU the windows are timed in process CPU time at `--threads` torch threads (1 by default): with other
+max. Worker processes run side by side, one per core's worth of `--threads`. On CPU the windows are timed in process CPU time at `--threads` torch threads (1 by default): with other
 jobs on the machine, wall time measures them as much as us; the wall-time figures are printed beside.
 Peak memory: one short monitor-on and one monitor-off process (peak RSS, or CUDA peak allocated, up to the
 epoch end, read through the trainer's `before_epoch_end` hook). Audit: `measure_saved` against a plain
@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -411,15 +412,15 @@ def main_targets(args) -> dict:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     common = {"steps": args.steps, "log_every": args.log_every, "threads": args.threads}
     with tempfile.TemporaryDirectory() as tmp:
-        runs = []
-        for p in range(args.processes):
-            arms = TRAIN_ARMS[p % len(TRAIN_ARMS):] + TRAIN_ARMS[: p % len(TRAIN_ARMS)]
-            for r in run_worker("arms", tmp, arms=",".join(arms), rounds=args.rounds, **common)["runs"]:
-                runs.append({"proc": p, **r})
-        for p in range(args.compiled_processes):
-            arms = COMPILED_ARMS[p % 2:] + COMPILED_ARMS[: p % 2]
-            for r in run_worker("arms", tmp, arms=",".join(arms), rounds=args.rounds, **common)["runs"]:
-                runs.append({"proc": f"c{p}", **r})
+        jobs = {p: TRAIN_ARMS[p % len(TRAIN_ARMS):] + TRAIN_ARMS[: p % len(TRAIN_ARMS)] for p in range(args.processes)}
+        jobs |= {f"c{p}": COMPILED_ARMS[p % 2:] + COMPILED_ARMS[: p % 2] for p in range(args.compiled_processes)}
+        # as many worker processes at once as there are cores for their threads (on a GPU, one): the arms
+        # compared with each other always share a process, so neighbours slow both sides of a ratio alike
+        parallel = 1 if torch.cuda.is_available() else max(1, (os.cpu_count() or 1) // args.threads)
+        with ThreadPoolExecutor(parallel) as pool:
+            done = pool.map(lambda job: (job[0], run_worker("arms", tmp, arms=",".join(job[1]), rounds=args.rounds,
+                                                            **common)), jobs.items())
+            runs = [{"proc": p, **r} for p, out in done for r in out["runs"]]
         peak = {arm: run_worker("peak", tmp, arms=arm, **{**common, "steps": 2 * args.log_every + 1})["peak_mb"]
                 for arm in ("on", "off")}
         final = next(r["final"] for r in runs if r["arm"] == "on")
