@@ -22,6 +22,7 @@ from reviveformer.errors import ConfigError
 
 SITES = ("mlp_pre", "mlp_post", "attn_out")
 CRITERIA = ("abs", "positive")
+COUNTING = ("auto", "eager", "compiled")
 REVIVAL_METHODS = ("none", "synaptic_stripping", "redo", "grama")
 ALERT_METRICS = ("dead_ratio", "dormant_ratio")
 ALERT_ACTIONS = ("none", "revive", "stop")
@@ -211,6 +212,13 @@ class LivenessConfig:
     """Every this many steps, log a histogram of activation values per site and layer (0: never)."""
     histogram_bins: int = 64
     """Log-spaced bins of that histogram, half each side of a zero bin as wide as the threshold (design.md)."""
+    frequency_histogram_every: int = 0
+    """Every this many steps, also log W&B histograms of per-unit firing frequency (per site and layer) at the
+    train log that reaches it (0: only at epoch end). Scalars are logged at every train log."""
+    counting: str = "auto"
+    """How to count on the hot path: eager (the reference ops), compiled (one torch.compile'd pass per site,
+    compiled once per process), or auto (compiled on GPUs, eager on CPU, where compiling costs more than it
+    saves over a short run). Every choice counts the same integers."""
 
     def __post_init__(self) -> None:
         bad_sites = [s for s in self.sites if s not in SITES]
@@ -224,6 +232,9 @@ class LivenessConfig:
             (self.sample_every >= 1, f"sample_every={self.sample_every} must be >= 1"),
             (self.histogram_every >= 0, f"histogram_every={self.histogram_every} must be >= 0"),
             (self.histogram_bins >= 2, f"histogram_bins={self.histogram_bins} must be >= 2"),
+            (self.frequency_histogram_every >= 0,
+             f"frequency_histogram_every={self.frequency_histogram_every} must be >= 0"),
+            (self.counting in COUNTING, f"counting={self.counting!r} must be one of {', '.join(COUNTING)}"),
         ]))
 
 

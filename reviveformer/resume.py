@@ -18,7 +18,7 @@ ALLOWED = (
     "train.epochs", "train.max_steps", "train.log_every", "train.eval_every", "train.eval_batches",
     "train.checkpoint_every", "train.checkpoint_limit", "train.grad_clip", "train.max_bad_steps",
     "liveness.dead_frequency", "liveness.tau", "liveness.sample_every", "liveness.histogram_every",
-    "liveness.histogram_bins", "alerts.", "revival.fraction", "revival.strip_bias", "revival.every_steps",
+    "liveness.histogram_bins", "liveness.frequency_histogram_every", "liveness.counting", "alerts.", "revival.fraction", "revival.strip_bias", "revival.every_steps",
     "revival.tau", "data.cache_dir",
 )
 # Allowed silently: where the output goes and how it is shown.

@@ -23,6 +23,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from reviveformer.data import load_tokenizer, prepare_data
 from reviveformer.errors import CheckpointError, TrainingHalted, UserError
 from reviveformer.evaluation import evaluate, measure, reduce_sum, val_loader
 from reviveformer.faults import fault_point
-from reviveformer.liveness import LivenessMonitor, LivenessReport, capacity
+from reviveformer.liveness import LivenessCounts, LivenessMonitor, LivenessReport, capacity
 from reviveformer.memory import check_fits
 from reviveformer.model import (
     DEFAULT_ACTIVATION,
@@ -145,6 +146,12 @@ def check_output_dir(path: Path) -> None:
         raise UserError(f"train.output_dir={path} has only {free // 2**20} MiB free; checkpoints need more")
 
 
+def reaches_multiple(step: int, span: int, every: int) -> bool:
+    """Whether the `span` steps ending at `step` reach a multiple of `every` (0: never): the train log at which
+    a lower cadence (`liveness.frequency_histogram_every`) falls due, whatever `train.log_every` is."""
+    return every > 0 and step // every > (step - span) // every
+
+
 class Trainer:
     """Builds every part from the config and runs the loop. `run()` returns a Summary."""
 
@@ -162,6 +169,10 @@ class Trainer:
         )
         self.is_main = self.accelerator.is_main_process
         self.monitor: LivenessMonitor | None = None
+        self.before_epoch_end: list[Callable[[Trainer], None]] = []
+        """Called at each epoch end before its validation pass (e.g. to read the training's peak memory)."""
+        self.after_train_log: list[Callable[[Trainer], None]] = []
+        """Called after each train log, its liveness window included (e.g. to time windows of steps)."""
         if not self.is_main:
             log.setLevel(logging.ERROR)  # console logging on the main process only
 
@@ -441,14 +452,14 @@ class Trainer:
         return metrics
 
     # ---------------------------------------------------------------- logging
-    def _log_liveness(self, report: LivenessReport, when: str) -> set[str]:
-        metrics = report.metrics()
+    def _log_liveness(self, window: LivenessReport | LivenessCounts, when: str, histograms: bool = True) -> set[str]:
+        metrics = window.metrics()
         outcome = self.alerts.check(metrics, step=self.step, when=when)
         metrics.update(outcome.metrics)
         self.tracking.log(metrics, step=self.step)
-        if self.is_main and self.tracking.wandb_run is not None:
-            freqs = {f"liveness/{site}/layer_{e['layer']}/frequency": e["frequency"]
-                     for site, layers in report.to_json()["sites"].items() for e in layers}
+        if histograms and self.is_main and self.tracking.wandb_run is not None:
+            freqs = {f"liveness/{site}/layer_{i}/frequency": f
+                     for site, layers in window.frequencies().items() for i, f in enumerate(layers)}
             self.tracking.log_histograms(freqs, self.step)
         return set(outcome.actions)
 
@@ -462,6 +473,8 @@ class Trainer:
 
     def _epoch_end(self, epoch: int) -> str | None:
         epoch_seconds = time.perf_counter() - self._epoch_t0  # training time of the epoch, before its eval
+        for hook in self.before_epoch_end:
+            hook(self)
         if self.monitor is not None:
             self.monitor.histogram_next = True  # activation values of the first validation batch
         val, report = self.measure(self.cfg.train.eval_batches)
@@ -671,10 +684,16 @@ class Trainer:
         self.tracking.log(metrics, step=self.step)
         actions: set[str] = set()
         if self.monitor is not None:
-            report = self.liveness_report()
+            # arrays, not the per-unit report: that is built only where it is written (epoch end)
+            masks = self.reviver.pruned_masks() if self.reviver else None
+            counts = self.monitor.counts(reduce=self._reduce_sum, pruned_masks=masks)
             self.monitor.reset()
-            if report.tokens > 0:  # a window with no counted tokens (liveness.sample_every) says nothing
-                actions = self._log_liveness(report, when="train")
+            if counts.max_tokens > 0:  # a window with no counted tokens (liveness.sample_every) says nothing
+                due = reaches_multiple(self.step, self.cfg.train.log_every,
+                                       self.cfg.liveness.frequency_histogram_every)
+                actions = self._log_liveness(counts, when="train", histograms=due)
+        for hook in self.after_train_log:
+            hook(self)
         return actions
 
     def _finish(self, stopped_by: str | None) -> Summary:

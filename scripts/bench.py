@@ -1,16 +1,28 @@
-"""Benchmark: every figure a ratio measured side by side in one run, interleaved, median of repeats.
+"""Benchmark of the liveness monitor's cost: every figure a ratio of arms measured side by side, interleaved.
 
-    .venv/bin/python scripts/bench.py [--repeats 3] [--steps 60] [--compiled-repeats 1] [--json bench.json]
+    .venv/bin/python scripts/bench.py                  # the issue-12 targets at the quickstart size (<= 6 min, 2 cores)
+    .venv/bin/python scripts/bench.py --scaling        # eager and compiled overhead at widths 128/256/512, 4 vs 8 layers
+    .venv/bin/python scripts/bench.py --gpu            # GPT-2 124M, bf16, on one GPU (<= 8 min on an H100)
+    .venv/bin/python scripts/bench.py --gpu --tiny     # the same code at a tiny size, runnable on CPU
 
-Each measurement runs in its own worker process (so peak memory is per arm), in the order on, off, plain,
-on, off, plain, ... Targets (issue 6): monitor overhead < 3% eager and < 1% compiled; reviveformer's step
-vs a plain loop >= 0.97; epoch-end revival < 2% of the epoch; audit vs a plain no_grad forward >= 0.9;
-peak memory with the monitor < 5% more. Runs on CUDA (bf16) when a GPU is present, on CPU otherwise.
+Default mode: `--processes` worker processes each run the real trainer in every arm (monitor on, off,
+`liveness.sample_every=4`, and a plain PyTorch loop on the same model, data and AdamW settings) for
+`--rounds` rounds, the arm order rotated from round to round and process to process. Each arm run is timed
+per log window (`train.log_every` steps, the log's own cost included, through the trainer's public
+`after_train_log` hook); its figure is the median window after the first (warm-up). A ratio is taken
+between the arms of one round (paired), and the table shows the median ratio over rounds with its min and
+max. Worker processes run side by side, one per core's worth of `--threads`. On CPU the windows are timed in process CPU time at `--threads` torch threads (1 by default): with other
+jobs on the machine, wall time measures them as much as us; the wall-time figures are printed beside.
+Peak memory: one short monitor-on and one monitor-off process (peak RSS, or CUDA peak allocated, up to the
+epoch end, read through the trainer's `before_epoch_end` hook). Audit: `measure_saved` against a plain
+`no_grad` loop doing the same forward and the same summed next-token cross-entropy, same batches, both
+warmed, alternating which goes first.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -19,20 +31,37 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE_EVERY = 4  # the sampled arm counts one training step in this many
 RECIPE = REPO / "recipes" / "quickstart.yaml"
+SAMPLE_EVERY = 4  # the sampled arm counts one training step in this many
+TRAIN_ARMS = ("on", "off", "plain", f"sample{SAMPLE_EVERY}")
+COMPILED_ARMS = ("compiled-on", "compiled-off")
+SCALING = ((4, 128), (4, 256), (4, 512), (8, 128))  # (n_layer, n_embd)
+# dense bf16 peak FLOP/s for MFU, by a substring of torch.cuda.get_device_name()
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12}
 
 
-# ------------------------------------------------------------------------------------------------ workers
+# ------------------------------------------------------------------------------------------------ timing
 
 
-def _device_overrides() -> list[str]:
-    import torch
+class Clock:
+    """Process CPU time on CPU (other jobs on the machine do not count), wall time after a sync on CUDA."""
 
-    return ["train.mixed_precision=bf16"] if torch.cuda.is_available() else []
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
+
+    def __call__(self) -> tuple[float, float]:
+        """(time the figures use, wall time)."""
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            return t, t
+        return time.process_time(), time.perf_counter()
 
 
 def _peak_memory_mb() -> float:
@@ -43,46 +72,55 @@ def _peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _peak_before_epoch_end() -> dict:
-    """Peak memory up to the end of the training steps: the epoch-end plots (matplotlib, on the monitor-on
-    arm only) are not the monitor's cost. Recorded by wrapping Trainer._epoch_end."""
+def _spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def _rates(marks: list[tuple[float, float]], tokens_per_window: int) -> tuple[float, float]:
+    """Median tokens/s over the windows between consecutive `marks` (time, wall); the caller leaves out the
+    warm-up window."""
+    cpu = [tokens_per_window / (b[0] - a[0]) for a, b in itertools.pairwise(marks)]
+    wall = [tokens_per_window / (b[1] - a[1]) for a, b in itertools.pairwise(marks)]
+    return statistics.median(cpu), statistics.median(wall)
+
+
+# ------------------------------------------------------------------------------------------------ trainer arms
+
+
+def _overrides(out: Path, steps: int, arm: str, extra: list[str]) -> list[str]:
+    import torch
+
+    o = [f"train.output_dir={out}", f"train.max_steps={steps}", "train.progress=false", "wandb.mode=disabled",
+         "train.epochs=1", "train.eval_batches=2", f"liveness.enabled={arm.endswith('on') or 'sample' in arm}",
+         f"train.compile={arm.startswith('compiled')}", *extra]
+    if torch.cuda.is_available():
+        o.append("train.mixed_precision=bf16")
+    if arm.startswith("sample"):
+        o.append(f"liveness.sample_every={int(arm[len('sample'):])}")
+    return o
+
+
+def run_trainer_arm(arm: str, out: Path, steps: int, extra: list[str], clock: Clock) -> dict:
+    """The real trainer for `steps` optimizer steps; a time mark after each train log (so the window before
+    the first log, warm-up, is left out)."""
+    from reviveformer.config import load_config
     from reviveformer.trainer import Trainer
 
-    seen: dict = {}
-    original = Trainer._epoch_end
-
-    def wrapped(self, epoch):
-        seen.setdefault("peak_mb", _peak_memory_mb())
-        return original(self, epoch)
-
-    Trainer._epoch_end = wrapped
-    return seen
-
-
-def _rates(metrics_path: Path) -> list[float]:
-    rows = [json.loads(x) for x in metrics_path.read_text().splitlines()]
-    return [r["train/tokens_per_s"] for r in rows if "train/tokens_per_s" in r]
+    cfg = load_config(RECIPE, _overrides(out, steps, arm, extra))
+    trainer = Trainer(cfg)
+    marks: list[tuple[float, float]] = []
+    peak: dict = {}
+    trainer.after_train_log.append(lambda t: marks.append(clock()))
+    trainer.before_epoch_end.append(lambda t: peak.setdefault("mb", _peak_memory_mb()))
+    trainer.run()
+    tokens = cfg.train.log_every * cfg.train.batch_size * cfg.data.block_size
+    rate, wall = _rates(marks, tokens)
+    return {"tokens_per_s": rate, "wall_tokens_per_s": wall, "peak_mb": peak.get("mb"), "final": str(out / "final")}
 
 
-def worker_train(args) -> dict:
-    """The real trainer for `steps` optimizer steps; tokens/s of each log window after the first."""
-    from reviveformer.config import load_config
-    from reviveformer.trainer import train
-
-    out = Path(args.tmp) / f"train-{args.monitor}-{args.compile}-{os.getpid()}"
-    overrides = [f"train.output_dir={out}", f"train.max_steps={args.steps}", "train.progress=false",
-                 "wandb.mode=disabled", f"liveness.enabled={args.monitor != 'off'}", f"train.compile={args.compile == 'on'}",
-                 "train.epochs=1", *_device_overrides()]
-    if args.monitor.startswith("sample"):  # "sample4": count one training step in four
-        overrides.append(f"liveness.sample_every={int(args.monitor[len('sample'):])}")
-    peak = _peak_before_epoch_end()
-    train(load_config(RECIPE, overrides))
-    rates = _rates(out / "metrics.jsonl")[1:]  # the first window holds warm-up (and compilation)
-    return {"tokens_per_s": statistics.median(rates), "peak_mb": peak["peak_mb"], "final": str(out / "final")}
-
-
-def worker_plain(args) -> dict:
-    """The same GPT2LMHeadModel, data and AdamW settings in a plain PyTorch loop: no Accelerate, no monitor."""
+def run_plain_arm(steps: int, extra: list[str], clock: Clock) -> dict:
+    """The same GPT2LMHeadModel, data and AdamW settings in a plain PyTorch loop: no Accelerate, no monitor;
+    one `loss.item()` per window, the one sync that logging costs."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -91,16 +129,16 @@ def worker_plain(args) -> dict:
     from reviveformer.model import build_model
     from reviveformer.trainer import param_groups, warmup_cosine
 
-    cfg = load_config(RECIPE, [])
+    cfg = load_config(RECIPE, extra)
     torch.manual_seed(cfg.train.seed)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = prepare_data(cfg.data, cfg.train.seed)
     model = build_model(cfg.model, len(data.tokenizer), data.tokenizer.eos_token_id).to(dev).train()
     opt = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr, betas=(0.9, 0.95))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.train.warmup_steps, args.steps, 0.1))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.train.warmup_steps, steps, 0.1))
     loader = DataLoader(data.train, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
-    window, rates, t, tokens = cfg.train.log_every, [], time.perf_counter(), 0
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    marks = [clock()]
     for step, batch in enumerate(loader, start=1):
         ids = batch["input_ids"].to(dev)
         with autocast:
@@ -110,62 +148,237 @@ def worker_plain(args) -> dict:
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        tokens += ids.numel()
-        if step % window == 0:
-            loss.item()  # the same one sync per window that logging costs
-            now = time.perf_counter()
-            rates.append(tokens / (now - t))
-            t, tokens = now, 0
-        if step >= args.steps:
+        if step % cfg.train.log_every == 0:
+            loss.item()
+            marks.append(clock())
+        if step >= steps:
             break
-    return {"tokens_per_s": statistics.median(rates[1:]), "peak_mb": _peak_memory_mb()}
+    rate, wall = _rates(marks[1:], cfg.train.log_every * cfg.train.batch_size * cfg.data.block_size)
+    return {"tokens_per_s": rate, "wall_tokens_per_s": wall}
 
 
-def worker_revival(args) -> dict:
-    """One whole epoch with synaptic stripping at its end: revival time over the epoch's training time."""
-    from reviveformer.config import load_config
-    from reviveformer.trainer import train
+def worker_arms(args) -> dict:
+    """`args.rounds` rounds of the arms in `args.arms`, the order rotated by one each round."""
+    import torch
 
-    out = Path(args.tmp) / f"revival-{os.getpid()}"
-    tokens = args.steps * 16 * 128  # one epoch of about `steps` steps at the quickstart's batch and block
-    train(load_config(RECIPE, [f"train.output_dir={out}", "train.progress=false", "wandb.mode=disabled",
-                               "train.epochs=1", f"data.max_tokens={tokens}", "revival.method=synaptic_stripping",
-                               *_device_overrides()]))
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    epoch_s = next(r["train/epoch_seconds"] for r in rows if "train/epoch_seconds" in r)
-    revival_s = next(r["revival/seconds"] for r in rows if "revival/seconds" in r)
-    return {"revival_s": revival_s, "epoch_s": epoch_s, "fraction": revival_s / epoch_s}
+    torch.set_num_threads(args.threads)
+    clock = Clock(torch.cuda.is_available())
+    arms = args.arms.split(",")
+    runs: list[dict] = []
+    for r in range(args.rounds):
+        order = arms[r % len(arms):] + arms[: r % len(arms)]
+        for arm in order:
+            out = Path(args.tmp) / f"{arm}-{os.getpid()}-{r}"
+            extra = [f"train.log_every={args.log_every}"]
+            res = (run_plain_arm(args.steps, extra, clock) if arm == "plain"
+                   else run_trainer_arm(arm, out, args.steps, extra, clock))
+            runs.append({"round": r, "arm": arm, **res})
+    return {"runs": runs}
+
+
+def worker_peak(args) -> dict:
+    """Peak memory of one short run of one arm (its own process: peak RSS is a high-water mark)."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.tmp) / f"peak-{args.arms}-{os.getpid()}"
+    return run_trainer_arm(args.arms, out, args.steps, [f"train.log_every={args.log_every}"],
+                           Clock(torch.cuda.is_available()))
 
 
 def worker_audit(args) -> dict:
-    """`audit`'s measurement vs a plain torch.no_grad forward over the same validation blocks, interleaved."""
+    """`audit`'s measurement (`measure_saved`) vs a plain no_grad loop with the same forward and the same
+    summed, shifted cross-entropy over the same batches (batch 16); both warmed, the first alternating."""
     import torch
     from accelerate import Accelerator
     from torch.utils.data import DataLoader
 
     from reviveformer.saved_model import measure_saved, measurement_data, open_saved_model
 
+    torch.set_num_threads(args.threads)
+    clock = Clock(torch.cuda.is_available())
     acc = Accelerator()
-    ratios = []
-    for _ in range(args.repeats):
-        saved = open_saved_model(args.final, [])
-        data = measurement_data(saved, "validation")  # data preparation is timed by neither side
-        n_tokens = len(data) * saved.cfg.data.block_size
-        t = time.perf_counter()
+    saved = open_saved_model(args.final, [])
+    data = measurement_data(saved, "validation")  # data preparation is timed by neither side
+    n_tokens = len(data) * saved.cfg.data.block_size
+    plain_model = open_saved_model(args.final, []).model.to(acc.device).eval()
+    saved = open_saved_model(args.final, [])  # measure_saved installs its monitor and closes it each time
+
+    def audit() -> None:
         measure_saved(saved, acc, "validation", 16, progress_desc="audit", dataset=data)
-        audit_rate = n_tokens / (time.perf_counter() - t)
 
-        model = open_saved_model(args.final, []).model.to(acc.device).eval()
-        t = time.perf_counter()
-        with torch.no_grad():
-            for batch in DataLoader(data, batch_size=16):
-                model(input_ids=batch["input_ids"].to(acc.device)).logits.float().sum().item()
-        plain_rate = n_tokens / (time.perf_counter() - t)
-        ratios.append(audit_rate / plain_rate)
-    return {"ratio": statistics.median(ratios), "ratios": ratios}
+    @torch.no_grad()
+    def plain() -> None:
+        total = torch.zeros((), dtype=torch.float64, device=acc.device)
+        for batch in DataLoader(data, batch_size=16):
+            ids = batch["input_ids"].to(acc.device)
+            logits = plain_model(input_ids=ids).logits
+            labels = torch.cat([ids[:, 1:], ids.new_full((ids.shape[0], 1), -100)], dim=1)
+            total += torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1),
+                                                       reduction="sum", ignore_index=-100).double()
+        total.item()
+
+    def timed(fn) -> tuple[float, float]:
+        a = clock()
+        fn()
+        b = clock()
+        return b[0] - a[0], b[1] - a[1]
+
+    audit(), plain()  # warm-up: first-call costs belong to neither side
+    ratios, wall_ratios = [], []
+    for r in range(args.rounds):
+        if r % 2 == 0:
+            t_audit, t_plain = timed(audit), timed(plain)
+        else:
+            t_plain, t_audit = timed(plain), timed(audit)
+        ratios.append(t_plain[0] / t_audit[0])  # = audit rate / plain rate over the same tokens
+        wall_ratios.append(t_plain[1] / t_audit[1])
+    return {"ratios": ratios, "wall_ratios": wall_ratios, "tokens": n_tokens}
 
 
-WORKERS = {"train": worker_train, "plain": worker_plain, "revival": worker_revival, "audit": worker_audit}
+# ------------------------------------------------------------------------------------------------ in-process loops
+
+
+def _gpt2(n_layer: int, n_embd: int, block: int, vocab: int, dev):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from reviveformer.model import CAUSAL_LM_LOSS
+
+    cfg = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=max(1, n_embd // 64), n_positions=block, vocab_size=vocab,
+                     activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                     bos_token_id=0, eos_token_id=0)
+    model = GPT2LMHeadModel(cfg)
+    model.loss_type = CAUSAL_LM_LOSS
+    return model.to(dev).train()
+
+
+class LoopArm:
+    """One arm of an in-process loop: its own model (same seed), AdamW, optionally a monitor and compile."""
+
+    def __init__(self, name: str, shape: tuple[int, int, int, int], dev, monitor: str | None, compiled: bool,
+                 bf16: bool, log_every: int) -> None:
+        import torch
+
+        from reviveformer.config import LivenessConfig
+        from reviveformer.liveness import LivenessMonitor
+
+        self.name, self.log_every, self.steps, self.bf16 = name, log_every, 0, bf16
+        torch.manual_seed(0)
+        self.model = _gpt2(*shape, dev)
+        self.monitor = LivenessMonitor(self.model, LivenessConfig(counting=monitor)) if monitor else None
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=dev.type == "cuda")
+        self.forward = torch.compile(self.model) if compiled else self.model
+        self.times: list[float] = []
+        self.walls: list[float] = []
+
+    def step(self, ids) -> None:
+        import torch
+
+        with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            loss = self.forward(input_ids=ids, labels=ids).loss
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.steps += 1
+        if self.steps % self.log_every == 0:
+            loss.item()
+            if self.monitor is not None:  # the per-log report: one flat tensor to the host, the scalars
+                self.monitor.counts().metrics()
+                self.monitor.reset()
+
+
+def interleaved(arms: list[LoopArm], ids, warmup: int, rounds: int, steps: int, clock: Clock) -> dict[str, list[float]]:
+    """Warm every arm, then `rounds` rounds of `steps` steps per arm (order rotated each round); returns the
+    time of each arm's chunk, per round."""
+    for arm in arms:
+        for _ in range(warmup):
+            arm.step(ids)
+    for r in range(rounds):
+        for arm in arms[r % len(arms):] + arms[: r % len(arms)]:
+            a = clock()
+            for _ in range(steps):
+                arm.step(ids)
+            b = clock()
+            arm.times.append(b[0] - a[0])
+            arm.walls.append(b[1] - a[1])
+    return {arm.name: arm.times for arm in arms}
+
+
+def overheads(times: dict[str, list[float]], pairs: dict[str, tuple[str, str]]) -> dict[str, dict]:
+    """Per figure, the spread over rounds of time(arm) / time(base) - 1 (paired within each round)."""
+    return {name: _spread([a / b - 1 for a, b in zip(times[arm], times[base], strict=True)])
+            for name, (arm, base) in pairs.items()}
+
+
+def run_scaling(args) -> dict:
+    """Eager and compiled monitor overhead per width and depth: model forward/backward + AdamW at batch 16 x
+    128, no data loading; arms: off, eager counting, the compiled counting kernel in an eager model, and
+    compiled models with the monitor off and on."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    clock, dev = Clock(False), torch.device("cpu")
+    ids = torch.randint(0, 4096, (16, 128), generator=torch.Generator().manual_seed(0))
+    rows = []
+    for n_layer, n_embd in SCALING:
+        shape = (n_layer, n_embd, 128, 4096)
+        arms = [LoopArm("off", shape, dev, None, False, False, 10),
+                LoopArm("eager", shape, dev, "eager", False, False, 10),
+                LoopArm("kernel", shape, dev, "compiled", False, False, 10)]
+        if not args.no_compile:
+            arms += [LoopArm("compiled-off", shape, dev, None, True, False, 10),
+                     LoopArm("compiled-on", shape, dev, "auto", True, False, 10)]
+        times = interleaved(arms, ids, warmup=3, rounds=args.scaling_rounds, steps=args.log_every, clock=clock)
+        pairs = {"eager": ("eager", "off"), "kernel": ("kernel", "off")}
+        if not args.no_compile:
+            pairs["compiled"] = ("compiled-on", "compiled-off")
+        rows.append({"n_layer": n_layer, "n_embd": n_embd, "overhead": overheads(times, pairs)})
+        print(f"  {n_layer} x {n_embd}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in rows[-1]["overhead"].items()),
+              flush=True)
+    return {"scaling": rows, "threads": args.threads, "rounds": args.scaling_rounds, "steps_per_round": args.log_every}
+
+
+def run_gpu(args) -> dict:
+    """GPT-2 124M (12 x 768, block 1024, vocab 50257; --tiny: 2 x 64, block 32), random tokens, AdamW, bf16
+    on CUDA: a plain loop vs the same loop with the monitor (its per-log report included), eager and compiled."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.tiny:
+        raise SystemExit("--gpu needs a CUDA device (or --tiny, a small size that runs on CPU)")
+    dev = torch.device("cuda" if cuda else "cpu")
+    shape = (2, 64, 32, 4096) if args.tiny else (12, 768, 1024, 50257)
+    batch = args.batch or (4 if args.tiny else 8)
+    steps, rounds, warmup = (2, 2, 1) if args.tiny else (args.gpu_steps, 3, 5)
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    ids = torch.randint(0, shape[3], (batch, shape[2]), device=dev, generator=torch.Generator(dev).manual_seed(0))
+    clock = Clock(cuda)
+    results: dict = {"device": torch.cuda.get_device_name() if cuda else "CPU", "shape": shape, "batch": batch}
+    for compiled in (False, True):
+        arms = [LoopArm("plain", shape, dev, None, compiled, cuda, 10),
+                LoopArm("monitor", shape, dev, "auto", compiled, cuda, 10)]
+        if not compiled:  # liveness.counting=auto picks the compiled kernel on CUDA: the eager ops beside it
+            arms.append(LoopArm("monitor-eager-ops", shape, dev, "eager", False, cuda, 10))
+        times = interleaved(arms, ids, warmup=warmup, rounds=rounds, steps=steps, clock=clock)
+        n_params = sum(p.numel() for p in arms[0].model.parameters())
+        tokens = steps * batch * shape[2]
+        n_layer, n_embd, block = shape[0], shape[1], shape[2]
+        flops_per_token = 6 * n_params + 12 * n_layer * n_embd * block  # PaLM appendix B (attention included)
+        peak = next((v for k, v in PEAK_BF16.items() if cuda and k in results["device"]), None)
+        kind = "compiled" if compiled else "eager"
+        for arm in arms:
+            rate = tokens / statistics.median(arm.times)
+            results[f"{kind}/{arm.name}/tokens_per_s"] = rate
+            results[f"{kind}/{arm.name}/mfu"] = rate * flops_per_token / peak if peak else None
+        results[f"{kind}/monitor_overhead"] = overheads(times, {"o": ("monitor", "plain")})["o"]
+        if not compiled:
+            results["eager/monitor_eager_ops_overhead"] = overheads(times, {"o": ("monitor-eager-ops", "plain")})["o"]
+        results["params"] = n_params
+        del arms
+        if cuda:
+            torch.cuda.empty_cache()
+    return results
 
 
 # ------------------------------------------------------------------------------------------------ driver
@@ -174,7 +387,7 @@ WORKERS = {"train": worker_train, "plain": worker_plain, "revival": worker_reviv
 def run_worker(kind: str, tmp: str, **kw) -> dict:
     cmd = [sys.executable, __file__, "--worker", kind, "--tmp", tmp]
     for k, v in kw.items():
-        cmd += [f"--{k}", str(v)]
+        cmd += [f"--{k.replace('_', '-')}", str(v)]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "WANDB_SILENT": "true"}
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode != 0:
@@ -182,96 +395,131 @@ def run_worker(kind: str, tmp: str, **kw) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--compiled-repeats", type=int, default=1, help="repeats of the torch.compile arms (0: skip)")
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--json", default="bench.json")
-    ap.add_argument("--worker", choices=list(WORKERS))
-    ap.add_argument("--tmp")
-    ap.add_argument("--monitor", default="on")
-    ap.add_argument("--compile", default="off")
-    ap.add_argument("--final")
-    args = ap.parse_args()
-    if args.worker:
-        print(json.dumps(WORKERS[args.worker](args)))
-        return
+def _fmt(s: dict, kind: str = "pct") -> str:
+    f = (lambda v: f"{v:+.2%}") if kind == "pct" else (lambda v: f"{v:.3f}")
+    return f"{f(s['median'])} [{f(s['min'])}, {f(s['max'])}]"
 
+
+def paired(runs: list[dict], arm: str, base: str, key: str = "tokens_per_s") -> list[float]:
+    """rate(arm) / rate(base) within each (process, round)."""
+    by = {(r["proc"], r["round"], r["arm"]): r[key] for r in runs}
+    return [v / by[(p, rd, base)] for (p, rd, a), v in by.items() if a == arm and (p, rd, base) in by]
+
+
+def main_targets(args) -> dict:
     import torch
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
-    t_start = time.perf_counter()
+    common = {"steps": args.steps, "log_every": args.log_every, "threads": args.threads}
     with tempfile.TemporaryDirectory() as tmp:
-        eager: dict[str, list[dict]] = {"on": [], "off": [], "plain": [], "sampled": []}
-        for _ in range(args.repeats):
-            eager["on"].append(run_worker("train", tmp, monitor="on", steps=args.steps))
-            eager["off"].append(run_worker("train", tmp, monitor="off", steps=args.steps))
-            eager["plain"].append(run_worker("plain", tmp, steps=args.steps))
-            eager["sampled"].append(run_worker("train", tmp, monitor=f"sample{SAMPLE_EVERY}", steps=args.steps))
-        compiled: dict[str, list[dict]] = {"on": [], "off": []}
-        for _ in range(args.compiled_repeats):
-            compiled["on"].append(run_worker("train", tmp, monitor="on", compile="on", steps=args.steps))
-            compiled["off"].append(run_worker("train", tmp, monitor="off", compile="on", steps=args.steps))
-        revival = [run_worker("revival", tmp, steps=args.steps)]  # one: it is far from its target
-        audit = run_worker("audit", tmp, final=eager["on"][0]["final"], repeats=args.repeats)
+        jobs = {p: TRAIN_ARMS[p % len(TRAIN_ARMS):] + TRAIN_ARMS[: p % len(TRAIN_ARMS)] for p in range(args.processes)}
+        jobs |= {f"c{p}": COMPILED_ARMS[p % 2:] + COMPILED_ARMS[: p % 2] for p in range(args.compiled_processes)}
+        # as many worker processes at once as there are cores for their threads (on a GPU, one): the arms
+        # compared with each other always share a process, so neighbours slow both sides of a ratio alike
+        parallel = 1 if torch.cuda.is_available() else max(1, (os.cpu_count() or 1) // args.threads)
+        with ThreadPoolExecutor(parallel) as pool:
+            done = pool.map(lambda job: (job[0], run_worker("arms", tmp, arms=",".join(job[1]), rounds=args.rounds,
+                                                            **common)), jobs.items())
+            runs = [{"proc": p, **r} for p, out in done for r in out["runs"]]
+        peak = {arm: run_worker("peak", tmp, arms=arm, **{**common, "steps": 2 * args.log_every + 1})["peak_mb"]
+                for arm in ("on", "off")}
+        final = next(r["final"] for r in runs if r["arm"] == "on")
+        audit = run_worker("audit", tmp, final=final, rounds=args.audit_rounds, threads=args.threads)
 
-    def med(rows, key):
-        return statistics.median(r[key] for r in rows)
+    def figure(arm, base, key="tokens_per_s", invert=False):
+        v = paired(runs, arm, base, key)
+        return _spread([1 - x for x in v] if invert else v) if v else None
 
-    def ratio_of_medians(a, b, key="tokens_per_s"):
-        return med(a, key) / med(b, key)
-
-    results = {
-        "device": device,
-        "repeats": args.repeats,
-        "steps": args.steps,
-        "eager_tokens_per_s": {k: med(v, "tokens_per_s") for k, v in eager.items()},
-        "monitor_overhead_eager": 1 - ratio_of_medians(eager["on"], eager["off"]),
-        "monitor_overhead_eager_sampled": 1 - ratio_of_medians(eager["sampled"], eager["off"]),
-        "reviveformer_vs_plain": ratio_of_medians(eager["on"], eager["plain"]),
-        "reviveformer_no_monitor_vs_plain": ratio_of_medians(eager["off"], eager["plain"]),
-        "revival_fraction_of_epoch": med(revival, "fraction"),
-        "audit_vs_plain_forward": audit["ratio"],
-        "peak_memory_mb": {"on": med(eager["on"], "peak_mb"), "off": med(eager["off"], "peak_mb")},
-        "memory_increase": ratio_of_medians(eager["on"], eager["off"], "peak_mb") - 1,
+    res = {
+        "device": device, **common, "rounds": args.rounds, "processes": args.processes,
+        "clock": "wall (CUDA)" if torch.cuda.is_available() else f"process CPU time, {args.threads} torch thread(s)",
+        "monitor_overhead_eager": figure("on", "off", invert=True),
+        "monitor_overhead_sampled": figure(f"sample{SAMPLE_EVERY}", "off", invert=True),
+        "monitor_overhead_compiled": figure("compiled-on", "compiled-off", invert=True),
+        "reviveformer_vs_plain": figure("on", "plain"),
+        "reviveformer_off_vs_plain": figure("off", "plain"),
+        "audit_vs_plain_forward": _spread(audit["ratios"]),
+        "memory_increase": peak["on"] / peak["off"] - 1,
+        "peak_memory_mb": peak,
+        "wall": {"monitor_overhead_eager": figure("on", "off", "wall_tokens_per_s", invert=True),
+                 "reviveformer_vs_plain": figure("on", "plain", "wall_tokens_per_s"),
+                 "audit_vs_plain_forward": _spread(audit["wall_ratios"])},
+        "tokens_per_s": {a: statistics.median(r["tokens_per_s"] for r in runs if r["arm"] == a)
+                         for a in {r["arm"] for r in runs}},
     }
-    if args.compiled_repeats:
-        results["compiled_tokens_per_s"] = {k: med(v, "tokens_per_s") for k, v in compiled.items()}
-        results["monitor_overhead_compiled"] = 1 - ratio_of_medians(compiled["on"], compiled["off"])
-    results["wall_s"] = time.perf_counter() - t_start
-
-    compiled_overhead = results.get("monitor_overhead_compiled")
-    # (figure, value, shown as "pct" or "ratio", target text, met)
-    targets = [
-        ("monitor overhead, eager", results["monitor_overhead_eager"], "pct", "< 3%",
-         results["monitor_overhead_eager"] < 0.03),
-        (f"  same, liveness.sample_every={SAMPLE_EVERY}", results["monitor_overhead_eager_sampled"], "pct", "< 3%",
-         results["monitor_overhead_eager_sampled"] < 0.03),
-        ("monitor overhead, compiled", compiled_overhead, "pct", "< 1%",
-         compiled_overhead is not None and compiled_overhead < 0.01),
-        ("reviveformer step / plain loop", results["reviveformer_vs_plain"], "ratio", ">= 0.97",
-         results["reviveformer_vs_plain"] >= 0.97),
-        ("epoch-end revival / epoch", results["revival_fraction_of_epoch"], "pct", "< 2%",
-         results["revival_fraction_of_epoch"] < 0.02),
-        ("audit / plain no_grad forward", results["audit_vs_plain_forward"], "ratio", ">= 0.9",
-         results["audit_vs_plain_forward"] >= 0.9),
-        ("peak memory, monitor on vs off", results["memory_increase"], "pct", "< 5% more",
-         results["memory_increase"] < 0.05),
+    rows = [  # (figure, key, shown as, target text, met)
+        ("monitor overhead, eager", "monitor_overhead_eager", "pct", "<= 1%", lambda v: v <= 0.01),
+        (f"  same, sample_every={SAMPLE_EVERY}", "monitor_overhead_sampled", "pct", "<= 0.5%", lambda v: v <= 0.005),
+        ("monitor overhead, compiled", "monitor_overhead_compiled", "pct", "<= 0.5%", lambda v: v <= 0.005),
+        ("reviveformer step / plain loop", "reviveformer_vs_plain", "ratio", ">= 0.98", lambda v: v >= 0.98),
+        ("  same, monitor off", "reviveformer_off_vs_plain", "ratio", "-", None),
+        ("audit / plain no_grad forward", "audit_vs_plain_forward", "ratio", ">= 0.95", lambda v: v >= 0.95),
     ]
-    print(f"device: {device}; {args.repeats} repeats of {args.steps} steps at the quickstart size; median of repeats")
-    print(f"{'figure':<34}{'measured':>12}  {'target':<10} met")
-    for name, value, kind, target, ok in targets:
-        shown = "-" if value is None else (f"{value:.3f}" if kind == "ratio" else f"{value:+.2%}")
-        print(f"{name:<34}{shown:>12}  {target:<10} {'yes' if ok else 'NO'}")
-    print(f"tokens/s eager: monitor on {results['eager_tokens_per_s']['on']:,.0f}, off "
-          f"{results['eager_tokens_per_s']['off']:,.0f}, plain loop {results['eager_tokens_per_s']['plain']:,.0f}")
-    if "compiled_tokens_per_s" in results:
-        c = results["compiled_tokens_per_s"]
-        print(f"tokens/s compiled: monitor on {c['on']:,.0f}, off {c['off']:,.0f}")
-    results["targets"] = [{"figure": n, "value": v, "target": t, "met": ok} for n, v, _, t, ok in targets]
-    Path(args.json).write_text(json.dumps(results, indent=1))
-    print(f"wall {results['wall_s']:.0f}s; JSON: {args.json}")
+    print(f"device: {device}; clock: {res['clock']}; {args.processes} processes x {args.rounds} rounds of "
+          f"{args.steps} steps (windows of {args.log_every}); median [min, max] over rounds")
+    print(f"{'figure':<34}{'median [min, max]':>28}  {'target':<9} met")
+    res["targets"] = []
+    for name, key, kind, target, ok in rows:
+        s = res[key]
+        met = None if s is None or ok is None else ok(s["median"])
+        print(f"{name:<34}{('-' if s is None else _fmt(s, kind)):>28}  {target:<9} "
+              f"{'-' if met is None else ('yes' if met else 'NO')}")
+        res["targets"].append({"figure": name, "value": s, "target": target, "met": met})
+    mem_ok = res["memory_increase"] < 0.02
+    print(f"{'peak memory, monitor on vs off':<34}{res['memory_increase']:>+28.2%}  {'< 2%':<9} {'yes' if mem_ok else 'NO'}")
+    w = res["wall"]
+    print("wall-time figures: eager overhead " + (_fmt(w["monitor_overhead_eager"]) if w["monitor_overhead_eager"] else "-")
+          + ", step/plain " + (_fmt(w["reviveformer_vs_plain"], "ratio") if w["reviveformer_vs_plain"] else "-")
+          + f", audit/plain {_fmt(w['audit_vs_plain_forward'], 'ratio')}")
+    print("tokens/s (median): " + ", ".join(f"{k} {v:,.0f}" for k, v in sorted(res["tokens_per_s"].items())))
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--processes", type=int, default=2, help="worker processes of the eager arms")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds of all arms per process (audit: see --audit-rounds)")
+    ap.add_argument("--compiled-processes", type=int, default=1, help="processes of the torch.compile arms (0: skip)")
+    ap.add_argument("--steps", type=int, default=36, help="optimizer steps per arm run")
+    ap.add_argument("--log-every", type=int, default=4, help="steps per timed window (train.log_every)")
+    ap.add_argument("--audit-rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of each worker")
+    ap.add_argument("--scaling", action="store_true", help="the overhead table over widths and depths instead")
+    ap.add_argument("--scaling-rounds", type=int, default=8, help="--scaling rounds per shape")
+    ap.add_argument("--no-compile", action="store_true", help="--scaling without the compiled-model arms")
+    ap.add_argument("--gpu", action="store_true", help="GPT-2 124M on one GPU instead")
+    ap.add_argument("--tiny", action="store_true", help="--gpu at a tiny size (runs on CPU)")
+    ap.add_argument("--batch", type=int, default=0, help="--gpu batch size (default 8; --tiny 4)")
+    ap.add_argument("--gpu-steps", type=int, default=20, help="--gpu steps per arm and round")
+    ap.add_argument("--json", default="bench.json")
+    ap.add_argument("--worker", choices=["arms", "peak", "audit"])
+    ap.add_argument("--tmp")
+    ap.add_argument("--arms")
+    ap.add_argument("--final")
+    args = ap.parse_args()
+    if args.worker:
+        worker = {"arms": worker_arms, "peak": worker_peak, "audit": worker_audit}[args.worker]
+        print(json.dumps(worker(args)))
+        return
+    t0 = time.perf_counter()
+    if args.gpu:
+        res = run_gpu(args)
+        for kind in ("eager", "compiled"):
+            o = res[f"{kind}/monitor_overhead"]
+            mfu = [res[f"{kind}/{a}/mfu"] for a in ("plain", "monitor")]
+            print(f"{res['device']} {kind}: plain {res[f'{kind}/plain/tokens_per_s']:,.0f} tokens/s, monitor "
+                  f"{res[f'{kind}/monitor/tokens_per_s']:,.0f} tokens/s, overhead {_fmt(o)}, monitor/plain "
+                  f"{1 / (1 + o['median']):.3f}, MFU " + (" / ".join(f"{m:.1%}" for m in mfu) if mfu[0] else "-"))
+        print(f"  eager model, liveness.counting=eager: overhead {_fmt(res['eager/monitor_eager_ops_overhead'])}")
+    elif args.scaling:
+        print(f"overhead (time with monitor / without - 1), median [min, max] over {args.scaling_rounds} rounds of "
+              f"{args.log_every} steps, process CPU time, {args.threads} thread(s):")
+        res = run_scaling(args)
+    else:
+        res = main_targets(args)
+    res["wall_s"] = time.perf_counter() - t0
+    Path(args.json).write_text(json.dumps(res, indent=1))
+    print(f"wall {res['wall_s']:.0f}s; JSON: {args.json}")
 
 
 if __name__ == "__main__":

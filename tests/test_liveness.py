@@ -662,3 +662,118 @@ def test_two_processes_count_what_one_process_counts(tmp_path) -> None:
             np.testing.assert_allclose(a["dormancy"], b["dormancy"], rtol=1e-5)
     assert one["capacity"] == two["capacity"]
     assert set(KILLED[0]) <= set(two["sites"]["mlp_post"][0]["dead_units"])
+
+
+# ------------------------------------------------------------------------------------------- fused counting, counts
+
+
+@pytest.mark.parametrize("criterion,padded,dtype", [("abs", True, torch.float32), ("positive", True, torch.float32),
+                                                    ("abs", False, torch.float32), ("positive", True, torch.bfloat16)])
+def test_compiled_counting_kernel_counts_exactly(criterion, padded, dtype) -> None:
+    """liveness.counting=compiled (one torch.compile'd pass per site, in an eager model) against the
+    independent numpy count: the same integers as the eager reference path."""
+    cfg = LivenessConfig(criterion=criterion, counting="compiled")
+    model = tiny_model("gelu_new")
+    monitor = LivenessMonitor(model, cfg)
+    capture = Capture(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        masks = run(model, monitor, seeds=[21, 22], padded=padded)
+    assert capture.acts[("mlp_post", 0)][0].dtype == dtype
+    assert liveness._KERNEL, "the compiled kernel was not used"
+    assert_counts_match(monitor.state_dict(), capture, masks, cfg)
+
+
+def test_compiled_counting_is_exact_at_the_dtype_boundary() -> None:
+    """The threshold boundary of `test_threshold_is_exact_at_the_dtype_boundary`, through the compiled kernel."""
+    for dtype in (torch.float32, torch.bfloat16):
+        near = torch.tensor(1e-3, dtype=dtype)
+        ints = {torch.float32: torch.int32, torch.bfloat16: torch.int16}[dtype]
+        values = torch.stack([(near.view(ints) + d).view(dtype) for d in (-1, 0, 1)])
+        fires = [float(v) > 1e-3 for v in values.double()]  # exact, in float64
+        model = tiny_model(kill=False).to(dtype)
+        for block in model.transformer.h:
+            block.mlp.act = Pattern(values)
+        monitor = LivenessMonitor(model, LivenessConfig(sites=["mlp_post"], counting="compiled"))
+        run(model, monitor, seeds=[3], padded=False)
+        fc = monitor.state_dict()["sites"]["mlp_post"]["fire_count"][0]
+        assert fc[:6].tolist() == [6 * T * f for f in fires] * 2, dtype
+        assert int(fc[6:].sum()) == 0
+
+
+def test_counts_give_the_reports_metrics_without_per_unit_lists() -> None:
+    """`counts()` (what each train log uses: one flat tensor, one reduce) holds the independent counts, and
+    its metrics and frequencies equal those of the full report; the pruned masks ride in the same tensor."""
+    cfg = LivenessConfig()
+    model = tiny_model()
+    monitor = LivenessMonitor(model, cfg)
+    capture = Capture(model)
+    masks = run(model, monitor, seeds=[23, 24])
+    pruned = {0: torch.zeros(N_EMBD, N_INNER, dtype=torch.bool), 1: torch.zeros(N_EMBD, N_INNER, dtype=torch.bool)}
+    pruned[0][2, 40] = pruned[0][9, 40] = pruned[1][0, 5] = True  # unit 5 of layer 1 is dead: not subtracted twice
+    reduced = []
+
+    def reduce(t: torch.Tensor) -> torch.Tensor:
+        reduced.append(t.shape)
+        return t * 2  # as if a second process had counted the same
+
+    counts = monitor.counts(reduce=reduce, pruned_masks=pruned)
+    assert len(reduced) == 1 and len(reduced[0]) == 1  # one flat tensor, one collective
+    for site in SITES:
+        for layer in range(N_LAYER):
+            fire, abs_sum, tokens = expected(capture.acts[(site, layer)], masks, cfg.criterion, cfg.threshold)
+            np.testing.assert_array_equal(counts.fire_count[site][layer], 2 * fire)
+            assert counts.fire_count[site].dtype == np.int64
+            assert counts.tokens[site][layer] == 2 * tokens
+            np.testing.assert_allclose(counts.abs_sum[site][layer], 2 * abs_sum, rtol=1e-5)
+    rep = monitor.report(reduce=lambda t: t * 2, pruned_masks=pruned)
+    assert counts.metrics() == rep.metrics()
+    assert counts.report() == rep
+    for site, freq in counts.frequencies().items():
+        np.testing.assert_array_equal(freq, rep.frequencies()[site])
+    assert rep.capacity == capacity(model, rep.dead_units(), pruned)
+    with pytest.raises(ValueError, match="c_fc.weight"):
+        monitor.counts(pruned_masks={0: torch.zeros(N_EMBD, 3, dtype=torch.bool)})
+
+
+def test_frequency_histogram_cadence_by_hand() -> None:
+    """The train log at which `liveness.frequency_histogram_every` falls due, whatever `train.log_every` is."""
+    from reviveformer.trainer import reaches_multiple
+
+    def due(log_every, every, last=100):
+        return [s for s in range(log_every, last + 1, log_every) if reaches_multiple(s, log_every, every)]
+
+    assert due(10, 50) == [50, 100]
+    assert due(10, 25) == [30, 50, 80, 100]  # the log that reaches 25 is step 30, 75 -> 80
+    assert due(30, 20) == [30, 60, 90]  # a cadence finer than the logs: every log
+    assert due(10, 0) == []
+
+
+def test_trainer_hooks_and_frequency_histograms_at_their_cadence(tmp_path, corpus_file, monkeypatch) -> None:
+    """`after_train_log` runs after each train log with the liveness window already reset;
+    `before_epoch_end` once per epoch end; W&B frequency histograms (offline) only at the train log that
+    reaches a multiple of liveness.frequency_histogram_every, and at the epoch end."""
+    from conftest import tiny_overrides
+    from reviveformer.config import load_config
+    from reviveformer.tracking import Tracking
+    from reviveformer.trainer import Trainer
+
+    cfg = load_config(REPO / "recipes" / "quickstart.yaml", tiny_overrides(tmp_path / "run", corpus_file, **{
+        "data.max_tokens": 32 * 8 * 12, "train.log_every": 4, "train.epochs": 1, "wandb.mode": "offline",
+        "liveness.frequency_histogram_every": 8}))
+    trainer = Trainer(cfg)
+    logs, epoch_ends, frequency_steps = [], [], []
+    trainer.after_train_log.append(
+        lambda t: logs.append((t.step, _zero(t.monitor.state_dict()))))
+    trainer.before_epoch_end.append(lambda t: epoch_ends.append(t.step))
+    log_histograms = Tracking.log_histograms
+
+    def recording(self, hists, step):
+        if any(k.endswith("/frequency") for k in hists):
+            frequency_steps.append(step)
+        log_histograms(self, hists, step)
+
+    monkeypatch.setattr(Tracking, "log_histograms", recording)
+    trainer.run()
+    assert logs == [(4, True), (8, True), (12, True)]
+    assert epoch_ends == [12]
+    assert frequency_steps == [8, 12]  # the train log at 8, then the epoch end at 12 (not the train log at 4, 12)

@@ -46,7 +46,7 @@ def launch(n: int, run_dir: Path, corpus: Path, fault: str | None = None, **extr
 
 def check_run(run_dir: Path, out: str, steps: int, masks_at: str, epochs: int = 2, tokens: str = "6,144") -> None:
     assert f"steps: {steps}  epochs: {epochs}  tokens: {tokens}" in out  # the tokens of one run straight through
-    assert sorted(p.name for p in (run_dir / "liveness").iterdir()) == [f"epoch_{e:03d}.json" for e in range(epochs)]
+    assert sorted(p.name for p in (run_dir / "liveness").glob("epoch_*.json")) == [f"epoch_{e:03d}.json" for e in range(epochs)]
     for name in [f"epoch_{e:03d}.json" for e in range(epochs)]:
         # eval_batches=1: one batch of 8 x 32 tokens, whatever the process count
         assert json.loads((run_dir / "liveness" / name).read_text())["tokens"] == 8 * 32, name
