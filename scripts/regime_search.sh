@@ -29,6 +29,8 @@ SETTINGS=(
   "c-lr3e-2|$CONFIRM train.lr=3e-2"
   "s-lr1e-2-init0.1|$SCREEN train.lr=1e-2 model.initializer_range=0.1"
   "s-lr3e-2-wd1|$SCREEN train.lr=3e-2 train.weight_decay=1.0"
+  "s-lr1e-2-wu0|$SCREEN train.lr=1e-2 train.warmup_steps=0"
+  "s-lr1e-2-bs4|$SCREEN train.lr=1e-2 train.batch_size=4 data.max_tokens=50000"
 )
 
 run_setting() {
