@@ -62,6 +62,9 @@ class ModelConfig:
     """Negative slope of leaky_relu."""
     init_from: str | None = None
     """A Hugging Face GPT-2 checkpoint directory (or hub name) to fine-tune from; None trains from scratch."""
+    initializer_range: float = 0.02
+    """Standard deviation of the normal init of a new model's weights (GPT-2's initializer_range; its residual
+    projections get it scaled by 1/sqrt(2 * n_layer)). With init_from, the checkpoint's own value is kept."""
 
     def __post_init__(self) -> None:
         _raise("model", _problems([
@@ -74,6 +77,8 @@ class ModelConfig:
             (0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)"),
             (self.activation is None or bool(self.activation), "activation must be a name or null"),
             (self.leaky_relu_slope >= 0, f"leaky_relu_slope={self.leaky_relu_slope} must be >= 0"),
+            (math.isfinite(self.initializer_range) and self.initializer_range > 0,
+             f"initializer_range={self.initializer_range} must be a positive number"),
         ]))
 
 

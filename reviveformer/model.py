@@ -32,6 +32,7 @@ def build_model(cfg: ModelConfig, vocab_size: int, eos_token_id: int) -> GPT2LMH
         n_layer=cfg.n_layer,
         n_head=cfg.n_head,
         n_inner=cfg.n_inner,
+        initializer_range=cfg.initializer_range,
         resid_pdrop=cfg.dropout,
         embd_pdrop=cfg.dropout,
         attn_pdrop=cfg.dropout,
@@ -180,7 +181,8 @@ def describe(model: GPT2LMHeadModel) -> ModelConfig:
     c = model.config
     name, slope = activations.activation_from_config(c)
     return ModelConfig(n_layer=c.n_layer, n_embd=c.n_embd, n_head=c.n_head, n_positions=c.n_positions,
-                       n_inner=c.n_inner, dropout=c.resid_pdrop, activation=name, leaky_relu_slope=slope)
+                       n_inner=c.n_inner, dropout=c.resid_pdrop, activation=name, leaky_relu_slope=slope,
+                       initializer_range=c.initializer_range)
 
 
 def save_final(model: GPT2LMHeadModel, tokenizer, cfg: Config, out_dir: str | Path) -> Path:

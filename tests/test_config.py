@@ -57,6 +57,7 @@ def test_saved_config_round_trips(tmp_path):
         ("liveness.sites=[mlp_mid]", "must be a non-empty subset of mlp_pre, mlp_post, attn_out"),
         ("data.block_size=256", "data.block_size=256 is above model.n_positions=128"),
         ("model.n_head=3", "n_head=3 must be >= 1 and divide n_embd=64"),
+        ("model.initializer_range=0", "model.initializer_range=0.0 must be a positive number"),
         ("revival.method=prune", "revival.method='prune' must be one of none, synaptic_stripping, redo"),
         ("alerts.rules=[{name: x, metric: loss}]", "metric='loss' must be one of dead_ratio, dormant_ratio"),
         ("train.mixed_precision=fp8", "mixed_precision='fp8' must be one of no, fp16, bf16"),
@@ -192,3 +193,20 @@ def test_shapes_are_checked_in_a_base_recipe_too(tmp_path):
     (tmp_path / "arm.yaml").write_text("base: base.yaml\nrevival:\n  method: redo\n")
     with pytest.raises(ConfigError, match=r"base.yaml: 'alerts.rules' must be a list"):
         load_config(tmp_path / "arm.yaml")
+
+
+@pytest.mark.parametrize("std", [0.02, 0.5])
+def test_initializer_range_sets_the_init_scale(std):
+    """model.initializer_range is the std of a new model's weights; GPT-2 scales its residual projections
+    (c_proj) by 1/sqrt(2 * n_layer)."""
+    import math
+
+    from reviveformer.config import ModelConfig
+    from reviveformer.model import build_model
+
+    model = build_model(ModelConfig(n_layer=2, n_embd=64, n_head=2, activation="relu", initializer_range=std),
+                        vocab_size=300, eos_token_id=0)
+    mlp = model.transformer.h[0].mlp
+    assert mlp.c_fc.weight.std().item() == pytest.approx(std, rel=0.03)  # 16,384 draws: sd error ~0.6%
+    assert mlp.c_proj.weight.std().item() == pytest.approx(std / math.sqrt(2 * 2), rel=0.03)
+    assert model.config.initializer_range == std

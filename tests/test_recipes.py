@@ -48,7 +48,9 @@ def test_arms_differ_only_in_their_arm(tmp_path):
     """An arm recipe (base: ...) is its base plus the revival method and output dir."""
     from reviveformer.config import to_dict
 
-    for base, arm in [("quickstart", "quickstart-stripping"), ("pilot-wikitext2", "pilot-wikitext2-redo")]:
+    pairs = [("quickstart", "quickstart-stripping"), ("pilot-wikitext2", "pilot-wikitext2-redo"),
+             ("dying-relu", "dying-relu-stripping"), ("dying-relu", "dying-relu-redo")]
+    for base, arm in pairs:
         a = to_dict(load_config(REPO / "recipes" / f"{base}.yaml"))
         b = to_dict(load_config(REPO / "recipes" / f"{arm}.yaml"))
         diff = {(s, k) for s in a for k in a[s] if a[s][k] != b[s][k]}
