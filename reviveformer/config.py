@@ -6,11 +6,14 @@ OmegaConf or validation failure becomes one `ConfigError` that names the key and
 
 from __future__ import annotations
 
+import copy
 import difflib
+import functools
 import json
+import logging
 import math
 import typing
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +26,18 @@ from reviveformer.errors import ConfigError
 SITES = ("mlp_pre", "mlp_post", "attn_out")
 CRITERIA = ("abs", "positive")
 COUNTING = ("auto", "eager", "compiled")
-REVIVAL_METHODS = ("none", "synaptic_stripping", "redo", "grama")
 ALERT_METRICS = ("dead_ratio", "dormant_ratio")
 ALERT_ACTIONS = ("none", "revive", "stop")
 DATA_SOURCES = ("stdlib", "text", "hub")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+# The flat revival keys of configs saved before each method had its own section, and where they live now.
+LEGACY_REVIVAL_KEYS = {
+    "fraction": ("synaptic_stripping",), "persistent": ("synaptic_stripping",),
+    "strip_bias": ("synaptic_stripping",), "tau": ("redo", "grama"),
+}
+
+log = logging.getLogger("reviveformer")
 
 
 def _problems(checks: list[tuple[bool, str]]) -> list[str]:
@@ -286,26 +295,43 @@ class AlertsConfig:
 
 @dataclass
 class RevivalConfig:
+    """The keys every method shares. Each method adds its own section `revival.<name>`, its `Options` dataclass
+    (`revival_config_class` builds the full section; docs/design.md, Revival)."""
+
     method: str = "none"
-    """none, synaptic_stripping, redo or grama (gradient-magnitude dormancy, Liu et al. 2025)."""
-    fraction: float = 0.05
-    """Synaptic stripping: share of a dead unit's nonzero incoming weights to zero (most negative first)."""
-    persistent: bool = True
-    """Stripped weights stay zero for the rest of training (mask after each optimizer step)."""
-    strip_bias: bool = False
-    """Also zero a dead unit's negative bias."""
+    """none, synaptic_stripping, redo, grama (gradient-magnitude dormancy, Liu et al. 2025), or your own
+    Reviver as package.module:Class (imported only when named here)."""
     every_steps: int = 0
     """Revive every this many optimizer steps instead of at epoch end (0: epoch end)."""
-    tau: float = 0.1
-    """ReDo and GraMa: re-initialise units whose score (ReDo: activation, GraMa: gradient) is <= tau."""
 
     def __post_init__(self) -> None:
         _raise("revival", _problems([
-            (self.method in REVIVAL_METHODS, f"method={self.method!r} must be one of {', '.join(REVIVAL_METHODS)}"),
-            (0.0 < self.fraction <= 1.0, f"fraction={self.fraction} must be in (0, 1]"),
+            (bool(self.method), "method must be none, a method name or package.module:Class"),
             (self.every_steps >= 0, f"every_steps={self.every_steps} must be >= 0"),
-            (self.tau >= 0, f"tau={self.tau} must be >= 0"),
         ]))
+
+
+def reviver_class(method: str) -> Any:
+    """The Reviver class of a `revival.method` value (None for none); a ConfigError names the valid ones."""
+    # Imported here, not at the top: the method classes (torch) own their config sections, not this module.
+    from reviveformer.revival import reviver_class as resolve
+
+    return resolve(method)
+
+
+@functools.cache
+def revival_config_class(plugin: type | None = None) -> type:
+    """The revival section's schema: the shared keys plus `revival.<name>` for every registered method and
+    for `plugin` (a user's Reviver class named by revival.method) when given."""
+    from reviveformer.revival import REVIVERS
+
+    methods = [*REVIVERS.values(), *([plugin] if plugin is not None else [])]
+    sections = [(cls.name, cls.Options, field(default_factory=cls.Options)) for cls in methods if cls.Options]
+    return make_dataclass("RevivalConfig", sections, bases=(RevivalConfig,))
+
+
+def _revival_config() -> RevivalConfig:
+    return revival_config_class()()
 
 
 @dataclass
@@ -338,7 +364,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     liveness: LivenessConfig = field(default_factory=LivenessConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
-    revival: RevivalConfig = field(default_factory=RevivalConfig)
+    revival: RevivalConfig = field(default_factory=_revival_config)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def __post_init__(self) -> None:
@@ -388,8 +414,10 @@ def training_problems(cfg: Config) -> list[str]:
             problems.append(f"{at}.site={rule.site} is not watched, so the rule would never fire: liveness.sites="
                             f"{watched}; add {rule.site} to liveness.sites or give the rule one of {', '.join(watched)}")
         if rule.action == "revive" and revival.method == "none":
+            from reviveformer.revival import REVIVERS
+
             problems.append(f"{at}.action=revive needs a revival method, but revival.method=none; set revival.method "
-                            f"to {' or '.join(m for m in REVIVAL_METHODS if m != 'none')}, or another action "
+                            f"to {' or '.join(REVIVERS)} (or your own package.module:Class), or another action "
                             "(none, stop)")
         missing = sorted(i for i in rule.layers or [] if i >= n_layer)
         if missing:
@@ -416,6 +444,33 @@ def check_training_config(cfg: Config) -> None:
     problems = training_problems(cfg)
     if problems:
         raise ConfigError("invalid config for training: " + "; ".join(problems))
+
+
+def upgrade_revival_keys(layer: Any, where: str, *, warn: bool = True) -> Any:
+    """Move the flat revival keys of configs written before each method had its own section (`revival.fraction`,
+    `persistent`, `strip_bias`, `tau`) into their sections, in place, once, as a layer is read; returns `layer`.
+    `tau` was shared by ReDo and GraMa, so it sets both. One warning names the moves (`warn`)."""
+    revival = layer.get("revival") if isinstance(layer, dict) else None
+    if not isinstance(revival, dict):
+        return layer
+    moved = []
+    for old, sections in LEGACY_REVIVAL_KEYS.items():
+        if old not in revival:
+            continue
+        value = revival.pop(old)
+        for name in sections:
+            section = revival.setdefault(name, {})
+            if not isinstance(section, dict):
+                continue  # a section that is not a mapping: check_shape names it
+            if old in section and section[old] != value:
+                raise ConfigError(f"{where}: revival.{old} (the old flat key, read as revival.{name}.{old}) and "
+                                  f"revival.{name}.{old} disagree; give only revival.{name}.{old}")
+            section[old] = value
+        moved.append(f"revival.{old} as {' and '.join(f'revival.{n}.{old}' for n in sections)}")
+    if moved and warn:
+        log.warning("%s: old flat revival keys read in their method's section: %s (write them there; "
+                    "docs/design.md, config keys)", where, "; ".join(moved))
+    return layer
 
 
 def _list_hint(hint: Any) -> tuple[Any, bool] | None:
@@ -445,13 +500,17 @@ def check_shape(value: Any, schema: type | None = None, at: str = "", where: str
     hints = typing.get_type_hints(schema)
     for key, sub in value.items():
         full = f"{at}.{key}" if at else str(key)
+        if key not in names and isinstance(schema, type) and issubclass(schema, RevivalConfig) \
+                and isinstance(sub, dict):
+            continue  # a plug-in method's section: load_config checks it once revival.method is known
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             place = f"'{at}'" if at else "the top level"
             raise ConfigError(f"{where}: unknown config key '{full}'{hint} (valid keys at {place}: {', '.join(names)})")
         if is_dataclass(hints[key]):
-            check_shape(sub, hints[key], full, where)
+            # the revival section's full schema holds each method's own section (revival_config_class)
+            check_shape(sub, revival_config_class() if hints[key] is RevivalConfig else hints[key], full, where)
             continue
         listed = _list_hint(hints[key])
         if listed is None or (sub is None and listed[1]):
@@ -476,7 +535,7 @@ def _suggest(key: str, schema_node: Any) -> str:
     return f"; did you mean '{close[0]}'?" if close else valid
 
 
-def _schema_at(full_key: str) -> Any:
+def _schema_at(full_key: str, plugin: type | None = None) -> Any:
     node: Any = Config
     for part in full_key.split(".")[:-1]:
         part = part.split("[")[0]
@@ -487,17 +546,19 @@ def _schema_at(full_key: str) -> Any:
         node = f.default_factory() if f.default_factory is not field().default_factory else f.type  # type: ignore[misc]
         if isinstance(node, list):  # alerts.rules
             node = AlertRule
+        elif isinstance(node, RevivalConfig):  # with the section of a user's method named by revival.method
+            node = revival_config_class(plugin)
         elif not is_dataclass(node):
             return None
     return node
 
 
-def _describe(err: OmegaConfBaseException, where: str) -> str:
+def _describe(err: OmegaConfBaseException, where: str, plugin: type | None = None) -> str:
     key = getattr(err, "full_key", None) or ""
     msg = str(err).split("\n")[0]
     if isinstance(err, ConfigKeyError) and key:
         leaf = key.split(".")[-1]
-        return f"{where}: unknown config key '{key}'{_suggest(leaf, _schema_at(key))}"
+        return f"{where}: unknown config key '{key}'{_suggest(leaf, _schema_at(key, plugin))}"
     if isinstance(err, ValidationError) and key:
         return f"{where}: bad value for '{key}': {msg}"
     return f"{where}: {msg}" + (f" (key '{key}')" if key else "")
@@ -518,6 +579,7 @@ def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> DictConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {path} must be a mapping of sections (model, data, train, ...), not {type(data).__name__}")
     base = data.pop("base", None)
+    upgrade_revival_keys(data, f"recipe {path}")
     check_shape(data, where=f"recipe {path}")
     if base is None:
         return OmegaConf.create(data)
@@ -542,8 +604,9 @@ def _parse_override(item: str) -> DictConfig:
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"override '{item}': the value is not valid YAML ({problem}); close its brackets, or "
                           "quote it to give a plain string (key='value')") from None
-    check_shape(OmegaConf.to_container(layer), where=f"override '{item}'")
-    return layer
+    plain = upgrade_revival_keys(OmegaConf.to_container(layer), f"override '{item}'")
+    check_shape(plain, where=f"override '{item}'")
+    return OmegaConf.create(plain)
 
 
 def load_config(
@@ -560,17 +623,25 @@ def load_config(
         if isinstance(recipe, (str, Path)):
             layers.append((f"recipe {recipe}", read_recipe(recipe)))
         else:
-            plain = OmegaConf.to_container(recipe) if isinstance(recipe, DictConfig) else recipe
+            plain = OmegaConf.to_container(recipe) if isinstance(recipe, DictConfig) else copy.deepcopy(recipe)
+            upgrade_revival_keys(plain, "config")
             check_shape(plain)
-            layers.append(("config", OmegaConf.create(recipe)))
+            layers.append(("config", OmegaConf.create(plain)))
     for item in overrides or []:
         layers.append((f"override '{item}'", _parse_override(item)))
+    methods = [m for _, layer in layers if (m := OmegaConf.select(layer, "revival.method")) is not None]
+    method = reviver_class(str(methods[-1])) if methods else None
+    plugin = method if method is not None and method.name not in revival_config_class().__dataclass_fields__ \
+        else None
+    if plugin is not None:
+        # a user's own method: its section revival.<name> joins the schema (imported only because it is named)
+        schema.revival = revival_config_class(plugin)()
     merged = schema
     for where, layer in layers:
         try:
             merged = OmegaConf.merge(merged, layer)
         except OmegaConfBaseException as e:
-            raise ConfigError(_describe(e, where)) from None
+            raise ConfigError(_describe(e, where, plugin)) from None
         except TypeError as e:  # a container shape check_shape did not foresee
             raise ConfigError(f"{where}: {e}") from None
     try:
@@ -578,7 +649,7 @@ def load_config(
     except ValueError as e:
         raise ConfigError(f"invalid config: {e}") from None
     except OmegaConfBaseException as e:
-        raise ConfigError(_describe(e, "config")) from None
+        raise ConfigError(_describe(e, "config", plugin)) from None
     assert isinstance(cfg, Config)
     if training:
         check_training_config(cfg)

@@ -9,8 +9,10 @@ step on), or allowed silently (it changes where output goes or how it looks, not
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
+from reviveformer.config import upgrade_revival_keys
 from reviveformer.errors import CheckpointError
 
 # Allowed with a warning: read afresh at every use, so a new value acts from the resumed step on.
@@ -18,8 +20,9 @@ ALLOWED = (
     "train.epochs", "train.max_steps", "train.log_every", "train.eval_every", "train.eval_batches",
     "train.checkpoint_every", "train.checkpoint_limit", "train.grad_clip", "train.max_bad_steps",
     "liveness.dead_frequency", "liveness.tau", "liveness.sample_every", "liveness.histogram_every",
-    "liveness.histogram_bins", "liveness.frequency_histogram_every", "liveness.counting", "alerts.", "revival.fraction", "revival.strip_bias", "revival.every_steps",
-    "revival.tau", "data.cache_dir",
+    "liveness.histogram_bins", "liveness.frequency_histogram_every", "liveness.counting",
+    "alerts.", "revival.every_steps", "revival.synaptic_stripping.fraction",
+    "revival.synaptic_stripping.strip_bias", "revival.redo.tau", "revival.grama.tau", "data.cache_dir",
 )
 # Allowed silently: where the output goes and how it is shown.
 SILENT = ("train.output_dir", "train.resume", "train.progress", "wandb.")
@@ -44,6 +47,8 @@ def _matches(key: str, table: tuple[str, ...]) -> bool:
 def compare_settings(saved: dict[str, Any], new: dict[str, Any], checkpoint: str) -> list[str]:
     """Raise CheckpointError naming every refused change (key, saved value, new value); return the allowed
     changes, one line each, for the caller's single warning. Both configs are resolved `to_dict` trees."""
+    # a checkpoint saved before each revival method had its own section holds the old flat keys
+    saved = upgrade_revival_keys(copy.deepcopy(saved), f"checkpoint {checkpoint}", warn=False)
     a, b = flatten(saved), flatten(new)
     refused, allowed = [], []
     for key in sorted(a.keys() | b.keys()):

@@ -429,7 +429,7 @@ class Trainer:
             return {}
         unwrapped = self.accelerator.unwrap_model(self.model)
         t0 = time.perf_counter()
-        metrics = self.reviver.revive(unwrapped, report.to_json(), self.optimizer)
+        metrics = self.reviver.revive(unwrapped, report, self.optimizer)
         metrics["revival/seconds"] = time.perf_counter() - t0
         metrics.update({f"revival/dead_ratio_before/{k}": v for k, v in self._dead_ratios(report).items()})
         # capacity after revival: newly pruned weights no longer count as effective

@@ -15,6 +15,7 @@ import sys
 
 import torch
 from accelerate import Accelerator
+from revival_reports import NO_REPORT
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from reviveformer.revival.grama import GraMa, step_scores
@@ -50,7 +51,7 @@ def main(out: str) -> None:
 
     scores = grama.window_scores(model)
     match = all(torch.allclose(scores[i].double(), expected[i] / 3, rtol=1e-4, atol=1e-6) for i in range(2))
-    metrics = grama.revive(model, {}, opt)
+    metrics = grama.revive(model, NO_REPORT, opt)
     decided = torch.tensor([len(grama.last_layer_details())] + [
         int(s <= grama.tau) for i in range(2) for s in grama.last_scores[i]])
     decisions = acc.gather(decided[None])

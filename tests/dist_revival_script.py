@@ -50,7 +50,7 @@ def main(out: str) -> None:
     local = monitor.report()  # this process's counts only
     report = monitor.report(reduce=lambda t: acc.reduce(t, "sum"))
     reviver = SynapticStripping(fraction=0.3)
-    metrics = reviver.revive(model, report.to_json(), opt)
+    metrics = reviver.revive(model, report, opt)
     steps(3, reviver)
 
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])

@@ -12,12 +12,13 @@ import sys
 
 import pytest
 import torch
+from revival_reports import NO_REPORT, report_with_dead
 from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from conftest import REPO, free_port, tiny_overrides
 from reviveformer.checkpoint import read_state, write_state
-from reviveformer.config import RevivalConfig, load_config
+from reviveformer.config import load_config
 from reviveformer.revival import REVIVERS, GraMa, arm_of_method, build_reviver
 from reviveformer.revival.grama import step_scores
 
@@ -97,7 +98,7 @@ def test_reset_touches_exactly_the_dormant_units_and_their_optimizer_state() -> 
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     state_before = {p: {k: v.clone() for k, v in s.items()} for p, s in opt.state.items()}
 
-    metrics = grama.revive(model, {"sites": {"mlp_post": [{"layer": 0, "units": N_INNER, "dead_units": [3]}]}}, opt)
+    metrics = grama.revive(model, report_with_dead({0: [3]}), opt)
 
     assert metrics["revival/dormant_units"] == len(dormant[0]) + len(dormant[1])
     assert metrics["revival/layer_1/dormant_units"] == len(dormant[1])
@@ -133,7 +134,7 @@ def test_reset_touches_exactly_the_dormant_units_and_their_optimizer_state() -> 
 def test_no_step_no_reset() -> None:
     model = relu_gpt2()
     before = copy.deepcopy(model.state_dict())
-    metrics = GraMa(tau=10.0).revive(model, {}, None)
+    metrics = GraMa(tau=10.0).revive(model, NO_REPORT, None)
     assert metrics["revival/dormant_units"] == 0 and metrics["revival/grama_steps"] == 0
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
@@ -143,7 +144,7 @@ def test_checkpoint_round_trip_continues_identically(tmp_path) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     a = GraMa(tau=0.3, seed=5)
     train_steps(model, opt, a, range(2))
-    a.revive(model, {}, opt)
+    a.revive(model, NO_REPORT, opt)
     train_steps(model, opt, a, range(2, 4))  # mid-window: the sums are part of the state
     write_state(tmp_path, {"reviver": a.state_dict()})
     b = GraMa(tau=0.3, seed=0)
@@ -153,7 +154,7 @@ def test_checkpoint_round_trip_continues_identically(tmp_path) -> None:
     twin_opt.load_state_dict(copy.deepcopy(opt.state_dict()))  # shares no state tensor with opt
     train_steps(model, opt, a, range(4, 6))
     train_steps(twin, twin_opt, b, range(4, 6))
-    assert a.revive(model, {}, opt) == b.revive(twin, {}, twin_opt)
+    assert a.revive(model, NO_REPORT, opt) == b.revive(twin, NO_REPORT, twin_opt)
     assert a.last_scores == b.last_scores and a.state_dict()["prev_dormant"] == b.state_dict()["prev_dormant"]
     for (name, p), q in zip(model.named_parameters(), twin.parameters(), strict=True):
         assert torch.equal(p, q), name
@@ -163,7 +164,7 @@ def test_registry_names_the_arm() -> None:
     assert REVIVERS["grama"] is GraMa
     assert [arm_of_method(m) for m in ("none", "synaptic_stripping", "redo", "grama")] == \
         ["baseline", "stripping", "redo", "grama"]
-    r = build_reviver(RevivalConfig(method="grama", tau=0.05), seed=3)
+    r = build_reviver(load_config(None, ["revival.method=grama", "revival.grama.tau=0.05"]).revival, seed=3)
     assert isinstance(r, GraMa) and (r.tau, r.seed) == (0.05, 3)
 
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 import copy
 import io
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 from accelerate.utils import DistributedType
+from revival_reports import report_with_dead
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from reviveformer.activations import set_activation
-from reviveformer.config import RevivalConfig
+from reviveformer.config import RevivalConfig, load_config
 from reviveformer.errors import ConfigError
+from reviveformer.liveness import LivenessReport
 from reviveformer.revival import (
     ReDo,
     SynapticStripping,
@@ -22,6 +25,7 @@ from reviveformer.revival import (
     reset_adam_state,
     strip_layer,
 )
+from reviveformer.revival.grama import GraMa, GraMaOptions
 
 N_EMBD, N_INNER = 16, 64
 
@@ -62,16 +66,9 @@ def train_step(model: GPT2LMHeadModel, opt: torch.optim.Optimizer, push_cfc: boo
     opt.step()
 
 
-def report(dead: dict[int, list[int]], dormancy: dict[int, list[float]] | None = None) -> dict:
-    """A liveness report in the design.md liveness.json format (only the fields revival reads, plus units)."""
-    layers = []
-    for i in sorted(dead):
-        entry = {"layer": i, "units": N_INNER, "dead_units": dead[i], "dead_ratio": len(dead[i]) / N_INNER}
-        if dormancy is not None:
-            entry["dormancy"] = dormancy[i]
-            entry["dormant_units"] = [j for j, s in enumerate(dormancy[i]) if s <= 0.1]
-        layers.append(entry)
-    return {"tokens": 48, "sites": {"mlp_post": layers}}
+def report(dead: dict[int, list[int]], dormancy: dict[int, list[float]] | None = None) -> LivenessReport:
+    """A typed liveness report over 48 tokens with these dead units (and ReDo scores; 1.0 where not given)."""
+    return report_with_dead(dead, N_INNER, dormancy)
 
 
 class WrappedOptimizer:
@@ -303,7 +300,7 @@ def test_state_round_trip_continues_identically() -> None:
 
 def test_missing_site_is_config_error() -> None:
     with pytest.raises(ConfigError, match="mlp_post"):
-        SynapticStripping().revive(tiny_gpt2(), {"sites": {"mlp_pre": []}}, None)
+        SynapticStripping().revive(tiny_gpt2(), replace(report({}), sites={"mlp_pre": []}), None)
 
 
 # --- ReDo (Sokar et al. 2023) ------------------------------------------------------------------------------
@@ -369,7 +366,7 @@ def test_redo_reinitialises_only_dormant_units() -> None:
 
 def test_redo_on_dead_units_leaves_output_unchanged() -> None:
     model, opt, rep = redo_setup()
-    rep["sites"]["mlp_post"][0]["dormancy"][ACTIVE_DORMANT] = 1.0  # only the truly silent units are dormant
+    rep.sites["mlp_post"][0].dormancy[ACTIVE_DORMANT] = 1.0  # only the truly silent units are dormant
     original = logits(model)
     ReDo(tau=0.1).revive(model, rep, opt)
     assert torch.equal(logits(model), original)
@@ -393,7 +390,7 @@ def test_redo_deterministic_and_round_trip() -> None:
     b = ReDo(seed=99)
     b.load_state_dict(a.state_dict())
     rep2 = copy.deepcopy(rep)
-    rep2["sites"]["mlp_post"][0]["dormancy"][3] = 0.5  # unit 3 came back
+    rep2.sites["mlp_post"][0].dormancy[3] = 0.5  # unit 3 came back
     m1, m2 = copy.deepcopy(model), copy.deepcopy(model)
     assert a.revive(m1, rep2, None) == b.revive(m2, rep2, None)
     assert torch.equal(m1.transformer.h[0].mlp.c_fc.weight, m2.transformer.h[0].mlp.c_fc.weight)
@@ -411,13 +408,16 @@ def test_reset_adam_state_handles_empty_state() -> None:
 
 
 def test_build_reviver() -> None:
-    assert build_reviver(RevivalConfig(method="none")) is None
-    s = build_reviver(
-        RevivalConfig(method="synaptic_stripping", fraction=0.1, persistent=False, strip_bias=True)
-    )
+    assert build_reviver(load_config(None, []).revival) is None
+    s = build_reviver(load_config(None, [
+        "revival.method=synaptic_stripping", "revival.synaptic_stripping.fraction=0.1",
+        "revival.synaptic_stripping.persistent=false", "revival.synaptic_stripping.strip_bias=true"]).revival)
     assert isinstance(s, SynapticStripping) and (s.fraction, s.persistent, s.strip_bias) == (0.1, False, True)
-    r = build_reviver(RevivalConfig(method="redo", tau=0.2), seed=7)
+    r = build_reviver(load_config(None, ["revival.method=redo", "revival.redo.tau=0.2"]).revival, seed=7)
     assert isinstance(r, ReDo) and (r.tau, r.seed) == (0.2, 7)
+    # a config built in code without the method's section gets the section's defaults
+    g = build_reviver(RevivalConfig(method="grama"), seed=1)
+    assert isinstance(g, GraMa) and g.tau == GraMaOptions().tau
 
 
 @pytest.mark.parametrize("kind", ["FSDP", "DEEPSPEED", "DistributedType.FSDP", DistributedType.DEEPSPEED])

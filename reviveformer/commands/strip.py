@@ -10,7 +10,7 @@ HELP = "measure a saved model, strip the incoming weights of its dead MLP units,
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="a model directory (RUN_DIR/final, any GPT-2 save_pretrained folder) or a run dir")
-    p.add_argument("overrides", nargs="*", help="data.* / liveness.* / revival.fraction|strip_bias overrides")
+    p.add_argument("overrides", nargs="*", help="data.* / liveness.* / revival.synaptic_stripping.fraction|strip_bias overrides")
     p.add_argument("--out", required=True, help="folder for the stripped model (must not exist or be empty)")
     p.add_argument("--split", choices=["validation", "train", "all"], default="validation",
                    help="which split of the data to measure on (default: validation)")
@@ -34,8 +34,8 @@ def run(args: argparse.Namespace) -> int:
     acc = Accelerator()
     _, report, _ = measure_saved(saved, acc, args.split, args.batch_size, progress_desc="measure")
     unwrapped = saved.model  # the prepared wrapper shares these parameters
-    stripper = SynapticStripping.from_config(saved.cfg.revival)
-    metrics = stripper.revive(unwrapped, report.to_json(), None)
+    stripper = SynapticStripping.from_config(saved.cfg.revival.synaptic_stripping)
+    metrics = stripper.revive(unwrapped, report, None)
     if acc.is_main_process:
         result = _save_stripped(out, saved, unwrapped, stripper, metrics, report)
         for d in result["layers"]:
@@ -67,8 +67,8 @@ def _save_stripped(out: Path, saved, model, stripper, metrics: dict, report) -> 
                   for d in stripper.last_layer_details()]
         result = {
             "checkpoint": str(saved.path),
-            "fraction": cfg.revival.fraction,
-            "strip_bias": cfg.revival.strip_bias,
+            "fraction": cfg.revival.synaptic_stripping.fraction,
+            "strip_bias": cfg.revival.synaptic_stripping.strip_bias,
             "dead_units": int(metrics.get("revival/dead_units", 0)),
             "weights_stripped": int(metrics.get("revival/stripped_now", 0)),
             "layers": layers,

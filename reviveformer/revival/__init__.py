@@ -1,15 +1,17 @@
 """Neuron revival: synaptic stripping (Whitaker & Whitley 2023), ReDo (Sokar et al. 2023) and GraMa (Liu et al.
-2025).
+2025), and a user's own `Reviver` named `package.module:Class`.
 
 `build_reviver(cfg.revival, seed=cfg.train.seed)` gives the configured `Reviver` (None for method none). A new
-method is a new module with a `Reviver` subclass (its `name` and `arm`) and one line in `REVIVERS` (and its
-name in the config's `REVIVAL_METHODS`); the trainer's job_type and compare's arm label come from here.
+built-in method is one module with a `Reviver` subclass (its `name`, `arm`, `Options` and metric names) and one
+entry in `REVIVERS`; the config section, the trainer's job_type and compare's arm label all come from the class.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
+from reviveformer.errors import ConfigError
 from reviveformer.revival.base import Reviver, check_supported
 from reviveformer.revival.grama import GraMa
 from reviveformer.revival.optim import reset_adam_state
@@ -19,22 +21,85 @@ from reviveformer.revival.stripping import SynapticStripping, strip_layer
 REVIVERS: dict[str, type[Reviver]] = {cls.name: cls for cls in (SynapticStripping, ReDo, GraMa)}
 # The arm of a run without revival.
 BASELINE_ARM = "baseline"
+# Keys of the revival section shared by every method: a method's section may not take these names.
+SHARED_KEYS = ("method", "every_steps")
+
+
+def valid_methods() -> str:
+    return f"one of none, {', '.join(REVIVERS)}, or your own Reviver as package.module:Class"
+
+
+def _import_reviver(spec: str, key: str) -> type[Reviver]:
+    """The `Reviver` subclass named by `package.module:Class` (imported here, only because a config named it)."""
+    module_name, _, attr_path = spec.partition(":")
+    if not module_name or not attr_path:
+        raise ConfigError(f"{key}={spec!r} must be {valid_methods()}")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as e:  # the user's module may fail in any way while importing
+        raise ConfigError(
+            f"{key}={spec!r}: cannot import module {module_name!r} ({type(e).__name__}: {e}); "
+            "is it installed or on PYTHONPATH?"
+        ) from None
+    for part in attr_path.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"{key}={spec!r}: module {module_name!r} has no attribute {attr_path!r}")
+        obj = getattr(obj, part)
+    if not (isinstance(obj, type) and issubclass(obj, Reviver)):
+        raise ConfigError(
+            f"{key}={spec!r}: {attr_path!r} is not a subclass of reviveformer.revival.Reviver "
+            "(see docs/design.md, Revival)"
+        )
+    missing = [
+        a for a in ("name", "arm") if not isinstance(getattr(obj, a, None), str) or not getattr(obj, a)
+    ]
+    if missing or getattr(obj, "__abstractmethods__", None):
+        what = [f"{a} (a non-empty str)" for a in missing] + sorted(getattr(obj, "__abstractmethods__", ()))
+        raise ConfigError(f"{key}={spec!r}: {attr_path!r} does not define {', '.join(what)}")
+    if REVIVERS.get(obj.name) is obj:  # a built-in named by its module path
+        return obj
+    if obj.name in REVIVERS or obj.name in SHARED_KEYS or obj.name == "none" or not obj.name.isidentifier():
+        raise ConfigError(
+            f"{key}={spec!r}: its name {obj.name!r} names its config section revival.{obj.name}, so "
+            f"it must be an identifier other than none, {', '.join(SHARED_KEYS)} and the built-in "
+            f"methods ({', '.join(REVIVERS)})"
+        )
+    return obj
+
+
+def reviver_class(method: str, key: str = "revival.method") -> type[Reviver] | None:
+    """The class of a `revival.method` value: None for none, a registered method, or an imported
+    `package.module:Class`; anything else is a ConfigError naming the valid values."""
+    if method == "none":
+        return None
+    if method in REVIVERS:
+        return REVIVERS[method]
+    if ":" in method:
+        return _import_reviver(method, key)
+    raise ConfigError(f"{key}={method!r} must be {valid_methods()}")
 
 
 def arm_of_method(method: str) -> str:
-    """The arm (W&B job_type, comparison label) of runs with this `revival.method`; an unknown name is its own."""
-    if method == "none":
-        return BASELINE_ARM
-    return REVIVERS[method].arm if method in REVIVERS else method
+    """The arm (W&B job_type, comparison label) of runs with this `revival.method`; a name that cannot be
+    resolved (a plug-in no longer importable) is its own arm."""
+    try:
+        cls = reviver_class(method)
+    except ConfigError:
+        return method
+    return BASELINE_ARM if cls is None else cls.arm
 
 
 def build_reviver(cfg: Any, *, seed: int = 0) -> Reviver | None:
-    """The reviver for a `RevivalConfig` (None when `method` is none); `seed` seeds methods that draw weights."""
-    if cfg.method == "none":
+    """The reviver for a revival config (None when `method` is none), built from its own section
+    `revival.<name>` (the section's defaults when a config built in code lacks it); `seed` seeds methods that
+    draw weights."""
+    cls = reviver_class(cfg.method)
+    if cls is None:
         return None
-    if cfg.method not in REVIVERS:
-        raise ValueError(f"revival.method={cfg.method!r} must be one of none, {', '.join(REVIVERS)}")
-    return REVIVERS[cfg.method].from_config(cfg, seed=seed)
+    options = getattr(cfg, cls.name, None)
+    if options is None and cls.Options is not None:
+        options = cls.Options()
+    return cls.from_config(options, seed=seed)
 
 
 __all__ = [
@@ -48,5 +113,6 @@ __all__ = [
     "build_reviver",
     "check_supported",
     "reset_adam_state",
+    "reviver_class",
     "strip_layer",
 ]

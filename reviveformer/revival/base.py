@@ -3,8 +3,8 @@
 Lifecycle, driven by the trainer:
 
 1. `revive(model, report, optimizer)` at each revival point (epoch end, or every `revival.every_steps`
-   optimizer steps), after the validation liveness pass, with the report in the design.md `liveness.json`
-   format. Returns the `revival/...` metrics to log.
+   optimizer steps), after the validation liveness pass, with the typed `LivenessReport`. Returns the
+   `revival/...` metrics to log: exactly `metric_keys(layers)`.
 2. `before_optimizer_step(model)` once per optimizer step, after backward, gradient clipping and the
    non-finite check, right before `optimizer.step()`: the gradients of the step are there (reduced over
    processes by DDP), unscaled (fp16's scaler unscales them in `clip_grad_norm_`) and finite (a skipped step
@@ -13,8 +13,11 @@ Lifecycle, driven by the trainer:
    persistently pruned weights at zero.
 4. `state_dict()` / `load_state_dict()` with the checkpoint (masks, previous dead set, counters).
 
-A new method is a new module with a `Reviver` subclass (its `name`, the `revival.method` value, and its
-`arm`, the W&B job_type and comparison label of its runs) plus one line in `reviveformer.revival.REVIVERS`.
+A method is one class that carries everything the rest of the package asks of it: `name` (the
+`revival.method` value), `arm` (the W&B job_type and comparison label of its runs), `Options` (the dataclass of
+its config section `revival.<name>`, or None) and its metric names. A built-in is registered with one line in
+`reviveformer.revival.REVIVERS`; a user's own is named `revival.method=package.module:Class`. docs/design.md
+("Revival") is the contract.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
 from reviveformer.errors import ConfigError
+from reviveformer.liveness import LayerLiveness, LivenessReport
 
 # The site whose units revival acts on: the output of the MLP activation (design.md, Revival).
 REVIVAL_SITE = "mlp_post"
@@ -60,24 +64,22 @@ def model_config(model: nn.Module) -> Any:
     return extract_model_from_parallel(model, keep_torch_compile=False).config
 
 
-def site_layers(report: dict[str, Any], mlps: list[nn.Module], method: str) -> list[dict[str, Any]]:
+def site_layers(report: LivenessReport, mlps: list[nn.Module], method: str) -> list[LayerLiveness]:
     """The report's per-layer entries at `mlp_post`, in layer order, checked against the model."""
-    layers = report.get("sites", {}).get(REVIVAL_SITE)
+    layers = report.sites.get(REVIVAL_SITE)
     if not layers:
         raise ConfigError(
             f"revival.method={method} needs the liveness report to include site {REVIVAL_SITE}; "
             f"add {REVIVAL_SITE} to liveness.sites"
         )
     for entry in layers:
-        i = entry["layer"]
+        i = entry.layer
         if not 0 <= i < len(mlps):
             raise ValueError(f"liveness report has layer {i} but the model has {len(mlps)} layers")
         units = mlps[i].c_fc.weight.shape[1]
-        if entry["units"] != units:
-            raise ValueError(
-                f"liveness report has {entry['units']} units in layer {i}, the model has {units}"
-            )
-    return sorted(layers, key=lambda e: e["layer"])
+        if entry.units != units:
+            raise ValueError(f"liveness report has {entry.units} units in layer {i}, the model has {units}")
+    return sorted(layers, key=lambda e: e.layer)
 
 
 def unit_index(units: list[int], n_units: int, device: torch.device) -> torch.Tensor:
@@ -89,23 +91,47 @@ def unit_index(units: list[int], n_units: int, device: torch.device) -> torch.Te
 
 
 class Reviver(ABC):
-    """A neuron-revival method. Subclasses set `name` and `arm` and implement `revive` and the state methods."""
+    """A neuron-revival method. Subclasses set `name`, `arm`, `Options`, `layer_metrics` and `run_metrics`, and
+    implement `from_config`, `revive` and the state methods."""
 
     name: ClassVar[str]
-    """The `revival.method` value."""
+    """The `revival.method` value of a built-in, and the name of its config section `revival.<name>`."""
     arm: ClassVar[str]
     """The arm its runs are logged and compared under (W&B job_type when wandb.job_type is unset)."""
+    Options: ClassVar[type | None] = None
+    """The dataclass of its config section `revival.<name>` (None: the method has no options). Its
+    `__post_init__` raises ValueError naming the full key (`revival.<name>.<key>=value must be ...`)."""
+    layer_metrics: ClassVar[tuple[str, ...]] = ()
+    """Names logged per layer (`revival/layer_<i>/<name>`) and summed over layers (`revival/<name>`)."""
+    run_metrics: ClassVar[tuple[str, ...]] = ("count",)
+    """Names logged once per revival (`revival/<name>`): running totals such as `count`."""
 
     def __init__(self) -> None:
         self._details: list[dict[str, Any]] = []
 
     @classmethod
     @abstractmethod
-    def from_config(cls, cfg: Any, *, seed: int = 0) -> Reviver:
-        """Build from a `RevivalConfig` (and the run's seed, for methods that draw random numbers)."""
+    def from_config(cls, options: Any, *, seed: int = 0) -> Reviver:
+        """Build from its own section (an `Options` instance, None when `Options` is None) and the run's seed
+        (for methods that draw random numbers)."""
+
+    @classmethod
+    def metric_keys(cls, layers: list[int]) -> list[str]:
+        """Every key `revive` returns for a model with these layers."""
+        keys = [f"revival/{k}" for k in (*cls.layer_metrics, *cls.run_metrics)]
+        return keys + [f"revival/layer_{i}/{k}" for i in layers for k in cls.layer_metrics]
+
+    def _metrics(self, details: list[dict[str, Any]], run: dict[str, float]) -> dict[str, float]:
+        """`revive`'s metrics from per-layer details (keys `layer_metrics`) and the run totals (`run_metrics`)."""
+        metrics = {f"revival/{k}": float(sum(d[k] for d in details)) for k in self.layer_metrics}
+        metrics.update({f"revival/{k}": float(run[k]) for k in self.run_metrics})
+        for d in details:
+            for k in self.layer_metrics:
+                metrics[f"revival/layer_{d['layer']}/{k}"] = float(d[k])
+        return metrics
 
     @abstractmethod
-    def revive(self, model: nn.Module, report: dict[str, Any], optimizer: Any) -> dict[str, float]:
+    def revive(self, model: nn.Module, report: LivenessReport, optimizer: Any) -> dict[str, float]:
         """Edit `model` (and reset `optimizer` state) from a liveness report; return `revival/...` metrics.
 
         `optimizer` may be a torch optimizer, an `AcceleratedOptimizer`, or None (a saved model, no training).

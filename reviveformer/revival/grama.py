@@ -30,11 +30,13 @@ comparing arms), `revival/revived_units` (dormant at the previous revival, not n
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from reviveformer.liveness import LivenessReport
 from reviveformer.revival.base import (
     REVIVAL_SITE,
     Reviver,
@@ -64,11 +66,26 @@ def _broadcast_from_main(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+@dataclass
+class GraMaOptions:
+    """The config section `revival.grama`."""
+
+    tau: float = 0.1
+    """Re-initialise units whose gradient score (Liu et al. 2025) is <= tau."""
+
+    def __post_init__(self) -> None:
+        if self.tau < 0:
+            raise ValueError(f"revival.grama.tau={self.tau} must be >= 0")
+
+
 class GraMa(Reviver):
     """Gradient-magnitude dormancy and reset (ReGraMa, Liu et al. 2025)."""
 
     name = "grama"
     arm = "grama"
+    Options = GraMaOptions
+    layer_metrics = ("dormant_units", "dead_units", "revived_units")
+    run_metrics = ("reinitialised_total", "count", "grama_steps")
 
     def __init__(self, tau: float = 0.1, seed: int = 0) -> None:
         super().__init__()
@@ -84,9 +101,9 @@ class GraMa(Reviver):
         self.last_scores: dict[int, list[float]] = {}  # the scores the last revival decided from
 
     @classmethod
-    def from_config(cls, cfg: Any, *, seed: int = 0) -> GraMa:
-        """From a `RevivalConfig` (its `tau`) and the run's seed."""
-        return cls(tau=cfg.tau, seed=seed)
+    def from_config(cls, options: GraMaOptions, *, seed: int = 0) -> GraMa:
+        """From `revival.grama` and the run's seed."""
+        return cls(tau=options.tau, seed=seed)
 
     @torch.no_grad()
     def before_optimizer_step(self, model: nn.Module) -> None:
@@ -108,16 +125,18 @@ class GraMa(Reviver):
         for i, mlp in enumerate(mlp_layers(model)):
             total = self._sums.get(i)
             if total is None:
-                total = torch.zeros(mlp.c_fc.weight.shape[1], dtype=torch.float32, device=mlp.c_fc.weight.device)
+                total = torch.zeros(
+                    mlp.c_fc.weight.shape[1], dtype=torch.float32, device=mlp.c_fc.weight.device
+                )
             out[i] = _broadcast_from_main(total.clone()) / max(self.steps, 1)
         return out
 
     @torch.no_grad()
-    def revive(self, model: nn.Module, report: dict[str, Any], optimizer: Any) -> dict[str, float]:
-        """Reset every unit whose window score is <= tau, then start a new window."""
+    def revive(self, model: nn.Module, report: LivenessReport, optimizer: Any) -> dict[str, float]:
+        """Reset every unit whose window score is <= tau, then start a new window. The liveness report only
+        gives the dead units logged beside the decision (GraMa decides from the gradients)."""
         mlps = mlp_layers(model)
-        dead = {e["layer"]: len(set(e.get("dead_units", [])))
-                for e in (report or {}).get("sites", {}).get(REVIVAL_SITE) or []}
+        dead = {e.layer: len(set(e.dead_units)) for e in report.sites.get(REVIVAL_SITE) or []}
         std = float(model_config(model).initializer_range)
         gen = torch.Generator(device="cpu").manual_seed(self.seed * SEED_STRIDE + self.revivals)
         steps = self.steps
@@ -130,12 +149,14 @@ class GraMa(Reviver):
             values = scores[i].cpu().tolist()  # the one host sync, at revival time only
             dormant = [j for j, s in enumerate(values) if s <= self.tau] if steps else []
             reinitialise_units(mlp, unit_index(dormant, n_units, mlp.c_fc.weight.device), gen, std, optimizer)
-            details.append({
-                "layer": i,
-                "dead_units": dead.get(i, 0),
-                "dormant_units": len(dormant),
-                "revived_units": revived_count(self._prev_dormant.get(i), dormant),
-            })
+            details.append(
+                {
+                    "layer": i,
+                    "dead_units": dead.get(i, 0),
+                    "dormant_units": len(dormant),
+                    "revived_units": revived_count(self._prev_dormant.get(i), dormant),
+                }
+            )
             self._prev_dormant[i] = dormant
             self.last_scores[i] = values
             self.reinitialised_total += len(dormant)
@@ -144,16 +165,8 @@ class GraMa(Reviver):
         self.steps = 0
         self.revivals += 1
         self._details = details
-        metrics: dict[str, float] = {}
-        for key in ("dormant_units", "dead_units", "revived_units"):
-            metrics[f"revival/{key}"] = float(sum(d[key] for d in details))
-        metrics["revival/reinitialised_total"] = float(self.reinitialised_total)
-        metrics["revival/count"] = float(self.revivals)
-        metrics["revival/grama_steps"] = float(steps)
-        for d in details:
-            for key in ("dormant_units", "dead_units", "revived_units"):
-                metrics[f"revival/layer_{d['layer']}/{key}"] = float(d[key])
-        return metrics
+        run = {"reinitialised_total": self.reinitialised_total, "count": self.revivals, "grama_steps": steps}
+        return self._metrics(details, run)
 
     def state_dict(self) -> dict[str, Any]:
         """Seed, counters, the window's sums (on the CPU) and the previous dormant set per layer."""

@@ -20,11 +20,13 @@ Metrics returned by `revive` (totals, and per layer as `revival/layer_<i>/<name>
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from reviveformer.liveness import LivenessReport
 from reviveformer.revival.base import (
     Reviver,
     mlp_layers,
@@ -45,7 +47,9 @@ def dormant_units(scores: list[float | None], tau: float) -> list[int]:
 
 
 @torch.no_grad()
-def reinitialise_units(mlp: nn.Module, idx: torch.Tensor, gen: torch.Generator, std: float, optimizer: Any) -> None:
+def reinitialise_units(
+    mlp: nn.Module, idx: torch.Tensor, gen: torch.Generator, std: float, optimizer: Any
+) -> None:
     """ReDo's reset of units `idx` of one GPT2MLP: fresh incoming weights normal(0, std) drawn from `gen` on the
     CPU (so every process draws the same whatever its device), zero bias, zero outgoing weights (the fresh unit
     starts with no effect on the output, Sokar et al. 2023), and the optimizer state of those entries reset."""
@@ -69,11 +73,26 @@ def reinitialise_units(mlp: nn.Module, idx: torch.Tensor, gen: torch.Generator, 
     reset_adam_state(optimizer, c_proj.weight, row)
 
 
+@dataclass
+class ReDoOptions:
+    """The config section `revival.redo`."""
+
+    tau: float = 0.1
+    """Re-initialise units whose activation score (Sokar et al. 2023) is <= tau."""
+
+    def __post_init__(self) -> None:
+        if self.tau < 0:
+            raise ValueError(f"revival.redo.tau={self.tau} must be >= 0")
+
+
 class ReDo(Reviver):
     """ReDo re-initialisation of dormant MLP units (Sokar et al. 2023)."""
 
     name = "redo"
     arm = "redo"
+    Options = ReDoOptions
+    layer_metrics = ("dormant_units", "dead_units", "revived_units")
+    run_metrics = ("reinitialised_total", "count")
 
     def __init__(self, tau: float = 0.1, seed: int = 0) -> None:
         super().__init__()
@@ -86,13 +105,14 @@ class ReDo(Reviver):
         self._prev_dormant: dict[int, list[int]] = {}
 
     @classmethod
-    def from_config(cls, cfg: Any, *, seed: int = 0) -> ReDo:
-        """From a `RevivalConfig` (its `tau`) and the run's seed."""
-        return cls(tau=cfg.tau, seed=seed)
+    def from_config(cls, options: ReDoOptions, *, seed: int = 0) -> ReDo:
+        """From `revival.redo` and the run's seed."""
+        return cls(tau=options.tau, seed=seed)
 
     @torch.no_grad()
-    def revive(self, model: nn.Module, report: dict[str, Any], optimizer: Any) -> dict[str, float]:
-        """Re-initialise every dormant unit at `mlp_post` and reset its optimizer state."""
+    def revive(self, model: nn.Module, report: LivenessReport, optimizer: Any) -> dict[str, float]:
+        """Re-initialise every dormant unit at `mlp_post` and reset its optimizer state. A report that saw no
+        tokens measured nothing: no unit is taken for dormant."""
         mlps = mlp_layers(model)
         std = float(model_config(model).initializer_range)
         # Drawn on the CPU from a generator seeded by (seed, revival count): every process draws the same
@@ -100,23 +120,20 @@ class ReDo(Reviver):
         gen = torch.Generator(device="cpu").manual_seed(self.seed * SEED_STRIDE + self.revivals)
         details = []
         for entry in site_layers(report, mlps, self.name):
-            i = entry["layer"]
-            if "dormancy" not in entry:
-                raise ValueError(
-                    f"revival.method=redo needs per-unit 'dormancy' scores in layer {i} of the report"
-                )
+            i = entry.layer
             c_fc = mlps[i].c_fc
             n_units = c_fc.weight.shape[1]
-            if len(entry["dormancy"]) != n_units:
+            if len(entry.dormancy) != n_units:
                 raise ValueError(
-                    f"report has {len(entry['dormancy'])} dormancy scores in layer {i}, the model {n_units} units"
+                    f"revival.method=redo needs one dormancy score per unit: the report has "
+                    f"{len(entry.dormancy)} in layer {i}, the model {n_units} units"
                 )
-            dormant = dormant_units(entry["dormancy"], self.tau)
+            dormant = dormant_units(entry.dormancy, self.tau) if report.tokens > 0 else []
             reinitialise_units(mlps[i], unit_index(dormant, n_units, c_fc.weight.device), gen, std, optimizer)
             details.append(
                 {
                     "layer": i,
-                    "dead_units": len(set(entry.get("dead_units", []))),
+                    "dead_units": len(set(entry.dead_units)),
                     "dormant_units": len(dormant),
                     "revived_units": revived_count(self._prev_dormant.get(i), dormant),
                 }
@@ -125,15 +142,9 @@ class ReDo(Reviver):
             self.reinitialised_total += len(dormant)
         self.revivals += 1
         self._details = details
-        metrics: dict[str, float] = {}
-        for key in ("dormant_units", "dead_units", "revived_units"):
-            metrics[f"revival/{key}"] = float(sum(d[key] for d in details))
-        metrics["revival/reinitialised_total"] = float(self.reinitialised_total)
-        metrics["revival/count"] = float(self.revivals)
-        for d in details:
-            for key in ("dormant_units", "dead_units", "revived_units"):
-                metrics[f"revival/layer_{d['layer']}/{key}"] = float(d[key])
-        return metrics
+        return self._metrics(
+            details, {"reinitialised_total": self.reinitialised_total, "count": self.revivals}
+        )
 
     def state_dict(self) -> dict[str, Any]:
         """Seed, counters and the previous dormant set per layer."""

@@ -13,11 +13,13 @@ Metrics returned by `revive` (totals, and per layer as `revival/layer_<i>/<name>
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from reviveformer.liveness import LivenessReport
 from reviveformer.revival.base import Reviver, mlp_layers, revived_count, site_layers, unit_index
 from reviveformer.revival.optim import reset_adam_state
 
@@ -67,11 +69,30 @@ def strip_layer(
     return w_mask, b_mask
 
 
+@dataclass
+class StrippingOptions:
+    """The config section `revival.synaptic_stripping`."""
+
+    fraction: float = 0.05
+    """Share of a dead unit's nonzero incoming weights to zero (most negative first)."""
+    persistent: bool = True
+    """Stripped weights stay zero for the rest of training (mask after each optimizer step)."""
+    strip_bias: bool = False
+    """Also zero a dead unit's negative bias."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"revival.synaptic_stripping.fraction={self.fraction} must be in (0, 1]")
+
+
 class SynapticStripping(Reviver):
     """Synaptic stripping of dead MLP units (Whitaker & Whitley 2023), optionally as persistent pruning."""
 
     name = "synaptic_stripping"
     arm = "stripping"
+    Options = StrippingOptions
+    layer_metrics = ("dead_units", "stripped_now", "pruned_total", "revived_units")
+    run_metrics = ("stripped_total", "count")
 
     def __init__(self, fraction: float = 0.05, persistent: bool = True, strip_bias: bool = False) -> None:
         super().__init__()
@@ -87,19 +108,21 @@ class SynapticStripping(Reviver):
         self._prev_dead: dict[int, list[int]] = {}
 
     @classmethod
-    def from_config(cls, cfg: Any, *, seed: int = 0) -> SynapticStripping:
-        """From a `RevivalConfig` (fraction, persistent, strip_bias); stripping draws no random numbers."""
-        return cls(fraction=cfg.fraction, persistent=cfg.persistent, strip_bias=cfg.strip_bias)
+    def from_config(cls, options: StrippingOptions, *, seed: int = 0) -> SynapticStripping:
+        """From `revival.synaptic_stripping`; stripping draws no random numbers."""
+        return cls(fraction=options.fraction, persistent=options.persistent, strip_bias=options.strip_bias)
 
     @torch.no_grad()
-    def revive(self, model: nn.Module, report: dict[str, Any], optimizer: Any) -> dict[str, float]:
-        """Strip every dead unit at `mlp_post`, reset its optimizer state, extend the persistent mask."""
+    def revive(self, model: nn.Module, report: LivenessReport, optimizer: Any) -> dict[str, float]:
+        """Strip every dead unit at `mlp_post`, reset its optimizer state, extend the persistent mask.
+        A report that saw no tokens measured nothing: no unit is taken for dead."""
         mlps = mlp_layers(model)
         details = []
         for entry in site_layers(report, mlps, self.name):
-            i = entry["layer"]
+            i = entry.layer
             c_fc = mlps[i].c_fc
-            dead = unit_index(entry["dead_units"], c_fc.weight.shape[1], c_fc.weight.device)
+            found = entry.dead_units if report.tokens > 0 else []
+            dead = unit_index(found, c_fc.weight.shape[1], c_fc.weight.device)
             w_mask, b_mask = strip_layer(c_fc.weight, c_fc.bias, dead, self.fraction, self.strip_bias)
             c_fc.weight.masked_fill_(w_mask, 0)
             # Momentum would otherwise push the zeroed weights straight back (Whitaker & Whitley 2023).
@@ -132,15 +155,7 @@ class SynapticStripping(Reviver):
             self.stripped_total += stripped
         self.revivals += 1
         self._details = details
-        metrics: dict[str, float] = {}
-        for key in ("dead_units", "stripped_now", "pruned_total", "revived_units"):
-            metrics[f"revival/{key}"] = float(sum(d[key] for d in details))
-        metrics["revival/stripped_total"] = float(self.stripped_total)
-        metrics["revival/count"] = float(self.revivals)
-        for d in details:
-            for key in ("dead_units", "stripped_now", "pruned_total", "revived_units"):
-                metrics[f"revival/layer_{d['layer']}/{key}"] = float(d[key])
-        return metrics
+        return self._metrics(details, {"stripped_total": self.stripped_total, "count": self.revivals})
 
     @torch.no_grad()
     def after_optimizer_step(self, model: nn.Module) -> None:
