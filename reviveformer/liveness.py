@@ -29,6 +29,7 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 from torch import Tensor, nn
 
+from reviveformer import metric_keys
 from reviveformer.config import SITES, LivenessConfig
 from reviveformer.errors import CheckpointError
 
@@ -362,12 +363,12 @@ class LivenessReport:
         for site, layers in self.sites.items():
             units = sum(e.units for e in layers)
             dead = sum(len(e.dead_units) for e in layers)
-            m[f"liveness/{site}/dead_ratio"] = dead / units if units else 0.0
+            m[metric_keys.dead_ratio_key(site)] = dead / units if units else 0.0
             for e in layers:
-                m[f"liveness/{site}/layer_{e.layer}/dead_ratio"] = float(e.dead_ratio)
-                m[f"liveness/{site}/layer_{e.layer}/dormant_ratio"] = float(e.dormant_ratio)
+                m[metric_keys.layer_key(site, e.layer, metric_keys.DEAD_RATIO)] = float(e.dead_ratio)
+                m[metric_keys.layer_key(site, e.layer, metric_keys.DORMANT_RATIO)] = float(e.dormant_ratio)
         for name, value in (self.capacity or {}).items():
-            m[f"capacity/{name}"] = float(value)
+            m[metric_keys.capacity_key(name)] = float(value)
         return m
 
     def dead_units(self, site: str = MLP_SITE) -> dict[int, list[int]]:
