@@ -82,7 +82,8 @@ def assert_same_result(straight: Path, resumed: Path) -> None:
     # stripping acted at the last epoch end, so a skipped epoch end would show in the weights
     assert sum(int((a[f"transformer.h.{i}.mlp.c_fc.weight"] == 0).sum()) for i in range(2)) > 0
     names = sorted(p.name for p in (straight / "liveness").iterdir())
-    assert names == ["epoch_000.json", "epoch_001.json"]
+    # each epoch end writes its liveness and its activation histograms (since the report merge)
+    assert names == ["activations_epoch_000.json", "activations_epoch_001.json", "epoch_000.json", "epoch_001.json"]
     assert sorted(p.name for p in (resumed / "liveness").iterdir()) == names
     for name in names:
         assert json.loads((straight / "liveness" / name).read_text()) == \
