@@ -18,8 +18,17 @@ EPOCH = "epoch"
 """The epoch just ended, logged with the epoch end's validation (the row's `train/epoch` is the next one)."""
 STEP = "step"
 """Not a metric: metrics.jsonl's step of each row."""
-PLAIN_KEYS = (TRAIN_LOSS, TRAIN_LR, TRAIN_GRAD_NORM, TRAIN_TOKENS_PER_S, TRAIN_EPOCH, TRAIN_EPOCH_SECONDS,
-              VAL_LOSS, VAL_PPL, EPOCH)
+PLAIN_KEYS = (
+    TRAIN_LOSS,
+    TRAIN_LR,
+    TRAIN_GRAD_NORM,
+    TRAIN_TOKENS_PER_S,
+    TRAIN_EPOCH,
+    TRAIN_EPOCH_SECONDS,
+    VAL_LOSS,
+    VAL_PPL,
+    EPOCH,
+)
 
 LIVENESS = "liveness"
 CAPACITY = "capacity"
@@ -49,7 +58,7 @@ def _layer_part(layer: int) -> str:
 
 
 def _parse_layer_part(part: str) -> int | None:
-    digits = part[len(_LAYER_PREFIX):]
+    digits = part[len(_LAYER_PREFIX) :]
     if not part.startswith(_LAYER_PREFIX) or not digits.isascii() or not digits.isdigit():
         return None
     return int(digits)
@@ -176,7 +185,7 @@ def parse_dead_ratio_after_key(key: str) -> str | None:
 
 
 def _one_below(key: str, prefix: str) -> str | None:
-    rest = key[len(prefix) + 1:] if key.startswith(prefix + "/") else ""
+    rest = key[len(prefix) + 1 :] if key.startswith(prefix + "/") else ""
     return rest if rest and "/" not in rest else None
 
 
