@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from reviveformer import metric_keys
 from reviveformer.config import AlertRule, AlertsConfig
 
 logger = logging.getLogger("reviveformer")
@@ -25,8 +25,6 @@ logger = logging.getLogger("reviveformer")
 AlertSink = Callable[["Alert"], None]
 """Something that receives each fired alert (console, file, W&B)."""
 
-# liveness/<site>/layer_<i>/<metric>, the design's per-layer metric names.
-_LAYER_KEY = re.compile(r"^liveness/(?P<site>[^/]+)/layer_(?P<layer>\d+)/(?P<metric>[^/]+)$")
 
 
 @dataclass(frozen=True)
@@ -88,9 +86,9 @@ def layer_values(metrics: dict[str, float], site: str, metric: str) -> dict[int,
     """The per-layer values of `liveness/<site>/layer_<i>/<metric>` present in `metrics`, by layer."""
     out: dict[int, float] = {}
     for key, value in metrics.items():
-        m = _LAYER_KEY.match(key)
-        if m and m["site"] == site and m["metric"] == metric:
-            out[int(m["layer"])] = float(value)
+        m = metric_keys.parse_layer_key(key)
+        if m is not None and m[0] == site and m[2] == metric:
+            out[m[1]] = float(value)
     return out
 
 
@@ -148,7 +146,7 @@ class AlertManager:
                 else:
                     above.discard(layer)
             # Counts only watched layers; a layer not in this check but still above counts too.
-            outcome.metrics[f"alerts/{rule.name}"] = float(len(above))
+            outcome.metrics[metric_keys.alert_key(rule.name)] = float(len(above))
         for alert in outcome.alerts:
             self._dispatch(alert)
         return outcome

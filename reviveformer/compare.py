@@ -18,15 +18,13 @@ from typing import Any
 
 import yaml
 
-from reviveformer import plots
+from reviveformer import metric_keys, plots
 from reviveformer.errors import UserError
 from reviveformer.stats import WELCH_METHOD, Difference, mean_sd, welch_interval
 
 # GPT-2's own activation: what a new model gets when model.activation is left unset.
 DEFAULT_ACTIVATION = "gelu_new"
 
-_LAYER_DEAD_KEY = re.compile(r"^liveness/(?P<site>[^/]+)/layer_(?P<layer>\d+)/dead_ratio$")
-_SITE_DEAD_KEY = re.compile(r"^liveness/(?P<site>[^/]+)/dead_ratio$")
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.json$")
 
 
@@ -164,8 +162,9 @@ def liveness_from_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | No
     for order, row in enumerate(rows):
         layers: dict[str, dict[int, float]] = {}
         for key, value in row.items():
-            if (m := _LAYER_DEAD_KEY.match(key)) and (v := _number(value)) is not None:
-                layers.setdefault(m["site"], {})[int(m["layer"])] = v
+            m = metric_keys.parse_dead_ratio_key(key)
+            if m is not None and m[1] is not None and (v := _number(value)) is not None:
+                layers.setdefault(m[0], {})[m[1]] = v
         step = int(_number(row.get("step")) or 0)
         for site, found in layers.items():
             # Ties on step go to the later row: a row logged after another at the same step is newer.
@@ -319,8 +318,8 @@ def sites_of(run: RunData) -> list[str]:
     found = set((run.liveness or {}).get("sites") or {})
     for row in run.metrics:
         for key in row:
-            if m := (_SITE_DEAD_KEY.match(key) or _LAYER_DEAD_KEY.match(key)):
-                found.add(m["site"])
+            if (m := metric_keys.parse_dead_ratio_key(key)) is not None:
+                found.add(m[0])
     return _site_order(found)
 
 
@@ -339,7 +338,7 @@ def site_dead_ratio(run: RunData, site: str) -> float | None:
         )
         if units:
             return dead / units
-    if (v := _last(run.metrics, f"liveness/{site}/dead_ratio")) is not None:
+    if (v := _last(run.metrics, metric_keys.dead_ratio_key(site))) is not None:
         return v
     ratios = [r for d in layers if (r := _number(d.get("dead_ratio"))) is not None]
     return sum(ratios) / len(ratios) if ratios else None
@@ -348,7 +347,7 @@ def site_dead_ratio(run: RunData, site: str) -> float | None:
 def _capacity(run: RunData, key: str) -> float | None:
     # The metric at the highest step is logged after any revival at that step, so it counts newly pruned
     # weights; the liveness file is written before revival, so it is only the fallback.
-    if (v := _last(run.metrics, f"capacity/{key}")) is not None:
+    if (v := _last(run.metrics, metric_keys.capacity_key(key))) is not None:
         return v
     return _number(((run.liveness or {}).get("capacity") or {}).get(key))
 
@@ -361,10 +360,10 @@ def summarise(run: RunData, sites: Sequence[str] | None = None) -> dict[str, Any
     (summed over revivals), pruned_weights (last revival/pruned_total), tokens_per_s (median).
     """
     val = [v for _, v in _series(run.metrics, "val/loss")]
-    revived = _series(run.metrics, "revival/revived_units")
+    revived = _series(run.metrics, metric_keys.revival_key("revived_units"))
     tokens = [v for _, v in _series(run.metrics, "train/tokens_per_s")]
     effective = _capacity(run, "effective_params")
-    pruned = _last(run.metrics, "revival/pruned_total")
+    pruned = _last(run.metrics, metric_keys.revival_key("pruned_total"))
     row: dict[str, Any] = {
         "run": run.name,
         "arm": arm_of(run.config),
@@ -642,10 +641,10 @@ def write_figures(runs: Sequence[RunData], out_dir: Path) -> dict[str, Path]:
         )
     sites = _site_order({s for run in runs for s in sites_of(run)})
     for site in sites:
-        if _has_key(runs, f"liveness/{site}/dead_ratio"):
+        if _has_key(runs, metric_keys.dead_ratio_key(site)):
             figures[f"dead ratio over training: {site}"] = plots.plot_runs_metric_over_training(
                 metrics,
-                f"liveness/{site}/dead_ratio",
+                metric_keys.dead_ratio_key(site),
                 out_dir / f"dead_ratio_over_training_{site}.png",
                 ylabel="dead ratio",
                 title=f"Dead units over training: {site}",
@@ -677,9 +676,9 @@ def write_band_figures(groups: Sequence[SeedGroup], out_dir: Path) -> dict[str, 
             metrics, "val/loss", out_dir / "val_loss_seeds.png", ylabel="validation loss",
             title="Validation loss (mean and sd over seeds)")
     for site in _site_order({s for run in runs for s in sites_of(run)}):
-        if _has_key(runs, f"liveness/{site}/dead_ratio"):
+        if _has_key(runs, metric_keys.dead_ratio_key(site)):
             figures[f"dead ratio over training over seeds: {site}"] = plots.plot_groups_band_over_training(
-                metrics, f"liveness/{site}/dead_ratio", out_dir / f"dead_ratio_over_training_{site}_seeds.png",
+                metrics, metric_keys.dead_ratio_key(site), out_dir / f"dead_ratio_over_training_{site}_seeds.png",
                 ylabel="dead ratio", title=f"Dead units over training: {site} (mean and sd over seeds)")
     return figures
 

@@ -70,11 +70,8 @@ def measure(model, loader, accelerator, monitor, pruned_masks=None, max_batches:
     Returns (val metrics, LivenessReport or None when there is no monitor)."""
     if monitor is None:
         return evaluate(model, loader, accelerator, max_batches, progress), None
-    was_active, monitor.active = monitor.active, True  # training may have paused it (liveness.sample_every)
-    try:
-        with monitor.fresh_window():
-            val = evaluate(model, loader, accelerator, max_batches, progress)
-            report = monitor.report(reduce=lambda t: reduce_sum(accelerator, t), pruned_masks=pruned_masks)
-    finally:
-        monitor.active = was_active
+    # counting: training may have left the monitor off (liveness.sample_every)
+    with monitor.counting(), monitor.fresh_window():
+        val = evaluate(model, loader, accelerator, max_batches, progress)
+        report = monitor.report(reduce=lambda t: reduce_sum(accelerator, t), pruned_masks=pruned_masks)
     return val, report

@@ -29,6 +29,7 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 from torch import Tensor, nn
 
+from reviveformer import metric_keys
 from reviveformer.config import SITES, LivenessConfig
 from reviveformer.errors import CheckpointError
 
@@ -244,7 +245,7 @@ class _CountingActivation(_Counting):
 
     def forward(self, x: Tensor) -> Tensor:
         probe = self._rf_probe
-        if not probe.monitor.active:
+        if not probe.monitor._active:
             return super().forward(x)
         sites = probe.sites
         if sites == ("mlp_pre",):
@@ -266,7 +267,7 @@ class _CountingOutput(_Counting):
     def forward(self, x: Tensor) -> Tensor:
         y = super().forward(x)
         probe = self._rf_probe
-        if probe.monitor.active:
+        if probe.monitor._active:
             probe.count((y,))
         return y
 
@@ -420,12 +421,12 @@ class LivenessReport:
         for site, layers in self.sites.items():
             units = sum(e.units for e in layers)
             dead = sum(len(e.dead_units) for e in layers)
-            m[f"liveness/{site}/dead_ratio"] = dead / units if units else 0.0
+            m[metric_keys.dead_ratio_key(site)] = dead / units if units else 0.0
             for e in layers:
-                m[f"liveness/{site}/layer_{e.layer}/dead_ratio"] = float(e.dead_ratio)
-                m[f"liveness/{site}/layer_{e.layer}/dormant_ratio"] = float(e.dormant_ratio)
+                m[metric_keys.layer_key(site, e.layer, metric_keys.DEAD_RATIO)] = float(e.dead_ratio)
+                m[metric_keys.layer_key(site, e.layer, metric_keys.DORMANT_RATIO)] = float(e.dormant_ratio)
         for name, value in (self.capacity or {}).items():
-            m[f"capacity/{name}"] = float(value)
+            m[metric_keys.capacity_key(name)] = float(value)
         return m
 
     def frequencies(self) -> dict[str, np.ndarray]:
@@ -590,16 +591,19 @@ class LivenessMonitor:
     `close()` removes everything. `report()` is a collective when given a `reduce`: call it on every process.
 
     What the caller does: `set_attention_mask` for every batch that has padding (None, the default, counts every
-    position); `reset()` (or `fresh_window()`) to start a window. Every forward of the model counts while
-    `active`, so activation checkpointing (which re-runs forwards in backward) would count its blocks twice."""
+    position); `reset()` (or `fresh_window()`) to start a window; `begin_step(step)` before the forwards of each
+    training step, which applies the monitor's own sampling (`liveness.sample_every`) and histogram cadence
+    (`liveness.histogram_every`); `paused()` around forwards that must not count (a validation loss inside a
+    training window), `counting()` around a measurement; `request_histogram()` for one histogram. Every forward
+    of the model counts while `active`, so activation checkpointing (which re-runs forwards in backward) would
+    count its blocks twice."""
 
     def __init__(self, model: nn.Module, cfg: LivenessConfig) -> None:
         model = _unwrap(model)
         self.model = model
         self.cfg = cfg
         self.sites = tuple(s for s in SITES if s in cfg.sites)
-        self.active = True
-        """When False, the counting modules pass activations through without counting."""
+        self._active = True
         self._criterion_abs = cfg.criterion == "abs"
         # exact `a > threshold` per activation dtype (see _floor_to_dtype); filled for the usual dtypes up front
         self._thresholds = {
@@ -684,15 +688,52 @@ class LivenessMonitor:
         self._mask_tokens = self._mask.sum()
         self._mask_shape = tuple(mask.shape)
 
+    # ------------------------------------------------------------------ when to count
+    @property
+    def active(self) -> bool:
+        """When False, the counting modules pass activations through without counting."""
+        return self._active
+
+    @contextlib.contextmanager
+    def _activity(self, active: bool) -> Iterator[LivenessMonitor]:
+        was, self._active = self._active, active
+        try:
+            yield self
+        finally:
+            self._active = was
+
+    def paused(self) -> contextlib.AbstractContextManager[LivenessMonitor]:
+        """Forwards inside do not count (a validation loss must not add its tokens to the training window)."""
+        return self._activity(False)
+
+    def counting(self) -> contextlib.AbstractContextManager[LivenessMonitor]:
+        """Forwards inside count, whatever the sampling left set (a measurement always counts)."""
+        return self._activity(True)
+
+    def sampled(self, step: int) -> bool:
+        """Whether training step `step` (1-based) is counted: one step in `liveness.sample_every`."""
+        return self.cfg.sample_every <= 1 or step % self.cfg.sample_every == 0
+
+    def histogram_due(self, step: int) -> bool:
+        """Whether training step `step` takes an activation histogram (`liveness.histogram_every`, 0: never)."""
+        return bool(self.cfg.histogram_every) and step % self.cfg.histogram_every == 0
+
+    def begin_step(self, step: int) -> None:
+        """Before the forwards of training step `step` (1-based): count it if sampled, and request a histogram
+        of its activation values if one is due."""
+        self._active = self.sampled(step)
+        if self.histogram_due(step):
+            self.request_histogram()
+
+    def request_histogram(self) -> None:
+        """Take a histogram of activation values on the next counted forward (read it with `histograms`)."""
+        for p in self._all_probes():
+            p.hist_pending = True
+
     @property
     def histogram_next(self) -> bool:
-        """Set True to take a histogram of activation values on the next counted forward (see `histograms`)."""
+        """Whether a histogram is requested and not yet taken."""
         return any(p.hist_pending for p in self._all_probes())
-
-    @histogram_next.setter
-    def histogram_next(self, value: bool) -> None:
-        for p in self._all_probes():
-            p.hist_pending = bool(value)
 
     # ------------------------------------------------------------------ windows and state
     def _all_probes(self) -> list[_Probe]:

@@ -13,7 +13,6 @@ import fnmatch
 import json
 import logging
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,8 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, PercentFormatter
 
+from reviveformer import metric_keys
+
 logger = logging.getLogger("reviveformer")
 
 SITE_ORDER = ("mlp_pre", "mlp_post", "attn_out")
@@ -35,8 +36,6 @@ DPI = 120
 # Above this many layers, per-layer text labels and legends would overlap: switch to colour bars.
 MAX_LABELLED_LAYERS = 16
 
-_LAYER_DEAD_KEY = re.compile(r"^liveness/(?P<site>[^/]+)/layer_(?P<layer>\d+)/dead_ratio$")
-_SITE_DEAD_KEY = re.compile(r"^liveness/(?P<site>[^/]+)/dead_ratio$")
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -412,10 +411,13 @@ def dead_ratio_over_training_figure(
     overall: set[str] = set()
     for row in rows:
         for key in row:
-            if m := _LAYER_DEAD_KEY.match(key):
-                per_layer.setdefault(m["site"], set()).add(int(m["layer"]))
-            elif m := _SITE_DEAD_KEY.match(key):
-                overall.add(m["site"])
+            if (m := metric_keys.parse_dead_ratio_key(key)) is None:
+                continue
+            site, layer = m
+            if layer is None:
+                overall.add(site)
+            else:
+                per_layer.setdefault(site, set()).add(layer)
     sites = _site_order(set(per_layer) | overall)
     if not sites:
         raise ValueError("metrics hold no liveness/<site>/dead_ratio or liveness/<site>/layer_<i>/dead_ratio")
@@ -425,10 +427,10 @@ def dead_ratio_over_training_figure(
         layers = sorted(per_layer.get(site, ()))
         colors = _layer_colors(layers)
         for layer in layers:
-            steps, vals = _series(rows, f"liveness/{site}/layer_{layer}/dead_ratio")
+            steps, vals = _series(rows, metric_keys.dead_ratio_key(site, layer))
             ax.plot(steps, vals, color=colors[layer], lw=1.1, alpha=0.85, label=f"layer {layer}")
         if site in overall:
-            steps, vals = _series(rows, f"liveness/{site}/dead_ratio")
+            steps, vals = _series(rows, metric_keys.dead_ratio_key(site))
             ax.plot(steps, vals, color="black", lw=2.6, label="all layers", zorder=5)
         for line in ax.get_lines():
             if len(line.get_xdata()) == 1:  # a single log point draws no line segment: show a marker

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from reviveformer import compare, plots
+from reviveformer import compare, metric_keys, plots
 from reviveformer.compare import RunData
 from reviveformer.errors import UserError
 
@@ -32,7 +32,6 @@ REPORT_FILE = "report.html"
 COMPARE_FILE = "compare.html"
 HISTOGRAM_FILE = re.compile(r"^activations_epoch_(\d+)\.json$")
 METHOD_NAMES = {"synaptic_stripping": "synaptic stripping", "redo": "ReDo"}
-_REVIVAL_LAYER_KEY = re.compile(r"^revival/layer_(?P<layer>\d+)/(?P<name>[^/]+)$")
 
 
 # ---------------------------------------------------------------------------------------------- revival
@@ -78,13 +77,13 @@ class RevivalEvent:
 
 def revival_event(metrics: Mapping[str, Any], step: int) -> RevivalEvent | None:
     """The event of one revival's metrics (a `revive` return value or a metrics.jsonl row); None if none."""
-    if "revival/count" not in metrics:
+    if metric_keys.REVIVAL_COUNT not in metrics:
         return None
 
     def n(key: str) -> int:
-        return int(round(float(metrics.get(f"revival/{key}", 0) or 0)))
+        return int(round(float(metrics.get(metric_keys.revival_key(key), 0) or 0)))
 
-    method = "redo" if "revival/reinitialised_total" in metrics else "synaptic_stripping"
+    method = "redo" if metric_keys.revival_key("reinitialised_total") in metrics else "synaptic_stripping"
     return RevivalEvent(
         step=step,
         number=n("count"),
@@ -211,10 +210,9 @@ def revival_details(event_row: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Per-layer numbers of one revival from its metrics row (`revival/layer_<i>/<name>`)."""
     layers: dict[int, dict[str, Any]] = {}
     for key, value in event_row.items():
-        if m := _REVIVAL_LAYER_KEY.match(key):
-            layers.setdefault(int(m["layer"]), {"layer": int(m["layer"])})[m["name"]] = int(
-                round(float(value))
-            )
+        m = metric_keys.parse_revival_key(key)
+        if m is not None and (layer := m[1]) is not None:
+            layers.setdefault(layer, {"layer": layer})[m[0]] = int(round(float(value)))
     return [layers[i] for i in sorted(layers)]
 
 
@@ -383,14 +381,14 @@ def _revival_table(rows: Sequence[Mapping[str, Any]], events: Sequence[RevivalEv
 def _before_after(rows: Sequence[Mapping[str, Any]], last: RevivalEvent) -> str:
     """Dead ratio per site before the last revival (what it decided from) and after it (measured at the end)."""
     before = {
-        k.rsplit("/", 1)[1]: v
-        for k, v in _row_at(rows, last.step, "revival/count").items()
-        if k.startswith("revival/dead_ratio_before/")
+        site: v
+        for k, v in _row_at(rows, last.step, metric_keys.REVIVAL_COUNT).items()
+        if (site := metric_keys.parse_dead_ratio_before_key(k)) is not None
     }
     after = {}
     for row in rows:
         after.update(
-            {k.rsplit("/", 1)[1]: v for k, v in row.items() if k.startswith("revival/dead_ratio_after/")}
+            {site: v for k, v in row.items() if (site := metric_keys.parse_dead_ratio_after_key(k)) is not None}
         )
     if not before:
         return ""
@@ -441,7 +439,7 @@ def capacity_numbers(run: RunData) -> dict[str, float]:
     """The last logged `capacity/<name>` values (after any revival at that step)."""
     out = {}
     for key in CAPACITY_KEYS:
-        if (v := _last(run.metrics, f"capacity/{key}")) is not None:
+        if (v := _last(run.metrics, metric_keys.capacity_key(key))) is not None:
             out[key] = v
     return out
 
@@ -567,7 +565,7 @@ def run_report_html(run_dir: str | Path) -> str:
         body.append('<p class="missing">No activation histograms yet (written at each epoch end).</p>')
     body += ["<h2>Revival</h2>", _revival_table(rows, events)]
     if events:
-        last_row = _row_at(rows, events[-1].step, "revival/count")
+        last_row = _row_at(rows, events[-1].step, metric_keys.REVIVAL_COUNT)
         details = revival_details(last_row)
         if details:
             body.append(

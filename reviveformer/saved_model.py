@@ -106,7 +106,8 @@ def measure_saved(saved: SavedModel, accelerator, split: str = "validation", bat
     if dataset is None:
         dataset = measurement_data(saved, split)
     monitor = LivenessMonitor(saved.model, saved.cfg.liveness)
-    monitor.histogram_next = histogram  # a sample of activation values from the first batch
+    if histogram:
+        monitor.request_histogram()  # a sample of activation values from the first batch
     model = accelerator.prepare(saved.model)
     loader = val_loader(accelerator, dataset, batch_size)
     bar = tqdm(total=len(loader), desc=progress_desc, unit="batch", disable=not accelerator.is_main_process)

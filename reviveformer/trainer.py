@@ -3,10 +3,16 @@
 The parts (data, model, liveness monitor, alerts, reviver, tracking, checkpoints) do not know about each
 other; this module builds them from their config sections and calls them at the right moments:
 
-- every micro-batch: forward/backward inside `accelerator.accumulate`;
-- every optimizer step (`sync_gradients`): non-finite check, clip, step, revival masks, step counter;
-- every `log_every` steps: train metrics and the liveness window (then reset), alerts;
-- at each epoch end: validation pass with a fresh liveness window, liveness json, plots, revival, checkpoint.
+- `train_step`, every micro-batch: forward/backward inside `accelerator.accumulate`; on the step's last one
+  (`sync_gradients`) the non-finite check, clip, optimizer step, revival masks, step counter;
+- `_after_step`, once per optimizer step, asks each part whether its moment has come, in a fixed order:
+  activation histograms (the monitor's `histogram_every`), the train log with the liveness window and alerts
+  (`TrainWindow`, `log_every`), validation (`Validator`, `eval_every`), revival (`RevivalTiming`,
+  `every_steps`), the periodic checkpoint (`Checkpointer`, `checkpoint_every`);
+- `_complete_epoch`: validation pass with a fresh liveness window, liveness json, plots, revival, checkpoint.
+
+Hooks for scripts (scripts/bench.py): `before_epoch_end` and `after_train_log`, lists of callables given the
+trainer.
 
 The position in training is (step, epoch, batches_in_epoch), saved in every checkpoint. An epoch has ended
 only when its epoch end (measurement, liveness json, revival) has run and `epoch` has moved on: a checkpoint
@@ -32,7 +38,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 
-from reviveformer import activations, plots
+from reviveformer import activations, metric_keys, plots
 from reviveformer import checkpoint as ckpt
 from reviveformer import report as run_report
 from reviveformer.alerts import AlertManager, JsonlAlertSink, RateLimitedSink, console_sink, titled_alert_sink
@@ -42,6 +48,7 @@ from reviveformer.errors import CheckpointError, TrainingHalted, UserError
 from reviveformer.evaluation import evaluate, measure, reduce_sum, val_loader
 from reviveformer.faults import fault_point
 from reviveformer.liveness import LivenessCounts, LivenessMonitor, LivenessReport, capacity
+from reviveformer.loop import Checkpointer, RevivalTiming, TrainWindow, Validator
 from reviveformer.memory import check_fits
 from reviveformer.model import (
     DEFAULT_ACTIVATION,
@@ -247,6 +254,11 @@ class Trainer:
             optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
             lambda s: warmup_cosine(tc.warmup_steps, self.total_steps, tc.min_lr_ratio)(s))
         self.scheduler = acc.prepare(self.scheduler)
+        self.checkpointer = Checkpointer(acc, self.run_dir / "checkpoints", tc.checkpoint_every, tc.checkpoint_limit,
+                                         model, state=self._state)
+        self.validator = Validator(tc.eval_every, evaluate=lambda: self.evaluate(tc.eval_batches),
+                                   log=lambda val, step: self.tracking.log(val, step=step))
+        self.revival_timing = RevivalTiming(self.reviver is not None, cfg.revival.every_steps)
 
         self.step = 0
         self.epoch = 0
@@ -254,9 +266,6 @@ class Trainer:
         self.bad_steps = 0
         self.tokens_seen = 0
         self.step_budget = cfg.train.max_steps
-        self.last_val: dict[str, float] = {}
-        self.last_val_step = -1
-        self._saved_step = -1
         self.last_report: LivenessReport | None = None
         self.revived_this_session = False
         if saved is not None:
@@ -374,7 +383,7 @@ class Trainer:
                 self.monitor.reset()
         if self.reviver and state.get("reviver") is not None:
             self.reviver.load_state_dict(state["reviver"])
-        self._saved_step = self.step  # that checkpoint holds this position already
+        self.checkpointer.mark_saved(self.step)  # that checkpoint holds this position already
         log.info("resumed from %s (step %d, epoch %d, batch %d)", path, self.step, self.epoch, self.batches_in_epoch)
 
     def _total_steps(self) -> int:
@@ -386,12 +395,6 @@ class Trainer:
             left = math.ceil((self.batches_per_epoch - self.batches_in_epoch) / tc.grad_accum)
             to_end = self.step + left + self.steps_per_epoch * (tc.epochs - self.epoch - 1)
         return to_end if self.step_budget is None else min(self.step_budget, to_end)
-
-    def save_checkpoint(self) -> Path:
-        ckpt.check_finite_weights(self.model, f"the checkpoint of step {self.step}")
-        self._saved_step = self.step
-        return ckpt.save_checkpoint(self.accelerator, self.run_dir / "checkpoints", self.step, self._state(),
-                                    self.cfg.train.checkpoint_limit)
 
     # ---------------------------------------------------------------- measurement
     def _reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
@@ -407,11 +410,8 @@ class Trainer:
         """Validation loss only; the monitor is paused so the training window holds training tokens alone."""
         if self.monitor is None:
             return evaluate(self.model, self.val_loader, self.accelerator, max_batches)
-        was_active, self.monitor.active = self.monitor.active, False
-        try:
+        with self.monitor.paused():
             return evaluate(self.model, self.val_loader, self.accelerator, max_batches)
-        finally:
-            self.monitor.active = was_active
 
     def measure(self, max_batches: int | None = None) -> tuple[dict[str, float], LivenessReport | None]:
         masks = self.reviver.pruned_masks() if self.reviver else None
@@ -431,10 +431,10 @@ class Trainer:
         t0 = time.perf_counter()
         metrics = self.reviver.revive(unwrapped, report, self.optimizer)
         metrics["revival/seconds"] = time.perf_counter() - t0
-        metrics.update({f"revival/dead_ratio_before/{k}": v for k, v in self._dead_ratios(report).items()})
+        metrics.update({metric_keys.dead_ratio_before_key(k): v for k, v in self._dead_ratios(report).items()})
         # capacity after revival: newly pruned weights no longer count as effective
         cap = capacity(unwrapped, report.dead_units("mlp_post"), self.reviver.pruned_masks())
-        metrics.update({f"capacity/{k}": float(v) for k, v in cap.items()})
+        metrics.update({metric_keys.capacity_key(k): float(v) for k, v in cap.items()})
         self.tracking.log(metrics, step=self.step)
         self.revived_this_session = True
         # batches_in_epoch is reset when an epoch ends, before its epoch-end work
@@ -446,7 +446,7 @@ class Trainer:
             self.tracking.log_table("revival/per_layer", cols, [[d[c] for c in cols] for d in details], self.step)
             try:
                 fig = plots.plot_revived_per_layer(details, self.run_dir / "plots" / "revival_per_layer.png")
-                self.tracking.log_images({"plots/revival_per_layer": fig}, step=self.step)
+                self.tracking.log_images({metric_keys.plot_key("revival_per_layer"): fig}, step=self.step)
             except Exception as e:  # a figure must never stop training
                 log.warning("plotting failed: %s: %s", type(e).__name__, e)
         return metrics
@@ -476,13 +476,14 @@ class Trainer:
         for hook in self.before_epoch_end:
             hook(self)
         if self.monitor is not None:
-            self.monitor.histogram_next = True  # activation values of the first validation batch
+            self.monitor.request_histogram()  # activation values of the first validation batch
         val, report = self.measure(self.cfg.train.eval_batches)
         fault_point("epoch_end_measure")
         hists = self.monitor.histograms() if self.monitor is not None else {}
         self._log_histograms(hists)
-        self.last_val, self.last_val_step = val, self.step
-        self.tracking.log({**val, "epoch": epoch, "train/epoch_seconds": epoch_seconds}, step=self.step)
+        self.validator.record(val, self.step)
+        self.tracking.log({**val, metric_keys.EPOCH: epoch, metric_keys.TRAIN_EPOCH_SECONDS: epoch_seconds},
+                          step=self.step)
         actions: set[str] = set()
         if report is not None:
             self.last_report = report
@@ -495,9 +496,10 @@ class Trainer:
                 tmp.rename(path)
                 self._save_histograms(epoch, hists)
                 self._plots(data, hists)
-        if self.reviver is not None and self.cfg.revival.every_steps == 0:
+        if self.revival_timing.at_epoch_end:
             self.revive(report)
-        return self._act_on_alerts(actions - ({"revive"} if self.cfg.revival.every_steps == 0 else set()))
+        # the epoch end's own revival has just run: an alert's `revive` would only repeat it
+        return self._act_on_alerts(actions - (set() if self.revival_timing.on_steps else {"revive"}))
 
     def _save_histograms(self, epoch: int, hists: dict) -> None:
         """liveness/activations_epoch_NNN.json: the epoch-end histograms, for the report page."""
@@ -510,19 +512,20 @@ class Trainer:
     def _log_histograms(self, hists: dict) -> None:
         if hists:
             self.tracking.log_histograms(
-                {f"liveness/{site}/layer_{layer}/activations": v for (site, layer), v in hists.items()}, self.step)
+                {metric_keys.layer_key(site, layer, metric_keys.ACTIVATIONS): v for (site, layer), v in hists.items()},
+                self.step)
 
     def _plots(self, liveness: dict, hists: dict) -> None:
         pdir = self.run_dir / "plots"
         try:
             images = {
-                "plots/frequency_heatmap": plots.plot_frequency_heatmap(liveness, pdir / "frequency_heatmap.png"),
-                "plots/dead_ratio_per_layer": plots.plot_dead_ratio_per_layer(liveness, pdir / "dead_ratio_per_layer.png"),
-                "plots/dead_ratio_over_training": plots.plot_dead_ratio_over_training(
+                metric_keys.plot_key("frequency_heatmap"): plots.plot_frequency_heatmap(liveness, pdir / "frequency_heatmap.png"),
+                metric_keys.plot_key("dead_ratio_per_layer"): plots.plot_dead_ratio_per_layer(liveness, pdir / "dead_ratio_per_layer.png"),
+                metric_keys.plot_key("dead_ratio_over_training"): plots.plot_dead_ratio_over_training(
                     self.run_dir / "metrics.jsonl", pdir / "dead_ratio_over_training.png"),
             }
             if hists:
-                images["plots/activation_histograms"] = plots.plot_activation_histograms(
+                images[metric_keys.plot_key("activation_histograms")] = plots.plot_activation_histograms(
                     hists, pdir / "activation_histograms.png")
         except Exception as e:  # a figure must never stop training
             log.warning("plotting failed: %s: %s", type(e).__name__, e)
@@ -544,7 +547,7 @@ class Trainer:
                 self.tracking.finish()
             if self.monitor is not None:
                 self.monitor.close()
-            for attr in ("model", "optimizer", "scheduler", "train_loader", "val_loader"):
+            for attr in ("model", "optimizer", "scheduler", "train_loader", "val_loader", "checkpointer"):
                 self.__dict__.pop(attr, None)
             release(self.accelerator)
             if not self.keep_process_group:
@@ -553,15 +556,16 @@ class Trainer:
         return summary
 
     def _loop(self) -> Summary:
-        tc = self.cfg.train
+        tc, acc = self.cfg.train, self.accelerator
         from tqdm.auto import tqdm
 
         self._bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.is_main and tc.progress),
                          desc="training", unit="step", dynamic_ncols=True,
                          mininterval=0.2 if sys.stderr.isatty() else 30.0)  # a log file gets a line every 30 s
-        self._window_loss = torch.zeros((), device=self.accelerator.device)
-        self._window_steps, self._window_tokens = 0, 0
-        self._window_t = self._epoch_t0 = time.perf_counter()
+        self.window = TrainWindow(tc.log_every, acc.device)
+        self._epoch_t0 = self.window.started
+        self._params = [p for p in self.model.parameters() if p.requires_grad]
+        self._tokens_per_step = tc.batch_size * self.cfg.data.block_size * tc.grad_accum * acc.num_processes
         stopped_by = None
         self.model.train()
         while stopped_by is None and self.epoch < tc.epochs:
@@ -571,106 +575,108 @@ class Trainer:
                 if self.batches_in_epoch < self.batches_per_epoch:
                     # left mid-epoch (the step budget or an alert's stop): the epoch has not ended, and a
                     # checkpoint keeps the position within it for a later resume
-                    if self._saved_step != self.step:
-                        self.save_checkpoint()
+                    self.checkpointer.save_unless_saved(self.step)
                     break
             # the epoch's data is done (now, or before the checkpoint this run resumed from): its end
-            epoch = self.epoch
-            self.epoch += 1
-            self.batches_in_epoch = 0
-            stopped_by = self._epoch_end(epoch) or stopped_by
-            fault_point("after_revival")
-            self.save_checkpoint()
-            self._epoch_t0 = time.perf_counter()
+            stopped_by = self._complete_epoch() or stopped_by
         self._bar.close()
         return self._finish(stopped_by)
 
     def _train_epoch(self) -> str | None:
         """Train on the rest of the current epoch's data; return early at the step budget or an alert's stop
         (its reason). Leaves `batches_in_epoch` at `batches_per_epoch` when the data ran out."""
-        cfg, acc = self.cfg, self.accelerator
-        tc = cfg.train
-        model, optimizer = self.model, self.optimizer
-        params = [p for p in model.parameters() if p.requires_grad]
-        tokens_per_step = tc.batch_size * cfg.data.block_size * tc.grad_accum * acc.num_processes
         self.train_loader.set_epoch(self.epoch)
         loader = self.train_loader
         if self.batches_in_epoch:
-            loader = acc.skip_first_batches(self.train_loader, self.batches_in_epoch)
-        step_loss = torch.zeros((), device=acc.device)
-        stopped_by = None
+            loader = self.accelerator.skip_first_batches(self.train_loader, self.batches_in_epoch)
+        self._step_loss = torch.zeros((), device=self.accelerator.device)
         for batch in loader:
-            if self.monitor is not None and cfg.liveness.sample_every > 1:
-                self.monitor.active = (self.step + 1) % cfg.liveness.sample_every == 0
-            if self.monitor is not None and cfg.liveness.histogram_every and \
-                    (self.step + 1) % cfg.liveness.histogram_every == 0:
-                self.monitor.histogram_next = True
-            with acc.accumulate(model):
-                loss = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
-                step_loss += loss.detach() / tc.grad_accum
-                acc.backward(loss)
-                self.batches_in_epoch += 1
-                if acc.sync_gradients:
-                    fault_point("mid_step")
-                    max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
-                    grad_norm = acc.clip_grad_norm_(params, max_norm)
-                    mean_loss = acc.reduce(step_loss, "mean") if acc.num_processes > 1 else step_loss
-                    finite = torch.isfinite(mean_loss)
-                    # a gradient scaler skips an inf-gradient step by itself; without one (fp16 on CPU, bf16,
-                    # fp32) the gradient norm must be finite
-                    if acc.scaler is None:
-                        finite = finite & torch.isfinite(grad_norm)
-                    if not bool(finite):  # the one host sync per optimizer step: a NaN must never reach the weights
-                        msg = (f"non-finite loss or gradient at step {self.step + 1} (loss {mean_loss.item():.4g}, "
-                               f"grad norm {float(grad_norm):.4g}); the optimizer update was skipped")
-                        optimizer.zero_grad(set_to_none=True)
-                        step_loss.zero_()
-                        self.bad_steps += 1
-                        if self.bad_steps > tc.max_bad_steps:
-                            raise TrainingHalted(msg + f". Stopping: {self.bad_steps} such step(s), train.max_bad_steps="
-                                                 f"{tc.max_bad_steps}; the last good checkpoint is kept in "
-                                                 f"{self.run_dir / 'checkpoints'}")
-                        log.warning("%s (%d of train.max_bad_steps=%d)", msg, self.bad_steps, tc.max_bad_steps)
-                        continue
-                    if self.reviver is not None:  # GraMa reads the step's gradients here (clipped, finite)
-                        self.reviver.before_optimizer_step(acc.unwrap_model(model))
-                    optimizer.step()
-                    self.scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-            if not acc.sync_gradients:
+            grad_norm = self.train_step(batch)
+            if grad_norm is None:  # accumulating, or a non-finite step skipped
                 continue
-            # ---- step-level work, once per optimizer step
-            self.step += 1
-            if self.reviver is not None:
-                self.reviver.after_optimizer_step(acc.unwrap_model(model))
-            self._window_loss += mean_loss.detach()
-            step_loss = torch.zeros((), device=acc.device)
-            self._window_steps += 1
-            self._window_tokens += tokens_per_step
-            self.tokens_seen += tokens_per_step
-            self._bar.update(1)
-            if self.monitor is not None and cfg.liveness.histogram_every and \
-                    self.step % cfg.liveness.histogram_every == 0:
-                self._log_histograms(self.monitor.histograms())
-            if self.step % tc.log_every == 0:
-                now = time.perf_counter()
-                actions = self._log_train(self._window_loss, self._window_steps,
-                                          self._window_tokens / (now - self._window_t), grad_norm)
-                self._bar.set_postfix(loss=f"{self._window_loss.item() / max(self._window_steps, 1):.3f}")
-                self._window_loss.zero_()
-                # the next window starts now, so the cost of this log (liveness report, alerts) counts in it
-                self._window_steps, self._window_tokens, self._window_t = 0, 0, now
-                stopped_by = self._act_on_alerts(actions)
-            if tc.eval_every and self.step % tc.eval_every == 0:
-                self.last_val, self.last_val_step = self.evaluate(tc.eval_batches), self.step
-                self.tracking.log(self.last_val, step=self.step)
-            if cfg.revival.every_steps and self.step % cfg.revival.every_steps == 0:
-                self.revive()
-            if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
-                self.save_checkpoint()
-                fault_point("after_periodic_checkpoint")
+            stopped_by = self._after_step(grad_norm)
             if stopped_by or self.step >= self.total_steps:
                 return stopped_by
+        return None
+
+    def train_step(self, batch: dict) -> torch.Tensor | None:
+        """One micro-batch: forward and backward; on the step's last micro-batch the optimizer step and the step
+        counter. Returns the step's gradient norm once an optimizer step is taken; None while accumulating or
+        when a non-finite step was skipped."""
+        tc, acc = self.cfg.train, self.accelerator
+        model, optimizer = self.model, self.optimizer
+        if self.monitor is not None:
+            self.monitor.begin_step(self.step + 1)  # its own sampling and histogram cadence
+        with acc.accumulate(model):
+            loss = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
+            self._step_loss += loss.detach() / tc.grad_accum
+            acc.backward(loss)
+            self.batches_in_epoch += 1
+            if not acc.sync_gradients:
+                return None
+            fault_point("mid_step")
+            max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
+            grad_norm = acc.clip_grad_norm_(self._params, max_norm)
+            mean_loss = acc.reduce(self._step_loss, "mean") if acc.num_processes > 1 else self._step_loss
+            finite = torch.isfinite(mean_loss)
+            # a gradient scaler skips an inf-gradient step by itself; without one (fp16 on CPU, bf16, fp32) the
+            # gradient norm must be finite
+            if acc.scaler is None:
+                finite = finite & torch.isfinite(grad_norm)
+            if not bool(finite):  # the one host sync per optimizer step: a NaN must never reach the weights
+                msg = (f"non-finite loss or gradient at step {self.step + 1} (loss {mean_loss.item():.4g}, "
+                       f"grad norm {float(grad_norm):.4g}); the optimizer update was skipped")
+                optimizer.zero_grad(set_to_none=True)
+                self._step_loss.zero_()
+                self.bad_steps += 1
+                if self.bad_steps > tc.max_bad_steps:
+                    raise TrainingHalted(msg + f". Stopping: {self.bad_steps} such step(s), train.max_bad_steps="
+                                         f"{tc.max_bad_steps}; the last good checkpoint is kept in "
+                                         f"{self.run_dir / 'checkpoints'}")
+                log.warning("%s (%d of train.max_bad_steps=%d)", msg, self.bad_steps, tc.max_bad_steps)
+                return None
+            if self.reviver is not None:  # GraMa reads the step's gradients here (clipped, finite)
+                self.reviver.before_optimizer_step(acc.unwrap_model(model))
+            optimizer.step()
+            self.scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        if self.reviver is not None:
+            self.reviver.after_optimizer_step(acc.unwrap_model(model))
+        self.window.add(mean_loss, self._tokens_per_step)
+        self._step_loss = torch.zeros((), device=acc.device)
+        self.tokens_seen += self._tokens_per_step
+        self._bar.update(1)
+        return grad_norm
+
+    def _after_step(self, grad_norm: torch.Tensor) -> str | None:
+        """Step-level work, once per optimizer step: each part at its own cadence, in this order. Returns an
+        alert's stop reason, if any."""
+        stopped_by = None
+        if self.monitor is not None and self.monitor.histogram_due(self.step):
+            self._log_histograms(self.monitor.histograms())
+        if self.window.due(self.step):
+            window_loss, window_steps, tokens_per_s = self.window.take()
+            actions = self._log_train(window_loss, window_steps, tokens_per_s, grad_norm)
+            self._bar.set_postfix(loss=f"{window_loss.item() / max(window_steps, 1):.3f}")
+            stopped_by = self._act_on_alerts(actions)
+        if self.validator.should_validate(self.step):
+            self.validator.validate(self.step)
+        if self.revival_timing.due_after_step(self.step):
+            self.revive()
+        self.checkpointer.after_step(self.step)
+        return stopped_by
+
+    def _complete_epoch(self) -> str | None:
+        """The end of the epoch whose data is done: the epoch counter moves on, then its measurement, liveness
+        json, plots and revival (`_epoch_end`), then a checkpoint. Returns an alert's stop reason, if any."""
+        epoch = self.epoch
+        self.epoch += 1
+        self.batches_in_epoch = 0
+        stopped_by = self._epoch_end(epoch)
+        fault_point("after_revival")
+        self.checkpointer.save(self.step)
+        self._epoch_t0 = time.perf_counter()
         return stopped_by
 
     def _log_train(self, window_loss, window_steps, tokens_per_s, grad_norm) -> set[str]:
@@ -698,9 +704,9 @@ class Trainer:
 
     def _finish(self, stopped_by: str | None) -> Summary:
         acc = self.accelerator
-        if self.last_val_step != self.step:  # the summary's numbers are those of the final weights
-            self.last_val, report = self.measure(self.cfg.train.eval_batches)
-            self.last_val_step = self.step
+        if not self.validator.is_current(self.step):  # the summary's numbers are those of the final weights
+            val, report = self.measure(self.cfg.train.eval_batches)
+            self.validator.record(val, self.step)
             self.last_report = report or self.last_report
         ckpt.check_finite_weights(self.model, "final/")
         acc.wait_for_everyone()
@@ -721,23 +727,22 @@ class Trainer:
             # the last revival changed the model after the measurement it decided from: measure once more
             _, report = self.measure(self.cfg.train.eval_batches)
             after = self._dead_ratios(report)
-            self.tracking.log({f"revival/dead_ratio_after/{k}": v for k, v in after.items()}, step=self.step)
+            self.tracking.log({metric_keys.dead_ratio_after_key(k): v for k, v in after.items()}, step=self.step)
         summary = Summary(run_dir=str(self.run_dir), steps=self.step, epochs=self.epoch,
-                          tokens=self.tokens_seen, val_loss=self.last_val.get("val/loss", float("nan")),
-                          val_ppl=self.last_val.get("val/ppl", float("nan")), stopped_by=stopped_by,
+                          tokens=self.tokens_seen, val_loss=self.validator.last.get(metric_keys.VAL_LOSS, float("nan")),
+                          val_ppl=self.validator.last.get(metric_keys.VAL_PPL, float("nan")), stopped_by=stopped_by,
                           dead_ratio=dead, dead_ratio_after_revival=after)
         if self.is_main and (self.run_dir / "metrics.jsonl").is_file():
             rows = plots.read_metrics(self.run_dir / "metrics.jsonl")
-            rates = [r["train/tokens_per_s"] for r in rows if "train/tokens_per_s" in r]
+            rates = [r[metric_keys.TRAIN_TOKENS_PER_S] for r in rows if metric_keys.TRAIN_TOKENS_PER_S in r]
             summary.tokens_per_s = sorted(rates)[len(rates) // 2] if rates else 0.0
             events = run_report.revival_events(rows)  # all of the run's revivals, a resumed run's included
             if events:
                 summary.revival = run_report.revival_totals_line(events)
                 summary.revival_step = events[-1].step
-                prefix = "revival/dead_ratio_before/"
-                last = [r for r in rows if r.get("step") == events[-1].step and "revival/count" in r][-1]
-                summary.dead_ratio_before_revival = {k[len(prefix):]: v for k, v in last.items()
-                                                     if k.startswith(prefix)}
+                last = [r for r in rows if r.get("step") == events[-1].step and metric_keys.REVIVAL_COUNT in r][-1]
+                summary.dead_ratio_before_revival = {site: v for k, v in last.items()
+                                                     if (site := metric_keys.parse_dead_ratio_before_key(k))}
             try:
                 summary.report = str(run_report.write_run_report(self.run_dir))
             except Exception as e:  # the report must never fail a finished run
@@ -746,8 +751,8 @@ class Trainer:
 
     def _dead_ratios(self, report: LivenessReport) -> dict[str, float]:
         m = report.metrics()
-        return {site: m[f"liveness/{site}/dead_ratio"] for site in self.cfg.liveness.sites
-                if f"liveness/{site}/dead_ratio" in m}
+        return {site: m[metric_keys.dead_ratio_key(site)] for site in self.cfg.liveness.sites
+                if metric_keys.dead_ratio_key(site) in m}
 
 
 def release(accelerator) -> None:

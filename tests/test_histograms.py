@@ -66,7 +66,7 @@ def test_known_values_land_in_their_bins() -> None:
     put(0.0, 8, rest)
     vals = np.asarray(values)
     monitor = LivenessMonitor(bias_model(vals), cfg)
-    monitor.histogram_next = True
+    monitor.request_histogram()
     run(monitor.model, monitor, seeds=[3], padded=False)
     hists = monitor.histograms()
     positions = B * T
@@ -101,7 +101,7 @@ def test_random_activations_match_interval_counts(activation) -> None:
     model = tiny_model(activation)
     monitor = LivenessMonitor(model, cfg)
     capture = Capture(model)
-    monitor.histogram_next = True
+    monitor.request_histogram()
     masks = run(model, monitor, seeds=[21])  # padded: masked positions are not counted
     hists = monitor.histograms()
     for (site, layer), (counts, edges) in hists.items():
@@ -116,7 +116,7 @@ def test_zero_bin_is_what_does_not_fire() -> None:
     cfg = LivenessConfig(histogram_bins=64)
     model = tiny_model("relu")  # some units killed: a real spike at zero
     monitor = LivenessMonitor(model, cfg)
-    monitor.histogram_next = True
+    monitor.request_histogram()
     run(model, monitor, seeds=[5])  # one forward: the histogram and the counts see the same positions
     state = monitor.state_dict()
     hists = monitor.histograms()
@@ -150,7 +150,7 @@ def test_compiled_histogram_equals_eager() -> None:
     m_eager, m_compiled = LivenessMonitor(eager, cfg), LivenessMonitor(compiled, cfg)
     fn = torch.compile(compiled, fullgraph=True)
     for monitor, model in ((m_eager, eager), (m_compiled, fn)):
-        monitor.histogram_next = True
+        monitor.request_histogram()
         run(model, monitor, seeds=[8])
     a, b = m_eager.histograms(), m_compiled.histograms()
     assert a.keys() == b.keys() and len(a) == 6

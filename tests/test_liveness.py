@@ -350,19 +350,54 @@ def test_fresh_window_reset_and_inactive() -> None:
         for key in ("fire_count", "abs_sum", "tokens"):
             assert torch.equal(after["sites"][site][key], before["sites"][site][key])
 
-    monitor.active = False
-    run(model, monitor, seeds=[9])
-    assert (
-        monitor.state_dict()["sites"]["mlp_post"]["tokens"].tolist()
-        == before["sites"]["mlp_post"]["tokens"].tolist()
-    )
-    monitor.reset()
-    assert _zero(monitor.state_dict())
-    run(model, monitor, seeds=[9])
-    assert _zero(monitor.state_dict())  # still inactive
-    monitor.active = True
+    with monitor.paused():
+        assert not monitor.active
+        run(model, monitor, seeds=[9])
+        assert (
+            monitor.state_dict()["sites"]["mlp_post"]["tokens"].tolist()
+            == before["sites"]["mlp_post"]["tokens"].tolist()
+        )
+        monitor.reset()
+        assert _zero(monitor.state_dict())
+        run(model, monitor, seeds=[9])
+        assert _zero(monitor.state_dict())  # still paused
+    assert monitor.active
     run(model, monitor, seeds=[9], padded=False)
     assert monitor.state_dict()["sites"]["attn_out"]["tokens"].tolist() == [6 * T] * N_LAYER
+
+
+def test_sampling_policy_and_histogram_cadence_are_the_monitor_own() -> None:
+    """liveness.sample_every=3, histogram_every=4: `begin_step(s)` counts steps 3, 6, 9, ... and requests a
+    histogram at steps 4, 8, ...; `counting()` counts whatever the sampling left, `paused()` nothing; both
+    restore the previous state (nested included)."""
+    cfg = LivenessConfig(sample_every=3, histogram_every=4)
+    model = tiny_model()
+    monitor = LivenessMonitor(model, cfg)
+    counted, due = [], []
+    for step in range(1, 10):
+        assert not monitor.histogram_next or step > 4
+        monitor.begin_step(step)
+        counted.append(monitor.active)
+        due.append(monitor.histogram_due(step))
+        if step == 4:
+            assert monitor.histogram_next  # requested for step 4's forwards
+    assert [s for s, c in zip(range(1, 10), counted, strict=True) if c] == [3, 6, 9]
+    assert [s for s, d in zip(range(1, 10), due, strict=True) if d] == [4, 8]
+
+    monitor.begin_step(1)  # not sampled
+    monitor.reset()
+    with monitor.counting():
+        run(model, monitor, seeds=[1], padded=False)
+        with monitor.paused():
+            run(model, monitor, seeds=[2], padded=False)
+        assert monitor.active
+    assert not monitor.active  # the sampling's choice is back
+    run(model, monitor, seeds=[3], padded=False)
+    assert monitor.state_dict()["sites"]["mlp_post"]["tokens"].tolist() == [6 * T] * N_LAYER  # seed 1 only
+    assert monitor.sampled(7) is False
+    monitor.close()
+    every = LivenessMonitor(tiny_model(), LivenessConfig())
+    assert all(every.sampled(s) for s in range(1, 6)) and not every.histogram_due(5)
 
 
 def test_mask_of_the_wrong_shape_is_an_error() -> None:
@@ -445,7 +480,7 @@ def test_histograms_of_the_next_forward() -> None:
     model = tiny_model("gelu_new")
     monitor = LivenessMonitor(model, cfg)
     capture = Capture(model)
-    monitor.histogram_next = True
+    monitor.request_histogram()
     assert monitor.histogram_next
     masks = run(model, monitor, seeds=[12, 13])  # only the first forward is histogrammed
     assert not monitor.histogram_next

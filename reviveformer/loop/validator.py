@@ -1,0 +1,38 @@
+"""Validation loss during training (`train.eval_every`) and the last one measured, so that the run's summary
+measures again only when the final weights have not been measured yet."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+class Validator:
+    def __init__(
+        self,
+        every: int,
+        evaluate: Callable[[], dict[str, float]],
+        log: Callable[[dict[str, float], int], None],
+    ) -> None:
+        self.every = every
+        self._evaluate = evaluate
+        self._log = log
+        self.last: dict[str, float] = {}
+        """`val/loss` and `val/ppl` of the last validation (a periodic one or an epoch end's)."""
+        self.last_step = -1
+
+    def should_validate(self, step: int) -> bool:
+        return bool(self.every) and step % self.every == 0
+
+    def validate(self, step: int) -> dict[str, float]:
+        """A validation loss now, logged at `step`."""
+        self.record(self._evaluate(), step)
+        self._log(self.last, step)
+        return self.last
+
+    def record(self, val: dict[str, float], step: int) -> None:
+        """A validation measured elsewhere (the epoch end's, with liveness) at `step`."""
+        self.last, self.last_step = val, step
+
+    def is_current(self, step: int) -> bool:
+        """Whether the last validation measured the weights of `step`."""
+        return self.last_step == step
