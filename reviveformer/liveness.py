@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate.utils import extract_model_from_parallel
 from torch import Tensor, nn
 
+from reviveformer import gpt2
 from reviveformer.config import SITES, LivenessConfig
 from reviveformer.errors import CheckpointError
 
@@ -509,13 +509,13 @@ def capacity(
     to dead MLP units (c_fc.weight[:, j], c_fc.bias[j], c_proj.weight[j, :]) minus pruned weights outside
     those columns. `pruned_masks[i]` is a bool tensor shaped like `h[i].mlp.c_fc.weight`, True = pruned.
     `model` may be wrapped (DDP, torch.compile)."""
-    blocks = list(_blocks(_unwrap(model)))
+    mlps = gpt2.mlps(model)
     pruned = {}
     for i, mask in (pruned_masks or {}).items():
-        weight = blocks[i].mlp.c_fc.weight
+        weight = mlps[i].c_fc.weight
         if tuple(mask.shape) != tuple(weight.shape):
             raise ValueError(f"pruned mask of layer {i} has shape {tuple(mask.shape)}, c_fc.weight {tuple(weight.shape)}")
-        pruned[i] = mask.sum(dim=0).cpu().numpy()
+        pruned[i] = gpt2.by_unit(mask).sum(dim=1).cpu().numpy()
     return _capacity(model, dead_units, pruned)
 
 
@@ -523,14 +523,12 @@ def _capacity(
     model: nn.Module, dead_units: dict[int, list[int]], pruned_per_unit: dict[int, np.ndarray]
 ) -> dict[str, int | float]:
     """`capacity` from the number of pruned weights in each unit's c_fc column (layer -> (units,) ints)."""
-    model = _unwrap(model)
-    blocks = list(_blocks(model))
+    model = gpt2.unwrap(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     all_units = alive = 0
     effective = trainable
-    for i, block in enumerate(blocks):
-        mlp = block.mlp
-        units = mlp.c_fc.weight.shape[1]
+    for i, mlp in enumerate(gpt2.mlps(model)):
+        units = gpt2.mlp_units(mlp)
         dead = sorted({int(j) for j in dead_units.get(i, [])})
         if dead and not (0 <= dead[0] and dead[-1] < units):
             raise ValueError(
@@ -538,14 +536,7 @@ def _capacity(
             )
         all_units += units
         alive += units - len(dead)
-        per_unit = 0
-        if mlp.c_fc.weight.requires_grad:
-            per_unit += mlp.c_fc.weight.shape[0]
-        if mlp.c_fc.bias is not None and mlp.c_fc.bias.requires_grad:
-            per_unit += 1
-        if mlp.c_proj.weight.requires_grad:
-            per_unit += mlp.c_proj.weight.shape[1]
-        effective -= per_unit * len(dead)
+        effective -= gpt2.per_unit_parameters(mlp) * len(dead)
         pruned = pruned_per_unit.get(i)
         if pruned is not None and mlp.c_fc.weight.requires_grad:
             keep = np.ones(units, dtype=bool)
@@ -557,27 +548,6 @@ def _capacity(
         "effective_params": effective,
         "effective_param_fraction": effective / trainable if trainable else 0.0,
     }
-
-
-def _out_features(module: nn.Module) -> int:
-    # GPT-2's Conv1D stores weight as (in, out) and names the width nf; nn.Linear as (out, in)
-    nf = getattr(module, "nf", None)
-    return int(nf) if nf is not None else int(module.weight.shape[0])
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return extract_model_from_parallel(model, keep_torch_compile=False)
-
-
-def _blocks(model: nn.Module) -> nn.ModuleList:
-    body = getattr(model, "transformer", model)
-    blocks = getattr(body, "h", None)
-    if not isinstance(blocks, nn.ModuleList):
-        raise ValueError(
-            f"{type(model).__name__} is not a GPT-2 model: liveness needs model.transformer.h[i] blocks "
-            "(a transformers GPT2LMHeadModel or GPT2Model)"
-        )
-    return blocks
 
 
 # ---------------------------------------------------------------------------------------------- monitor
@@ -594,7 +564,7 @@ class LivenessMonitor:
     `active`, so activation checkpointing (which re-runs forwards in backward) would count its blocks twice."""
 
     def __init__(self, model: nn.Module, cfg: LivenessConfig) -> None:
-        model = _unwrap(model)
+        model = gpt2.unwrap(model)
         self.model = model
         self.cfg = cfg
         self.sites = tuple(s for s in SITES if s in cfg.sites)
@@ -614,22 +584,18 @@ class LivenessMonitor:
         self._installed: list[tuple[nn.Module, type]] = []
         self._probes: dict[str, list[_Probe]] = {s: [] for s in self.sites}
 
-        blocks = _blocks(model)
+        blocks = gpt2.blocks(model)
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         mlp_sites = tuple(s for s in self.sites if s in ("mlp_pre", "mlp_post"))
         targets: list[tuple[nn.Module, type, int, tuple[str, ...], int]] = []
         for i, block in enumerate(blocks):
             if mlp_sites:
-                act = block.mlp.act
-                if not isinstance(act, nn.Module):
-                    raise ValueError(
-                        f"transformer.h[{i}].mlp.act is a {type(act).__name__}, not an nn.Module"
-                    )
-                targets.append((act, _CountingActivation, i, mlp_sites, _out_features(block.mlp.c_fc)))
+                act = gpt2.block_module(block, "mlp.act", i)
+                targets.append((act, _CountingActivation, i, mlp_sites, gpt2.width(block, "n_inner")))
             if "attn_out" in self.sites:
-                c_proj = block.attn.c_proj
-                targets.append((c_proj, _CountingOutput, i, ("attn_out",), _out_features(c_proj)))
+                c_proj = gpt2.block_module(block, "attn.c_proj", i)
+                targets.append((c_proj, _CountingOutput, i, ("attn_out",), gpt2.width(block, "n_embd")))
         seen: set[int] = set()
         for module, _, i, _, _ in targets:
             if isinstance(module, _Counting):
@@ -822,10 +788,11 @@ class LivenessMonitor:
         masks = pruned_masks or {}
         if masks and MLP_SITE in self.sites:
             units = self._probes[MLP_SITE][0].units
-            bad = {i: tuple(m.shape) for i, m in masks.items() if m.dim() != 2 or m.shape[1] != units}
+            bad = {i: tuple(m.shape) for i, m in masks.items() if m.dim() != 2 or gpt2.by_unit(m).shape[0] != units}
             if bad:
-                raise ValueError(f"pruned masks must be shaped like c_fc.weight (in, {units}); got {bad}")
-            flat = torch.cat([flat, *(masks[i].sum(dim=0, dtype=torch.float64).to(flat.device) for i in sorted(masks))])
+                raise ValueError(f"pruned masks must be shaped like c_fc.weight ({units} units); got {bad}")
+            flat = torch.cat([flat, *(gpt2.by_unit(masks[i]).sum(dim=1, dtype=torch.float64).to(flat.device)
+                                      for i in sorted(masks))])
         host = flat.cpu().numpy()
 
         fire_count, abs_sums, tokens_of, at = {}, {}, {}, 0
@@ -857,11 +824,11 @@ class LivenessMonitor:
         if not self._installed:
             raise ValueError("this LivenessMonitor is closed; create a new one")
         # a module swapped after installation (e.g. activations.set_activation) would silently count nothing
-        blocks = _blocks(self.model)
+        blocks = gpt2.blocks(self.model)
         for module, _ in self._installed:
             p = module._rf_probe
-            block = blocks[p.layer]
-            current = block.attn.c_proj if p.sites == ("attn_out",) else block.mlp.act
+            current = gpt2.block_module(blocks[p.layer], "attn.c_proj" if p.sites == ("attn_out",) else "mlp.act",
+                                        p.layer)
             if current is not module:
                 raise ValueError(
                     f"transformer.h[{p.layer}] no longer holds the module the liveness monitor watches (was it "

@@ -23,9 +23,9 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import torch
-from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
+from reviveformer import gpt2
 from reviveformer.errors import ConfigError
 
 # The site whose units revival acts on: the output of the MLP activation (design.md, Revival).
@@ -49,15 +49,13 @@ def check_supported(distributed_type: Any) -> None:
 
 
 def mlp_layers(model: nn.Module) -> list[nn.Module]:
-    """The `GPT2MLP` of every block, through any DDP / torch.compile wrapper."""
-    base = extract_model_from_parallel(model, keep_torch_compile=False)
-    body = getattr(base, "transformer", base)
-    return [block.mlp for block in body.h]
+    """The `GPT2MLP` of every block, through any DDP / torch.compile wrapper (see reviveformer.gpt2)."""
+    return gpt2.mlps(model)
 
 
 def model_config(model: nn.Module) -> Any:
     """The Hugging Face config of a possibly wrapped model."""
-    return extract_model_from_parallel(model, keep_torch_compile=False).config
+    return gpt2.unwrap(model).config
 
 
 def site_layers(report: dict[str, Any], mlps: list[nn.Module], method: str) -> list[dict[str, Any]]:
