@@ -7,9 +7,9 @@ the counts over processes and turns them into the design.md `liveness.json` numb
 
 How counting is installed (nothing is added to the model's state_dict, its parameter names or its config):
 each watched module keeps its identity and gets its class swapped for a counting subclass of its own class
-(`block.mlp.act` -> counts its input, `mlp_pre`, and its output, `mlp_post`; `block.attn.c_proj` -> counts its
-output, `attn_out`, before the residual add and dropout). The subclass only adds a `forward` that calls the
-original one and counts, so any activation module works, including a user's own with parameters (a wrapper
+(the site registry, `reviveformer.sites`, says which: `block.mlp.act` -> counts its input, `mlp_pre`, and its
+output, `mlp_post`; `block.attn.c_proj` -> counts its output, `attn_out`, before the residual add and dropout).
+The subclass only adds a `forward` that calls the original one and counts, so any activation module works, including a user's own with parameters (a wrapper
 module would have renamed those parameters). `close()` swaps the original classes back. The counters are plain
 tensor attributes, deliberately not buffers: DDP broadcasts buffers from rank 0 on every forward, which would
 overwrite each process's own counts, and buffers would end up in saved checkpoints. They follow the model
@@ -29,12 +29,12 @@ import torch
 from torch import Tensor, nn
 
 from reviveformer import gpt2
-from reviveformer.config import SITES, LivenessConfig
+from reviveformer.config import LivenessConfig
 from reviveformer.errors import CheckpointError
+from reviveformer.sites import MLP_SITE, get_site, site_names
 
 log = logging.getLogger(__name__)
 
-MLP_SITE = "mlp_post"  # the site whose dead units define capacity and revival (design.md)
 HISTOGRAM_RANGE = 10.0
 """Activation histograms (see `histogram_edges`) reach out to +-HISTOGRAM_RANGE; values beyond it are counted
 in the two outermost bins, so every observed value is counted once."""
@@ -81,23 +81,30 @@ def histogram_edges(bins: int, threshold: float) -> np.ndarray:
 
 
 class _Probe:
-    """The counters of one watched module (one layer; one or two sites), and the code that updates them."""
+    """The counters of one watched module (one layer; the sites read at that module, e.g. its input and its
+    output), and the code that updates them."""
 
     def __init__(
         self,
         monitor: LivenessMonitor,
         layer: int,
+        module: str,
         sites: tuple[str, ...],
-        units: int,
+        units: tuple[int, ...],
         device: torch.device,
     ) -> None:
         self.monitor = monitor
         self.layer = layer
+        self.module = module
+        """The module's path in the block (the sites' `Site.module`)."""
         self.sites = sites
+        self.reads = tuple(get_site(s).reads for s in sites)
+        """Per site, "input" or "output" of the module."""
         self.units = units
+        """Per site, its width."""
         self.tokens = torch.zeros(len(sites), dtype=torch.int64, device=device)
-        self.fire_count = [torch.zeros(units, dtype=torch.int64, device=device) for _ in sites]
-        self.abs_sum = [torch.zeros(units, dtype=torch.float64, device=device) for _ in sites]
+        self.fire_count = [torch.zeros(u, dtype=torch.int64, device=device) for u in units]
+        self.abs_sum = [torch.zeros(u, dtype=torch.float64, device=device) for u in units]
         bins = monitor.cfg.histogram_bins
         # positive edges of the zero bin and the log-spaced bins (histogram_edges), float32 on the device
         side = histogram_edges(bins, monitor.cfg.threshold)[bins // 2 + 1 :]
@@ -224,7 +231,8 @@ def fused_counting(counting: str, device: torch.device) -> bool:
 
 
 class _Counting(nn.Module):
-    """Base of the counting subclasses: keeps the counters on the device the module is moved to."""
+    """Base of the counting subclasses: counts the module's watched tensors, and keeps the counters on the device
+    the module is moved to."""
 
     _rf_probe: _Probe
 
@@ -238,36 +246,22 @@ class _Counting(nn.Module):
         self._rf_probe.move(device)
         return out
 
-
-class _CountingActivation(_Counting):
-    """Counting subclass of an MLP activation: counts its input (mlp_pre) and output (mlp_post)."""
-
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Any:
+        """The module's own forward, counting its first input and/or its output as its sites read them."""
         probe = self._rf_probe
         if not probe.monitor.active:
-            return super().forward(x)
-        sites = probe.sites
-        if sites == ("mlp_pre",):
-            probe.count((x,))  # before the activation runs: an in-place activation would overwrite x
-            return super().forward(x)
-        if sites == ("mlp_post",):
-            y = super().forward(x)
+            return super().forward(x, *args, **kwargs)
+        reads = probe.reads
+        if reads == ("input",):
+            probe.count((x,))  # before the module runs: an in-place module (a ReLU) would overwrite x
+            return super().forward(x, *args, **kwargs)
+        if reads == ("output",):
+            y = super().forward(x, *args, **kwargs)
             probe.count((y,))
             return y
         x_seen = x.detach().clone() if _is_inplace(self) else x
-        y = super().forward(x)
-        probe.count((x_seen, y))
-        return y
-
-
-class _CountingOutput(_Counting):
-    """Counting subclass of `attn.c_proj`: counts its output (attn_out), before residual add and dropout."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = super().forward(x)
-        probe = self._rf_probe
-        if probe.monitor.active:
-            probe.count((y,))
+        y = super().forward(x, *args, **kwargs)
+        probe.count(tuple(x_seen if r == "input" else y for r in reads))
         return y
 
 
@@ -275,15 +269,14 @@ def _is_inplace(module: nn.Module) -> bool:
     return bool(getattr(module, "inplace", False))
 
 
-_SUBCLASSES: dict[tuple[type, type], type] = {}
+_SUBCLASSES: dict[type, type] = {}
 
 
-def _counting_class(cls: type, mixin: type) -> type:
+def _counting_class(cls: type) -> type:
     """The counting subclass of `cls` (one per class, so torch.compile sees a stable type)."""
-    key = (cls, mixin)
-    if key not in _SUBCLASSES:
-        _SUBCLASSES[key] = type(f"Counting{cls.__name__}", (mixin, cls), {"__module__": __name__})
-    return _SUBCLASSES[key]
+    if cls not in _SUBCLASSES:
+        _SUBCLASSES[cls] = type(f"Counting{cls.__name__}", (_Counting, cls), {"__module__": __name__})
+    return _SUBCLASSES[cls]
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -567,7 +560,7 @@ class LivenessMonitor:
         model = gpt2.unwrap(model)
         self.model = model
         self.cfg = cfg
-        self.sites = tuple(s for s in SITES if s in cfg.sites)
+        self.sites = tuple(s for s in site_names() if s in cfg.sites)
         self.active = True
         """When False, the counting modules pass activations through without counting."""
         self._criterion_abs = cfg.criterion == "abs"
@@ -587,17 +580,16 @@ class LivenessMonitor:
         blocks = gpt2.blocks(model)
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
-        mlp_sites = tuple(s for s in self.sites if s in ("mlp_pre", "mlp_post"))
-        targets: list[tuple[nn.Module, type, int, tuple[str, ...], int]] = []
+        by_module: dict[str, list[str]] = {}  # module path -> its watched sites, in registry order
+        for s in self.sites:
+            by_module.setdefault(get_site(s).module, []).append(s)
+        targets: list[tuple[nn.Module, int, str, tuple[str, ...], tuple[int, ...]]] = []
         for i, block in enumerate(blocks):
-            if mlp_sites:
-                act = gpt2.block_module(block, "mlp.act", i)
-                targets.append((act, _CountingActivation, i, mlp_sites, gpt2.width(block, "n_inner")))
-            if "attn_out" in self.sites:
-                c_proj = gpt2.block_module(block, "attn.c_proj", i)
-                targets.append((c_proj, _CountingOutput, i, ("attn_out",), gpt2.width(block, "n_embd")))
+            for path, names in by_module.items():
+                widths = tuple(gpt2.width(block, get_site(s).units) for s in names)
+                targets.append((gpt2.block_module(block, path, i), i, path, tuple(names), widths))
         seen: set[int] = set()
-        for module, _, i, _, _ in targets:
+        for module, i, _, _, _ in targets:
             if isinstance(module, _Counting):
                 raise ValueError(f"block {i} is already watched by a LivenessMonitor: close() that one first")
             if id(module) in seen:
@@ -606,10 +598,10 @@ class LivenessMonitor:
                     "liveness needs one module per block"
                 )
             seen.add(id(module))
-        for module, mixin, i, sites, units in targets:
-            probe = _Probe(self, i, sites, units, device)
+        for module, i, path, sites, units in targets:
+            probe = _Probe(self, i, path, sites, units, device)
             original = type(module)
-            module.__class__ = _counting_class(original, mixin)
+            module.__class__ = _counting_class(original)
             module._rf_probe = probe  # a plain attribute: not a parameter, buffer or submodule
             self._installed.append((module, original))
             for s in sites:
@@ -698,6 +690,10 @@ class LivenessMonitor:
                 for dst, src in zip((p.tokens, *p.fire_count, *p.abs_sum), ts, strict=True):
                     dst.copy_(src)
 
+    def _units(self, site: str, layer: int) -> int:
+        p = self._probes[site][layer]
+        return p.units[p.sites.index(site)]
+
     def _stacked(self, site: str) -> tuple[Tensor, Tensor, Tensor]:
         """(fire_count (L, U) int64, abs_sum (L, U) float64, tokens (L,) int64) of a site, on the device."""
         probes = self._probes[site]
@@ -736,8 +732,8 @@ class LivenessMonitor:
             probes = self._probes[site]
             entry = sites[site]
             want = {
-                "fire_count": (len(probes), probes[0].units),
-                "abs_sum": (len(probes), probes[0].units),
+                "fire_count": (len(probes), probes[0].units[probes[0].sites.index(site)]),
+                "abs_sum": (len(probes), probes[0].units[probes[0].sites.index(site)]),
                 "tokens": (len(probes),),
             }
             for key, shape in want.items():
@@ -766,7 +762,8 @@ class LivenessMonitor:
                 out[(site, p.layer)] = (h.cpu().numpy().copy(), edges.copy())
                 h.zero_()
             p.hist_taken = False
-        return dict(sorted(out.items(), key=lambda kv: (SITES.index(kv[0][0]), kv[0][1])))
+        order = site_names()
+        return dict(sorted(out.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])))
 
     def counts(self, reduce: Reduce | None = None, pruned_masks: dict[int, Tensor] | None = None) -> LivenessCounts:
         """Sum the counters over processes (`reduce`: a sum over processes, e.g.
@@ -787,7 +784,7 @@ class LivenessMonitor:
             flat = reduce(flat)
         masks = pruned_masks or {}
         if masks and MLP_SITE in self.sites:
-            units = self._probes[MLP_SITE][0].units
+            units = self._units(MLP_SITE, 0)
             bad = {i: tuple(m.shape) for i, m in masks.items() if m.dim() != 2 or gpt2.by_unit(m).shape[0] != units}
             if bad:
                 raise ValueError(f"pruned masks must be shaped like c_fc.weight ({units} units); got {bad}")
@@ -808,7 +805,7 @@ class LivenessMonitor:
             abs_sums[site] = take(n_layer * units).reshape(n_layer, units)
         counts = LivenessCounts(self.cfg, fire_count, abs_sums, tokens_of)
         if MLP_SITE in self.sites:
-            pruned = {i: np.rint(take(self._probes[MLP_SITE][i].units)) for i in sorted(masks)}
+            pruned = {i: np.rint(take(self._units(MLP_SITE, i))) for i in sorted(masks)}
             dead = {i: np.flatnonzero(d).tolist() for i, _, d, _, _ in counts._layers(MLP_SITE)}
             counts.capacity = _capacity(self.model, dead, pruned)
         return counts
@@ -827,8 +824,7 @@ class LivenessMonitor:
         blocks = gpt2.blocks(self.model)
         for module, _ in self._installed:
             p = module._rf_probe
-            current = gpt2.block_module(blocks[p.layer], "attn.c_proj" if p.sites == ("attn_out",) else "mlp.act",
-                                        p.layer)
+            current = gpt2.block_module(blocks[p.layer], p.module, p.layer)
             if current is not module:
                 raise ValueError(
                     f"transformer.h[{p.layer}] no longer holds the module the liveness monitor watches (was it "

@@ -15,8 +15,18 @@ N_EMBD, N_INNER, N_LAYER = 64, 96, 2  # n_inner != 4 * n_embd: a swapped (in, ou
 
 def tiny_model() -> GPT2LMHeadModel:
     torch.manual_seed(0)
-    cfg = GPT2Config(n_layer=N_LAYER, n_embd=N_EMBD, n_inner=N_INNER, n_head=2, n_positions=32, vocab_size=50,
-                     activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    cfg = GPT2Config(
+        n_layer=N_LAYER,
+        n_embd=N_EMBD,
+        n_inner=N_INNER,
+        n_head=2,
+        n_positions=32,
+        vocab_size=50,
+        activation_function="gelu_new",
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     model = GPT2LMHeadModel(cfg).eval().double()
     with torch.no_grad():  # biases are zero at init: give them values so a wrong bias would show
         for block in model.transformer.h:
@@ -77,7 +87,9 @@ def test_blocks_and_activation_through_a_compile_wrapper():
     model = tiny_model()
     wrapped = torch.compile(model)  # not run: only the wrapper is looked through
     assert gpt2.blocks(wrapped) is model.transformer.h
-    assert [m is b.mlp for m, b in zip(gpt2.mlps(wrapped), model.transformer.h, strict=True)] == [True] * N_LAYER
+    assert [m is b.mlp for m, b in zip(gpt2.mlps(wrapped), model.transformer.h, strict=True)] == [
+        True
+    ] * N_LAYER
     assert gpt2.blocks(model.transformer) is model.transformer.h  # a bare GPT2Model too
     block = model.transformer.h[1]
     gpt2.set_mlp_activation(block, nn.PReLU())
