@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from transformers.activations import ACT2CLS, ACT2FN, NewGELUActivation
 
+from reviveformer import gpt2
 from reviveformer.errors import ConfigError
 
 DEFAULT_LEAKY_RELU_SLOPE = 0.01
@@ -257,13 +258,10 @@ def set_activation(model: nn.Module, name: str, leaky_relu_slope: float = DEFAUL
     Works on a model that already has another activation (a swap). All modules are built before any is
     installed, so a bad name leaves the model untouched.
     """
-    body = getattr(model, "transformer", model)
-    blocks = list(body.h)
+    blocks = gpt2.blocks(model)
     new_acts = [make_activation(name, leaky_relu_slope) for _ in blocks]
     for block, act in zip(blocks, new_acts, strict=True):
-        ref = block.mlp.c_fc.weight
-        # A custom activation may hold parameters: put them beside the MLP's own (a no-op otherwise).
-        block.mlp.act = act.to(device=ref.device, dtype=ref.dtype)
+        gpt2.set_mlp_activation(block, act)
     model.config.reviveformer_activation = name
     model.config.reviveformer_leaky_relu_slope = float(leaky_relu_slope)
     model.config.activation_function = hf_activation_name(name, leaky_relu_slope)

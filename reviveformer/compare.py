@@ -20,6 +20,7 @@ import yaml
 
 from reviveformer import metric_keys, plots
 from reviveformer.errors import UserError
+from reviveformer.sites import site_order
 from reviveformer.stats import WELCH_METHOD, Difference, mean_sd, welch_interval
 
 # GPT-2's own activation: what a new model gets when model.activation is left unset.
@@ -308,9 +309,8 @@ def _activation_of(config: Mapping[str, Any]) -> str | None:
 
 
 def _site_order(sites: Iterable[str]) -> list[str]:
-    """The design's site order first (as in the figures), then any other site alphabetically."""
-    sites = set(sites)
-    return [s for s in plots.SITE_ORDER if s in sites] + sorted(sites - set(plots.SITE_ORDER))
+    """The registry's site order first (as in the figures), then any other site alphabetically."""
+    return site_order(sites)
 
 
 def sites_of(run: RunData) -> list[str]:

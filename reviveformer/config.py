@@ -22,8 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from reviveformer.errors import ConfigError
+from reviveformer.sites import site_names
 
-SITES = ("mlp_pre", "mlp_post", "attn_out")
+SITES = site_names()  # the built-in sites (reviveformer.sites); validation reads the registry itself
 CRITERIA = ("abs", "positive")
 COUNTING = ("auto", "eager", "compiled")
 ALERT_METRICS = ("dead_ratio", "dormant_ratio")
@@ -209,8 +210,8 @@ class TrainConfig:
 class LivenessConfig:
     enabled: bool = True
     """Count firing per unit during training and at epoch end."""
-    sites: list[str] = field(default_factory=lambda: list(SITES))
-    """Sites to watch: mlp_pre, mlp_post, attn_out."""
+    sites: list[str] = field(default_factory=lambda: list(site_names()))
+    """Sites to watch (reviveformer.sites): mlp_pre, mlp_post, attn_out."""
     threshold: float = 1e-3
     """A unit fires on a token when |a| > threshold (abs) or a > threshold (positive)."""
     criterion: str = "abs"
@@ -235,10 +236,10 @@ class LivenessConfig:
     saves over a short run). Every choice counts the same integers."""
 
     def __post_init__(self) -> None:
-        bad_sites = [s for s in self.sites if s not in SITES]
+        bad_sites = [s for s in self.sites if s not in site_names()]
         _raise("liveness", _problems([
             (not bad_sites and len(self.sites) > 0,
-             f"sites={list(self.sites)} must be a non-empty subset of {', '.join(SITES)}"),
+             f"sites={list(self.sites)} must be a non-empty subset of {', '.join(site_names())}"),
             (self.threshold >= 0, f"threshold={self.threshold} must be >= 0"),
             (self.criterion in CRITERIA, f"criterion={self.criterion!r} must be one of {', '.join(CRITERIA)}"),
             (0.0 <= self.dead_frequency <= 1.0, f"dead_frequency={self.dead_frequency} must be in [0, 1]"),
@@ -271,7 +272,7 @@ class AlertRule:
         _raise(f"alerts.rules[{self.name}]", _problems([
             (bool(self.name) and all(c.isalnum() or c in "_-" for c in self.name),
              f"name={self.name!r} must be letters, digits, _ or -"),
-            (self.site in SITES, f"site={self.site!r} must be one of {', '.join(SITES)}"),
+            (self.site in site_names(), f"site={self.site!r} must be one of {', '.join(site_names())}"),
             (self.metric in ALERT_METRICS, f"metric={self.metric!r} must be one of {', '.join(ALERT_METRICS)}"),
             (0.0 <= self.above <= 1.0, f"above={self.above} must be in [0, 1]"),
             (self.layers is None or (len(self.layers) > 0 and min(self.layers) >= 0),

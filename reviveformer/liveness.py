@@ -7,9 +7,9 @@ the counts over processes and turns them into the design.md `liveness.json` numb
 
 How counting is installed (nothing is added to the model's state_dict, its parameter names or its config):
 each watched module keeps its identity and gets its class swapped for a counting subclass of its own class
-(`block.mlp.act` -> counts its input, `mlp_pre`, and its output, `mlp_post`; `block.attn.c_proj` -> counts its
-output, `attn_out`, before the residual add and dropout). The subclass only adds a `forward` that calls the
-original one and counts, so any activation module works, including a user's own with parameters (a wrapper
+(the site registry, `reviveformer.sites`, says which: `block.mlp.act` -> counts its input, `mlp_pre`, and its
+output, `mlp_post`; `block.attn.c_proj` -> counts its output, `attn_out`, before the residual add and dropout).
+The subclass only adds a `forward` that calls the original one and counts, so any activation module works, including a user's own with parameters (a wrapper
 module would have renamed those parameters). `close()` swaps the original classes back. The counters are plain
 tensor attributes, deliberately not buffers: DDP broadcasts buffers from rank 0 on every forward, which would
 overwrite each process's own counts, and buffers would end up in saved checkpoints. They follow the model
@@ -26,16 +26,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate.utils import extract_model_from_parallel
 from torch import Tensor, nn
 
-from reviveformer import metric_keys
-from reviveformer.config import SITES, LivenessConfig
+from reviveformer import gpt2, metric_keys
+from reviveformer.config import LivenessConfig
 from reviveformer.errors import CheckpointError
+from reviveformer.sites import MLP_SITE, get_site, site_names
 
 log = logging.getLogger(__name__)
 
-MLP_SITE = "mlp_post"  # the site whose dead units define capacity and revival (design.md)
 HISTOGRAM_RANGE = 10.0
 """Activation histograms (see `histogram_edges`) reach out to +-HISTOGRAM_RANGE; values beyond it are counted
 in the two outermost bins, so every observed value is counted once."""
@@ -82,23 +81,30 @@ def histogram_edges(bins: int, threshold: float) -> np.ndarray:
 
 
 class _Probe:
-    """The counters of one watched module (one layer; one or two sites), and the code that updates them."""
+    """The counters of one watched module (one layer; the sites read at that module, e.g. its input and its
+    output), and the code that updates them."""
 
     def __init__(
         self,
         monitor: LivenessMonitor,
         layer: int,
+        module: str,
         sites: tuple[str, ...],
-        units: int,
+        units: tuple[int, ...],
         device: torch.device,
     ) -> None:
         self.monitor = monitor
         self.layer = layer
+        self.module = module
+        """The module's path in the block (the sites' `Site.module`)."""
         self.sites = sites
+        self.reads = tuple(get_site(s).reads for s in sites)
+        """Per site, "input" or "output" of the module."""
         self.units = units
+        """Per site, its width."""
         self.tokens = torch.zeros(len(sites), dtype=torch.int64, device=device)
-        self.fire_count = [torch.zeros(units, dtype=torch.int64, device=device) for _ in sites]
-        self.abs_sum = [torch.zeros(units, dtype=torch.float64, device=device) for _ in sites]
+        self.fire_count = [torch.zeros(u, dtype=torch.int64, device=device) for u in units]
+        self.abs_sum = [torch.zeros(u, dtype=torch.float64, device=device) for u in units]
         bins = monitor.cfg.histogram_bins
         # positive edges of the zero bin and the log-spaced bins (histogram_edges), float32 on the device
         side = histogram_edges(bins, monitor.cfg.threshold)[bins // 2 + 1 :]
@@ -225,7 +231,8 @@ def fused_counting(counting: str, device: torch.device) -> bool:
 
 
 class _Counting(nn.Module):
-    """Base of the counting subclasses: keeps the counters on the device the module is moved to."""
+    """Base of the counting subclasses: counts the module's watched tensors, and keeps the counters on the device
+    the module is moved to."""
 
     _rf_probe: _Probe
 
@@ -239,36 +246,22 @@ class _Counting(nn.Module):
         self._rf_probe.move(device)
         return out
 
-
-class _CountingActivation(_Counting):
-    """Counting subclass of an MLP activation: counts its input (mlp_pre) and output (mlp_post)."""
-
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Any:
+        """The module's own forward, counting its first input and/or its output as its sites read them."""
         probe = self._rf_probe
         if not probe.monitor._active:
-            return super().forward(x)
-        sites = probe.sites
-        if sites == ("mlp_pre",):
-            probe.count((x,))  # before the activation runs: an in-place activation would overwrite x
-            return super().forward(x)
-        if sites == ("mlp_post",):
-            y = super().forward(x)
+            return super().forward(x, *args, **kwargs)
+        reads = probe.reads
+        if reads == ("input",):
+            probe.count((x,))  # before the module runs: an in-place module (a ReLU) would overwrite x
+            return super().forward(x, *args, **kwargs)
+        if reads == ("output",):
+            y = super().forward(x, *args, **kwargs)
             probe.count((y,))
             return y
         x_seen = x.detach().clone() if _is_inplace(self) else x
-        y = super().forward(x)
-        probe.count((x_seen, y))
-        return y
-
-
-class _CountingOutput(_Counting):
-    """Counting subclass of `attn.c_proj`: counts its output (attn_out), before residual add and dropout."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = super().forward(x)
-        probe = self._rf_probe
-        if probe.monitor._active:
-            probe.count((y,))
+        y = super().forward(x, *args, **kwargs)
+        probe.count(tuple(x_seen if r == "input" else y for r in reads))
         return y
 
 
@@ -276,15 +269,14 @@ def _is_inplace(module: nn.Module) -> bool:
     return bool(getattr(module, "inplace", False))
 
 
-_SUBCLASSES: dict[tuple[type, type], type] = {}
+_SUBCLASSES: dict[type, type] = {}
 
 
-def _counting_class(cls: type, mixin: type) -> type:
+def _counting_class(cls: type) -> type:
     """The counting subclass of `cls` (one per class, so torch.compile sees a stable type)."""
-    key = (cls, mixin)
-    if key not in _SUBCLASSES:
-        _SUBCLASSES[key] = type(f"Counting{cls.__name__}", (mixin, cls), {"__module__": __name__})
-    return _SUBCLASSES[key]
+    if cls not in _SUBCLASSES:
+        _SUBCLASSES[cls] = type(f"Counting{cls.__name__}", (_Counting, cls), {"__module__": __name__})
+    return _SUBCLASSES[cls]
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -510,13 +502,13 @@ def capacity(
     to dead MLP units (c_fc.weight[:, j], c_fc.bias[j], c_proj.weight[j, :]) minus pruned weights outside
     those columns. `pruned_masks[i]` is a bool tensor shaped like `h[i].mlp.c_fc.weight`, True = pruned.
     `model` may be wrapped (DDP, torch.compile)."""
-    blocks = list(_blocks(_unwrap(model)))
+    mlps = gpt2.mlps(model)
     pruned = {}
     for i, mask in (pruned_masks or {}).items():
-        weight = blocks[i].mlp.c_fc.weight
+        weight = mlps[i].c_fc.weight
         if tuple(mask.shape) != tuple(weight.shape):
             raise ValueError(f"pruned mask of layer {i} has shape {tuple(mask.shape)}, c_fc.weight {tuple(weight.shape)}")
-        pruned[i] = mask.sum(dim=0).cpu().numpy()
+        pruned[i] = gpt2.by_unit(mask).sum(dim=1).cpu().numpy()
     return _capacity(model, dead_units, pruned)
 
 
@@ -524,14 +516,12 @@ def _capacity(
     model: nn.Module, dead_units: dict[int, list[int]], pruned_per_unit: dict[int, np.ndarray]
 ) -> dict[str, int | float]:
     """`capacity` from the number of pruned weights in each unit's c_fc column (layer -> (units,) ints)."""
-    model = _unwrap(model)
-    blocks = list(_blocks(model))
+    model = gpt2.unwrap(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     all_units = alive = 0
     effective = trainable
-    for i, block in enumerate(blocks):
-        mlp = block.mlp
-        units = mlp.c_fc.weight.shape[1]
+    for i, mlp in enumerate(gpt2.mlps(model)):
+        units = gpt2.mlp_units(mlp)
         dead = sorted({int(j) for j in dead_units.get(i, [])})
         if dead and not (0 <= dead[0] and dead[-1] < units):
             raise ValueError(
@@ -539,14 +529,7 @@ def _capacity(
             )
         all_units += units
         alive += units - len(dead)
-        per_unit = 0
-        if mlp.c_fc.weight.requires_grad:
-            per_unit += mlp.c_fc.weight.shape[0]
-        if mlp.c_fc.bias is not None and mlp.c_fc.bias.requires_grad:
-            per_unit += 1
-        if mlp.c_proj.weight.requires_grad:
-            per_unit += mlp.c_proj.weight.shape[1]
-        effective -= per_unit * len(dead)
+        effective -= gpt2.per_unit_parameters(mlp) * len(dead)
         pruned = pruned_per_unit.get(i)
         if pruned is not None and mlp.c_fc.weight.requires_grad:
             keep = np.ones(units, dtype=bool)
@@ -558,27 +541,6 @@ def _capacity(
         "effective_params": effective,
         "effective_param_fraction": effective / trainable if trainable else 0.0,
     }
-
-
-def _out_features(module: nn.Module) -> int:
-    # GPT-2's Conv1D stores weight as (in, out) and names the width nf; nn.Linear as (out, in)
-    nf = getattr(module, "nf", None)
-    return int(nf) if nf is not None else int(module.weight.shape[0])
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return extract_model_from_parallel(model, keep_torch_compile=False)
-
-
-def _blocks(model: nn.Module) -> nn.ModuleList:
-    body = getattr(model, "transformer", model)
-    blocks = getattr(body, "h", None)
-    if not isinstance(blocks, nn.ModuleList):
-        raise ValueError(
-            f"{type(model).__name__} is not a GPT-2 model: liveness needs model.transformer.h[i] blocks "
-            "(a transformers GPT2LMHeadModel or GPT2Model)"
-        )
-    return blocks
 
 
 # ---------------------------------------------------------------------------------------------- monitor
@@ -599,10 +561,10 @@ class LivenessMonitor:
     count its blocks twice."""
 
     def __init__(self, model: nn.Module, cfg: LivenessConfig) -> None:
-        model = _unwrap(model)
+        model = gpt2.unwrap(model)
         self.model = model
         self.cfg = cfg
-        self.sites = tuple(s for s in SITES if s in cfg.sites)
+        self.sites = tuple(s for s in site_names() if s in cfg.sites)
         self._active = True
         self._criterion_abs = cfg.criterion == "abs"
         # exact `a > threshold` per activation dtype (see _floor_to_dtype); filled for the usual dtypes up front
@@ -618,24 +580,19 @@ class LivenessMonitor:
         self._installed: list[tuple[nn.Module, type]] = []
         self._probes: dict[str, list[_Probe]] = {s: [] for s in self.sites}
 
-        blocks = _blocks(model)
+        blocks = gpt2.blocks(model)
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
-        mlp_sites = tuple(s for s in self.sites if s in ("mlp_pre", "mlp_post"))
-        targets: list[tuple[nn.Module, type, int, tuple[str, ...], int]] = []
+        by_module: dict[str, list[str]] = {}  # module path -> its watched sites, in registry order
+        for s in self.sites:
+            by_module.setdefault(get_site(s).module, []).append(s)
+        targets: list[tuple[nn.Module, int, str, tuple[str, ...], tuple[int, ...]]] = []
         for i, block in enumerate(blocks):
-            if mlp_sites:
-                act = block.mlp.act
-                if not isinstance(act, nn.Module):
-                    raise ValueError(
-                        f"transformer.h[{i}].mlp.act is a {type(act).__name__}, not an nn.Module"
-                    )
-                targets.append((act, _CountingActivation, i, mlp_sites, _out_features(block.mlp.c_fc)))
-            if "attn_out" in self.sites:
-                c_proj = block.attn.c_proj
-                targets.append((c_proj, _CountingOutput, i, ("attn_out",), _out_features(c_proj)))
+            for path, names in by_module.items():
+                widths = tuple(gpt2.width(block, get_site(s).units) for s in names)
+                targets.append((gpt2.block_module(block, path, i), i, path, tuple(names), widths))
         seen: set[int] = set()
-        for module, _, i, _, _ in targets:
+        for module, i, _, _, _ in targets:
             if isinstance(module, _Counting):
                 raise ValueError(f"block {i} is already watched by a LivenessMonitor: close() that one first")
             if id(module) in seen:
@@ -644,10 +601,10 @@ class LivenessMonitor:
                     "liveness needs one module per block"
                 )
             seen.add(id(module))
-        for module, mixin, i, sites, units in targets:
-            probe = _Probe(self, i, sites, units, device)
+        for module, i, path, sites, units in targets:
+            probe = _Probe(self, i, path, sites, units, device)
             original = type(module)
-            module.__class__ = _counting_class(original, mixin)
+            module.__class__ = _counting_class(original)
             module._rf_probe = probe  # a plain attribute: not a parameter, buffer or submodule
             self._installed.append((module, original))
             for s in sites:
@@ -773,6 +730,10 @@ class LivenessMonitor:
                 for dst, src in zip((p.tokens, *p.fire_count, *p.abs_sum), ts, strict=True):
                     dst.copy_(src)
 
+    def _units(self, site: str, layer: int) -> int:
+        p = self._probes[site][layer]
+        return p.units[p.sites.index(site)]
+
     def _stacked(self, site: str) -> tuple[Tensor, Tensor, Tensor]:
         """(fire_count (L, U) int64, abs_sum (L, U) float64, tokens (L,) int64) of a site, on the device."""
         probes = self._probes[site]
@@ -811,8 +772,8 @@ class LivenessMonitor:
             probes = self._probes[site]
             entry = sites[site]
             want = {
-                "fire_count": (len(probes), probes[0].units),
-                "abs_sum": (len(probes), probes[0].units),
+                "fire_count": (len(probes), probes[0].units[probes[0].sites.index(site)]),
+                "abs_sum": (len(probes), probes[0].units[probes[0].sites.index(site)]),
                 "tokens": (len(probes),),
             }
             for key, shape in want.items():
@@ -841,7 +802,8 @@ class LivenessMonitor:
                 out[(site, p.layer)] = (h.cpu().numpy().copy(), edges.copy())
                 h.zero_()
             p.hist_taken = False
-        return dict(sorted(out.items(), key=lambda kv: (SITES.index(kv[0][0]), kv[0][1])))
+        order = site_names()
+        return dict(sorted(out.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])))
 
     def counts(self, reduce: Reduce | None = None, pruned_masks: dict[int, Tensor] | None = None) -> LivenessCounts:
         """Sum the counters over processes (`reduce`: a sum over processes, e.g.
@@ -862,11 +824,12 @@ class LivenessMonitor:
             flat = reduce(flat)
         masks = pruned_masks or {}
         if masks and MLP_SITE in self.sites:
-            units = self._probes[MLP_SITE][0].units
-            bad = {i: tuple(m.shape) for i, m in masks.items() if m.dim() != 2 or m.shape[1] != units}
+            units = self._units(MLP_SITE, 0)
+            bad = {i: tuple(m.shape) for i, m in masks.items() if m.dim() != 2 or gpt2.by_unit(m).shape[0] != units}
             if bad:
-                raise ValueError(f"pruned masks must be shaped like c_fc.weight (in, {units}); got {bad}")
-            flat = torch.cat([flat, *(masks[i].sum(dim=0, dtype=torch.float64).to(flat.device) for i in sorted(masks))])
+                raise ValueError(f"pruned masks must be shaped like c_fc.weight ({units} units); got {bad}")
+            flat = torch.cat([flat, *(gpt2.by_unit(masks[i]).sum(dim=1, dtype=torch.float64).to(flat.device)
+                                      for i in sorted(masks))])
         host = flat.cpu().numpy()
 
         fire_count, abs_sums, tokens_of, at = {}, {}, {}, 0
@@ -882,7 +845,7 @@ class LivenessMonitor:
             abs_sums[site] = take(n_layer * units).reshape(n_layer, units)
         counts = LivenessCounts(self.cfg, fire_count, abs_sums, tokens_of)
         if MLP_SITE in self.sites:
-            pruned = {i: np.rint(take(self._probes[MLP_SITE][i].units)) for i in sorted(masks)}
+            pruned = {i: np.rint(take(self._units(MLP_SITE, i))) for i in sorted(masks)}
             dead = {i: np.flatnonzero(d).tolist() for i, _, d, _, _ in counts._layers(MLP_SITE)}
             counts.capacity = _capacity(self.model, dead, pruned)
         return counts
@@ -898,11 +861,10 @@ class LivenessMonitor:
         if not self._installed:
             raise ValueError("this LivenessMonitor is closed; create a new one")
         # a module swapped after installation (e.g. activations.set_activation) would silently count nothing
-        blocks = _blocks(self.model)
+        blocks = gpt2.blocks(self.model)
         for module, _ in self._installed:
             p = module._rf_probe
-            block = blocks[p.layer]
-            current = block.attn.c_proj if p.sites == ("attn_out",) else block.mlp.act
+            current = gpt2.block_module(blocks[p.layer], p.module, p.layer)
             if current is not module:
                 raise ValueError(
                     f"transformer.h[{p.layer}] no longer holds the module the liveness monitor watches (was it "

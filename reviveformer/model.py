@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from reviveformer import activations
+from reviveformer import activations, gpt2
 from reviveformer.config import Config, ModelConfig, save_config
 from reviveformer.errors import CheckpointError, UserError
 
@@ -69,7 +69,6 @@ def _looks_like_a_path(path: str) -> bool:
     return path.startswith(("/", ".", "~")) or path.count("/") > 1 or "\\" in path
 
 
-ACT_PREFIX = ".mlp.act."  # state-dict keys of the MLP activations' own parameters and buffers
 # weight file -> the index of its shards (transformers writes one or the other)
 WEIGHT_FILES = {"model.safetensors": "model.safetensors.index.json", "pytorch_model.bin": "pytorch_model.bin.index.json"}
 
@@ -105,7 +104,7 @@ def _saved_tensors(path: str, keys: set[str]) -> dict[str, torch.Tensor]:
 def _restore_activation_state(model: GPT2LMHeadModel, path: str, name: str) -> None:
     """Put the saved parameters of a learned activation (prelu, a user's module) back into the modules that
     `set_activation` just installed: they are built after the weights load, so they start fresh otherwise."""
-    wanted = {k for k in model.state_dict() if ACT_PREFIX in k}
+    wanted = {k for k in model.state_dict() if gpt2.ACT_STATE_KEY in k}
     if not wanted:
         return
     saved = _saved_tensors(path, wanted)

@@ -25,11 +25,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, PercentFormatter
 
 from reviveformer import metric_keys
+from reviveformer.sites import site_names, site_order
 
 logger = logging.getLogger("reviveformer")
 
-SITE_ORDER = ("mlp_pre", "mlp_post", "attn_out")
-SITE_COLORS = {"mlp_pre": "tab:blue", "mlp_post": "tab:orange", "attn_out": "tab:green"}
+# a registered site's colour is its registry position in this palette (mlp_pre blue, mlp_post orange, attn_out green)
+SITE_PALETTE = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
+                "tab:gray", "tab:olive", "tab:cyan")
 FREQ_CMAP = "viridis"
 LAYER_CMAP = "plasma"
 DPI = 120
@@ -51,13 +53,13 @@ def save_figure(fig: Figure, path: str | Path) -> Path:
 
 
 def _site_order(sites: Iterable[str]) -> list[str]:
-    """The design's site order first, then any other site alphabetically."""
-    sites = set(sites)
-    return [s for s in SITE_ORDER if s in sites] + sorted(sites - set(SITE_ORDER))
+    """The registry's site order first, then any other site alphabetically."""
+    return site_order(sites)
 
 
 def _site_color(site: str, i: int) -> Any:
-    return SITE_COLORS.get(site, f"C{(i + 3) % 10}")
+    names = site_names()
+    return SITE_PALETTE[names.index(site) % len(SITE_PALETTE)] if site in names else f"C{(i + 3) % 10}"
 
 
 def _layer_colors(layers: Sequence[int]) -> dict[int, Any]:

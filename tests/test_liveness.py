@@ -812,3 +812,65 @@ def test_trainer_hooks_and_frequency_histograms_at_their_cadence(tmp_path, corpu
     assert logs == [(4, True), (8, True), (12, True)]
     assert epoch_ends == [12]
     assert frequency_steps == [8, 12]  # the train log at 8, then the epoch end at 12 (not the train log at 4, 12)
+
+
+# ------------------------------------------------------------------------------------------- site registry
+
+
+@pytest.fixture
+def ln2_site():
+    """A test-only site: the output of each block's ln_2 (n_embd wide), registered for the test only."""
+    from reviveformer.sites import Site, register_site, unregister_site
+
+    site = register_site(Site("ln2_out", "ln_2", "output", "n_embd", "the output of the second layer norm"))
+    try:
+        yield site.name
+    finally:
+        unregister_site(site.name)
+
+
+def test_a_registered_site_is_counted_exactly_against_a_hook(ln2_site) -> None:
+    """One registry entry is all a new site needs: config accepts it, the monitor counts it on its module, and
+    the counts equal numpy's count of a plain forward hook's captures on ln_2."""
+    from reviveformer import plots
+    from reviveformer.sites import site_order
+
+    model = tiny_model("relu")
+    cfg = LivenessConfig(sites=["mlp_post", ln2_site])
+    captured: dict[int, list[torch.Tensor]] = {}
+    handles = [block.ln_2.register_forward_hook(lambda m, a, out, i=i: captured.setdefault(i, []).append(out.clone()))
+               for i, block in enumerate(model.transformer.h)]
+    capture = Capture(model)
+    monitor = LivenessMonitor(model, cfg)
+    masks = run(model, monitor, seeds=[1, 2], padded=True)
+    for h in handles:
+        h.remove()
+    capture.close()
+    capture.acts.update({(ln2_site, i): acts for i, acts in captured.items()})
+    state = monitor.state_dict()
+    assert state["sites"][ln2_site]["fire_count"].shape == (N_LAYER, N_EMBD)
+    assert_counts_match(state, capture, masks, cfg, sites=("mlp_post", ln2_site))
+    rep = monitor.report()
+    assert list(rep.sites) == ["mlp_post", ln2_site]  # registry order
+    assert f"liveness/{ln2_site}/layer_1/dead_ratio" in rep.metrics()
+    assert type(model.transformer.h[0].ln_2).__name__ == "CountingLayerNorm"
+    monitor.close()
+    assert type(model.transformer.h[0].ln_2) is nn.LayerNorm and not hasattr(model.transformer.h[0].ln_2, "_rf_probe")
+    assert site_order(["zz", ln2_site, "mlp_pre"]) == ["mlp_pre", ln2_site, "zz"]
+    assert plots._site_color(ln2_site, 0) == "tab:red"  # fourth entry of the registry
+
+
+def test_a_site_is_valid_only_while_registered() -> None:
+    from reviveformer.sites import Site, register_site, unregister_site
+
+    with pytest.raises(ValueError, match=r"liveness.sites=\['ln2_out'\] must be a non-empty subset of "
+                                         r"mlp_pre, mlp_post, attn_out"):
+        LivenessConfig(sites=["ln2_out"])
+    with pytest.raises(ValueError, match="reads the output of mlp.act, as 'mlp_post' does"):
+        register_site(Site("post_again", "mlp.act", "output", "n_inner", "the same tensor twice"))
+    register_site(Site("ln2_out", "ln_2", "output", "n_embd", "test"))
+    try:
+        assert LivenessConfig(sites=["ln2_out"]).sites == ["ln2_out"]
+    finally:
+        unregister_site("ln2_out")
+    assert "ln2_out" not in LivenessConfig().sites

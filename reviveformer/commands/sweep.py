@@ -223,10 +223,11 @@ def summarise_sweep(plan: list[PlannedRun], axes: list[tuple[str, list[str]]], s
     comparison of all runs, seeds of a cell grouped."""
     from reviveformer import plots
     from reviveformer.compare import compare_runs
+    from reviveformer.sites import site_names
 
     per_cell = _mean_liveness_per_cell(plan, liveness)
     out.mkdir(parents=True, exist_ok=True)
-    sites = [s for s in ("mlp_pre", "mlp_post", "attn_out") if any(s in v["sites"] for v in per_cell.values())]
+    sites = [s for s in site_names() if any(s in v["sites"] for v in per_cell.values())]
     suffix = f" (threshold {threshold:g})" if threshold is not None else ""
     charts = [plots.plot_runs_dead_ratio_per_layer(
         per_cell, site, out / f"dead_ratio_per_layer_{site}.png",

@@ -26,9 +26,9 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import torch
-from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
+from reviveformer import gpt2
 from reviveformer.errors import ConfigError
 from reviveformer.liveness import LayerLiveness, LivenessReport
 
@@ -53,15 +53,13 @@ def check_supported(distributed_type: Any) -> None:
 
 
 def mlp_layers(model: nn.Module) -> list[nn.Module]:
-    """The `GPT2MLP` of every block, through any DDP / torch.compile wrapper."""
-    base = extract_model_from_parallel(model, keep_torch_compile=False)
-    body = getattr(base, "transformer", base)
-    return [block.mlp for block in body.h]
+    """The `GPT2MLP` of every block, through any DDP / torch.compile wrapper (see reviveformer.gpt2)."""
+    return gpt2.mlps(model)
 
 
 def model_config(model: nn.Module) -> Any:
     """The Hugging Face config of a possibly wrapped model."""
-    return extract_model_from_parallel(model, keep_torch_compile=False).config
+    return gpt2.unwrap(model).config
 
 
 def site_layers(report: LivenessReport, mlps: list[nn.Module], method: str) -> list[LayerLiveness]:
