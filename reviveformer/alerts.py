@@ -26,7 +26,6 @@ AlertSink = Callable[["Alert"], None]
 """Something that receives each fired alert (console, file, W&B)."""
 
 
-
 @dataclass(frozen=True)
 class Alert:
     """One rule tripping for one layer: what crossed, where, when, and what the rule asks for."""

@@ -44,10 +44,16 @@ def _flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(obj, dict):
         if not all(isinstance(k, (str, int)) for k in obj):
             raise TypeError(f"state keys under '{prefix}' must be str or int")
-        return {"__dict__": [[k, _flatten(v, f"{prefix}.{k}" if prefix else str(k), tensors)] for k, v in obj.items()]}
+        return {
+            "__dict__": [
+                [k, _flatten(v, f"{prefix}.{k}" if prefix else str(k), tensors)] for k, v in obj.items()
+            ]
+        }
     if isinstance(obj, (list, tuple)):
-        return {"__list__": [_flatten(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)],
-                "tuple": isinstance(obj, tuple)}
+        return {
+            "__list__": [_flatten(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)],
+            "tuple": isinstance(obj, tuple),
+        }
     if obj is None or isinstance(obj, (bool, int, float, str)):
         return obj
     raise TypeError(f"cannot checkpoint a {type(obj).__name__} at '{prefix}'")
@@ -85,13 +91,19 @@ def check_finite_weights(model, what: str) -> None:
     """Refuse to write non-finite weights: a checkpoint or final model must always be a good one to go back to."""
     bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
     if bad:
-        raise TrainingHalted(f"{len(bad)} weight tensor(s) hold non-finite values (first: {bad[0]}); {what} was not "
-                             "written, the last good checkpoint is kept")
+        raise TrainingHalted(
+            f"{len(bad)} weight tensor(s) hold non-finite values (first: {bad[0]}); {what} was not "
+            "written, the last good checkpoint is kept"
+        )
 
 
 def write_manifest(directory: Path, step: int, num_processes: int) -> None:
-    files = {p.name: p.stat().st_size for p in sorted(directory.iterdir()) if p.is_file() and p.name != MARKER}
-    (directory / MARKER).write_text(json.dumps({"step": step, "num_processes": num_processes, "files": files}))
+    files = {
+        p.name: p.stat().st_size for p in sorted(directory.iterdir()) if p.is_file() and p.name != MARKER
+    }
+    (directory / MARKER).write_text(
+        json.dumps({"step": step, "num_processes": num_processes, "files": files})
+    )
 
 
 def read_manifest(directory: Path) -> dict[str, Any] | None:
@@ -153,8 +165,11 @@ def missing_parts(path: Path) -> list[str]:
     if manifest is None:
         needed = [STATE_JSON, STATE_TENSORS, "optimizer.bin", "random_states_0.pkl"]
         return [n for n in needed if not (path / n).is_file()]
-    return [name for name, size in manifest["files"].items()
-            if not (path / name).is_file() or (path / name).stat().st_size != size]
+    return [
+        name
+        for name, size in manifest["files"].items()
+        if not (path / name).is_file() or (path / name).stat().st_size != size
+    ]
 
 
 def is_loadable(path: Path) -> bool:
@@ -191,7 +206,9 @@ def load_checkpoint(accelerator, path: Path) -> dict[str, Any]:
     try:
         accelerator.load_state(str(path))
     except Exception as e:
-        raise CheckpointError(f"checkpoint {path} could not be restored ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}); it may belong to another model size "
-                              "or number of processes") from None
+        raise CheckpointError(
+            f"checkpoint {path} could not be restored ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); it may belong to another model size "
+            "or number of processes"
+        ) from None
     return read_state(path)

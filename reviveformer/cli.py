@@ -20,7 +20,9 @@ EXIT_HALTED = 3
 
 def _setup_logging() -> None:
     main = os.environ.get("RANK", "0") in ("0", "")
-    logging.basicConfig(level=logging.INFO if main else logging.ERROR, format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO if main else logging.ERROR, format="%(message)s", stream=sys.stderr
+    )
     for noisy in ("accelerate", "transformers", "datasets", "httpx", "urllib3", "wandb", "torch"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)

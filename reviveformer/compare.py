@@ -396,11 +396,24 @@ def summarise_all(runs: Sequence[RunData]) -> list[dict[str, Any]]:
 
 # Config keys that say where or how a run was kept and logged, not what was trained: runs whose configs differ
 # only in these and in train.seed are seeds of one arm. (wandb: all but job_type, which names the arm.)
-_NOT_SETTINGS = {("train", "seed"), ("train", "output_dir"), ("train", "resume"), ("train", "progress"),
-                 ("data", "cache_dir")}
+_NOT_SETTINGS = {
+    ("train", "seed"),
+    ("train", "output_dir"),
+    ("train", "resume"),
+    ("train", "progress"),
+    ("data", "cache_dir"),
+}
 # The columns a seed group summarises (numbers); the others are labels.
-_GROUPED = ("final_val_loss", "best_val_loss", "alive_fraction", "effective_params", "effective_param_fraction",
-            "revived_units", "pruned_weights", "tokens_per_s")
+_GROUPED = (
+    "final_val_loss",
+    "best_val_loss",
+    "alive_fraction",
+    "effective_params",
+    "effective_param_fraction",
+    "revived_units",
+    "pruned_weights",
+    "tokens_per_s",
+)
 
 
 def settings(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -457,8 +470,12 @@ def group_seeds(runs: Sequence[RunData], rows: Sequence[dict[str, Any]]) -> list
         if twins:
             differ = [k for k in flat[key] if any(flat[t].get(k) != flat[key][k] for t in twins)]
             differ += [k for t in twins for k in flat[t] if k not in flat[key] and k not in differ]
-            group.label += " (" + ", ".join(f"{k.rsplit('.', 1)[-1]}={flat[key].get(k)}" for k in differ) + ")"
-    for group, label in zip(groups, _dedupe([g.label for g in groups]), strict=True):  # any repeat left: numbered
+            group.label += (
+                " (" + ", ".join(f"{k.rsplit('.', 1)[-1]}={flat[key].get(k)}" for k in differ) + ")"
+            )
+    for group, label in zip(
+        groups, _dedupe([g.label for g in groups]), strict=True
+    ):  # any repeat left: numbered
         group.label = label
     return groups
 
@@ -466,8 +483,12 @@ def group_seeds(runs: Sequence[RunData], rows: Sequence[dict[str, Any]]) -> list
 def group_row(group: SeedGroup, sites: Sequence[str]) -> dict[str, Any]:
     """One row per arm: its label, n, the seeds, and for each numeric column {"mean", "sd", "n"} (sd None for one
     value; the column None when no run has it)."""
-    row: dict[str, Any] = {"arm": group.label, "n": len(group.runs), "seeds": group.seeds,
-                           "activation": group.rows[0].get("activation")}
+    row: dict[str, Any] = {
+        "arm": group.label,
+        "n": len(group.runs),
+        "seeds": group.seeds,
+        "activation": group.rows[0].get("activation"),
+    }
     for key in (*_GROUPED[:2], *(f"dead_ratio/{s}" for s in sites), *_GROUPED[2:]):
         values = group.values(key)
         if values:
@@ -484,13 +505,16 @@ def reference_group(groups: Sequence[SeedGroup], baseline: str | None = None) ->
         for g in groups:
             if g.label == baseline:
                 return g
-        raise UserError(f"--baseline {baseline!r} is not one of the arms: {', '.join(g.label for g in groups)}")
+        raise UserError(
+            f"--baseline {baseline!r} is not one of the arms: {', '.join(g.label for g in groups)}"
+        )
     named = [g for g in groups if g.label == "baseline"]
     return named[0] if len(named) == 1 else groups[0]
 
 
-def differences(groups: Sequence[SeedGroup], reference: SeedGroup, key: str = "final_val_loss",
-                confidence: float = 0.95) -> list[dict[str, Any]]:
+def differences(
+    groups: Sequence[SeedGroup], reference: SeedGroup, key: str = "final_val_loss", confidence: float = 0.95
+) -> list[dict[str, Any]]:
     """Each other arm minus the reference in `key`: the difference of the means and Welch's t interval (None
     when an arm has fewer than 2 seeds with the value)."""
     ref = reference.values(key)
@@ -500,12 +524,21 @@ def differences(groups: Sequence[SeedGroup], reference: SeedGroup, key: str = "f
             continue
         values = g.values(key)
         d: Difference | None = welch_interval(values, ref, confidence)
-        out.append({
-            "arm": g.label, "reference": reference.label, "metric": key, "n": len(values), "n_reference": len(ref),
-            "diff": d.diff if d else (mean_sd(values)[0] - mean_sd(ref)[0] if values and ref else None),
-            "low": d.low if d else None, "high": d.high if d else None, "df": d.df if d else None,
-            "confidence": confidence, "method": WELCH_METHOD if d else "needs 2 or more seeds on both sides",
-        })
+        out.append(
+            {
+                "arm": g.label,
+                "reference": reference.label,
+                "metric": key,
+                "n": len(values),
+                "n_reference": len(ref),
+                "diff": d.diff if d else (mean_sd(values)[0] - mean_sd(ref)[0] if values and ref else None),
+                "low": d.low if d else None,
+                "high": d.high if d else None,
+                "df": d.df if d else None,
+                "confidence": confidence,
+                "method": WELCH_METHOD if d else "needs 2 or more seeds on both sides",
+            }
+        )
     return out
 
 
@@ -599,8 +632,10 @@ def group_cells(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list
     """(headers, cells, numeric flags) of `group_row` rows: arm, n, activation, then mean +- sd columns."""
     keys = [k for k in rows[0] if k not in ("arm", "n", "seeds", "activation")] if rows else []
     headers = ["arm", "n", "activation", *(_column(k)[0] for k in keys)]
-    cells = [[str(r["arm"]), str(r["n"]), str(r.get("activation") or MISSING), *(_stat(k, r.get(k)) for k in keys)]
-             for r in rows]
+    cells = [
+        [str(r["arm"]), str(r["n"]), str(r.get("activation") or MISSING), *(_stat(k, r.get(k)) for k in keys)]
+        for r in rows
+    ]
     return headers, cells, [False, True, False, *([True] * len(keys))]
 
 
@@ -613,9 +648,16 @@ def difference_cells(diffs: Sequence[Mapping[str, Any]]) -> tuple[list[str], lis
     cells = []
     for d in diffs:
         interval = MISSING if d["low"] is None else f"[{d['low']:+.4f}, {d['high']:+.4f}]"
-        cells.append([str(d["arm"]), str(d["n"]), str(d["n_reference"]),
-                      MISSING if d["diff"] is None else f"{d['diff']:+.4f}", interval,
-                      MISSING if d["df"] is None else f"{d['df']:.1f}"])
+        cells.append(
+            [
+                str(d["arm"]),
+                str(d["n"]),
+                str(d["n_reference"]),
+                MISSING if d["diff"] is None else f"{d['diff']:+.4f}",
+                interval,
+                MISSING if d["df"] is None else f"{d['df']:.1f}",
+            ]
+        )
     return headers, cells, [False, True, True, True, True, True]
 
 
@@ -673,13 +715,21 @@ def write_band_figures(groups: Sequence[SeedGroup], out_dir: Path) -> dict[str, 
     figures: dict[str, Path] = {}
     if _has_key(runs, "val/loss"):
         figures["validation loss over seeds"] = plots.plot_groups_band_over_training(
-            metrics, "val/loss", out_dir / "val_loss_seeds.png", ylabel="validation loss",
-            title="Validation loss (mean and sd over seeds)")
+            metrics,
+            "val/loss",
+            out_dir / "val_loss_seeds.png",
+            ylabel="validation loss",
+            title="Validation loss (mean and sd over seeds)",
+        )
     for site in _site_order({s for run in runs for s in sites_of(run)}):
         if _has_key(runs, metric_keys.dead_ratio_key(site)):
             figures[f"dead ratio over training over seeds: {site}"] = plots.plot_groups_band_over_training(
-                metrics, metric_keys.dead_ratio_key(site), out_dir / f"dead_ratio_over_training_{site}_seeds.png",
-                ylabel="dead ratio", title=f"Dead units over training: {site} (mean and sd over seeds)")
+                metrics,
+                metric_keys.dead_ratio_key(site),
+                out_dir / f"dead_ratio_over_training_{site}_seeds.png",
+                ylabel="dead ratio",
+                title=f"Dead units over training: {site} (mean and sd over seeds)",
+            )
     return figures
 
 
@@ -703,16 +753,27 @@ def _markdown_report(
         "",
     ]
     if seeds:
-        lines += ["## Arms over seeds", "", _markdown(*group_cells(seeds["groups"])), "",
-                  "Runs whose configs differ only in `train.seed` (and in where they were kept and logged) are "
-                  "one arm: each number is the mean ± the sample standard deviation over its n seeds.", ""]
+        lines += [
+            "## Arms over seeds",
+            "",
+            _markdown(*group_cells(seeds["groups"])),
+            "",
+            "Runs whose configs differ only in `train.seed` (and in where they were kept and logged) are "
+            "one arm: each number is the mean ± the sample standard deviation over its n seeds.",
+            "",
+        ]
         if seeds["differences"]:
             diffs = seeds["differences"]
-            lines += [f"## Difference to {seeds['reference']} in final validation loss", "",
-                      _markdown(*difference_cells(diffs)), "",
-                      f"Difference of the means (arm minus {seeds['reference']}) with its "
-                      f"{diffs[0]['confidence']:.0%} interval; method: {WELCH_METHOD}. An interval that contains 0 "
-                      "does not tell the arms apart at that level; `-`: fewer than 2 seeds on a side.", ""]
+            lines += [
+                f"## Difference to {seeds['reference']} in final validation loss",
+                "",
+                _markdown(*difference_cells(diffs)),
+                "",
+                f"Difference of the means (arm minus {seeds['reference']}) with its "
+                f"{diffs[0]['confidence']:.0%} interval; method: {WELCH_METHOD}. An interval that contains 0 "
+                "does not tell the arms apart at that level; `-`: fewer than 2 seeds on a side.",
+                "",
+            ]
     lines += ["## Runs", ""]
     lines += [f"- **{run.name}**: `{run.source}`" for run in runs]
     if figures:
@@ -723,23 +784,32 @@ def _markdown_report(
     return "\n".join(lines).rstrip() + "\n"
 
 
-def seed_summary(runs: Sequence[RunData], rows: Sequence[dict[str, Any]],
-                 baseline: str | None = None) -> dict[str, Any] | None:
+def seed_summary(
+    runs: Sequence[RunData], rows: Sequence[dict[str, Any]], baseline: str | None = None
+) -> dict[str, Any] | None:
     """The arms over seeds, when some arm has 2 or more seeds: {"groups": group rows, "reference": label,
     "differences": to the reference in final val loss, "method"}. None when every arm has one run."""
     groups = group_seeds(runs, rows)
     if all(len(g.runs) < 2 for g in groups):
         if baseline is not None:
-            raise UserError(f"--baseline {baseline}: no arm has 2 or more seeds, so there is nothing to compare "
-                            "over seeds (runs differing only in train.seed make one arm)")
+            raise UserError(
+                f"--baseline {baseline}: no arm has 2 or more seeds, so there is nothing to compare "
+                "over seeds (runs differing only in train.seed make one arm)"
+            )
         return None
     sites = [k.split("/", 1)[1] for k in rows[0] if k.startswith("dead_ratio/")] if rows else []
     reference = reference_group(groups, baseline)
-    return {"groups": [group_row(g, sites) for g in groups], "reference": reference.label,
-            "differences": differences(groups, reference), "method": WELCH_METHOD}
+    return {
+        "groups": [group_row(g, sites) for g in groups],
+        "reference": reference.label,
+        "differences": differences(groups, reference),
+        "method": WELCH_METHOD,
+    }
 
 
-def write_comparison(runs: Sequence[RunData], out_dir: str | Path, baseline: str | None = None) -> dict[str, Any]:
+def write_comparison(
+    runs: Sequence[RunData], out_dir: str | Path, baseline: str | None = None
+) -> dict[str, Any]:
     """Table and figures of `runs` into `out_dir`: compare.md, compare.json and PNGs; with arms of 2 or more
     seeds also seeds.json (mean, sd, n per arm and the differences to the reference arm) and band figures.
 
@@ -759,8 +829,9 @@ def write_comparison(runs: Sequence[RunData], out_dir: str | Path, baseline: str
         (out / "seeds.json").write_text(json.dumps(seeds, indent=1, allow_nan=False) + "\n", encoding="utf-8")
         text += "\n\narms over seeds (mean ± sd):\n" + _text(*group_cells(seeds["groups"]))
         if seeds["differences"]:
-            text += (f"\n\nfinal val loss, difference to {seeds['reference']} ({WELCH_METHOD}):\n"
-                     + _text(*difference_cells(seeds["differences"])))
+            text += f"\n\nfinal val loss, difference to {seeds['reference']} ({WELCH_METHOD}):\n" + _text(
+                *difference_cells(seeds["differences"])
+            )
     md_path, json_path = out / "compare.md", out / "compare.json"
     md_path.write_text(_markdown_report(runs, rows, figures, out, seeds), encoding="utf-8")
     json_path.write_text(json.dumps(rows, indent=1, allow_nan=False) + "\n", encoding="utf-8")
@@ -774,6 +845,8 @@ def write_comparison(runs: Sequence[RunData], out_dir: str | Path, baseline: str
     }
 
 
-def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path, baseline: str | None = None) -> dict[str, Any]:
+def compare_runs(
+    run_dirs: Sequence[str | Path], out_dir: str | Path, baseline: str | None = None
+) -> dict[str, Any]:
     """Load run directories and write their comparison into `out_dir` (see `write_comparison`)."""
     return write_comparison(load_runs(run_dirs), out_dir, baseline)

@@ -34,8 +34,10 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 # The flat revival keys of configs saved before each method had its own section, and where they live now.
 LEGACY_REVIVAL_KEYS = {
-    "fraction": ("synaptic_stripping",), "persistent": ("synaptic_stripping",),
-    "strip_bias": ("synaptic_stripping",), "tau": ("redo", "grama"),
+    "fraction": ("synaptic_stripping",),
+    "persistent": ("synaptic_stripping",),
+    "strip_bias": ("synaptic_stripping",),
+    "tau": ("redo", "grama"),
 }
 
 log = logging.getLogger("reviveformer")
@@ -77,19 +79,31 @@ class ModelConfig:
     projections get it scaled by 1/sqrt(2 * n_layer)). With init_from, the checkpoint's own value is kept."""
 
     def __post_init__(self) -> None:
-        _raise("model", _problems([
-            (self.n_layer >= 1, f"n_layer={self.n_layer} must be >= 1"),
-            (self.n_embd >= 1, f"n_embd={self.n_embd} must be >= 1"),
-            (self.n_head >= 1 and self.n_embd % max(self.n_head, 1) == 0,
-             f"n_head={self.n_head} must be >= 1 and divide n_embd={self.n_embd}"),
-            (self.n_positions >= 1, f"n_positions={self.n_positions} must be >= 1"),
-            (self.n_inner is None or self.n_inner >= 1, f"n_inner={self.n_inner} must be >= 1 or null"),
-            (0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)"),
-            (self.activation is None or bool(self.activation), "activation must be a name or null"),
-            (self.leaky_relu_slope >= 0, f"leaky_relu_slope={self.leaky_relu_slope} must be >= 0"),
-            (math.isfinite(self.initializer_range) and self.initializer_range > 0,
-             f"initializer_range={self.initializer_range} must be a positive number"),
-        ]))
+        _raise(
+            "model",
+            _problems(
+                [
+                    (self.n_layer >= 1, f"n_layer={self.n_layer} must be >= 1"),
+                    (self.n_embd >= 1, f"n_embd={self.n_embd} must be >= 1"),
+                    (
+                        self.n_head >= 1 and self.n_embd % max(self.n_head, 1) == 0,
+                        f"n_head={self.n_head} must be >= 1 and divide n_embd={self.n_embd}",
+                    ),
+                    (self.n_positions >= 1, f"n_positions={self.n_positions} must be >= 1"),
+                    (
+                        self.n_inner is None or self.n_inner >= 1,
+                        f"n_inner={self.n_inner} must be >= 1 or null",
+                    ),
+                    (0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)"),
+                    (self.activation is None or bool(self.activation), "activation must be a name or null"),
+                    (self.leaky_relu_slope >= 0, f"leaky_relu_slope={self.leaky_relu_slope} must be >= 0"),
+                    (
+                        math.isfinite(self.initializer_range) and self.initializer_range > 0,
+                        f"initializer_range={self.initializer_range} must be a positive number",
+                    ),
+                ]
+            ),
+        )
 
 
 @dataclass
@@ -120,16 +134,33 @@ class DataConfig:
     """Where tokenised datasets are cached; None means ~/.cache/reviveformer."""
 
     def __post_init__(self) -> None:
-        _raise("data", _problems([
-            (self.source in DATA_SOURCES, f"source={self.source!r} must be one of {', '.join(DATA_SOURCES)}"),
-            (self.source != "text" or bool(self.path), "path must be set when source=text"),
-            (self.source != "hub" or bool(self.name), "name must be set when source=hub"),
-            (self.vocab_size >= 300, f"vocab_size={self.vocab_size} must be >= 300 (256 bytes + specials)"),
-            (self.block_size >= 2, f"block_size={self.block_size} must be >= 2"),
-            (0.0 < self.val_fraction < 1.0, f"val_fraction={self.val_fraction} must be in (0, 1)"),
-            (self.max_tokens is None or self.max_tokens > 0, f"max_tokens={self.max_tokens} must be > 0 or null"),
-            (self.max_files is None or self.max_files > 0, f"max_files={self.max_files} must be > 0 or null"),
-        ]))
+        _raise(
+            "data",
+            _problems(
+                [
+                    (
+                        self.source in DATA_SOURCES,
+                        f"source={self.source!r} must be one of {', '.join(DATA_SOURCES)}",
+                    ),
+                    (self.source != "text" or bool(self.path), "path must be set when source=text"),
+                    (self.source != "hub" or bool(self.name), "name must be set when source=hub"),
+                    (
+                        self.vocab_size >= 300,
+                        f"vocab_size={self.vocab_size} must be >= 300 (256 bytes + specials)",
+                    ),
+                    (self.block_size >= 2, f"block_size={self.block_size} must be >= 2"),
+                    (0.0 < self.val_fraction < 1.0, f"val_fraction={self.val_fraction} must be in (0, 1)"),
+                    (
+                        self.max_tokens is None or self.max_tokens > 0,
+                        f"max_tokens={self.max_tokens} must be > 0 or null",
+                    ),
+                    (
+                        self.max_files is None or self.max_files > 0,
+                        f"max_files={self.max_files} must be > 0 or null",
+                    ),
+                ]
+            ),
+        )
 
 
 @dataclass
@@ -183,27 +214,40 @@ class TrainConfig:
         # YAML reads a bare `no` as false, which reaches this str field as "False"
         if self.mixed_precision in ("False", "false"):
             self.mixed_precision = "no"
-        _raise("train", _problems([
-            (bool(self.output_dir), "output_dir must be a non-empty path"),
-            (self.epochs >= 1, f"epochs={self.epochs} must be >= 1"),
-            (self.max_steps is None or self.max_steps >= 1, f"max_steps={self.max_steps} must be >= 1 or null"),
-            (self.batch_size >= 1, f"batch_size={self.batch_size} must be >= 1"),
-            (self.grad_accum >= 1, f"grad_accum={self.grad_accum} must be >= 1"),
-            (math.isfinite(self.lr) and self.lr > 0, f"lr={self.lr} must be a positive number"),
-            (0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio={self.min_lr_ratio} must be in [0, 1]"),
-            (self.weight_decay >= 0, f"weight_decay={self.weight_decay} must be >= 0"),
-            (self.warmup_steps >= 0, f"warmup_steps={self.warmup_steps} must be >= 0"),
-            (self.grad_clip >= 0, f"grad_clip={self.grad_clip} must be >= 0"),
-            (self.mixed_precision in MIXED_PRECISION,
-             f"mixed_precision={self.mixed_precision!r} must be one of {', '.join(MIXED_PRECISION)}"),
-            (self.log_every >= 1, f"log_every={self.log_every} must be >= 1"),
-            (self.eval_every >= 0, f"eval_every={self.eval_every} must be >= 0"),
-            (self.eval_batches is None or self.eval_batches >= 1, f"eval_batches={self.eval_batches} must be >= 1"),
-            (self.checkpoint_every >= 0, f"checkpoint_every={self.checkpoint_every} must be >= 0"),
-            (self.checkpoint_limit >= 1, f"checkpoint_limit={self.checkpoint_limit} must be >= 1"),
-            (bool(self.resume), "resume must be never, auto or a checkpoint directory"),
-            (self.max_bad_steps >= 0, f"max_bad_steps={self.max_bad_steps} must be >= 0"),
-        ]))
+        _raise(
+            "train",
+            _problems(
+                [
+                    (bool(self.output_dir), "output_dir must be a non-empty path"),
+                    (self.epochs >= 1, f"epochs={self.epochs} must be >= 1"),
+                    (
+                        self.max_steps is None or self.max_steps >= 1,
+                        f"max_steps={self.max_steps} must be >= 1 or null",
+                    ),
+                    (self.batch_size >= 1, f"batch_size={self.batch_size} must be >= 1"),
+                    (self.grad_accum >= 1, f"grad_accum={self.grad_accum} must be >= 1"),
+                    (math.isfinite(self.lr) and self.lr > 0, f"lr={self.lr} must be a positive number"),
+                    (0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio={self.min_lr_ratio} must be in [0, 1]"),
+                    (self.weight_decay >= 0, f"weight_decay={self.weight_decay} must be >= 0"),
+                    (self.warmup_steps >= 0, f"warmup_steps={self.warmup_steps} must be >= 0"),
+                    (self.grad_clip >= 0, f"grad_clip={self.grad_clip} must be >= 0"),
+                    (
+                        self.mixed_precision in MIXED_PRECISION,
+                        f"mixed_precision={self.mixed_precision!r} must be one of {', '.join(MIXED_PRECISION)}",
+                    ),
+                    (self.log_every >= 1, f"log_every={self.log_every} must be >= 1"),
+                    (self.eval_every >= 0, f"eval_every={self.eval_every} must be >= 0"),
+                    (
+                        self.eval_batches is None or self.eval_batches >= 1,
+                        f"eval_batches={self.eval_batches} must be >= 1",
+                    ),
+                    (self.checkpoint_every >= 0, f"checkpoint_every={self.checkpoint_every} must be >= 0"),
+                    (self.checkpoint_limit >= 1, f"checkpoint_limit={self.checkpoint_limit} must be >= 1"),
+                    (bool(self.resume), "resume must be never, auto or a checkpoint directory"),
+                    (self.max_bad_steps >= 0, f"max_bad_steps={self.max_bad_steps} must be >= 0"),
+                ]
+            ),
+        )
 
 
 @dataclass
@@ -237,20 +281,38 @@ class LivenessConfig:
 
     def __post_init__(self) -> None:
         bad_sites = [s for s in self.sites if s not in site_names()]
-        _raise("liveness", _problems([
-            (not bad_sites and len(self.sites) > 0,
-             f"sites={list(self.sites)} must be a non-empty subset of {', '.join(site_names())}"),
-            (self.threshold >= 0, f"threshold={self.threshold} must be >= 0"),
-            (self.criterion in CRITERIA, f"criterion={self.criterion!r} must be one of {', '.join(CRITERIA)}"),
-            (0.0 <= self.dead_frequency <= 1.0, f"dead_frequency={self.dead_frequency} must be in [0, 1]"),
-            (self.tau >= 0, f"tau={self.tau} must be >= 0"),
-            (self.sample_every >= 1, f"sample_every={self.sample_every} must be >= 1"),
-            (self.histogram_every >= 0, f"histogram_every={self.histogram_every} must be >= 0"),
-            (self.histogram_bins >= 2, f"histogram_bins={self.histogram_bins} must be >= 2"),
-            (self.frequency_histogram_every >= 0,
-             f"frequency_histogram_every={self.frequency_histogram_every} must be >= 0"),
-            (self.counting in COUNTING, f"counting={self.counting!r} must be one of {', '.join(COUNTING)}"),
-        ]))
+        _raise(
+            "liveness",
+            _problems(
+                [
+                    (
+                        not bad_sites and len(self.sites) > 0,
+                        f"sites={list(self.sites)} must be a non-empty subset of {', '.join(site_names())}",
+                    ),
+                    (self.threshold >= 0, f"threshold={self.threshold} must be >= 0"),
+                    (
+                        self.criterion in CRITERIA,
+                        f"criterion={self.criterion!r} must be one of {', '.join(CRITERIA)}",
+                    ),
+                    (
+                        0.0 <= self.dead_frequency <= 1.0,
+                        f"dead_frequency={self.dead_frequency} must be in [0, 1]",
+                    ),
+                    (self.tau >= 0, f"tau={self.tau} must be >= 0"),
+                    (self.sample_every >= 1, f"sample_every={self.sample_every} must be >= 1"),
+                    (self.histogram_every >= 0, f"histogram_every={self.histogram_every} must be >= 0"),
+                    (self.histogram_bins >= 2, f"histogram_bins={self.histogram_bins} must be >= 2"),
+                    (
+                        self.frequency_histogram_every >= 0,
+                        f"frequency_histogram_every={self.frequency_histogram_every} must be >= 0",
+                    ),
+                    (
+                        self.counting in COUNTING,
+                        f"counting={self.counting!r} must be one of {', '.join(COUNTING)}",
+                    ),
+                ]
+            ),
+        )
 
 
 @dataclass
@@ -269,16 +331,34 @@ class AlertRule:
     """none, revive (run the revival step now) or stop (checkpoint and stop cleanly)."""
 
     def __post_init__(self) -> None:
-        _raise(f"alerts.rules[{self.name}]", _problems([
-            (bool(self.name) and all(c.isalnum() or c in "_-" for c in self.name),
-             f"name={self.name!r} must be letters, digits, _ or -"),
-            (self.site in site_names(), f"site={self.site!r} must be one of {', '.join(site_names())}"),
-            (self.metric in ALERT_METRICS, f"metric={self.metric!r} must be one of {', '.join(ALERT_METRICS)}"),
-            (0.0 <= self.above <= 1.0, f"above={self.above} must be in [0, 1]"),
-            (self.layers is None or (len(self.layers) > 0 and min(self.layers) >= 0),
-             f"layers={self.layers} must be null (all layers) or a non-empty list of layer indices >= 0"),
-            (self.action in ALERT_ACTIONS, f"action={self.action!r} must be one of {', '.join(ALERT_ACTIONS)}"),
-        ]))
+        _raise(
+            f"alerts.rules[{self.name}]",
+            _problems(
+                [
+                    (
+                        bool(self.name) and all(c.isalnum() or c in "_-" for c in self.name),
+                        f"name={self.name!r} must be letters, digits, _ or -",
+                    ),
+                    (
+                        self.site in site_names(),
+                        f"site={self.site!r} must be one of {', '.join(site_names())}",
+                    ),
+                    (
+                        self.metric in ALERT_METRICS,
+                        f"metric={self.metric!r} must be one of {', '.join(ALERT_METRICS)}",
+                    ),
+                    (0.0 <= self.above <= 1.0, f"above={self.above} must be in [0, 1]"),
+                    (
+                        self.layers is None or (len(self.layers) > 0 and min(self.layers) >= 0),
+                        f"layers={self.layers} must be null (all layers) or a non-empty list of layer indices >= 0",
+                    ),
+                    (
+                        self.action in ALERT_ACTIONS,
+                        f"action={self.action!r} must be one of {', '.join(ALERT_ACTIONS)}",
+                    ),
+                ]
+            ),
+        )
 
 
 @dataclass
@@ -306,10 +386,15 @@ class RevivalConfig:
     """Revive every this many optimizer steps instead of at epoch end (0: epoch end)."""
 
     def __post_init__(self) -> None:
-        _raise("revival", _problems([
-            (bool(self.method), "method must be none, a method name or package.module:Class"),
-            (self.every_steps >= 0, f"every_steps={self.every_steps} must be >= 0"),
-        ]))
+        _raise(
+            "revival",
+            _problems(
+                [
+                    (bool(self.method), "method must be none, a method name or package.module:Class"),
+                    (self.every_steps >= 0, f"every_steps={self.every_steps} must be >= 0"),
+                ]
+            ),
+        )
 
 
 def reviver_class(method: str) -> Any:
@@ -353,9 +438,14 @@ class WandbConfig:
     """Tags of the run."""
 
     def __post_init__(self) -> None:
-        _raise("wandb", _problems([
-            (self.mode in WANDB_MODES, f"mode={self.mode!r} must be one of {', '.join(WANDB_MODES)}"),
-        ]))
+        _raise(
+            "wandb",
+            _problems(
+                [
+                    (self.mode in WANDB_MODES, f"mode={self.mode!r} must be one of {', '.join(WANDB_MODES)}"),
+                ]
+            ),
+        )
 
 
 @dataclass
@@ -398,11 +488,15 @@ def training_problems(cfg: Config) -> list[str]:
     watched = list(live.sites) if live.enabled else []
     if revival.method != "none":
         if not live.enabled:
-            problems.append(f"revival.method={revival.method} needs liveness.enabled=true (revival decides from "
-                            "the liveness counts); set liveness.enabled=true or revival.method=none")
+            problems.append(
+                f"revival.method={revival.method} needs liveness.enabled=true (revival decides from "
+                "the liveness counts); set liveness.enabled=true or revival.method=none"
+            )
         elif "mlp_post" not in live.sites:
-            problems.append(f"revival.method={revival.method} needs 'mlp_post' in liveness.sites={list(live.sites)} "
-                            "(the dead set is taken there); add mlp_post or set revival.method=none")
+            problems.append(
+                f"revival.method={revival.method} needs 'mlp_post' in liveness.sites={list(live.sites)} "
+                "(the dead set is taken there); add mlp_post or set revival.method=none"
+            )
     saved = checkpoint_json(cfg.model.init_from) if cfg.model.init_from else None
     n_layer = saved.get("n_layer", cfg.model.n_layer) if saved else cfg.model.n_layer
     n_layer = n_layer if isinstance(n_layer, int) else cfg.model.n_layer  # a broken config.json: the loader's
@@ -412,31 +506,41 @@ def training_problems(cfg: Config) -> list[str]:
         if not live.enabled:
             problems.append(f"{at} needs liveness.enabled=true (alerts read the liveness metrics)")
         elif rule.site not in watched:
-            problems.append(f"{at}.site={rule.site} is not watched, so the rule would never fire: liveness.sites="
-                            f"{watched}; add {rule.site} to liveness.sites or give the rule one of {', '.join(watched)}")
+            problems.append(
+                f"{at}.site={rule.site} is not watched, so the rule would never fire: liveness.sites="
+                f"{watched}; add {rule.site} to liveness.sites or give the rule one of {', '.join(watched)}"
+            )
         if rule.action == "revive" and revival.method == "none":
             from reviveformer.revival import REVIVERS
 
-            problems.append(f"{at}.action=revive needs a revival method, but revival.method=none; set revival.method "
-                            f"to {' or '.join(REVIVERS)} (or your own package.module:Class), or another action "
-                            "(none, stop)")
+            problems.append(
+                f"{at}.action=revive needs a revival method, but revival.method=none; set revival.method "
+                f"to {' or '.join(REVIVERS)} (or your own package.module:Class), or another action "
+                "(none, stop)"
+            )
         missing = sorted(i for i in rule.layers or [] if i >= n_layer)
         if missing:
-            problems.append(f"{at}.layers has {missing}, which are not layers of the model: {layers_from} has layers "
-                            f"0..{n_layer - 1}")
+            problems.append(
+                f"{at}.layers has {missing}, which are not layers of the model: {layers_from} has layers "
+                f"0..{n_layer - 1}"
+            )
     # Training windows are cut only at a log (epoch-end measurements count in a window of their own), so a
     # window of log_every consecutive steps holds a counted step exactly when sample_every <= log_every.
     if live.enabled and live.sample_every > cfg.train.log_every:
-        problems.append(f"liveness.sample_every={live.sample_every} is above train.log_every={cfg.train.log_every}: "
-                        "a logged liveness window would hold no counted step (and read as all dead); give "
-                        f"liveness.sample_every <= {cfg.train.log_every} or a larger train.log_every")
+        problems.append(
+            f"liveness.sample_every={live.sample_every} is above train.log_every={cfg.train.log_every}: "
+            "a logged liveness window would hold no counted step (and read as all dead); give "
+            f"liveness.sample_every <= {cfg.train.log_every} or a larger train.log_every"
+        )
     # (a folder that is no GPT-2 checkpoint at all is the model loader's to report)
     if cfg.model.init_from and cfg.data.tokenizer == "bpe" and saved and saved.get("model_type") == "gpt2":
         folder = Path(cfg.model.init_from).expanduser()
         if not any((folder / f).is_file() for f in TOKENIZER_FILES):
-            problems.append(f"model.init_from={cfg.model.init_from} holds no tokenizer ({' or '.join(TOKENIZER_FILES)}), "
-                            "and data.tokenizer=bpe would train a new vocabulary its embeddings do not know; give "
-                            "data.tokenizer=PATH of the tokenizer it was trained with (or gpt2 for a stock GPT-2)")
+            problems.append(
+                f"model.init_from={cfg.model.init_from} holds no tokenizer ({' or '.join(TOKENIZER_FILES)}), "
+                "and data.tokenizer=bpe would train a new vocabulary its embeddings do not know; give "
+                "data.tokenizer=PATH of the tokenizer it was trained with (or gpt2 for a stock GPT-2)"
+            )
     return problems
 
 
@@ -464,13 +568,19 @@ def upgrade_revival_keys(layer: Any, where: str, *, warn: bool = True) -> Any:
             if not isinstance(section, dict):
                 continue  # a section that is not a mapping: check_shape names it
             if old in section and section[old] != value:
-                raise ConfigError(f"{where}: revival.{old} (the old flat key, read as revival.{name}.{old}) and "
-                                  f"revival.{name}.{old} disagree; give only revival.{name}.{old}")
+                raise ConfigError(
+                    f"{where}: revival.{old} (the old flat key, read as revival.{name}.{old}) and "
+                    f"revival.{name}.{old} disagree; give only revival.{name}.{old}"
+                )
             section[old] = value
         moved.append(f"revival.{old} as {' and '.join(f'revival.{n}.{old}' for n in sections)}")
     if moved and warn:
-        log.warning("%s: old flat revival keys read in their method's section: %s (write them there; "
-                    "docs/design.md, config keys)", where, "; ".join(moved))
+        log.warning(
+            "%s: old flat revival keys read in their method's section: %s (write them there; "
+            "docs/design.md, config keys)",
+            where,
+            "; ".join(moved),
+        )
     return layer
 
 
@@ -497,31 +607,46 @@ def check_shape(value: Any, schema: type | None = None, at: str = "", where: str
     names = [f.name for f in fields(schema)]
     if not isinstance(value, dict):
         what = f"'{at}'" if at else "the config"
-        raise ConfigError(f"{where}: {what} must be a mapping of its keys ({', '.join(names)}), not {_show(value)}")
+        raise ConfigError(
+            f"{where}: {what} must be a mapping of its keys ({', '.join(names)}), not {_show(value)}"
+        )
     hints = typing.get_type_hints(schema)
     for key, sub in value.items():
         full = f"{at}.{key}" if at else str(key)
-        if key not in names and isinstance(schema, type) and issubclass(schema, RevivalConfig) \
-                and isinstance(sub, dict):
+        if (
+            key not in names
+            and isinstance(schema, type)
+            and issubclass(schema, RevivalConfig)
+            and isinstance(sub, dict)
+        ):
             continue  # a plug-in method's section: load_config checks it once revival.method is known
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             place = f"'{at}'" if at else "the top level"
-            raise ConfigError(f"{where}: unknown config key '{full}'{hint} (valid keys at {place}: {', '.join(names)})")
+            raise ConfigError(
+                f"{where}: unknown config key '{full}'{hint} (valid keys at {place}: {', '.join(names)})"
+            )
         if is_dataclass(hints[key]):
             # the revival section's full schema holds each method's own section (revival_config_class)
-            check_shape(sub, revival_config_class() if hints[key] is RevivalConfig else hints[key], full, where)
+            check_shape(
+                sub, revival_config_class() if hints[key] is RevivalConfig else hints[key], full, where
+            )
             continue
         listed = _list_hint(hints[key])
         if listed is None or (sub is None and listed[1]):
             continue
         item, _ = listed
-        entry_kind = (f"a mapping of {', '.join(f.name for f in fields(item))}" if is_dataclass(item)
-                      else getattr(item, "__name__", str(item)))
+        entry_kind = (
+            f"a mapping of {', '.join(f.name for f in fields(item))}"
+            if is_dataclass(item)
+            else getattr(item, "__name__", str(item))
+        )
         if not isinstance(sub, list):
             whole = "" if "[" in full else f"; an override gives the whole list: {full}=[...]"
-            raise ConfigError(f"{where}: '{full}' must be a list (each entry {entry_kind}), not {_show(sub)}{whole}")
+            raise ConfigError(
+                f"{where}: '{full}' must be a list (each entry {entry_kind}), not {_show(sub)}{whole}"
+            )
         for i, entry in enumerate(sub):
             if is_dataclass(item):
                 check_shape(entry, item, f"{full}[{i}]", where)
@@ -578,7 +703,9 @@ def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> DictConfig:
     except yaml.YAMLError as e:
         raise ConfigError(f"recipe {path} is not valid YAML: {str(e).splitlines()[0]} ({e})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"recipe {path} must be a mapping of sections (model, data, train, ...), not {type(data).__name__}")
+        raise ConfigError(
+            f"recipe {path} must be a mapping of sections (model, data, train, ...), not {type(data).__name__}"
+        )
     base = data.pop("base", None)
     upgrade_revival_keys(data, f"recipe {path}")
     check_shape(data, where=f"recipe {path}")
@@ -603,15 +730,19 @@ def _parse_override(item: str) -> DictConfig:
         raise ConfigError(f"override '{item}': {str(e).splitlines()[0]}") from None
     except yaml.YAMLError as e:  # the value is read as YAML: an unclosed [ or { ends here
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"override '{item}': the value is not valid YAML ({problem}); close its brackets, or "
-                          "quote it to give a plain string (key='value')") from None
+        raise ConfigError(
+            f"override '{item}': the value is not valid YAML ({problem}); close its brackets, or "
+            "quote it to give a plain string (key='value')"
+        ) from None
     plain = upgrade_revival_keys(OmegaConf.to_container(layer), f"override '{item}'")
     check_shape(plain, where=f"override '{item}'")
     return OmegaConf.create(plain)
 
 
 def load_config(
-    recipe: str | Path | DictConfig | dict | None = None, overrides: list[str] | None = None, *,
+    recipe: str | Path | DictConfig | dict | None = None,
+    overrides: list[str] | None = None,
+    *,
     training: bool = True,
 ) -> Config:
     """Schema defaults <- recipe <- dot-list overrides, validated; any problem is one ConfigError.
@@ -624,7 +755,9 @@ def load_config(
         if isinstance(recipe, (str, Path)):
             layers.append((f"recipe {recipe}", read_recipe(recipe)))
         else:
-            plain = OmegaConf.to_container(recipe) if isinstance(recipe, DictConfig) else copy.deepcopy(recipe)
+            plain = (
+                OmegaConf.to_container(recipe) if isinstance(recipe, DictConfig) else copy.deepcopy(recipe)
+            )
             upgrade_revival_keys(plain, "config")
             check_shape(plain)
             layers.append(("config", OmegaConf.create(plain)))
@@ -632,8 +765,11 @@ def load_config(
         layers.append((f"override '{item}'", _parse_override(item)))
     methods = [m for _, layer in layers if (m := OmegaConf.select(layer, "revival.method")) is not None]
     method = reviver_class(str(methods[-1])) if methods else None
-    plugin = method if method is not None and method.name not in revival_config_class().__dataclass_fields__ \
+    plugin = (
+        method
+        if method is not None and method.name not in revival_config_class().__dataclass_fields__
         else None
+    )
     if plugin is not None:
         # a user's own method: its section revival.<name> joins the schema (imported only because it is named)
         schema.revival = revival_config_class(plugin)()

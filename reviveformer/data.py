@@ -46,14 +46,18 @@ class PackedData:
 
 
 def cache_root(cfg: DataConfig) -> Path:
-    return Path(cfg.cache_dir or os.environ.get("REVIVEFORMER_CACHE", Path.home() / ".cache" / "reviveformer"))
+    return Path(
+        cfg.cache_dir or os.environ.get("REVIVEFORMER_CACHE", Path.home() / ".cache" / "reviveformer")
+    )
 
 
 def _stdlib_files(max_files: int | None) -> list[Path]:
     root = Path(sysconfig.get_paths()["stdlib"])
     files = sorted(p for p in root.glob("*.py") if p.is_file())
     if not files:
-        raise DataError(f"data.source=stdlib found no .py files in {root}; use data.source=text data.path=FILE")
+        raise DataError(
+            f"data.source=stdlib found no .py files in {root}; use data.source=text data.path=FILE"
+        )
     return files[:max_files] if max_files else files
 
 
@@ -64,7 +68,9 @@ def _text_files(path: str, max_files: int | None) -> list[Path]:
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES)
         if not files:
-            raise DataError(f"data.path={path} is a folder with no text files ({', '.join(sorted(TEXT_SUFFIXES - {''}))})")
+            raise DataError(
+                f"data.path={path} is a folder with no text files ({', '.join(sorted(TEXT_SUFFIXES - {''}))})"
+            )
         return files[:max_files] if max_files else files
     raise DataError(f"data.path={path} does not exist (give a text file or a folder of text files)")
 
@@ -97,8 +103,12 @@ def read_text_file(path: Path) -> str | None:
     if bad > BINARY_SHARE * max(len(text), 1):
         log.warning("skipping %s: not UTF-8 text (%d of %d characters invalid)", path, bad, len(text))
         return None
-    log.warning("%s has %d invalid UTF-8 byte sequence(s), the first at byte %d; they are read as U+FFFD", path,
-                bad, first)
+    log.warning(
+        "%s has %d invalid UTF-8 byte sequence(s), the first at byte %d; they are read as U+FFFD",
+        path,
+        bad,
+        first,
+    )
     return text
 
 
@@ -114,7 +124,9 @@ def load_documents(cfg: DataConfig, seed: int) -> tuple[DatasetDict, str]:
     """Documents as a DatasetDict with splits train/validation (column `text`), and a fingerprint of them."""
     if cfg.source == "hub":
         return _load_hub(cfg, seed)
-    files = _stdlib_files(cfg.max_files) if cfg.source == "stdlib" else _text_files(cfg.path or "", cfg.max_files)
+    files = (
+        _stdlib_files(cfg.max_files) if cfg.source == "stdlib" else _text_files(cfg.path or "", cfg.max_files)
+    )
     texts: list[str] = []
     for f in files:
         text = read_text_file(f)
@@ -123,8 +135,10 @@ def load_documents(cfg: DataConfig, seed: int) -> tuple[DatasetDict, str]:
     texts = [t for t in texts if t.strip()]
     where = "the standard library" if cfg.source == "stdlib" else f"data.path={cfg.path}"
     if len(texts) < 2:
-        raise DataError(f"{where} holds too little text ({len(texts)} non-empty chunk(s) of ~{CHUNK_CHARS} chars); "
-                        "need at least 2 for a train/validation split")
+        raise DataError(
+            f"{where} holds too little text ({len(texts)} non-empty chunk(s) of ~{CHUNK_CHARS} chars); "
+            "need at least 2 for a train/validation split"
+        )
     fp = f"{cfg.source}-{_files_signature(files)}"
     docs = Dataset.from_dict({"text": texts})
     return _split(docs, cfg.val_fraction, seed), fp
@@ -133,9 +147,11 @@ def load_documents(cfg: DataConfig, seed: int) -> tuple[DatasetDict, str]:
 def _split(docs: Dataset, val_fraction: float, seed: int) -> DatasetDict:
     n_val = max(1, round(len(docs) * val_fraction))
     if n_val >= len(docs):
-        raise DataError(f"data.val_fraction={val_fraction} leaves no training documents: the data has {len(docs)} "
-                        f"documents (chunks of ~{CHUNK_CHARS} characters) and {n_val} would go to validation; give "
-                        f"data.val_fraction at most {(len(docs) - 1) / len(docs):.3f}, or more text")
+        raise DataError(
+            f"data.val_fraction={val_fraction} leaves no training documents: the data has {len(docs)} "
+            f"documents (chunks of ~{CHUNK_CHARS} characters) and {n_val} would go to validation; give "
+            f"data.val_fraction at most {(len(docs) - 1) / len(docs):.3f}, or more text"
+        )
     split = docs.train_test_split(test_size=n_val, seed=seed, shuffle=True)
     return DatasetDict(train=split["train"], validation=split["test"])
 
@@ -144,16 +160,24 @@ def _load_hub(cfg: DataConfig, seed: int) -> tuple[DatasetDict, str]:
     try:
         raw = datasets.load_dataset(cfg.name, cfg.config)
     except Exception as e:  # the hub raises many types (connection, not found, offline)
-        raise DataError(f"data.name={cfg.name} data.config={cfg.config} could not be loaded from the hub or its "
-                        f"local cache: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        raise DataError(
+            f"data.name={cfg.name} data.config={cfg.config} could not be loaded from the hub or its "
+            f"local cache: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
     if "train" not in raw:
         raise DataError(f"dataset {cfg.name} has no 'train' split (splits: {', '.join(raw)})")
     col = cfg.text_column
     if col not in raw["train"].column_names:
-        raise DataError(f"data.text_column={col} is not a column of {cfg.name} (columns: {raw['train'].column_names})")
+        raise DataError(
+            f"data.text_column={col} is not a column of {cfg.name} (columns: {raw['train'].column_names})"
+        )
 
     def clean(ds: Dataset) -> Dataset:
-        ds = ds.select_columns([col]).rename_column(col, "text") if col != "text" else ds.select_columns(["text"])
+        ds = (
+            ds.select_columns([col]).rename_column(col, "text")
+            if col != "text"
+            else ds.select_columns(["text"])
+        )
         return ds.filter(lambda b: [bool(t.strip()) for t in b["text"]], batched=True)
 
     fp = f"hub-{cfg.name}-{cfg.config}".replace("/", "_")
@@ -186,10 +210,14 @@ def load_tokenizer(name_or_path: str):
     try:
         tok = AutoTokenizer.from_pretrained(name_or_path)
     except Exception as e:
-        raise DataError(f"data.tokenizer={name_or_path} could not be loaded (a tokenizer folder, 'bpe' to train one, "
-                        f"or 'gpt2' when the hub or its cache is reachable): {type(e).__name__}") from None
+        raise DataError(
+            f"data.tokenizer={name_or_path} could not be loaded (a tokenizer folder, 'bpe' to train one, "
+            f"or 'gpt2' when the hub or its cache is reachable): {type(e).__name__}"
+        ) from None
     if tok.eos_token is None:
-        raise DataError(f"tokenizer {name_or_path} has no end-of-text token; reviveformer separates documents with it")
+        raise DataError(
+            f"tokenizer {name_or_path} has no end-of-text token; reviveformer separates documents with it"
+        )
     return tok
 
 
@@ -231,19 +259,32 @@ def pack(docs: Dataset, tokenizer, block_size: int, fingerprint: str) -> Dataset
 
     # Explicit fingerprints: datasets cannot hash a tokenizer closure reliably (hub datasets are disk-backed,
     # so their map results are cached under these names; local ones are cached whole by prepare_data).
-    tok = docs.map(tokenize, batched=True, remove_columns=docs.column_names, new_fingerprint=f"{fingerprint}-tok",
-                   desc="tokenising")
-    packed = tok.map(group, batched=True, batch_size=1000, remove_columns=["ids"], new_fingerprint=f"{fingerprint}-pack",
-                     desc="packing")
+    tok = docs.map(
+        tokenize,
+        batched=True,
+        remove_columns=docs.column_names,
+        new_fingerprint=f"{fingerprint}-tok",
+        desc="tokenising",
+    )
+    packed = tok.map(
+        group,
+        batched=True,
+        batch_size=1000,
+        remove_columns=["ids"],
+        new_fingerprint=f"{fingerprint}-pack",
+        desc="packing",
+    )
     return packed
 
 
 def _check_not_empty(train: Dataset, val: Dataset, cfg: DataConfig) -> None:
     if len(train) == 0 or len(val) == 0:
         which = "training" if len(train) == 0 else "validation"
-        raise DataError(f"the {which} split has no full block of data.block_size={cfg.block_size} tokens "
-                        f"(source={cfg.source}{', path=' + cfg.path if cfg.path else ''}); give more text, a "
-                        "smaller data.block_size, or a larger data.val_fraction")
+        raise DataError(
+            f"the {which} split has no full block of data.block_size={cfg.block_size} tokens "
+            f"(source={cfg.source}{', path=' + cfg.path if cfg.path else ''}); give more text, a "
+            "smaller data.block_size, or a larger data.val_fraction"
+        )
 
 
 def prepare_data(cfg: DataConfig, seed: int, tokenizer=None) -> PackedData:
@@ -251,12 +292,24 @@ def prepare_data(cfg: DataConfig, seed: int, tokenizer=None) -> PackedData:
     docs, fp = load_documents(cfg, seed)
     if tokenizer is None:
         tokenizer = get_tokenizer(cfg, docs, fp)
-    key_src = json.dumps([fp, tokenizer_fingerprint(tokenizer), cfg.block_size, cfg.val_fraction, seed,
-                          len(docs["train"]), len(docs["validation"])])
+    key_src = json.dumps(
+        [
+            fp,
+            tokenizer_fingerprint(tokenizer),
+            cfg.block_size,
+            cfg.val_fraction,
+            seed,
+            len(docs["train"]),
+            len(docs["validation"]),
+        ]
+    )
     key = hashlib.sha256(key_src.encode()).hexdigest()[:20]
     store = cache_root(cfg) / "packed" / key
     if (store / "done").is_file():
-        train, val = datasets.load_from_disk(str(store / "train")), datasets.load_from_disk(str(store / "validation"))
+        train, val = (
+            datasets.load_from_disk(str(store / "train")),
+            datasets.load_from_disk(str(store / "validation")),
+        )
     else:
         train = pack(docs["train"], tokenizer, cfg.block_size, f"{key}-train")
         val = pack(docs["validation"], tokenizer, cfg.block_size, f"{key}-val")

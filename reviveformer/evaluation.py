@@ -52,8 +52,12 @@ def evaluate(model, loader, accelerator, max_batches: int | None = None, progres
         # next-token targets: shift the labels, not the logits (slicing the logits would copy them all)
         ids = batch["labels"]
         labels = torch.cat([ids[:, 1:], ids.new_full((ids.shape[0], 1), -100)], dim=1)
-        loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1),
-                                                 reduction="sum", ignore_index=-100)
+        loss = torch.nn.functional.cross_entropy(
+            logits.float().reshape(-1, logits.size(-1)),
+            labels.reshape(-1),
+            reduction="sum",
+            ignore_index=-100,
+        )
         loss_sum += loss.double()
         count += (labels != -100).sum()
         if progress is not None:
@@ -64,7 +68,9 @@ def evaluate(model, loader, accelerator, max_batches: int | None = None, progres
     return {"val/loss": val_loss, "val/ppl": math.exp(min(val_loss, 50.0))}
 
 
-def measure(model, loader, accelerator, monitor, pruned_masks=None, max_batches: int | None = None, progress=None):
+def measure(
+    model, loader, accelerator, monitor, pruned_masks=None, max_batches: int | None = None, progress=None
+):
     """A validation pass in eval mode with its own liveness window (a training window in progress is kept).
 
     Returns (val metrics, LivenessReport or None when there is no monitor)."""

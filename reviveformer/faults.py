@@ -20,8 +20,15 @@ import os
 import sys
 
 ENV = "REVIVEFORMER_FAULT"
-PHASES = ("mid_step", "after_periodic_checkpoint", "epoch_end_measure", "after_revival", "checkpoint_write",
-          "checkpoint_replace", "final_write")
+PHASES = (
+    "mid_step",
+    "after_periodic_checkpoint",
+    "epoch_end_measure",
+    "after_revival",
+    "checkpoint_write",
+    "checkpoint_replace",
+    "final_write",
+)
 EXIT_KILLED = 137
 
 _arrivals: dict[str, int] = {}

@@ -198,7 +198,9 @@ class _Probe:
         self.hist[k].index_add_(0, idx, w)
 
 
-def _count_kernel(a: Tensor, mask_col: Tensor | None, threshold: float, abs_criterion: bool) -> tuple[Tensor, Tensor]:
+def _count_kernel(
+    a: Tensor, mask_col: Tensor | None, threshold: float, abs_criterion: bool
+) -> tuple[Tensor, Tensor]:
     """(fires, abs_sum) of one site tensor `a` (positions, units), both float32 (units,): the reference path's
     mask, abs, compare and two sums written as one function, so that torch.compile makes one pass of it.
 
@@ -423,7 +425,10 @@ class LivenessReport:
 
     def frequencies(self) -> dict[str, np.ndarray]:
         """Per site, the firing frequency of every unit, (layers, units) float64."""
-        return {site: np.array([e.frequency for e in layers], dtype=np.float64) for site, layers in self.sites.items()}
+        return {
+            site: np.array([e.frequency for e in layers], dtype=np.float64)
+            for site, layers in self.sites.items()
+        }
 
     def dead_units(self, site: str = MLP_SITE) -> dict[int, list[int]]:
         """Dead units per layer at `site`."""
@@ -452,8 +457,9 @@ class LivenessCounts:
 
     def _layers(self, site: str) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
         """(layer, frequency, dead mask, score, dormant mask) of each layer of a site."""
-        for i, (fire, abs_sum, tokens) in enumerate(zip(self.fire_count[site], self.abs_sum[site], self.tokens[site],
-                                                        strict=True)):
+        for i, (fire, abs_sum, tokens) in enumerate(
+            zip(self.fire_count[site], self.abs_sum[site], self.tokens[site], strict=True)
+        ):
             yield i, *_layer_numbers(fire, abs_sum, int(tokens), self.cfg.dead_frequency, self.cfg.tau)
 
     def frequencies(self) -> dict[str, np.ndarray]:
@@ -465,7 +471,9 @@ class LivenessCounts:
         m: dict[str, float] = {}
         for site, fire in self.fire_count.items():
             units = fire.shape[1]
-            per_layer = {i: (int(dead.sum()), int(dormant.sum())) for i, _, dead, _, dormant in self._layers(site)}
+            per_layer = {
+                i: (int(dead.sum()), int(dormant.sum())) for i, _, dead, _, dormant in self._layers(site)
+            }
             total = units * len(per_layer)
             m[f"liveness/{site}/dead_ratio"] = sum(d for d, _ in per_layer.values()) / total if total else 0.0
             for i, (dead, dormant) in per_layer.items():
@@ -480,8 +488,17 @@ class LivenessCounts:
         if self.max_tokens == 0:  # (an empty training window is skipped by its caller, not reported)
             log.warning("liveness report over 0 observed tokens: every unit counts as dead and dormant")
         sites = {
-            site: [layer_liveness(i, fire[i], self.abs_sum[site][i], int(self.tokens[site][i]), self.cfg.dead_frequency,
-                                  self.cfg.tau) for i in range(fire.shape[0])]
+            site: [
+                layer_liveness(
+                    i,
+                    fire[i],
+                    self.abs_sum[site][i],
+                    int(self.tokens[site][i]),
+                    self.cfg.dead_frequency,
+                    self.cfg.tau,
+                )
+                for i in range(fire.shape[0])
+            ]
             for site, fire in self.fire_count.items()
         }
         return LivenessReport(
@@ -507,7 +524,9 @@ def capacity(
     for i, mask in (pruned_masks or {}).items():
         weight = mlps[i].c_fc.weight
         if tuple(mask.shape) != tuple(weight.shape):
-            raise ValueError(f"pruned mask of layer {i} has shape {tuple(mask.shape)}, c_fc.weight {tuple(weight.shape)}")
+            raise ValueError(
+                f"pruned mask of layer {i} has shape {tuple(mask.shape)}, c_fc.weight {tuple(weight.shape)}"
+            )
         pruned[i] = gpt2.by_unit(mask).sum(dim=1).cpu().numpy()
     return _capacity(model, dead_units, pruned)
 
@@ -805,7 +824,9 @@ class LivenessMonitor:
         order = site_names()
         return dict(sorted(out.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])))
 
-    def counts(self, reduce: Reduce | None = None, pruned_masks: dict[int, Tensor] | None = None) -> LivenessCounts:
+    def counts(
+        self, reduce: Reduce | None = None, pruned_masks: dict[int, Tensor] | None = None
+    ) -> LivenessCounts:
         """Sum the counters over processes (`reduce`: a sum over processes, e.g.
         `lambda t: accelerator.reduce(t, "sum")`; None for one process) and bring them to the host.
 
@@ -825,11 +846,22 @@ class LivenessMonitor:
         masks = pruned_masks or {}
         if masks and MLP_SITE in self.sites:
             units = self._units(MLP_SITE, 0)
-            bad = {i: tuple(m.shape) for i, m in masks.items() if m.dim() != 2 or gpt2.by_unit(m).shape[0] != units}
+            bad = {
+                i: tuple(m.shape)
+                for i, m in masks.items()
+                if m.dim() != 2 or gpt2.by_unit(m).shape[0] != units
+            }
             if bad:
                 raise ValueError(f"pruned masks must be shaped like c_fc.weight ({units} units); got {bad}")
-            flat = torch.cat([flat, *(gpt2.by_unit(masks[i]).sum(dim=1, dtype=torch.float64).to(flat.device)
-                                      for i in sorted(masks))])
+            flat = torch.cat(
+                [
+                    flat,
+                    *(
+                        gpt2.by_unit(masks[i]).sum(dim=1, dtype=torch.float64).to(flat.device)
+                        for i in sorted(masks)
+                    ),
+                ]
+            )
         host = flat.cpu().numpy()
 
         fire_count, abs_sums, tokens_of, at = {}, {}, {}, 0

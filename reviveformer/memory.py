@@ -55,10 +55,17 @@ class Estimate:
 def estimate(cfg: Config) -> Estimate:
     """Parameters and bytes of weights + gradients + AdamW state for the model the run will train."""
     m: ModelConfig = cfg.model
-    sizes = dict(n_layer=m.n_layer, n_embd=m.n_embd, n_inner=m.n_inner, n_positions=m.n_positions,
-                 vocab_size=_vocab_size(cfg))
-    source = (f"model.n_layer={m.n_layer}, model.n_embd={m.n_embd}, model.n_inner={m.n_inner}, "
-              f"vocabulary {sizes['vocab_size']}")
+    sizes = dict(
+        n_layer=m.n_layer,
+        n_embd=m.n_embd,
+        n_inner=m.n_inner,
+        n_positions=m.n_positions,
+        vocab_size=_vocab_size(cfg),
+    )
+    source = (
+        f"model.n_layer={m.n_layer}, model.n_embd={m.n_embd}, model.n_inner={m.n_inner}, "
+        f"vocabulary {sizes['vocab_size']}"
+    )
     if m.init_from:
         saved = checkpoint_json(m.init_from)
         if saved is None:
@@ -99,5 +106,6 @@ def check_fits(cfg: Config, available: tuple[int, str] | None = None) -> Estimat
             f"the model is too large for this machine: {est.params / 1e6:,.1f}M parameters ({est.source}) need "
             f"about {_gib(est.bytes)} for weights, gradients and AdamW state ({BYTES_PER_PARAM} bytes per "
             f"parameter), but only {_gib(free)} is {where}; lower model.n_layer or model.n_embd (a model of at "
-            f"most {free // BYTES_PER_PARAM / 1e6:,.1f}M parameters fits), or use a machine with more memory")
+            f"most {free // BYTES_PER_PARAM / 1e6:,.1f}M parameters fits), or use a machine with more memory"
+        )
     return est

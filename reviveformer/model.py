@@ -55,9 +55,11 @@ def build_model(cfg: ModelConfig, vocab_size: int, eos_token_id: int) -> GPT2LMH
 
 def _too_large(cfg: ModelConfig, vocab_size: int, err: BaseException) -> str:
     first = str(err).splitlines()[0] if str(err) else type(err).__name__
-    return (f"the model could not be allocated ({first}): model.n_layer={cfg.n_layer}, model.n_embd={cfg.n_embd}, "
-            f"model.n_inner={cfg.n_inner} with a vocabulary of {vocab_size} is too large for the memory here; lower "
-            "model.n_layer or model.n_embd, or use a machine with more memory")
+    return (
+        f"the model could not be allocated ({first}): model.n_layer={cfg.n_layer}, model.n_embd={cfg.n_embd}, "
+        f"model.n_inner={cfg.n_inner} with a vocabulary of {vocab_size} is too large for the memory here; lower "
+        "model.n_layer or model.n_embd, or use a machine with more memory"
+    )
 
 
 def _is_local(path: str) -> bool:
@@ -70,7 +72,10 @@ def _looks_like_a_path(path: str) -> bool:
 
 
 # weight file -> the index of its shards (transformers writes one or the other)
-WEIGHT_FILES = {"model.safetensors": "model.safetensors.index.json", "pytorch_model.bin": "pytorch_model.bin.index.json"}
+WEIGHT_FILES = {
+    "model.safetensors": "model.safetensors.index.json",
+    "pytorch_model.bin": "pytorch_model.bin.index.json",
+}
 
 
 def _saved_tensors(path: str, keys: set[str]) -> dict[str, torch.Tensor]:
@@ -83,7 +88,9 @@ def _saved_tensors(path: str, keys: set[str]) -> dict[str, torch.Tensor]:
         index = cached_file(path, index_name, _raise_exceptions_for_missing_entries=False)
         single = cached_file(path, weights, _raise_exceptions_for_missing_entries=False)
         if index:
-            shards = sorted({f for k, f in json.loads(Path(index).read_text())["weight_map"].items() if k in keys})
+            shards = sorted(
+                {f for k, f in json.loads(Path(index).read_text())["weight_map"].items() if k in keys}
+            )
             files = [cached_file(path, f) for f in shards]
         elif single:
             files = [single]
@@ -95,8 +102,13 @@ def _saved_tensors(path: str, keys: set[str]) -> dict[str, torch.Tensor]:
                 with safe_open(f, framework="pt") as st:
                     found.update({k: st.get_tensor(k) for k in st.keys() if k in keys})
             else:
-                found.update({k: v for k, v in torch.load(f, map_location="cpu", weights_only=True).items()
-                              if k in keys})
+                found.update(
+                    {
+                        k: v
+                        for k, v in torch.load(f, map_location="cpu", weights_only=True).items()
+                        if k in keys
+                    }
+                )
         return found
     return {}
 
@@ -109,18 +121,25 @@ def _restore_activation_state(model: GPT2LMHeadModel, path: str, name: str) -> N
         return
     saved = _saved_tensors(path, wanted)
     if not saved:
-        log.warning("checkpoint %s holds no parameters for its activation %s; they start from their initial "
-                    "values", path, name)
+        log.warning(
+            "checkpoint %s holds no parameters for its activation %s; they start from their initial values",
+            path,
+            name,
+        )
         return
     if set(saved) != wanted:
-        raise CheckpointError(f"checkpoint {path}: the saved parameters of activation {name} "
-                              f"({', '.join(sorted(saved))}) do not match what {name} holds now "
-                              f"({', '.join(sorted(wanted))}); was the activation's code changed since it was saved?")
+        raise CheckpointError(
+            f"checkpoint {path}: the saved parameters of activation {name} "
+            f"({', '.join(sorted(saved))}) do not match what {name} holds now "
+            f"({', '.join(sorted(wanted))}); was the activation's code changed since it was saved?"
+        )
     try:
         model.load_state_dict(saved, strict=False)
     except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {path}: the saved parameters of activation {name} do not fit it "
-                              f"({str(e).splitlines()[-1].strip()})") from None
+        raise CheckpointError(
+            f"checkpoint {path}: the saved parameters of activation {name} do not fit it "
+            f"({str(e).splitlines()[-1].strip()})"
+        ) from None
 
 
 def load_model(path: str, key: str = "checkpoint") -> GPT2LMHeadModel:
@@ -130,28 +149,38 @@ def load_model(path: str, key: str = "checkpoint") -> GPT2LMHeadModel:
 
     where = f"{key} {path}" if key == "checkpoint" else f"{key}={path}"
     if not _is_local(path) and _looks_like_a_path(path):
-        raise CheckpointError(f"{where} does not exist; give a model folder (RUN_DIR/final or any save_pretrained "
-                              "folder) or a run directory")
+        raise CheckpointError(
+            f"{where} does not exist; give a model folder (RUN_DIR/final or any save_pretrained "
+            "folder) or a run directory"
+        )
     if _is_local(path) and not (Path(path) / "config.json").is_file():
-        raise CheckpointError(f"{where} has no config.json: give a folder written by save_pretrained (for example "
-                              "RUN_DIR/final) or a GPT-2 hub name")
+        raise CheckpointError(
+            f"{where} has no config.json: give a folder written by save_pretrained (for example "
+            "RUN_DIR/final) or a GPT-2 hub name"
+        )
     try:
         hf = AutoConfig.from_pretrained(path)
     except Exception as e:
         reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         if not _is_local(path):
-            raise CheckpointError(f"{where} is not a local folder, and as a hub model name it could not be loaded "
-                                  f"(offline, or no such model: {reason}); give a model folder (RUN_DIR/final, a "
-                                  "save_pretrained folder), a run directory, or a hub name such as gpt2") from None
+            raise CheckpointError(
+                f"{where} is not a local folder, and as a hub model name it could not be loaded "
+                f"(offline, or no such model: {reason}); give a model folder (RUN_DIR/final, a "
+                "save_pretrained folder), a run directory, or a hub name such as gpt2"
+            ) from None
         raise CheckpointError(f"{where} could not be read as a Hugging Face model ({reason})") from None
     if hf.model_type != "gpt2":
-        raise CheckpointError(f"{where} is a '{hf.model_type}' model; reviveformer trains GPT-2 (model_type gpt2)")
+        raise CheckpointError(
+            f"{where} is a '{hf.model_type}' model; reviveformer trains GPT-2 (model_type gpt2)"
+        )
     hf, name, slope = activations.prepare_config_for_transformers(hf)
     try:
         model = GPT2LMHeadModel.from_pretrained(path, config=hf)
     except Exception as e:
-        raise CheckpointError(f"{where}: the weights could not be loaded ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+        raise CheckpointError(
+            f"{where}: the weights could not be loaded ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
     activations.set_activation(model, name, slope)
     _restore_activation_state(model, path, name)
     model.loss_type = CAUSAL_LM_LOSS
@@ -163,9 +192,15 @@ def init_from_checkpoint(cfg: ModelConfig) -> GPT2LMHeadModel:
     assert cfg.init_from
     model = load_model(cfg.init_from, key="model.init_from")
     saved_name, slope = activations.activation_from_config(model.config)
-    if cfg.activation and (cfg.activation != saved_name or (cfg.activation == "leaky_relu" and slope != cfg.leaky_relu_slope)):
-        log.warning("model.activation=%s swaps the checkpoint's %s: this changes the function the weights were "
-                    "trained for, so expect the loss to rise at first", cfg.activation, saved_name)
+    if cfg.activation and (
+        cfg.activation != saved_name or (cfg.activation == "leaky_relu" and slope != cfg.leaky_relu_slope)
+    ):
+        log.warning(
+            "model.activation=%s swaps the checkpoint's %s: this changes the function the weights were "
+            "trained for, so expect the loss to rise at first",
+            cfg.activation,
+            saved_name,
+        )
         activations.set_activation(model, cfg.activation, cfg.leaky_relu_slope)
     for attr in ("resid_pdrop", "embd_pdrop", "attn_pdrop"):
         setattr(model.config, attr, cfg.dropout)
@@ -179,9 +214,17 @@ def describe(model: GPT2LMHeadModel) -> ModelConfig:
     """The model section that matches a (possibly loaded) model, for the run's resolved config."""
     c = model.config
     name, slope = activations.activation_from_config(c)
-    return ModelConfig(n_layer=c.n_layer, n_embd=c.n_embd, n_head=c.n_head, n_positions=c.n_positions,
-                       n_inner=c.n_inner, dropout=c.resid_pdrop, activation=name, leaky_relu_slope=slope,
-                       initializer_range=c.initializer_range)
+    return ModelConfig(
+        n_layer=c.n_layer,
+        n_embd=c.n_embd,
+        n_head=c.n_head,
+        n_positions=c.n_positions,
+        n_inner=c.n_inner,
+        dropout=c.resid_pdrop,
+        activation=name,
+        leaky_relu_slope=slope,
+        initializer_range=c.initializer_range,
+    )
 
 
 def save_final(model: GPT2LMHeadModel, tokenizer, cfg: Config, out_dir: str | Path) -> Path:
@@ -201,5 +244,7 @@ def n_trainable(model) -> int:
 def model_summary(model) -> str:
     c = model.config
     name, _ = activations.activation_from_config(c)
-    return (f"GPT-2 {c.n_layer} layers x {c.n_embd} wide, {c.n_head} heads, MLP {c.n_inner or 4 * c.n_embd} "
-            f"({name}), vocab {c.vocab_size}, {n_trainable(model) / 1e6:.2f}M parameters")
+    return (
+        f"GPT-2 {c.n_layer} layers x {c.n_embd} wide, {c.n_head} heads, MLP {c.n_inner or 4 * c.n_embd} "
+        f"({name}), vocab {c.vocab_size}, {n_trainable(model) / 1e6:.2f}M parameters"
+    )

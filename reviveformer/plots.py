@@ -30,14 +30,23 @@ from reviveformer.sites import site_names, site_order
 logger = logging.getLogger("reviveformer")
 
 # a registered site's colour is its registry position in this palette (mlp_pre blue, mlp_post orange, attn_out green)
-SITE_PALETTE = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
-                "tab:gray", "tab:olive", "tab:cyan")
+SITE_PALETTE = (
+    "tab:blue",
+    "tab:orange",
+    "tab:green",
+    "tab:red",
+    "tab:purple",
+    "tab:brown",
+    "tab:pink",
+    "tab:gray",
+    "tab:olive",
+    "tab:cyan",
+)
 FREQ_CMAP = "viridis"
 LAYER_CMAP = "plasma"
 DPI = 120
 # Above this many layers, per-layer text labels and legends would overlap: switch to colour bars.
 MAX_LABELLED_LAYERS = 16
-
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -333,8 +342,14 @@ def activation_histograms_figure(
                 continue
             mid, zero_width = zero
             share = counts[mid] / counts.sum() if counts.sum() else 0.0
-            ax.stairs(shown, bins, color=colors[layer], lw=1.4, baseline=None,
-                      label=f"layer {layer}: {share:.0%} in zero bin")
+            ax.stairs(
+                shown,
+                bins,
+                color=colors[layer],
+                lw=1.4,
+                baseline=None,
+                label=f"layer {layer}: {share:.0%} in zero bin",
+            )
         if zero_width is not None:
             # linear within the zero bin, log outside: each log bin gets the same width on screen
             ax.set_xscale("symlog", linthresh=zero_width, linscale=0.25)
@@ -557,8 +572,12 @@ def seed_band(runs: Sequence[Sequence[Mapping[str, Any]]], key: str) -> dict[str
         n.append(len(values))
         mean.append(float(np.mean(values)) if values else np.nan)
         sd.append(float(np.std(values, ddof=1)) if len(values) > 1 else np.nan)
-    return {"step": np.array(steps, dtype=np.int64), "mean": np.array(mean), "sd": np.array(sd),
-            "n": np.array(n, dtype=np.int64)}
+    return {
+        "step": np.array(steps, dtype=np.int64),
+        "mean": np.array(mean),
+        "sd": np.array(sd),
+        "n": np.array(n, dtype=np.int64),
+    }
 
 
 def groups_band_over_training_figure(
@@ -580,7 +599,9 @@ def groups_band_over_training_figure(
             continue
         x, m, sd = band["step"][keep], band["mean"][keep], band["sd"][keep]
         colour = f"C{i % 10}"
-        ax.plot(x, m, color=colour, lw=1.8, label=f"{label} (n={len(runs)})", marker="o" if len(x) == 1 else None)
+        ax.plot(
+            x, m, color=colour, lw=1.8, label=f"{label} (n={len(runs)})", marker="o" if len(x) == 1 else None
+        )
         spread = np.isfinite(sd)
         if spread.any():
             ax.fill_between(x[spread], (m - sd)[spread], (m + sd)[spread], color=colour, alpha=0.2, lw=0)
@@ -595,8 +616,16 @@ def groups_band_over_training_figure(
         ax.grid(True, alpha=0.3)
     ax.legend(frameon=False, fontsize=8 if drawn > 6 else 9)
     ax.set_title(title or key, fontweight="bold")
-    ax.text(0.99, 0.01, "line: mean over seeds; band: +- 1 sd", transform=ax.transAxes, ha="right",
-            va="bottom", fontsize=7, alpha=0.7)
+    ax.text(
+        0.99,
+        0.01,
+        "line: mean over seeds; band: +- 1 sd",
+        transform=ax.transAxes,
+        ha="right",
+        va="bottom",
+        fontsize=7,
+        alpha=0.7,
+    )
     return fig
 
 

@@ -388,7 +388,11 @@ def _before_after(rows: Sequence[Mapping[str, Any]], last: RevivalEvent) -> str:
     after = {}
     for row in rows:
         after.update(
-            {site: v for k, v in row.items() if (site := metric_keys.parse_dead_ratio_after_key(k)) is not None}
+            {
+                site: v
+                for k, v in row.items()
+                if (site := metric_keys.parse_dead_ratio_after_key(k)) is not None
+            }
         )
     if not before:
         return ""
@@ -703,5 +707,7 @@ def comparison_html(
 
 def write_comparison_report(runs: Sequence[RunData], result: Mapping[str, Any], out_dir: str | Path) -> Path:
     """Write `compare.html` into `out_dir` from a `compare.write_comparison` result; returns its path."""
-    return write_html(Path(out_dir) / COMPARE_FILE,
-                      comparison_html(runs, result["rows"], result["figures"], result.get("seeds")))
+    return write_html(
+        Path(out_dir) / COMPARE_FILE,
+        comparison_html(runs, result["rows"], result["figures"], result.get("seeds")),
+    )

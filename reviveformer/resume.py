@@ -17,12 +17,29 @@ from reviveformer.errors import CheckpointError
 
 # Allowed with a warning: read afresh at every use, so a new value acts from the resumed step on.
 ALLOWED = (
-    "train.epochs", "train.max_steps", "train.log_every", "train.eval_every", "train.eval_batches",
-    "train.checkpoint_every", "train.checkpoint_limit", "train.grad_clip", "train.max_bad_steps",
-    "liveness.dead_frequency", "liveness.tau", "liveness.sample_every", "liveness.histogram_every",
-    "liveness.histogram_bins", "liveness.frequency_histogram_every", "liveness.counting",
-    "alerts.", "revival.every_steps", "revival.synaptic_stripping.fraction",
-    "revival.synaptic_stripping.strip_bias", "revival.redo.tau", "revival.grama.tau", "data.cache_dir",
+    "train.epochs",
+    "train.max_steps",
+    "train.log_every",
+    "train.eval_every",
+    "train.eval_batches",
+    "train.checkpoint_every",
+    "train.checkpoint_limit",
+    "train.grad_clip",
+    "train.max_bad_steps",
+    "liveness.dead_frequency",
+    "liveness.tau",
+    "liveness.sample_every",
+    "liveness.histogram_every",
+    "liveness.histogram_bins",
+    "liveness.frequency_histogram_every",
+    "liveness.counting",
+    "alerts.",
+    "revival.every_steps",
+    "revival.synaptic_stripping.fraction",
+    "revival.synaptic_stripping.strip_bias",
+    "revival.redo.tau",
+    "revival.grama.tau",
+    "data.cache_dir",
 )
 # Allowed silently: where the output goes and how it is shown.
 SILENT = ("train.output_dir", "train.resume", "train.progress", "wandb.")
@@ -59,8 +76,11 @@ def compare_settings(saved: dict[str, Any], new: dict[str, Any], checkpoint: str
         (allowed if _matches(key, ALLOWED) else refused).append(line)
     if refused:
         raise CheckpointError(
-            f"cannot resume from {checkpoint} with changed settings: " + "; ".join(refused) + " (saved -> new). "
+            f"cannot resume from {checkpoint} with changed settings: "
+            + "; ".join(refused)
+            + " (saved -> new). "
             "These change what the checkpoint means (model, data and its order, optimizer, liveness counts or "
             "revival masks); resume with the saved values, or start a new run in another train.output_dir. "
-            "Nothing was changed.")
+            "Nothing was changed."
+        )
     return allowed

@@ -33,8 +33,10 @@ def resolve_checkpoint(path: str) -> Path:
     if (p / "final" / "config.json").is_file():  # a run directory
         return p / "final"
     if p.exists() and not (p / "config.json").is_file():
-        raise CheckpointError(f"checkpoint {path} holds no config.json: give a model directory (RUN_DIR/final, a "
-                              "save_pretrained folder) or a run directory")
+        raise CheckpointError(
+            f"checkpoint {path} holds no config.json: give a model directory (RUN_DIR/final, a "
+            "save_pretrained folder) or a run directory"
+        )
     return p
 
 
@@ -53,15 +55,21 @@ def open_saved_model(path: str, overrides: list[str]) -> SavedModel:
         base["train"]["output_dir"] = str(where.parent)
         base["model"]["init_from"] = None
     cfg = load_config(base, overrides, training=False)
-    tok_path = str(where) if (where / "tokenizer.json").is_file() or (where / "vocab.json").is_file() else None
+    tok_path = (
+        str(where) if (where / "tokenizer.json").is_file() or (where / "vocab.json").is_file() else None
+    )
     if cfg.data.tokenizer != "bpe":
         tok_path = cfg.data.tokenizer
     if tok_path is None:
-        raise UserError(f"checkpoint {path} has no tokenizer: give one with data.tokenizer=PATH (a tokenizer folder)")
+        raise UserError(
+            f"checkpoint {path} has no tokenizer: give one with data.tokenizer=PATH (a tokenizer folder)"
+        )
     tokenizer = load_tokenizer(tok_path)
     if len(tokenizer) > model.config.vocab_size:
-        raise CheckpointError(f"vocabulary mismatch: tokenizer {tok_path} has {len(tokenizer)} tokens but checkpoint "
-                              f"{path} embeds {model.config.vocab_size}; give the checkpoint's own tokenizer")
+        raise CheckpointError(
+            f"vocabulary mismatch: tokenizer {tok_path} has {len(tokenizer)} tokens but checkpoint "
+            f"{path} embeds {model.config.vocab_size}; give the checkpoint's own tokenizer"
+        )
     if cfg.data.block_size > model.config.n_positions:
         cfg.data.block_size = model.config.n_positions
     return SavedModel(path=where, model=model, tokenizer=tokenizer, cfg=cfg, ours=ours)
@@ -92,8 +100,15 @@ def write_json(path: Path, obj: dict) -> None:
         raise
 
 
-def measure_saved(saved: SavedModel, accelerator, split: str = "validation", batch_size: int = 16,
-                  histogram: bool = False, progress_desc: str = "audit", dataset=None):
+def measure_saved(
+    saved: SavedModel,
+    accelerator,
+    split: str = "validation",
+    batch_size: int = 16,
+    histogram: bool = False,
+    progress_desc: str = "audit",
+    dataset=None,
+):
     """One liveness measurement of a saved model: (val metrics, LivenessReport, histograms or {}).
     `dataset` (packed blocks) replaces the split of the model's own data when given."""
     from tqdm.auto import tqdm

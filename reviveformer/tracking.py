@@ -70,8 +70,12 @@ class SafeWandBTracker(WandBTracker):
 
     def _fail(self, what: str, e: BaseException) -> None:
         if not self.failed:
-            log.warning("W&B %s failed (%s: %s); training goes on with the local metrics file only", what,
-                        type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            log.warning(
+                "W&B %s failed (%s: %s); training goes on with the local metrics file only",
+                what,
+                type(e).__name__,
+                str(e).splitlines()[0] if str(e) else "",
+            )
         self.failed = True
 
     def _safe(self, what: str, fn, *args, **kwargs):
@@ -128,8 +132,17 @@ class Tracking:
         self.wandb: SafeWandBTracker | None = None
         trackers: list[GeneralTracker] = [JsonlTracker(self.run_dir / "metrics.jsonl")]
         if self.mode != "disabled":
-            init = {"wandb": dict(mode=self.mode, dir=str(self.run_dir), name=cfg.name or self.run_dir.name,
-                                  entity=cfg.entity, group=cfg.group, job_type=job_type, tags=list(cfg.tags))}
+            init = {
+                "wandb": dict(
+                    mode=self.mode,
+                    dir=str(self.run_dir),
+                    name=cfg.name or self.run_dir.name,
+                    entity=cfg.entity,
+                    group=cfg.group,
+                    job_type=job_type,
+                    tags=list(cfg.tags),
+                )
+            }
             self.wandb = SafeWandBTracker(cfg.project, **init["wandb"])
             trackers.append(self.wandb)
         # Accelerate wants trackers at construction or via log_with; we add ours to an existing accelerator.
@@ -140,10 +153,19 @@ class Tracking:
                 t.start()
                 t.store_init_configuration(config_dict)
             accelerator.trackers = trackers
-        if self.wandb is not None and accelerator.is_main_process and self.mode == "offline" and self.wandb.run:
+        if (
+            self.wandb is not None
+            and accelerator.is_main_process
+            and self.mode == "offline"
+            and self.wandb.run
+        ):
             run_path = Path(self.wandb.run.dir).parent
-            log.info("W&B is offline (no credentials found): the run is saved in %s; upload it later with "
-                     "`wandb sync %s`", run_path, run_path)
+            log.info(
+                "W&B is offline (no credentials found): the run is saved in %s; upload it later with "
+                "`wandb sync %s`",
+                run_path,
+                run_path,
+            )
 
     @property
     def wandb_run(self):
@@ -221,8 +243,15 @@ def fetch_wandb_group(entity_project: str, group: str) -> list[tuple[str, dict, 
 
     out = []
     for r in wandb.Api().runs(entity_project, filters={"group": group}):
-        out.append((r.name, _plain(dict(r.config)), list(r.scan_history()), getattr(r, "job_type", None),
-                    getattr(r, "id", r.name)))
+        out.append(
+            (
+                r.name,
+                _plain(dict(r.config)),
+                list(r.scan_history()),
+                getattr(r, "job_type", None),
+                getattr(r, "id", r.name),
+            )
+        )
     return out
 
 

@@ -101,8 +101,10 @@ class Summary:
 
         if self.revival:
             out.append(self.revival)
-            out.append(f"dead ratio before the last revival (step {self.revival_step}): "
-                       f"{ratios(self.dead_ratio_before_revival)}")
+            out.append(
+                f"dead ratio before the last revival (step {self.revival_step}): "
+                f"{ratios(self.dead_ratio_before_revival)}"
+            )
             if self.dead_ratio_after_revival:
                 after = ratios(self.dead_ratio_after_revival)
                 out.append(f"dead ratio after it (measured at the end): {after}")
@@ -146,8 +148,10 @@ def check_output_dir(path: Path) -> None:
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"train.output_dir={path} is not writable ({existing} does not allow writing); choose "
-                        "another directory")
+        raise UserError(
+            f"train.output_dir={path} is not writable ({existing} does not allow writing); choose "
+            "another directory"
+        )
     free = shutil.disk_usage(existing).free
     if free < 50 * 2**20:
         raise UserError(f"train.output_dir={path} has only {free // 2**20} MiB free; checkpoints need more")
@@ -191,9 +195,13 @@ class Trainer:
         resume_from = self._resume_path()
         check_output_dir(self.run_dir)  # on every process: an error raised on one alone would hang the others
         if self.cfg.train.resume == "never" and (self.run_dir / "config.yaml").is_file():
-            raise UserError(f"train.output_dir={self.run_dir} already holds a run; continue it with "
-                            "train.resume=auto, or give another train.output_dir (nothing was changed)")
-        activations.validate_activation(cfg.model.activation or DEFAULT_ACTIVATION, cfg.model.leaky_relu_slope)
+            raise UserError(
+                f"train.output_dir={self.run_dir} already holds a run; continue it with "
+                "train.resume=auto, or give another train.output_dir (nothing was changed)"
+            )
+        activations.validate_activation(
+            cfg.model.activation or DEFAULT_ACTIVATION, cfg.model.leaky_relu_slope
+        )
         acc.wait_for_everyone()
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -215,10 +223,13 @@ class Trainer:
                 raise CheckpointError(
                     f"vocabulary mismatch: the tokenizer has {len(tok)} tokens but model.init_from={cfg.model.init_from} "
                     f"embeds {model.config.vocab_size}; use the checkpoint's own tokenizer (data.tokenizer=bpe picks it "
-                    "when the checkpoint folder has one) or data.tokenizer=PATH of a matching one")
+                    "when the checkpoint folder has one) or data.tokenizer=PATH of a matching one"
+                )
             if cfg.data.block_size > model.config.n_positions:
-                raise CheckpointError(f"data.block_size={cfg.data.block_size} is above the checkpoint's n_positions="
-                                      f"{model.config.n_positions}; lower data.block_size")
+                raise CheckpointError(
+                    f"data.block_size={cfg.data.block_size} is above the checkpoint's n_positions="
+                    f"{model.config.n_positions}; lower data.block_size"
+                )
             resolved = describe(model)  # the run's config records what was actually loaded
             resolved.init_from = cfg.model.init_from
             cfg.model = resolved
@@ -236,13 +247,21 @@ class Trainer:
 
         # Its own generator: creating an iterator must not draw from the global RNG that dropout uses, or a
         # resumed run (which creates its iterator after restoring that RNG) would drift from a straight one.
-        train_loader = DataLoader(self.data.train, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True,
-                                  generator=torch.Generator().manual_seed(cfg.train.seed))
+        train_loader = DataLoader(
+            self.data.train,
+            batch_size=cfg.train.batch_size,
+            shuffle=True,
+            drop_last=True,
+            generator=torch.Generator().manual_seed(cfg.train.seed),
+        )
         if len(train_loader) == 0:
-            raise UserError(f"train.batch_size={cfg.train.batch_size} is larger than the {len(self.data.train)} "
-                            "training blocks; lower train.batch_size or add data")
-        optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr,
-                                      betas=(0.9, 0.95), eps=1e-8)
+            raise UserError(
+                f"train.batch_size={cfg.train.batch_size} is larger than the {len(self.data.train)} "
+                "training blocks; lower train.batch_size or add data"
+            )
+        optimizer = torch.optim.AdamW(
+            param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr, betas=(0.9, 0.95), eps=1e-8
+        )
         model, optimizer, self.train_loader = acc.prepare(model, optimizer, train_loader)
         self.val_loader = val_loader(acc, self.data.val, cfg.train.batch_size)
         self.model, self.optimizer = model, optimizer
@@ -252,12 +271,22 @@ class Trainer:
         tc = cfg.train
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
-            lambda s: warmup_cosine(tc.warmup_steps, self.total_steps, tc.min_lr_ratio)(s))
+            lambda s: warmup_cosine(tc.warmup_steps, self.total_steps, tc.min_lr_ratio)(s),
+        )
         self.scheduler = acc.prepare(self.scheduler)
-        self.checkpointer = Checkpointer(acc, self.run_dir / "checkpoints", tc.checkpoint_every, tc.checkpoint_limit,
-                                         model, state=self._state)
-        self.validator = Validator(tc.eval_every, evaluate=lambda: self.evaluate(tc.eval_batches),
-                                   log=lambda val, step: self.tracking.log(val, step=step))
+        self.checkpointer = Checkpointer(
+            acc,
+            self.run_dir / "checkpoints",
+            tc.checkpoint_every,
+            tc.checkpoint_limit,
+            model,
+            state=self._state,
+        )
+        self.validator = Validator(
+            tc.eval_every,
+            evaluate=lambda: self.evaluate(tc.eval_batches),
+            log=lambda val, step: self.tracking.log(val, step=step),
+        )
         self.revival_timing = RevivalTiming(self.reviver is not None, cfg.revival.every_steps)
 
         self.step = 0
@@ -280,8 +309,11 @@ class Trainer:
         self.tracking = Tracking(acc, cfg.wandb, self.run_dir, to_dict(cfg), self.job_type)
         sinks = []
         if self.is_main:
-            sinks = [console_sink, JsonlAlertSink(self.run_dir / "alerts.jsonl"),
-                     RateLimitedSink(titled_alert_sink(self.tracking.alert), cfg.alerts.wandb_wait_s)]
+            sinks = [
+                console_sink,
+                JsonlAlertSink(self.run_dir / "alerts.jsonl"),
+                RateLimitedSink(titled_alert_sink(self.tracking.alert), cfg.alerts.wandb_wait_s),
+            ]
         self.alerts = AlertManager(cfg.alerts, sinks=sinks)
         if saved is not None:
             self.alerts.load_state_dict(saved["alerts"])
@@ -297,8 +329,10 @@ class Trainer:
             return found
         p = Path(r)
         if not (p / ckpt.MARKER).is_file():
-            raise CheckpointError(f"train.resume={r} is not a complete reviveformer checkpoint (no {ckpt.MARKER} "
-                                  "marker); give never, auto, or a checkpoints/step_XXXXXXXX directory")
+            raise CheckpointError(
+                f"train.resume={r} is not a complete reviveformer checkpoint (no {ckpt.MARKER} "
+                "marker); give never, auto, or a checkpoints/step_XXXXXXXX directory"
+            )
         return p
 
     # ---------------------------------------------------------------- state
@@ -343,12 +377,18 @@ class Trainer:
         changes = compare_settings(saved_cfg, to_dict(self.cfg), str(path))
         saved_np = state.get("num_processes", 1)
         if saved_np != self.accelerator.num_processes:
-            changes.append(f"processes: {saved_np} -> {self.accelerator.num_processes} (the data position, step "
-                           "count, liveness and revival state carry over; the random streams cannot, so the result "
-                           "will not be bit-identical to an uninterrupted run)")
+            changes.append(
+                f"processes: {saved_np} -> {self.accelerator.num_processes} (the data position, step "
+                "count, liveness and revival state carry over; the random streams cannot, so the result "
+                "will not be bit-identical to an uninterrupted run)"
+            )
         if changes:
-            log.warning("resuming from %s with changed settings, in effect from step %d on: %s", path,
-                        state["step"], "; ".join(changes))
+            log.warning(
+                "resuming from %s with changed settings, in effect from step %d on: %s",
+                path,
+                state["step"],
+                "; ".join(changes),
+            )
         return state
 
     def _restore(self, path: Path, state: dict) -> None:
@@ -365,10 +405,14 @@ class Trainer:
             ga = self.cfg.train.grad_accum
             self.batches_in_epoch = global_batches // acc.num_processes // ga * ga
             if self.batches_in_epoch * acc.num_processes != global_batches:
-                log.warning("the %d batches of this epoch already trained do not deal evenly over %d processes: "
-                            "resuming after %d of them (%d seen again)", global_batches, acc.num_processes,
-                            self.batches_in_epoch * acc.num_processes,
-                            global_batches - self.batches_in_epoch * acc.num_processes)
+                log.warning(
+                    "the %d batches of this epoch already trained do not deal evenly over %d processes: "
+                    "resuming after %d of them (%d seen again)",
+                    global_batches,
+                    acc.num_processes,
+                    self.batches_in_epoch * acc.num_processes,
+                    global_batches - self.batches_in_epoch * acc.num_processes,
+                )
         self.step_budget = self.cfg.train.max_steps
         saved_max = state.get("config", {}).get("train", {}).get("max_steps", self.cfg.train.max_steps)
         budget = state.get("step_budget", saved_max)
@@ -384,7 +428,13 @@ class Trainer:
         if self.reviver and state.get("reviver") is not None:
             self.reviver.load_state_dict(state["reviver"])
         self.checkpointer.mark_saved(self.step)  # that checkpoint holds this position already
-        log.info("resumed from %s (step %d, epoch %d, batch %d)", path, self.step, self.epoch, self.batches_in_epoch)
+        log.info(
+            "resumed from %s (step %d, epoch %d, batch %d)",
+            path,
+            self.step,
+            self.epoch,
+            self.batches_in_epoch,
+        )
 
     def _total_steps(self) -> int:
         """The step at which training ends: the end of the last epoch, or the step budget (train.max_steps)."""
@@ -431,19 +481,25 @@ class Trainer:
         t0 = time.perf_counter()
         metrics = self.reviver.revive(unwrapped, report, self.optimizer)
         metrics["revival/seconds"] = time.perf_counter() - t0
-        metrics.update({metric_keys.dead_ratio_before_key(k): v for k, v in self._dead_ratios(report).items()})
+        metrics.update(
+            {metric_keys.dead_ratio_before_key(k): v for k, v in self._dead_ratios(report).items()}
+        )
         # capacity after revival: newly pruned weights no longer count as effective
         cap = capacity(unwrapped, report.dead_units("mlp_post"), self.reviver.pruned_masks())
         metrics.update({metric_keys.capacity_key(k): float(v) for k, v in cap.items()})
         self.tracking.log(metrics, step=self.step)
         self.revived_this_session = True
         # batches_in_epoch is reset when an epoch ends, before its epoch-end work
-        when = f"end of epoch {self.epoch}" if self.batches_in_epoch == 0 else f"during epoch {self.epoch + 1}"
+        when = (
+            f"end of epoch {self.epoch}" if self.batches_in_epoch == 0 else f"during epoch {self.epoch + 1}"
+        )
         log.info("%s", run_report.revival_event(metrics, self.step).line(when))
         details = self.reviver.last_layer_details()
         if details and self.is_main:
             cols = list(details[0].keys())
-            self.tracking.log_table("revival/per_layer", cols, [[d[c] for c in cols] for d in details], self.step)
+            self.tracking.log_table(
+                "revival/per_layer", cols, [[d[c] for c in cols] for d in details], self.step
+            )
             try:
                 fig = plots.plot_revived_per_layer(details, self.run_dir / "plots" / "revival_per_layer.png")
                 self.tracking.log_images({metric_keys.plot_key("revival_per_layer"): fig}, step=self.step)
@@ -452,14 +508,19 @@ class Trainer:
         return metrics
 
     # ---------------------------------------------------------------- logging
-    def _log_liveness(self, window: LivenessReport | LivenessCounts, when: str, histograms: bool = True) -> set[str]:
+    def _log_liveness(
+        self, window: LivenessReport | LivenessCounts, when: str, histograms: bool = True
+    ) -> set[str]:
         metrics = window.metrics()
         outcome = self.alerts.check(metrics, step=self.step, when=when)
         metrics.update(outcome.metrics)
         self.tracking.log(metrics, step=self.step)
         if histograms and self.is_main and self.tracking.wandb_run is not None:
-            freqs = {f"liveness/{site}/layer_{i}/frequency": f
-                     for site, layers in window.frequencies().items() for i, f in enumerate(layers)}
+            freqs = {
+                f"liveness/{site}/layer_{i}/frequency": f
+                for site, layers in window.frequencies().items()
+                for i, f in enumerate(layers)
+            }
             self.tracking.log_histograms(freqs, self.step)
         return set(outcome.actions)
 
@@ -482,8 +543,9 @@ class Trainer:
         hists = self.monitor.histograms() if self.monitor is not None else {}
         self._log_histograms(hists)
         self.validator.record(val, self.step)
-        self.tracking.log({**val, metric_keys.EPOCH: epoch, metric_keys.TRAIN_EPOCH_SECONDS: epoch_seconds},
-                          step=self.step)
+        self.tracking.log(
+            {**val, metric_keys.EPOCH: epoch, metric_keys.TRAIN_EPOCH_SECONDS: epoch_seconds}, step=self.step
+        )
         actions: set[str] = set()
         if report is not None:
             self.last_report = report
@@ -512,21 +574,31 @@ class Trainer:
     def _log_histograms(self, hists: dict) -> None:
         if hists:
             self.tracking.log_histograms(
-                {metric_keys.layer_key(site, layer, metric_keys.ACTIVATIONS): v for (site, layer), v in hists.items()},
-                self.step)
+                {
+                    metric_keys.layer_key(site, layer, metric_keys.ACTIVATIONS): v
+                    for (site, layer), v in hists.items()
+                },
+                self.step,
+            )
 
     def _plots(self, liveness: dict, hists: dict) -> None:
         pdir = self.run_dir / "plots"
         try:
             images = {
-                metric_keys.plot_key("frequency_heatmap"): plots.plot_frequency_heatmap(liveness, pdir / "frequency_heatmap.png"),
-                metric_keys.plot_key("dead_ratio_per_layer"): plots.plot_dead_ratio_per_layer(liveness, pdir / "dead_ratio_per_layer.png"),
+                metric_keys.plot_key("frequency_heatmap"): plots.plot_frequency_heatmap(
+                    liveness, pdir / "frequency_heatmap.png"
+                ),
+                metric_keys.plot_key("dead_ratio_per_layer"): plots.plot_dead_ratio_per_layer(
+                    liveness, pdir / "dead_ratio_per_layer.png"
+                ),
                 metric_keys.plot_key("dead_ratio_over_training"): plots.plot_dead_ratio_over_training(
-                    self.run_dir / "metrics.jsonl", pdir / "dead_ratio_over_training.png"),
+                    self.run_dir / "metrics.jsonl", pdir / "dead_ratio_over_training.png"
+                ),
             }
             if hists:
                 images[metric_keys.plot_key("activation_histograms")] = plots.plot_activation_histograms(
-                    hists, pdir / "activation_histograms.png")
+                    hists, pdir / "activation_histograms.png"
+                )
         except Exception as e:  # a figure must never stop training
             log.warning("plotting failed: %s: %s", type(e).__name__, e)
             return
@@ -559,9 +631,15 @@ class Trainer:
         tc, acc = self.cfg.train, self.accelerator
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.is_main and tc.progress),
-                         desc="training", unit="step", dynamic_ncols=True,
-                         mininterval=0.2 if sys.stderr.isatty() else 30.0)  # a log file gets a line every 30 s
+        self._bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            disable=not (self.is_main and tc.progress),
+            desc="training",
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=0.2 if sys.stderr.isatty() else 30.0,
+        )  # a log file gets a line every 30 s
         self.window = TrainWindow(tc.log_every, acc.device)
         self._epoch_t0 = self.window.started
         self._params = [p for p in self.model.parameters() if p.requires_grad]
@@ -624,15 +702,19 @@ class Trainer:
             if acc.scaler is None:
                 finite = finite & torch.isfinite(grad_norm)
             if not bool(finite):  # the one host sync per optimizer step: a NaN must never reach the weights
-                msg = (f"non-finite loss or gradient at step {self.step + 1} (loss {mean_loss.item():.4g}, "
-                       f"grad norm {float(grad_norm):.4g}); the optimizer update was skipped")
+                msg = (
+                    f"non-finite loss or gradient at step {self.step + 1} (loss {mean_loss.item():.4g}, "
+                    f"grad norm {float(grad_norm):.4g}); the optimizer update was skipped"
+                )
                 optimizer.zero_grad(set_to_none=True)
                 self._step_loss.zero_()
                 self.bad_steps += 1
                 if self.bad_steps > tc.max_bad_steps:
-                    raise TrainingHalted(msg + f". Stopping: {self.bad_steps} such step(s), train.max_bad_steps="
-                                         f"{tc.max_bad_steps}; the last good checkpoint is kept in "
-                                         f"{self.run_dir / 'checkpoints'}")
+                    raise TrainingHalted(
+                        msg + f". Stopping: {self.bad_steps} such step(s), train.max_bad_steps="
+                        f"{tc.max_bad_steps}; the last good checkpoint is kept in "
+                        f"{self.run_dir / 'checkpoints'}"
+                    )
                 log.warning("%s (%d of train.max_bad_steps=%d)", msg, self.bad_steps, tc.max_bad_steps)
                 return None
             if self.reviver is not None:  # GraMa reads the step's gradients here (clipped, finite)
@@ -695,8 +777,9 @@ class Trainer:
             counts = self.monitor.counts(reduce=self._reduce_sum, pruned_masks=masks)
             self.monitor.reset()
             if counts.max_tokens > 0:  # a window with no counted tokens (liveness.sample_every) says nothing
-                due = reaches_multiple(self.step, self.cfg.train.log_every,
-                                       self.cfg.liveness.frequency_histogram_every)
+                due = reaches_multiple(
+                    self.step, self.cfg.train.log_every, self.cfg.liveness.frequency_histogram_every
+                )
                 actions = self._log_liveness(counts, when="train", histograms=due)
         for hook in self.after_train_log:
             hook(self)
@@ -727,11 +810,20 @@ class Trainer:
             # the last revival changed the model after the measurement it decided from: measure once more
             _, report = self.measure(self.cfg.train.eval_batches)
             after = self._dead_ratios(report)
-            self.tracking.log({metric_keys.dead_ratio_after_key(k): v for k, v in after.items()}, step=self.step)
-        summary = Summary(run_dir=str(self.run_dir), steps=self.step, epochs=self.epoch,
-                          tokens=self.tokens_seen, val_loss=self.validator.last.get(metric_keys.VAL_LOSS, float("nan")),
-                          val_ppl=self.validator.last.get(metric_keys.VAL_PPL, float("nan")), stopped_by=stopped_by,
-                          dead_ratio=dead, dead_ratio_after_revival=after)
+            self.tracking.log(
+                {metric_keys.dead_ratio_after_key(k): v for k, v in after.items()}, step=self.step
+            )
+        summary = Summary(
+            run_dir=str(self.run_dir),
+            steps=self.step,
+            epochs=self.epoch,
+            tokens=self.tokens_seen,
+            val_loss=self.validator.last.get(metric_keys.VAL_LOSS, float("nan")),
+            val_ppl=self.validator.last.get(metric_keys.VAL_PPL, float("nan")),
+            stopped_by=stopped_by,
+            dead_ratio=dead,
+            dead_ratio_after_revival=after,
+        )
         if self.is_main and (self.run_dir / "metrics.jsonl").is_file():
             rows = plots.read_metrics(self.run_dir / "metrics.jsonl")
             rates = [r[metric_keys.TRAIN_TOKENS_PER_S] for r in rows if metric_keys.TRAIN_TOKENS_PER_S in r]
@@ -740,9 +832,12 @@ class Trainer:
             if events:
                 summary.revival = run_report.revival_totals_line(events)
                 summary.revival_step = events[-1].step
-                last = [r for r in rows if r.get("step") == events[-1].step and metric_keys.REVIVAL_COUNT in r][-1]
-                summary.dead_ratio_before_revival = {site: v for k, v in last.items()
-                                                     if (site := metric_keys.parse_dead_ratio_before_key(k))}
+                last = [
+                    r for r in rows if r.get("step") == events[-1].step and metric_keys.REVIVAL_COUNT in r
+                ][-1]
+                summary.dead_ratio_before_revival = {
+                    site: v for k, v in last.items() if (site := metric_keys.parse_dead_ratio_before_key(k))
+                }
             try:
                 summary.report = str(run_report.write_run_report(self.run_dir))
             except Exception as e:  # the report must never fail a finished run
@@ -751,8 +846,11 @@ class Trainer:
 
     def _dead_ratios(self, report: LivenessReport) -> dict[str, float]:
         m = report.metrics()
-        return {site: m[metric_keys.dead_ratio_key(site)] for site in self.cfg.liveness.sites
-                if metric_keys.dead_ratio_key(site) in m}
+        return {
+            site: m[metric_keys.dead_ratio_key(site)]
+            for site in self.cfg.liveness.sites
+            if metric_keys.dead_ratio_key(site) in m
+        }
 
 
 def release(accelerator) -> None:

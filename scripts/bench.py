@@ -90,13 +90,21 @@ def _rates(marks: list[tuple[float, float]], tokens_per_window: int) -> tuple[fl
 def _overrides(out: Path, steps: int, arm: str, extra: list[str]) -> list[str]:
     import torch
 
-    o = [f"train.output_dir={out}", f"train.max_steps={steps}", "train.progress=false", "wandb.mode=disabled",
-         "train.epochs=1", "train.eval_batches=2", f"liveness.enabled={arm.endswith('on') or 'sample' in arm}",
-         f"train.compile={arm.startswith('compiled')}", *extra]
+    o = [
+        f"train.output_dir={out}",
+        f"train.max_steps={steps}",
+        "train.progress=false",
+        "wandb.mode=disabled",
+        "train.epochs=1",
+        "train.eval_batches=2",
+        f"liveness.enabled={arm.endswith('on') or 'sample' in arm}",
+        f"train.compile={arm.startswith('compiled')}",
+        *extra,
+    ]
     if torch.cuda.is_available():
         o.append("train.mixed_precision=bf16")
     if arm.startswith("sample"):
-        o.append(f"liveness.sample_every={int(arm[len('sample'):])}")
+        o.append(f"liveness.sample_every={int(arm[len('sample') :])}")
     return o
 
 
@@ -115,7 +123,12 @@ def run_trainer_arm(arm: str, out: Path, steps: int, extra: list[str], clock: Cl
     trainer.run()
     tokens = cfg.train.log_every * cfg.train.batch_size * cfg.data.block_size
     rate, wall = _rates(marks, tokens)
-    return {"tokens_per_s": rate, "wall_tokens_per_s": wall, "peak_mb": peak.get("mb"), "final": str(out / "final")}
+    return {
+        "tokens_per_s": rate,
+        "wall_tokens_per_s": wall,
+        "peak_mb": peak.get("mb"),
+        "final": str(out / "final"),
+    }
 
 
 def run_plain_arm(steps: int, extra: list[str], clock: Clock) -> dict:
@@ -166,12 +179,15 @@ def worker_arms(args) -> dict:
     arms = args.arms.split(",")
     runs: list[dict] = []
     for r in range(args.rounds):
-        order = arms[r % len(arms):] + arms[: r % len(arms)]
+        order = arms[r % len(arms) :] + arms[: r % len(arms)]
         for arm in order:
             out = Path(args.tmp) / f"{arm}-{os.getpid()}-{r}"
             extra = [f"train.log_every={args.log_every}"]
-            res = (run_plain_arm(args.steps, extra, clock) if arm == "plain"
-                   else run_trainer_arm(arm, out, args.steps, extra, clock))
+            res = (
+                run_plain_arm(args.steps, extra, clock)
+                if arm == "plain"
+                else run_trainer_arm(arm, out, args.steps, extra, clock)
+            )
             runs.append({"round": r, "arm": arm, **res})
     return {"runs": runs}
 
@@ -182,8 +198,9 @@ def worker_peak(args) -> dict:
 
     torch.set_num_threads(args.threads)
     out = Path(args.tmp) / f"peak-{args.arms}-{os.getpid()}"
-    return run_trainer_arm(args.arms, out, args.steps, [f"train.log_every={args.log_every}"],
-                           Clock(torch.cuda.is_available()))
+    return run_trainer_arm(
+        args.arms, out, args.steps, [f"train.log_every={args.log_every}"], Clock(torch.cuda.is_available())
+    )
 
 
 def worker_audit(args) -> dict:
@@ -214,8 +231,12 @@ def worker_audit(args) -> dict:
             ids = batch["input_ids"].to(acc.device)
             logits = plain_model(input_ids=ids).logits
             labels = torch.cat([ids[:, 1:], ids.new_full((ids.shape[0], 1), -100)], dim=1)
-            total += torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1),
-                                                       reduction="sum", ignore_index=-100).double()
+            total += torch.nn.functional.cross_entropy(
+                logits.float().reshape(-1, logits.size(-1)),
+                labels.reshape(-1),
+                reduction="sum",
+                ignore_index=-100,
+            ).double()
         total.item()
 
     def timed(fn) -> tuple[float, float]:
@@ -244,9 +265,19 @@ def _gpt2(n_layer: int, n_embd: int, block: int, vocab: int, dev):
 
     from reviveformer.model import CAUSAL_LM_LOSS
 
-    cfg = GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=max(1, n_embd // 64), n_positions=block, vocab_size=vocab,
-                     activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                     bos_token_id=0, eos_token_id=0)
+    cfg = GPT2Config(
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=max(1, n_embd // 64),
+        n_positions=block,
+        vocab_size=vocab,
+        activation_function="gelu_new",
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     model = GPT2LMHeadModel(cfg)
     model.loss_type = CAUSAL_LM_LOSS
     return model.to(dev).train()
@@ -255,8 +286,16 @@ def _gpt2(n_layer: int, n_embd: int, block: int, vocab: int, dev):
 class LoopArm:
     """One arm of an in-process loop: its own model (same seed), AdamW, optionally a monitor and compile."""
 
-    def __init__(self, name: str, shape: tuple[int, int, int, int], dev, monitor: str | None, compiled: bool,
-                 bf16: bool, log_every: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        shape: tuple[int, int, int, int],
+        dev,
+        monitor: str | None,
+        compiled: bool,
+        bf16: bool,
+        log_every: int,
+    ) -> None:
         import torch
 
         from reviveformer.config import LivenessConfig
@@ -287,14 +326,16 @@ class LoopArm:
                 self.monitor.reset()
 
 
-def interleaved(arms: list[LoopArm], ids, warmup: int, rounds: int, steps: int, clock: Clock) -> dict[str, list[float]]:
+def interleaved(
+    arms: list[LoopArm], ids, warmup: int, rounds: int, steps: int, clock: Clock
+) -> dict[str, list[float]]:
     """Warm every arm, then `rounds` rounds of `steps` steps per arm (order rotated each round); returns the
     time of each arm's chunk, per round."""
     for arm in arms:
         for _ in range(warmup):
             arm.step(ids)
     for r in range(rounds):
-        for arm in arms[r % len(arms):] + arms[: r % len(arms)]:
+        for arm in arms[r % len(arms) :] + arms[: r % len(arms)]:
             a = clock()
             for _ in range(steps):
                 arm.step(ids)
@@ -306,8 +347,10 @@ def interleaved(arms: list[LoopArm], ids, warmup: int, rounds: int, steps: int, 
 
 def overheads(times: dict[str, list[float]], pairs: dict[str, tuple[str, str]]) -> dict[str, dict]:
     """Per figure, the spread over rounds of time(arm) / time(base) - 1 (paired within each round)."""
-    return {name: _spread([a / b - 1 for a, b in zip(times[arm], times[base], strict=True)])
-            for name, (arm, base) in pairs.items()}
+    return {
+        name: _spread([a / b - 1 for a, b in zip(times[arm], times[base], strict=True)])
+        for name, (arm, base) in pairs.items()
+    }
 
 
 def run_scaling(args) -> dict:
@@ -322,20 +365,34 @@ def run_scaling(args) -> dict:
     rows = []
     for n_layer, n_embd in SCALING:
         shape = (n_layer, n_embd, 128, 4096)
-        arms = [LoopArm("off", shape, dev, None, False, False, 10),
-                LoopArm("eager", shape, dev, "eager", False, False, 10),
-                LoopArm("kernel", shape, dev, "compiled", False, False, 10)]
+        arms = [
+            LoopArm("off", shape, dev, None, False, False, 10),
+            LoopArm("eager", shape, dev, "eager", False, False, 10),
+            LoopArm("kernel", shape, dev, "compiled", False, False, 10),
+        ]
         if not args.no_compile:
-            arms += [LoopArm("compiled-off", shape, dev, None, True, False, 10),
-                     LoopArm("compiled-on", shape, dev, "auto", True, False, 10)]
-        times = interleaved(arms, ids, warmup=3, rounds=args.scaling_rounds, steps=args.log_every, clock=clock)
+            arms += [
+                LoopArm("compiled-off", shape, dev, None, True, False, 10),
+                LoopArm("compiled-on", shape, dev, "auto", True, False, 10),
+            ]
+        times = interleaved(
+            arms, ids, warmup=3, rounds=args.scaling_rounds, steps=args.log_every, clock=clock
+        )
         pairs = {"eager": ("eager", "off"), "kernel": ("kernel", "off")}
         if not args.no_compile:
             pairs["compiled"] = ("compiled-on", "compiled-off")
         rows.append({"n_layer": n_layer, "n_embd": n_embd, "overhead": overheads(times, pairs)})
-        print(f"  {n_layer} x {n_embd}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in rows[-1]["overhead"].items()),
-              flush=True)
-    return {"scaling": rows, "threads": args.threads, "rounds": args.scaling_rounds, "steps_per_round": args.log_every}
+        print(
+            f"  {n_layer} x {n_embd}: "
+            + ", ".join(f"{k} {_fmt(v)}" for k, v in rows[-1]["overhead"].items()),
+            flush=True,
+        )
+    return {
+        "scaling": rows,
+        "threads": args.threads,
+        "rounds": args.scaling_rounds,
+        "steps_per_round": args.log_every,
+    }
 
 
 def run_gpu(args) -> dict:
@@ -352,12 +409,20 @@ def run_gpu(args) -> dict:
     steps, rounds, warmup = (2, 2, 1) if args.tiny else (args.gpu_steps, 3, 5)
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
-    ids = torch.randint(0, shape[3], (batch, shape[2]), device=dev, generator=torch.Generator(dev).manual_seed(0))
+    ids = torch.randint(
+        0, shape[3], (batch, shape[2]), device=dev, generator=torch.Generator(dev).manual_seed(0)
+    )
     clock = Clock(cuda)
-    results: dict = {"device": torch.cuda.get_device_name() if cuda else "CPU", "shape": shape, "batch": batch}
+    results: dict = {
+        "device": torch.cuda.get_device_name() if cuda else "CPU",
+        "shape": shape,
+        "batch": batch,
+    }
     for compiled in (False, True):
-        arms = [LoopArm("plain", shape, dev, None, compiled, cuda, 10),
-                LoopArm("monitor", shape, dev, "auto", compiled, cuda, 10)]
+        arms = [
+            LoopArm("plain", shape, dev, None, compiled, cuda, 10),
+            LoopArm("monitor", shape, dev, "auto", compiled, cuda, 10),
+        ]
         if not compiled:  # liveness.counting=auto picks the compiled kernel on CUDA: the eager ops beside it
             arms.append(LoopArm("monitor-eager-ops", shape, dev, "eager", False, cuda, 10))
         times = interleaved(arms, ids, warmup=warmup, rounds=rounds, steps=steps, clock=clock)
@@ -373,7 +438,9 @@ def run_gpu(args) -> dict:
             results[f"{kind}/{arm.name}/mfu"] = rate * flops_per_token / peak if peak else None
         results[f"{kind}/monitor_overhead"] = overheads(times, {"o": ("monitor", "plain")})["o"]
         if not compiled:
-            results["eager/monitor_eager_ops_overhead"] = overheads(times, {"o": ("monitor-eager-ops", "plain")})["o"]
+            results["eager/monitor_eager_ops_overhead"] = overheads(
+                times, {"o": ("monitor-eager-ops", "plain")}
+            )["o"]
         results["params"] = n_params
         del arms
         if cuda:
@@ -412,17 +479,29 @@ def main_targets(args) -> dict:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     common = {"steps": args.steps, "log_every": args.log_every, "threads": args.threads}
     with tempfile.TemporaryDirectory() as tmp:
-        jobs = {p: TRAIN_ARMS[p % len(TRAIN_ARMS):] + TRAIN_ARMS[: p % len(TRAIN_ARMS)] for p in range(args.processes)}
-        jobs |= {f"c{p}": COMPILED_ARMS[p % 2:] + COMPILED_ARMS[: p % 2] for p in range(args.compiled_processes)}
+        jobs = {
+            p: TRAIN_ARMS[p % len(TRAIN_ARMS) :] + TRAIN_ARMS[: p % len(TRAIN_ARMS)]
+            for p in range(args.processes)
+        }
+        jobs |= {
+            f"c{p}": COMPILED_ARMS[p % 2 :] + COMPILED_ARMS[: p % 2] for p in range(args.compiled_processes)
+        }
         # as many worker processes at once as there are cores for their threads (on a GPU, one): the arms
         # compared with each other always share a process, so neighbours slow both sides of a ratio alike
         parallel = 1 if torch.cuda.is_available() else max(1, (os.cpu_count() or 1) // args.threads)
         with ThreadPoolExecutor(parallel) as pool:
-            done = pool.map(lambda job: (job[0], run_worker("arms", tmp, arms=",".join(job[1]), rounds=args.rounds,
-                                                            **common)), jobs.items())
+            done = pool.map(
+                lambda job: (
+                    job[0],
+                    run_worker("arms", tmp, arms=",".join(job[1]), rounds=args.rounds, **common),
+                ),
+                jobs.items(),
+            )
             runs = [{"proc": p, **r} for p, out in done for r in out["runs"]]
-        peak = {arm: run_worker("peak", tmp, arms=arm, **{**common, "steps": 2 * args.log_every + 1})["peak_mb"]
-                for arm in ("on", "off")}
+        peak = {
+            arm: run_worker("peak", tmp, arms=arm, **{**common, "steps": 2 * args.log_every + 1})["peak_mb"]
+            for arm in ("on", "off")
+        }
         final = next(r["final"] for r in runs if r["arm"] == "on")
         audit = run_worker("audit", tmp, final=final, rounds=args.audit_rounds, threads=args.threads)
 
@@ -431,8 +510,13 @@ def main_targets(args) -> dict:
         return _spread([1 - x for x in v] if invert else v) if v else None
 
     res = {
-        "device": device, **common, "rounds": args.rounds, "processes": args.processes,
-        "clock": "wall (CUDA)" if torch.cuda.is_available() else f"process CPU time, {args.threads} torch thread(s)",
+        "device": device,
+        **common,
+        "rounds": args.rounds,
+        "processes": args.processes,
+        "clock": "wall (CUDA)"
+        if torch.cuda.is_available()
+        else f"process CPU time, {args.threads} torch thread(s)",
         "monitor_overhead_eager": figure("on", "off", invert=True),
         "monitor_overhead_sampled": figure(f"sample{SAMPLE_EVERY}", "off", invert=True),
         "monitor_overhead_compiled": figure("compiled-on", "compiled-off", invert=True),
@@ -441,36 +525,56 @@ def main_targets(args) -> dict:
         "audit_vs_plain_forward": _spread(audit["ratios"]),
         "memory_increase": peak["on"] / peak["off"] - 1,
         "peak_memory_mb": peak,
-        "wall": {"monitor_overhead_eager": figure("on", "off", "wall_tokens_per_s", invert=True),
-                 "reviveformer_vs_plain": figure("on", "plain", "wall_tokens_per_s"),
-                 "audit_vs_plain_forward": _spread(audit["wall_ratios"])},
-        "tokens_per_s": {a: statistics.median(r["tokens_per_s"] for r in runs if r["arm"] == a)
-                         for a in {r["arm"] for r in runs}},
+        "wall": {
+            "monitor_overhead_eager": figure("on", "off", "wall_tokens_per_s", invert=True),
+            "reviveformer_vs_plain": figure("on", "plain", "wall_tokens_per_s"),
+            "audit_vs_plain_forward": _spread(audit["wall_ratios"]),
+        },
+        "tokens_per_s": {
+            a: statistics.median(r["tokens_per_s"] for r in runs if r["arm"] == a)
+            for a in {r["arm"] for r in runs}
+        },
     }
     rows = [  # (figure, key, shown as, target text, met)
         ("monitor overhead, eager", "monitor_overhead_eager", "pct", "<= 1%", lambda v: v <= 0.01),
-        (f"  same, sample_every={SAMPLE_EVERY}", "monitor_overhead_sampled", "pct", "<= 0.5%", lambda v: v <= 0.005),
+        (
+            f"  same, sample_every={SAMPLE_EVERY}",
+            "monitor_overhead_sampled",
+            "pct",
+            "<= 0.5%",
+            lambda v: v <= 0.005,
+        ),
         ("monitor overhead, compiled", "monitor_overhead_compiled", "pct", "<= 0.5%", lambda v: v <= 0.005),
         ("reviveformer step / plain loop", "reviveformer_vs_plain", "ratio", ">= 0.98", lambda v: v >= 0.98),
         ("  same, monitor off", "reviveformer_off_vs_plain", "ratio", "-", None),
         ("audit / plain no_grad forward", "audit_vs_plain_forward", "ratio", ">= 0.95", lambda v: v >= 0.95),
     ]
-    print(f"device: {device}; clock: {res['clock']}; {args.processes} processes x {args.rounds} rounds of "
-          f"{args.steps} steps (windows of {args.log_every}); median [min, max] over rounds")
+    print(
+        f"device: {device}; clock: {res['clock']}; {args.processes} processes x {args.rounds} rounds of "
+        f"{args.steps} steps (windows of {args.log_every}); median [min, max] over rounds"
+    )
     print(f"{'figure':<34}{'median [min, max]':>28}  {'target':<9} met")
     res["targets"] = []
     for name, key, kind, target, ok in rows:
         s = res[key]
         met = None if s is None or ok is None else ok(s["median"])
-        print(f"{name:<34}{('-' if s is None else _fmt(s, kind)):>28}  {target:<9} "
-              f"{'-' if met is None else ('yes' if met else 'NO')}")
+        print(
+            f"{name:<34}{('-' if s is None else _fmt(s, kind)):>28}  {target:<9} "
+            f"{'-' if met is None else ('yes' if met else 'NO')}"
+        )
         res["targets"].append({"figure": name, "value": s, "target": target, "met": met})
     mem_ok = res["memory_increase"] < 0.02
-    print(f"{'peak memory, monitor on vs off':<34}{res['memory_increase']:>+28.2%}  {'< 2%':<9} {'yes' if mem_ok else 'NO'}")
+    print(
+        f"{'peak memory, monitor on vs off':<34}{res['memory_increase']:>+28.2%}  {'< 2%':<9} {'yes' if mem_ok else 'NO'}"
+    )
     w = res["wall"]
-    print("wall-time figures: eager overhead " + (_fmt(w["monitor_overhead_eager"]) if w["monitor_overhead_eager"] else "-")
-          + ", step/plain " + (_fmt(w["reviveformer_vs_plain"], "ratio") if w["reviveformer_vs_plain"] else "-")
-          + f", audit/plain {_fmt(w['audit_vs_plain_forward'], 'ratio')}")
+    print(
+        "wall-time figures: eager overhead "
+        + (_fmt(w["monitor_overhead_eager"]) if w["monitor_overhead_eager"] else "-")
+        + ", step/plain "
+        + (_fmt(w["reviveformer_vs_plain"], "ratio") if w["reviveformer_vs_plain"] else "-")
+        + f", audit/plain {_fmt(w['audit_vs_plain_forward'], 'ratio')}"
+    )
     print("tokens/s (median): " + ", ".join(f"{k} {v:,.0f}" for k, v in sorted(res["tokens_per_s"].items())))
     return res
 
@@ -478,13 +582,19 @@ def main_targets(args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--processes", type=int, default=2, help="worker processes of the eager arms")
-    ap.add_argument("--rounds", type=int, default=2, help="rounds of all arms per process (audit: see --audit-rounds)")
-    ap.add_argument("--compiled-processes", type=int, default=1, help="processes of the torch.compile arms (0: skip)")
+    ap.add_argument(
+        "--rounds", type=int, default=2, help="rounds of all arms per process (audit: see --audit-rounds)"
+    )
+    ap.add_argument(
+        "--compiled-processes", type=int, default=1, help="processes of the torch.compile arms (0: skip)"
+    )
     ap.add_argument("--steps", type=int, default=36, help="optimizer steps per arm run")
     ap.add_argument("--log-every", type=int, default=4, help="steps per timed window (train.log_every)")
     ap.add_argument("--audit-rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each worker")
-    ap.add_argument("--scaling", action="store_true", help="the overhead table over widths and depths instead")
+    ap.add_argument(
+        "--scaling", action="store_true", help="the overhead table over widths and depths instead"
+    )
     ap.add_argument("--scaling-rounds", type=int, default=8, help="--scaling rounds per shape")
     ap.add_argument("--no-compile", action="store_true", help="--scaling without the compiled-model arms")
     ap.add_argument("--gpu", action="store_true", help="GPT-2 124M on one GPU instead")
@@ -507,13 +617,20 @@ def main() -> None:
         for kind in ("eager", "compiled"):
             o = res[f"{kind}/monitor_overhead"]
             mfu = [res[f"{kind}/{a}/mfu"] for a in ("plain", "monitor")]
-            print(f"{res['device']} {kind}: plain {res[f'{kind}/plain/tokens_per_s']:,.0f} tokens/s, monitor "
-                  f"{res[f'{kind}/monitor/tokens_per_s']:,.0f} tokens/s, overhead {_fmt(o)}, monitor/plain "
-                  f"{1 / (1 + o['median']):.3f}, MFU " + (" / ".join(f"{m:.1%}" for m in mfu) if mfu[0] else "-"))
-        print(f"  eager model, liveness.counting=eager: overhead {_fmt(res['eager/monitor_eager_ops_overhead'])}")
+            print(
+                f"{res['device']} {kind}: plain {res[f'{kind}/plain/tokens_per_s']:,.0f} tokens/s, monitor "
+                f"{res[f'{kind}/monitor/tokens_per_s']:,.0f} tokens/s, overhead {_fmt(o)}, monitor/plain "
+                f"{1 / (1 + o['median']):.3f}, MFU "
+                + (" / ".join(f"{m:.1%}" for m in mfu) if mfu[0] else "-")
+            )
+        print(
+            f"  eager model, liveness.counting=eager: overhead {_fmt(res['eager/monitor_eager_ops_overhead'])}"
+        )
     elif args.scaling:
-        print(f"overhead (time with monitor / without - 1), median [min, max] over {args.scaling_rounds} rounds of "
-              f"{args.log_every} steps, process CPU time, {args.threads} thread(s):")
+        print(
+            f"overhead (time with monitor / without - 1), median [min, max] over {args.scaling_rounds} rounds of "
+            f"{args.log_every} steps, process CPU time, {args.threads} thread(s):"
+        )
         res = run_scaling(args)
     else:
         res = main_targets(args)

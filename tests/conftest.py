@@ -31,8 +31,19 @@ def _isolated_cache(tmp_path_factory):
 def corpus_file(tmp_path_factory) -> Path:
     """About 120 KB of real text (a few standard-library modules), written once per session."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    parts = [(stdlib / name).read_text() for name in ("textwrap.py", "shlex.py", "fnmatch.py", "glob.py", "bisect.py",
-                                                     "heapq.py", "string.py", "colorsys.py")]
+    parts = [
+        (stdlib / name).read_text()
+        for name in (
+            "textwrap.py",
+            "shlex.py",
+            "fnmatch.py",
+            "glob.py",
+            "bisect.py",
+            "heapq.py",
+            "string.py",
+            "colorsys.py",
+        )
+    ]
     path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
     path.write_text("\n".join(parts))
     return path
@@ -41,10 +52,18 @@ def corpus_file(tmp_path_factory) -> Path:
 def tiny_overrides(run_dir: Path, corpus: Path | None = None, **extra) -> list[str]:
     """The tiny settings every end-to-end test uses (2 layers, 64 wide, block 32)."""
     o = {
-        "model.n_layer": 2, "model.n_embd": 64, "model.n_head": 2, "model.n_positions": 32,
-        "data.block_size": 32, "data.vocab_size": 512,
-        "train.batch_size": 8, "train.log_every": 5, "train.warmup_steps": 2, "train.output_dir": str(run_dir),
-        "train.progress": False, "wandb.mode": "disabled",
+        "model.n_layer": 2,
+        "model.n_embd": 64,
+        "model.n_head": 2,
+        "model.n_positions": 32,
+        "data.block_size": 32,
+        "data.vocab_size": 512,
+        "train.batch_size": 8,
+        "train.log_every": 5,
+        "train.warmup_steps": 2,
+        "train.output_dir": str(run_dir),
+        "train.progress": False,
+        "wandb.mode": "disabled",
     }
     if corpus is not None:
         o.update({"data.source": "text", "data.path": str(corpus)})

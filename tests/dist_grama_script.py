@@ -24,8 +24,19 @@ from reviveformer.revival.grama import GraMa, step_scores
 def main(out: str) -> None:
     acc = Accelerator()
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=32, vocab_size=97,
-                                       activation_function="relu", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            n_layer=2,
+            n_embd=64,
+            n_head=2,
+            n_positions=32,
+            vocab_size=97,
+            activation_function="relu",
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     ddp, opt = acc.prepare(model, opt)
     gen = torch.Generator().manual_seed(100 + acc.process_index)  # different data on each process
@@ -52,20 +63,25 @@ def main(out: str) -> None:
     scores = grama.window_scores(model)
     match = all(torch.allclose(scores[i].double(), expected[i] / 3, rtol=1e-4, atol=1e-6) for i in range(2))
     metrics = grama.revive(model, NO_REPORT, opt)
-    decided = torch.tensor([len(grama.last_layer_details())] + [
-        int(s <= grama.tau) for i in range(2) for s in grama.last_scores[i]])
+    decided = torch.tensor(
+        [len(grama.last_layer_details())]
+        + [int(s <= grama.tau) for i in range(2) for s in grama.last_scores[i]]
+    )
     decisions = acc.gather(decided[None])
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     replicas = acc.gather(flat[None])
     if acc.is_main_process:
         with open(out, "w") as f:
-            json.dump({
-                "reset": metrics["revival/dormant_units"],
-                "local_grads_differ": local_differ,
-                "decisions_equal": bool(torch.equal(decisions[0], decisions[1])),
-                "replicas_equal": bool(torch.equal(replicas[0], replicas[1])),
-                "scores_match_averaged_gradient": match,
-            }, f)
+            json.dump(
+                {
+                    "reset": metrics["revival/dormant_units"],
+                    "local_grads_differ": local_differ,
+                    "decisions_equal": bool(torch.equal(decisions[0], decisions[1])),
+                    "replicas_equal": bool(torch.equal(replicas[0], replicas[1])),
+                    "scores_match_averaged_gradient": match,
+                },
+                f,
+            )
     acc.wait_for_everyone()
     acc.end_training()
 

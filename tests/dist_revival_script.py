@@ -25,8 +25,19 @@ from reviveformer.revival.stripping import SynapticStripping
 def main(out: str) -> None:
     acc = Accelerator()
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2, n_positions=32, vocab_size=97,
-                                       activation_function="relu", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            n_layer=2,
+            n_embd=64,
+            n_head=2,
+            n_positions=32,
+            vocab_size=97,
+            activation_function="relu",
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
+    )
     # rarely-firing units: how often they fire depends on each process's data
     with torch.no_grad():
         for block in model.transformer.h:
@@ -59,11 +70,14 @@ def main(out: str) -> None:
     all_local_dead = acc.gather(local_dead[None])
     if acc.is_main_process:
         with open(out, "w") as f:
-            json.dump({
-                "replicas_equal": bool(torch.equal(replicas[0], replicas[1])),
-                "local_dead_differ": not torch.equal(all_local_dead[0], all_local_dead[1]),
-                "stripped_now": metrics["revival/stripped_now"],
-            }, f)
+            json.dump(
+                {
+                    "replicas_equal": bool(torch.equal(replicas[0], replicas[1])),
+                    "local_dead_differ": not torch.equal(all_local_dead[0], all_local_dead[1]),
+                    "stripped_now": metrics["revival/stripped_now"],
+                },
+                f,
+            )
     acc.wait_for_everyone()
     acc.end_training()
 

@@ -269,7 +269,9 @@ def _learned_model(activation: str) -> GPT2LMHeadModel:
     from reviveformer.model import build_model
 
     torch.manual_seed(0)
-    model = build_model(ModelConfig(n_layer=2, n_embd=16, n_head=2, n_positions=16, activation=activation), 64, 0)
+    model = build_model(
+        ModelConfig(n_layer=2, n_embd=16, n_head=2, n_positions=16, activation=activation), 64, 0
+    )
     with torch.no_grad():
         for i, block in enumerate(model.transformer.h):
             for k, p in enumerate(block.mlp.act.parameters()):

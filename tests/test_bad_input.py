@@ -28,10 +28,14 @@ def fixtures(tmp_path_factory):
     bert.mkdir()
     (bert / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
     (root / "bad.yaml").write_text("train:\n  lr: [1, 2\n")
-    (root / "rules_mapping.yaml").write_text("alerts:\n  rules:\n    dead_mlp: {site: mlp_post, above: 0.3}\n")
+    (root / "rules_mapping.yaml").write_text(
+        "alerts:\n  rules:\n    dead_mlp: {site: mlp_post, above: 0.3}\n"
+    )
     (root / "model_5.yaml").write_text("model: 5\n")
     small = root / "small-gpt2"
-    GPT2LMHeadModel(GPT2Config(vocab_size=300, n_layer=1, n_embd=16, n_head=2, n_positions=32)).save_pretrained(small)
+    GPT2LMHeadModel(
+        GPT2Config(vocab_size=300, n_layer=1, n_embd=16, n_head=2, n_positions=32)
+    ).save_pretrained(small)
     return root
 
 
@@ -40,68 +44,169 @@ def fixtures(tmp_path_factory):
 def _cases(root: Path, corpus: Path):
     tok512 = root / "tok512"
     recipe_cases = [
-        ("alerts.rules as a mapping", [str(root / "rules_mapping.yaml")],
-         ["'alerts.rules' must be a list", "name, site, metric, above, layers, action"], True),
-        ("model: 5 in a recipe", [str(root / "model_5.yaml")],
-         ["'model' must be a mapping", "n_layer, n_embd", "not 5"], True),
+        (
+            "alerts.rules as a mapping",
+            [str(root / "rules_mapping.yaml")],
+            ["'alerts.rules' must be a list", "name, site, metric, above, layers, action"],
+            True,
+        ),
+        (
+            "model: 5 in a recipe",
+            [str(root / "model_5.yaml")],
+            ["'model' must be a mapping", "n_layer, n_embd", "not 5"],
+            True,
+        ),
     ]
     cases = [
         ("unknown key", ["train.lrr=1"], ["did you mean 'lr'"], True),
         ("unknown section", ["trian.lr=1"], ["did you mean 'train'"], True),
         ("wrong type", ["train.batch_size=many"], ["train.batch_size"], True),
         ("negative lr", ["train.lr=-0.1"], ["train.lr=-0.1 must be a positive number"], True),
-        ("fraction above 1", ["revival.synaptic_stripping.fraction=1.5"],
-         ["revival.synaptic_stripping.fraction=1.5 must be in (0, 1]"], True),
+        (
+            "fraction above 1",
+            ["revival.synaptic_stripping.fraction=1.5"],
+            ["revival.synaptic_stripping.fraction=1.5 must be in (0, 1]"],
+            True,
+        ),
         ("fraction zero", ["revival.fraction=0"], ["must be in (0, 1]"], True),
         ("negative threshold", ["liveness.threshold=-1"], ["liveness.threshold=-1.0 must be >= 0"], True),
         ("unknown activation", ["model.activation=relux"], ["relu, leaky_relu"], True),
         ("bad module:attr", ["model.activation=no_such_pkg.mod:act"], ["no_such_pkg"], True),
-        ("missing data path", ["data.source=text", f"data.path={root / 'missing.txt'}"],
-         ["missing.txt does not exist"], True),
+        (
+            "missing data path",
+            ["data.source=text", f"data.path={root / 'missing.txt'}"],
+            ["missing.txt does not exist"],
+            True,
+        ),
         ("empty dataset", ["data.source=text", f"data.path={root / 'empty.txt'}"], ["too little text"], True),
-        ("block size over positions", ["data.block_size=64", "model.n_positions=32"],
-         ["data.block_size=64 is above model.n_positions=32"], True),
+        (
+            "block size over positions",
+            ["data.block_size=64", "model.n_positions=32"],
+            ["data.block_size=64 is above model.n_positions=32"],
+            True,
+        ),
         ("init_from not GPT-2", [f"model.init_from={root / 'bert'}"], ["is a 'bert' model"], True),
         ("init_from without config", [f"model.init_from={root}"], ["has no config.json"], True),
-        ("init_from missing", [f"model.init_from={root / 'gone'}"],
-         [f"model.init_from={root / 'gone'} does not exist", "RUN_DIR/final"], True),
-        ("vocabulary mismatch", [f"model.init_from={root / 'small-gpt2'}", f"data.tokenizer={tok512}",
-                                 "data.source=text", f"data.path={corpus}"], ["vocabulary mismatch"], False),
-        ("unknown tokenizer", ["data.tokenizer=/no/such/tokenizer"], ["data.tokenizer=/no/such/tokenizer"], True),
+        (
+            "init_from missing",
+            [f"model.init_from={root / 'gone'}"],
+            [f"model.init_from={root / 'gone'} does not exist", "RUN_DIR/final"],
+            True,
+        ),
+        (
+            "vocabulary mismatch",
+            [
+                f"model.init_from={root / 'small-gpt2'}",
+                f"data.tokenizer={tok512}",
+                "data.source=text",
+                f"data.path={corpus}",
+            ],
+            ["vocabulary mismatch"],
+            False,
+        ),
+        (
+            "unknown tokenizer",
+            ["data.tokenizer=/no/such/tokenizer"],
+            ["data.tokenizer=/no/such/tokenizer"],
+            True,
+        ),
         # issue 9 item 12: shapes and values that ended in a traceback or did nothing
-        ("override YAML does not parse", ["train.lr=[1,2"],
-         ["override 'train.lr=[1,2'", "not valid YAML", "quote it"], True),
-        ("alerts.rules override as a mapping", ["alerts.rules={dead: {above: 0.3}}"],
-         ["'alerts.rules' must be a list"], True),
-        ("rule layers that do not exist", ["alerts.rules=[{name: d, layers: [0, 7]}]"],
-         ["alerts.rules[d].layers has [7]", "model.n_layer=2 has layers 0..1"], True),
-        ("rule layers negative", ["alerts.rules=[{name: d, layers: [-1]}]"],
-         ["alerts.rules[d].layers=[-1]", "layer indices >= 0"], True),
-        ("rule on an unwatched site", ["liveness.sites=[mlp_post]", "alerts.rules=[{name: d, site: attn_out}]"],
-         ["alerts.rules[d].site=attn_out is not watched", "liveness.sites=['mlp_post']"], True),
-        ("revive action without a method", ["alerts.rules=[{name: d, action: revive}]"],
-         ["alerts.rules[d].action=revive", "revival.method=none", "synaptic_stripping or redo"], True),
-        ("split leaves no training documents", ["data.val_fraction=0.999"],
-         ["data.val_fraction=0.999 leaves no training documents", "at most 0.9"], True),
-        ("split leaves the training set below one batch", ["data.val_fraction=0.97", "train.batch_size=64"],
-         ["train.batch_size=64 is larger than the"], False),
-        ("model too large for memory", ["model.n_layer=4000", "model.n_embd=16384", "model.n_head=2"],
-         ["too large for this machine", "model.n_layer=4000", "model.n_embd=16384", "GiB"], True),
+        (
+            "override YAML does not parse",
+            ["train.lr=[1,2"],
+            ["override 'train.lr=[1,2'", "not valid YAML", "quote it"],
+            True,
+        ),
+        (
+            "alerts.rules override as a mapping",
+            ["alerts.rules={dead: {above: 0.3}}"],
+            ["'alerts.rules' must be a list"],
+            True,
+        ),
+        (
+            "rule layers that do not exist",
+            ["alerts.rules=[{name: d, layers: [0, 7]}]"],
+            ["alerts.rules[d].layers has [7]", "model.n_layer=2 has layers 0..1"],
+            True,
+        ),
+        (
+            "rule layers negative",
+            ["alerts.rules=[{name: d, layers: [-1]}]"],
+            ["alerts.rules[d].layers=[-1]", "layer indices >= 0"],
+            True,
+        ),
+        (
+            "rule on an unwatched site",
+            ["liveness.sites=[mlp_post]", "alerts.rules=[{name: d, site: attn_out}]"],
+            ["alerts.rules[d].site=attn_out is not watched", "liveness.sites=['mlp_post']"],
+            True,
+        ),
+        (
+            "revive action without a method",
+            ["alerts.rules=[{name: d, action: revive}]"],
+            ["alerts.rules[d].action=revive", "revival.method=none", "synaptic_stripping or redo"],
+            True,
+        ),
+        (
+            "split leaves no training documents",
+            ["data.val_fraction=0.999"],
+            ["data.val_fraction=0.999 leaves no training documents", "at most 0.9"],
+            True,
+        ),
+        (
+            "split leaves the training set below one batch",
+            ["data.val_fraction=0.97", "train.batch_size=64"],
+            ["train.batch_size=64 is larger than the"],
+            False,
+        ),
+        (
+            "model too large for memory",
+            ["model.n_layer=4000", "model.n_embd=16384", "model.n_head=2"],
+            ["too large for this machine", "model.n_layer=4000", "model.n_embd=16384", "GiB"],
+            True,
+        ),
         # issue 9 item 14: messages name what is valid at that place
-        ("unknown key inside a rule", ["alerts.rules=[{name: d, sitee: mlp_post}]"],
-         ["'alerts.rules[0].sitee'", "did you mean 'site'", "name, site, metric, above, layers, action"], True),
+        (
+            "unknown key inside a rule",
+            ["alerts.rules=[{name: d, sitee: mlp_post}]"],
+            ["'alerts.rules[0].sitee'", "did you mean 'site'", "name, site, metric, above, layers, action"],
+            True,
+        ),
         # issue 10 item 5: checks across sections, both keys named
-        ("revival without liveness", ["revival.method=synaptic_stripping", "liveness.enabled=false"],
-         ["revival.method=synaptic_stripping needs liveness.enabled=true"], True),
-        ("revival without mlp_post", ["revival.method=redo", "liveness.sites=[attn_out]"],
-         ["revival.method=redo needs 'mlp_post' in liveness.sites=['attn_out']"], True),
-        ("alert without liveness", ["liveness.enabled=false", "alerts.rules=[{name: d}]"],
-         ["alerts.rules[d] needs liveness.enabled=true"], True),
-        ("sample_every leaves a window empty", ["liveness.sample_every=7", "train.log_every=5"],
-         ["liveness.sample_every=7 is above train.log_every=5", "liveness.sample_every <= 5"], True),
-        ("init_from without its own tokenizer", [f"model.init_from={root / 'small-gpt2'}"],
-         [f"model.init_from={root / 'small-gpt2'} holds no tokenizer", "data.tokenizer=bpe", "data.tokenizer=PATH"],
-         True),
+        (
+            "revival without liveness",
+            ["revival.method=synaptic_stripping", "liveness.enabled=false"],
+            ["revival.method=synaptic_stripping needs liveness.enabled=true"],
+            True,
+        ),
+        (
+            "revival without mlp_post",
+            ["revival.method=redo", "liveness.sites=[attn_out]"],
+            ["revival.method=redo needs 'mlp_post' in liveness.sites=['attn_out']"],
+            True,
+        ),
+        (
+            "alert without liveness",
+            ["liveness.enabled=false", "alerts.rules=[{name: d}]"],
+            ["alerts.rules[d] needs liveness.enabled=true"],
+            True,
+        ),
+        (
+            "sample_every leaves a window empty",
+            ["liveness.sample_every=7", "train.log_every=5"],
+            ["liveness.sample_every=7 is above train.log_every=5", "liveness.sample_every <= 5"],
+            True,
+        ),
+        (
+            "init_from without its own tokenizer",
+            [f"model.init_from={root / 'small-gpt2'}"],
+            [
+                f"model.init_from={root / 'small-gpt2'} holds no tokenizer",
+                "data.tokenizer=bpe",
+                "data.tokenizer=PATH",
+            ],
+            True,
+        ),
     ]
     return [(n, [RECIPE, *a], e, early) for n, a, e, early in cases] + recipe_cases
 
@@ -165,8 +270,20 @@ def test_bad_yaml_recipe(fixtures, capsys):
 def test_exit_status_and_no_traceback_in_a_real_process(tmp_path):
     """The console entry point itself: a separate process, exit status 2, one clean line."""
     run_dir = tmp_path / "run"
-    p = subprocess.run([sys.executable, "-m", "reviveformer", "train", RECIPE, "revival.method=prune",
-                        f"train.output_dir={run_dir}"], capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "reviveformer",
+            "train",
+            RECIPE,
+            "revival.method=prune",
+            f"train.output_dir={run_dir}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 2
     assert "revival.method='prune' must be one of none, synaptic_stripping, redo" in p.stderr
     assert "Traceback" not in p.stderr
@@ -176,8 +293,20 @@ def test_exit_status_and_no_traceback_in_a_real_process(tmp_path):
 def test_a_shape_error_in_a_real_process(tmp_path):
     """alerts.rules given as a mapping was a raw TypeError from OmegaConf's merge."""
     run_dir = tmp_path / "run"
-    p = subprocess.run([sys.executable, "-m", "reviveformer", "train", RECIPE, "alerts.rules={dead: {above: 0.3}}",
-                        f"train.output_dir={run_dir}"], capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "reviveformer",
+            "train",
+            RECIPE,
+            "alerts.rules={dead: {above: 0.3}}",
+            f"train.output_dir={run_dir}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 2, p.stderr
     assert "'alerts.rules' must be a list" in p.stderr and "Traceback" not in p.stderr
     assert not run_dir.exists()
@@ -196,7 +325,9 @@ def test_unwritable_output_dir(tmp_path, corpus_file, capsys):
 
 def test_audit_and_strip_bad_input(tmp_path, fixtures, capsys):
     assert main(["audit", str(tmp_path / "nothing")]) == 2
-    err = capsys.readouterr().err  # a missing folder, not a hub repo id (issue 9 item 14 changed this message)
+    err = (
+        capsys.readouterr().err
+    )  # a missing folder, not a hub repo id (issue 9 item 14 changed this message)
     assert "nothing does not exist; give a model folder" in err and "repo" not in err
     assert main(["audit", str(fixtures / "bert")]) == 2
     assert "is a 'bert' model" in capsys.readouterr().err
@@ -207,13 +338,25 @@ def test_audit_and_strip_bad_input(tmp_path, fixtures, capsys):
     assert "already exists" in capsys.readouterr().err
     # bad overrides and a missing checkpoint: exit 2, the key named, and no output folder made
     cases = [
-        (["audit", str(fixtures / "small-gpt2"), "liveness.threshold=-1", "--out", str(tmp_path / "a1")],
-         "liveness.threshold=-1.0 must be >= 0"),
-        (["audit", str(fixtures / "small-gpt2"), "liveness.sitess=[mlp_post]", "--out", str(tmp_path / "a2")],
-         "did you mean 'sites'"),
+        (
+            ["audit", str(fixtures / "small-gpt2"), "liveness.threshold=-1", "--out", str(tmp_path / "a1")],
+            "liveness.threshold=-1.0 must be >= 0",
+        ),
+        (
+            [
+                "audit",
+                str(fixtures / "small-gpt2"),
+                "liveness.sitess=[mlp_post]",
+                "--out",
+                str(tmp_path / "a2"),
+            ],
+            "did you mean 'sites'",
+        ),
         (["strip", str(tmp_path / "gone"), "--out", str(tmp_path / "s1")], "gone does not exist"),
-        (["strip", str(fixtures / "small-gpt2"), "--out", str(tmp_path / "s2")],
-         "has no tokenizer: give one with data.tokenizer=PATH"),
+        (
+            ["strip", str(fixtures / "small-gpt2"), "--out", str(tmp_path / "s2")],
+            "has no tokenizer: give one with data.tokenizer=PATH",
+        ),
     ]
     for argv, expected in cases:
         assert main(argv) == 2, argv
@@ -225,7 +368,11 @@ def test_audit_and_strip_bad_input(tmp_path, fixtures, capsys):
 
 def test_an_existing_run_is_not_overwritten(tmp_path, corpus_file, capsys):
     run_dir = tmp_path / "run"
-    args = ["train", RECIPE, *tiny_overrides(run_dir, corpus_file, **{"data.max_tokens": 32 * 8 * 2, "train.epochs": 1})]
+    args = [
+        "train",
+        RECIPE,
+        *tiny_overrides(run_dir, corpus_file, **{"data.max_tokens": 32 * 8 * 2, "train.epochs": 1}),
+    ]
     assert main(args) == 0
     before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
     assert main(args) == 2

@@ -14,8 +14,10 @@ def test_state_round_trips_without_pickle(tmp_path):
         "name": "x",
         "none": None,
         "monitor": {"mlp_post": {"fire_count": torch.arange(6).reshape(2, 3), "tokens": torch.tensor(5)}},
-        "reviver": {"masks": {0: torch.tensor([[True, False]]), 1: torch.zeros(2, 2, dtype=torch.bool)},
-                    "previous": [[1, 2], []]},
+        "reviver": {
+            "masks": {0: torch.tensor([[True, False]]), 1: torch.zeros(2, 2, dtype=torch.bool)},
+            "previous": [[1, 2], []],
+        },
         "alerts": {"tripped": [["r", 0, True]], "pair": (1, 2.5)},
     }
     ckpt.write_state(tmp_path, state)
@@ -49,7 +51,11 @@ def test_resume_point_is_newest_complete_and_readable(tmp_path, caplog):
     corrupt = _fake_checkpoint(tmp_path, 40)
     (corrupt / "model.safetensors").write_bytes(b"\x00garbage")
     (tmp_path / ".tmp-step_00000050").mkdir()
-    assert [p.name for p in ckpt.list_complete(tmp_path)] == ["step_00000010", "step_00000020", "step_00000040"]
+    assert [p.name for p in ckpt.list_complete(tmp_path)] == [
+        "step_00000010",
+        "step_00000020",
+        "step_00000040",
+    ]
     with caplog.at_level("WARNING", logger="reviveformer"):
         assert ckpt.find_resume_point(tmp_path) == good
     assert "step_00000040" in caplog.text

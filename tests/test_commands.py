@@ -20,8 +20,14 @@ RECIPE = REPO / "recipes" / "quickstart.yaml"
 @pytest.fixture(scope="module")
 def relu_run(tmp_path_factory, corpus_file) -> Path:
     run_dir = tmp_path_factory.mktemp("cmd") / "relu"
-    train(load_config(RECIPE, tiny_overrides(run_dir, corpus_file, **{
-        "data.max_tokens": 32 * 8 * 20, "train.epochs": 1, "train.lr": 1e-2})))
+    train(
+        load_config(
+            RECIPE,
+            tiny_overrides(
+                run_dir, corpus_file, **{"data.max_tokens": 32 * 8 * 20, "train.epochs": 1, "train.lr": 1e-2}
+            ),
+        )
+    )
     return run_dir
 
 
@@ -31,15 +37,22 @@ def _independent_mlp_post_counts(final: Path, ids: torch.Tensor, threshold: floa
 
     model = AutoModelForCausalLM.from_pretrained(final).eval()
     captured: dict[int, list[torch.Tensor]] = {}
-    hooks = [block.mlp.c_fc.register_forward_hook(lambda m, i, o, k=k: captured.setdefault(k, []).append(o))
-             for k, block in enumerate(model.transformer.h)]
+    hooks = [
+        block.mlp.c_fc.register_forward_hook(lambda m, i, o, k=k: captured.setdefault(k, []).append(o))
+        for k, block in enumerate(model.transformer.h)
+    ]
     with torch.no_grad():
         for start in range(0, len(ids), 16):
-            model(input_ids=ids[start:start + 16])
+            model(input_ids=ids[start : start + 16])
     for h in hooks:
         h.remove()
-    return [(torch.cat(captured[k]).clamp(min=0).abs() > threshold).reshape(-1, captured[k][0].shape[-1])
-            .sum(0).tolist() for k in sorted(captured)]
+    return [
+        (torch.cat(captured[k]).clamp(min=0).abs() > threshold)
+        .reshape(-1, captured[k][0].shape[-1])
+        .sum(0)
+        .tolist()
+        for k in sorted(captured)
+    ]
 
 
 @pytest.mark.slow
@@ -68,8 +81,19 @@ def test_strip_zeroes_exactly_the_rule(relu_run, tmp_path, capsys):
     from safetensors.torch import load_file
 
     out = tmp_path / "stripped"
-    assert main(["strip", str(relu_run), "--out", str(out), "liveness.dead_frequency=0.05",
-                 "revival.fraction=0.2"]) == 0
+    assert (
+        main(
+            [
+                "strip",
+                str(relu_run),
+                "--out",
+                str(out),
+                "liveness.dead_frequency=0.05",
+                "revival.fraction=0.2",
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "strip.json").read_text())
     liveness = json.loads((out / "liveness.json").read_text())
     before = load_file(relu_run / "final" / "model.safetensors")
@@ -80,7 +104,7 @@ def test_strip_zeroes_exactly_the_rule(relu_run, tmp_path, capsys):
         w0, w1 = before[key], after[key]
         dead = liveness["sites"]["mlp_post"][layer]["dead_units"]
         assert report["layers"][layer]["dead_units"] == len(dead)
-        changed = (w0 != w1)
+        changed = w0 != w1
         assert torch.all(w1[changed] == 0)
         for j in range(w0.shape[1]):
             col = w0[:, j]
@@ -104,8 +128,17 @@ def test_strip_zeroes_exactly_the_rule(relu_run, tmp_path, capsys):
 @pytest.mark.slow
 def test_sweep_two_activations(tmp_path, corpus_file, capsys):
     out = tmp_path / "sweep"
-    args = ["sweep", str(RECIPE), "--activations", "relu,gelu", "--out", str(out),
-            *tiny_overrides(tmp_path / "unused", corpus_file, **{"data.max_tokens": 32 * 8 * 6, "train.epochs": 1})]
+    args = [
+        "sweep",
+        str(RECIPE),
+        "--activations",
+        "relu,gelu",
+        "--out",
+        str(out),
+        *tiny_overrides(
+            tmp_path / "unused", corpus_file, **{"data.max_tokens": 32 * 8 * 6, "train.epochs": 1}
+        ),
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "activation-relu" in printed and "activation-gelu" in printed
@@ -118,7 +151,9 @@ def test_sweep_two_activations(tmp_path, corpus_file, capsys):
         assert load_config(run / "config.yaml").model.activation == name
         assert load_config(run / "config.yaml").wandb.job_type == f"activation-{name}"  # one arm per cell
         last = json.loads(sorted((run / "liveness").glob("epoch_*.json"))[-1].read_text())
-        assert result["dead_ratio_per_layer"][label]["mlp_post"] == [e["dead_ratio"] for e in last["sites"]["mlp_post"]]
+        assert result["dead_ratio_per_layer"][label]["mlp_post"] == [
+            e["dead_ratio"] for e in last["sites"]["mlp_post"]
+        ]
     for site in ("mlp_pre", "mlp_post", "attn_out"):
         assert (out / f"dead_ratio_per_layer_{site}.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "compare" / "compare.md").is_file()
@@ -128,15 +163,30 @@ def test_sweep_two_activations(tmp_path, corpus_file, capsys):
     assert "is finished; kept" in capsys.readouterr().out
     result = json.loads((out / "sweep.json").read_text())
     assert result["threshold"] == 1000
-    assert all(r == 1.0 for label in result["runs"] for r in result["dead_ratio_per_layer"][label]["mlp_post"])
+    assert all(
+        r == 1.0 for label in result["runs"] for r in result["dead_ratio_per_layer"][label]["mlp_post"]
+    )
 
 
 @pytest.fixture(scope="module")
 def prelu_run(tmp_path_factory, corpus_file) -> Path:
     """A short run with a learned activation: training moves each block's PReLU slope away from 0.25."""
     run_dir = tmp_path_factory.mktemp("cmd") / "prelu"
-    train(load_config(RECIPE, tiny_overrides(run_dir, corpus_file, **{
-        "model.activation": "prelu", "data.max_tokens": 32 * 8 * 6, "train.epochs": 1, "train.lr": 1e-2})))
+    train(
+        load_config(
+            RECIPE,
+            tiny_overrides(
+                run_dir,
+                corpus_file,
+                **{
+                    "model.activation": "prelu",
+                    "data.max_tokens": 32 * 8 * 6,
+                    "train.epochs": 1,
+                    "train.lr": 1e-2,
+                },
+            ),
+        )
+    )
     return run_dir
 
 
@@ -160,7 +210,9 @@ def test_strip_keeps_learned_activation_and_a_users_tmp_folder(prelu_run, tmp_pa
     assert main(["strip", str(prelu_run), "--out", str(out), "liveness.dead_frequency=0.05"]) == 0
     capsys.readouterr()
     assert _slopes(out) == trained
-    assert (users / "notes.txt").read_text() == "mine" and sorted(p.name for p in users.iterdir()) == ["notes.txt"]
+    assert (users / "notes.txt").read_text() == "mine" and sorted(p.name for p in users.iterdir()) == [
+        "notes.txt"
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stripped", "stripped.tmp"]
     # audit opens it the same way: its loss is that of the saved model, measured independently here
     audit = tmp_path / "audit"

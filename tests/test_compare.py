@@ -539,15 +539,21 @@ def test_cli_compare_user_errors(
 # --- arms over seeds ------------------------------------------------------------------------------------------
 
 
-def seeded_run(root: Path, name: str, method: str, activation: str, seed: int, final_loss: float,
-               dead_units: list[int]) -> Path:
+def seeded_run(
+    root: Path, name: str, method: str, activation: str, seed: int, final_loss: float, dead_units: list[int]
+) -> Path:
     cfg = config(method, activation)
     cfg["train"] = {"epochs": 2, "seed": seed, "output_dir": str(root / name)}
     cfg["wandb"]["name"] = name  # differs per run, as a sweep names them: not a setting
-    return write_run(root / name, cfg, [
-        {"step": 10, "val/loss": final_loss + 1.0, "liveness/mlp_post/dead_ratio": 0.5},
-        {"step": 20, "val/loss": final_loss, "liveness/mlp_post/dead_ratio": len(dead_units) / 20},
-    ], epochs=[liveness({"mlp_post": [dead_units, []]})])
+    return write_run(
+        root / name,
+        cfg,
+        [
+            {"step": 10, "val/loss": final_loss + 1.0, "liveness/mlp_post/dead_ratio": 0.5},
+            {"step": 20, "val/loss": final_loss, "liveness/mlp_post/dead_ratio": len(dead_units) / 20},
+        ],
+        epochs=[liveness({"mlp_post": [dead_units, []]})],
+    )
 
 
 @pytest.fixture

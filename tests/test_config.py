@@ -26,7 +26,9 @@ def test_every_recipe_loads(recipe):
 def test_overrides_win_over_recipe_and_defaults(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("train:\n  lr: 0.01\n  batch_size: 4\nmodel:\n  activation: relu\n")
-    cfg = load_config(recipe, ["train.lr=3e-4", "revival.method=synaptic_stripping", "alerts.rules=[{name: d, above: 0.5}]"])
+    cfg = load_config(
+        recipe, ["train.lr=3e-4", "revival.method=synaptic_stripping", "alerts.rules=[{name: d, above: 0.5}]"]
+    )
     assert cfg.train.lr == 3e-4
     assert cfg.train.batch_size == 4  # from the recipe
     assert cfg.train.epochs == 1  # default
@@ -50,8 +52,14 @@ def test_saved_config_round_trips(tmp_path):
         ("modell.n_layer=2", "did you mean 'model'"),
         ("train.lr=abc", "train.lr"),
         ("train.lr=-1", "train.lr=-1.0 must be a positive number"),
-        ("revival.synaptic_stripping.fraction=0", "revival.synaptic_stripping.fraction=0.0 must be in (0, 1]"),
-        ("revival.synaptic_stripping.fraction=1.5", "revival.synaptic_stripping.fraction=1.5 must be in (0, 1]"),
+        (
+            "revival.synaptic_stripping.fraction=0",
+            "revival.synaptic_stripping.fraction=0.0 must be in (0, 1]",
+        ),
+        (
+            "revival.synaptic_stripping.fraction=1.5",
+            "revival.synaptic_stripping.fraction=1.5 must be in (0, 1]",
+        ),
         ("liveness.threshold=-0.1", "liveness.threshold=-0.1 must be >= 0"),
         ("liveness.criterion=max", "criterion='max' must be one of abs, positive"),
         ("liveness.sites=[mlp_mid]", "must be a non-empty subset of mlp_pre, mlp_post, attn_out"),
@@ -94,13 +102,23 @@ def test_bad_yaml_and_missing_recipe(tmp_path):
 
 def test_cross_section_problems_are_gathered_and_name_both_keys():
     with pytest.raises(ConfigError) as e:
-        load_config(None, ["revival.method=redo", "liveness.sites=[attn_out]", "liveness.sample_every=20",
-                           "alerts.rules=[{name: d, site: mlp_pre, action: stop, layers: [3]}]"])
+        load_config(
+            None,
+            [
+                "revival.method=redo",
+                "liveness.sites=[attn_out]",
+                "liveness.sample_every=20",
+                "alerts.rules=[{name: d, site: mlp_pre, action: stop, layers: [3]}]",
+            ],
+        )
     msg = str(e.value)
-    for fragment in ("revival.method=redo needs 'mlp_post' in liveness.sites=['attn_out']",
-                     "alerts.rules[d].site=mlp_pre is not watched",
-                     "alerts.rules[d].layers has [3]", "model.n_layer=2 has layers 0..1",
-                     "liveness.sample_every=20 is above train.log_every=10"):
+    for fragment in (
+        "revival.method=redo needs 'mlp_post' in liveness.sites=['attn_out']",
+        "alerts.rules[d].site=mlp_pre is not watched",
+        "alerts.rules[d].layers has [3]",
+        "model.n_layer=2 has layers 0..1",
+        "liveness.sample_every=20 is above train.log_every=10",
+    ):
         assert fragment in msg, fragment
 
 
@@ -111,12 +129,18 @@ def test_measuring_a_saved_model_skips_the_training_checks():
     assert cfg.liveness.sites == ["attn_out"]
 
 
-@pytest.mark.parametrize("overrides", [
-    ["liveness.sample_every=10", "train.log_every=10"],  # equal: each logged step is itself counted
-    ["liveness.sample_every=3", "train.log_every=4"],  # not a divisor: 4 consecutive steps hold a multiple of 3
-    ["liveness.enabled=false", "liveness.sample_every=50"],  # nothing is counted, nothing to leave empty
-    ["alerts.rules=[{name: d, action: revive, layers: [1]}]", "revival.method=synaptic_stripping"],
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["liveness.sample_every=10", "train.log_every=10"],  # equal: each logged step is itself counted
+        [
+            "liveness.sample_every=3",
+            "train.log_every=4",
+        ],  # not a divisor: 4 consecutive steps hold a multiple of 3
+        ["liveness.enabled=false", "liveness.sample_every=50"],  # nothing is counted, nothing to leave empty
+        ["alerts.rules=[{name: d, action: revive, layers: [1]}]", "revival.method=synaptic_stripping"],
+    ],
+)
 def test_consistent_sections_load(overrides):
     assert load_config(None, overrides) is not None
 
@@ -125,8 +149,9 @@ def test_layer_check_reads_the_checkpoint_with_init_from(tmp_path):
     """With init_from the model's layers are the checkpoint's, not model.n_layer's default."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    GPT2LMHeadModel(GPT2Config(n_layer=4, n_embd=16, n_head=2, n_positions=16, vocab_size=300)).save_pretrained(
-        tmp_path)
+    GPT2LMHeadModel(
+        GPT2Config(n_layer=4, n_embd=16, n_head=2, n_positions=16, vocab_size=300)
+    ).save_pretrained(tmp_path)
     (tmp_path / "tokenizer.json").write_text("{}")  # only its presence is checked at load
     assert load_config(None, [f"model.init_from={tmp_path}", "alerts.rules=[{name: d, layers: [3]}]"])
     with pytest.raises(ConfigError, match=r"layers has \[4\].*model.init_from=.* has layers 0..3"):
@@ -159,8 +184,16 @@ def test_sampled_windows_are_never_empty_across_an_epoch_end(tmp_path, corpus_fi
     from reviveformer.trainer import train
 
     run_dir = tmp_path / "run"
-    train(load_config(REPO / "recipes" / "quickstart.yaml", tiny_overrides(run_dir, corpus_file, **{
-        "data.max_tokens": 32 * 8 * 6, "train.epochs": 2, "liveness.sample_every": 5})))
+    train(
+        load_config(
+            REPO / "recipes" / "quickstart.yaml",
+            tiny_overrides(
+                run_dir,
+                corpus_file,
+                **{"data.max_tokens": 32 * 8 * 6, "train.epochs": 2, "liveness.sample_every": 5},
+            ),
+        )
+    )
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     logged = [r for r in rows if "liveness/mlp_pre/dead_ratio" in r and "train/loss" not in r]
     steps = sorted({r["step"] for r in rows if "train/loss" in r})
@@ -170,17 +203,29 @@ def test_sampled_windows_are_never_empty_across_an_epoch_end(tmp_path, corpus_fi
     assert all(r["liveness/mlp_pre/dead_ratio"] < 1.0 for r in window_logs)
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("alerts.rules={dead: {above: 0.3}}", "'alerts.rules' must be a list (each entry a mapping of name, site"),
-    ("alerts.rules=[5]", "'alerts.rules[0]' must be a mapping of its keys (name, site, metric"),
-    ("alerts.rules=[{name: a, layers: {x: 1}}]", "'alerts.rules[0].layers' must be a list (each entry int)"),
-    ("liveness.sites={a: 1}", "'liveness.sites' must be a list (each entry str)"),
-    ("wandb.tags={a: 1}", "'wandb.tags' must be a list"),
-    ("alerts=[1]", "'alerts' must be a mapping of its keys (rules, wandb_wait_s), not [1]"),
-    ("model=5", "'model' must be a mapping of its keys (n_layer, n_embd"),
-    ("alerts.rules=[{name: a, sitee: x}]", "valid keys at 'alerts.rules[0]': name, site, metric, above, layers"),
-    ("train.lr={a", "the value is not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        (
+            "alerts.rules={dead: {above: 0.3}}",
+            "'alerts.rules' must be a list (each entry a mapping of name, site",
+        ),
+        ("alerts.rules=[5]", "'alerts.rules[0]' must be a mapping of its keys (name, site, metric"),
+        (
+            "alerts.rules=[{name: a, layers: {x: 1}}]",
+            "'alerts.rules[0].layers' must be a list (each entry int)",
+        ),
+        ("liveness.sites={a: 1}", "'liveness.sites' must be a list (each entry str)"),
+        ("wandb.tags={a: 1}", "'wandb.tags' must be a list"),
+        ("alerts=[1]", "'alerts' must be a mapping of its keys (rules, wandb_wait_s), not [1]"),
+        ("model=5", "'model' must be a mapping of its keys (n_layer, n_embd"),
+        (
+            "alerts.rules=[{name: a, sitee: x}]",
+            "valid keys at 'alerts.rules[0]': name, site, metric, above, layers",
+        ),
+        ("train.lr={a", "the value is not valid YAML"),
+    ],
+)
 def test_shape_errors_name_the_place_and_what_is_valid_there(override, expected):
     with pytest.raises(ConfigError) as e:
         load_config(None, [override])
@@ -204,8 +249,11 @@ def test_initializer_range_sets_the_init_scale(std):
     from reviveformer.config import ModelConfig
     from reviveformer.model import build_model
 
-    model = build_model(ModelConfig(n_layer=2, n_embd=64, n_head=2, activation="relu", initializer_range=std),
-                        vocab_size=300, eos_token_id=0)
+    model = build_model(
+        ModelConfig(n_layer=2, n_embd=64, n_head=2, activation="relu", initializer_range=std),
+        vocab_size=300,
+        eos_token_id=0,
+    )
     mlp = model.transformer.h[0].mlp
     assert mlp.c_fc.weight.std().item() == pytest.approx(std, rel=0.03)  # 16,384 draws: sd error ~0.6%
     assert mlp.c_proj.weight.std().item() == pytest.approx(std / math.sqrt(2 * 2), rel=0.03)

@@ -101,7 +101,15 @@ def test_a_few_invalid_utf8_bytes_are_replaced_with_one_warning(corpus_file, tmp
     text = corpus_file.read_text()
     raw = text.encode()
     cut = [len(raw) // 4, len(raw) // 2, 3 * len(raw) // 4]
-    bad = raw[: cut[0]] + b"\xff" + raw[cut[0] : cut[1]] + b"\xfe" + raw[cut[1] : cut[2]] + b"\x80" + raw[cut[2] :]
+    bad = (
+        raw[: cut[0]]
+        + b"\xff"
+        + raw[cut[0] : cut[1]]
+        + b"\xfe"
+        + raw[cut[1] : cut[2]]
+        + b"\x80"
+        + raw[cut[2] :]
+    )
     path = tmp_path / "latin.txt"
     path.write_bytes(bad)
     with caplog.at_level("WARNING", logger="reviveformer"):
@@ -127,7 +135,9 @@ def test_a_binary_file_in_a_folder_is_skipped(corpus_file, tmp_path, caplog):
 def test_a_split_that_leaves_no_training_documents(corpus_file):
     """~30 documents of ~4000 characters: val_fraction 0.999 would put them all in validation."""
     n_docs = len(load_documents(_cfg(corpus_file), seed=0)[0]["train"]) + 2  # at least
-    with pytest.raises(DataError, match=r"data.val_fraction=0.999 leaves no training documents.*at most 0\.9"):
+    with pytest.raises(
+        DataError, match=r"data.val_fraction=0.999 leaves no training documents.*at most 0\.9"
+    ):
         load_documents(_cfg(corpus_file, val_fraction=0.999), seed=0)
     assert n_docs > 10
 

@@ -27,9 +27,22 @@ TESTS = Path(__file__).resolve().parent
 def test_non_finite_loss_stops_before_the_update(tmp_path, corpus_file, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(TESTS))
     run_dir = tmp_path / "nan"
-    code = main(["train", RECIPE, *tiny_overrides(run_dir, corpus_file, **{
-        "model.activation": "custom_act:NanOnFifthTrainingCall", "train.checkpoint_every": 2,
-        "train.checkpoint_limit": 10, "data.max_tokens": 32 * 8 * 20})])
+    code = main(
+        [
+            "train",
+            RECIPE,
+            *tiny_overrides(
+                run_dir,
+                corpus_file,
+                **{
+                    "model.activation": "custom_act:NanOnFifthTrainingCall",
+                    "train.checkpoint_every": 2,
+                    "train.checkpoint_limit": 10,
+                    "data.max_tokens": 32 * 8 * 20,
+                },
+            ),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 3, err
     assert "non-finite loss or gradient at step 5 (loss nan" in err and "Traceback" not in err
@@ -43,9 +56,20 @@ def test_bounded_skips_instead_of_stopping(tmp_path, corpus_file, caplog, monkey
     monkeypatch.syspath_prepend(str(TESTS))
     run_dir = tmp_path / "skip"
     with caplog.at_level(logging.WARNING, logger="reviveformer"):
-        summary = train(load_config(RECIPE, tiny_overrides(run_dir, corpus_file, **{
-            "model.activation": "custom_act:NanOnFifthTrainingCall", "train.max_bad_steps": 1,
-            "data.max_tokens": 32 * 8 * 10})))
+        summary = train(
+            load_config(
+                RECIPE,
+                tiny_overrides(
+                    run_dir,
+                    corpus_file,
+                    **{
+                        "model.activation": "custom_act:NanOnFifthTrainingCall",
+                        "train.max_bad_steps": 1,
+                        "data.max_tokens": 32 * 8 * 10,
+                    },
+                ),
+            )
+        )
     assert "the optimizer update was skipped (1 of train.max_bad_steps=1)" in caplog.text
     # 3 epochs of 10 batches, one refused: 29 optimizer steps, and the weights stayed finite
     assert summary.steps == 29
@@ -59,8 +83,16 @@ def test_wandb_init_failure_warns_once_and_trains_on(tmp_path, corpus_file, capl
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, no saved W&B login
     run_dir = tmp_path / "wb-online"
     with caplog.at_level(logging.WARNING, logger="reviveformer"):
-        summary = train(load_config(RECIPE, tiny_overrides(run_dir, corpus_file, **{
-            "wandb.mode": "online", "data.max_tokens": 32 * 8 * 10, "train.epochs": 1})))
+        summary = train(
+            load_config(
+                RECIPE,
+                tiny_overrides(
+                    run_dir,
+                    corpus_file,
+                    **{"wandb.mode": "online", "data.max_tokens": 32 * 8 * 10, "train.epochs": 1},
+                ),
+            )
+        )
     assert summary.steps == 10
     assert caplog.text.count("W&B init failed") == 1
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -76,8 +108,16 @@ def test_wandb_log_failure_warns_once_and_trains_on(tmp_path, corpus_file, caplo
     monkeypatch.setattr(wandb.sdk.wandb_run.Run, "log", broken_log)
     run_dir = tmp_path / "wb-log"
     with caplog.at_level(logging.WARNING, logger="reviveformer"):
-        summary = train(load_config(RECIPE, tiny_overrides(run_dir, corpus_file, **{
-            "wandb.mode": "offline", "data.max_tokens": 32 * 8 * 10, "train.epochs": 1})))
+        summary = train(
+            load_config(
+                RECIPE,
+                tiny_overrides(
+                    run_dir,
+                    corpus_file,
+                    **{"wandb.mode": "offline", "data.max_tokens": 32 * 8 * 10, "train.epochs": 1},
+                ),
+            )
+        )
     assert summary.steps == 10
     assert caplog.text.count("W&B log failed") == 1
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -89,16 +129,33 @@ def test_non_finite_gradient_stops_before_the_update(tmp_path, corpus_file, caps
     """A NaN gradient behind a finite loss: caught before the update in fp32 and in fp16 on CPU (where
     Accelerate runs without a gradient scaler), and no checkpoint holds a non-finite weight."""
     run_dir = tmp_path / precision
-    args = ["train", RECIPE, *tiny_overrides(run_dir, corpus_file, **{
-        "model.activation": "custom_act:NanGradOnFifthTrainingCall", "train.checkpoint_every": 2,
-        "train.checkpoint_limit": 10, "train.mixed_precision": precision, "data.max_tokens": 32 * 8 * 20})]
+    args = [
+        "train",
+        RECIPE,
+        *tiny_overrides(
+            run_dir,
+            corpus_file,
+            **{
+                "model.activation": "custom_act:NanGradOnFifthTrainingCall",
+                "train.checkpoint_every": 2,
+                "train.checkpoint_limit": 10,
+                "train.mixed_precision": precision,
+                "data.max_tokens": 32 * 8 * 20,
+            },
+        ),
+    ]
     if precision == "no":
         monkeypatch.syspath_prepend(str(TESTS))
         code, err = main(args), capsys.readouterr().err
     else:  # Accelerate's mixed precision is fixed once per process: a process of its own
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-        p = subprocess.run([sys.executable, "-m", "reviveformer", *args], env=env, capture_output=True, text=True,
-                           timeout=300)
+        p = subprocess.run(
+            [sys.executable, "-m", "reviveformer", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         code, err = p.returncode, p.stderr
     assert code == 3, err
     assert "non-finite loss or gradient at step 5" in err and "Traceback" not in err
@@ -115,5 +172,7 @@ def test_no_checkpoint_with_non_finite_weights(tmp_path):
     ckpt.check_finite_weights(model, "x")  # finite: no error
     with torch.no_grad():
         model.bias[1] = float("inf")
-    with pytest.raises(TrainingHalted, match="1 weight tensor.*bias.*the checkpoint of step 7 was not written"):
+    with pytest.raises(
+        TrainingHalted, match="1 weight tensor.*bias.*the checkpoint of step 7 was not written"
+    ):
         ckpt.check_finite_weights(model, "the checkpoint of step 7")

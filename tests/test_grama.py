@@ -28,9 +28,20 @@ SILENT = {0: [3, 10, 20], 1: [5]}  # units that cannot fire (ReLU of a very nega
 
 def relu_gpt2() -> GPT2LMHeadModel:
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=N_EMBD, n_head=2, n_positions=16, vocab_size=64,
-                                       activation_function="relu", resid_pdrop=0.0, embd_pdrop=0.0,
-                                       attn_pdrop=0.0, initializer_range=0.2))
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            n_layer=2,
+            n_embd=N_EMBD,
+            n_head=2,
+            n_positions=16,
+            vocab_size=64,
+            activation_function="relu",
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            initializer_range=0.2,
+        )
+    )
     with torch.no_grad():
         for i, units in SILENT.items():
             model.transformer.h[i].mlp.c_fc.bias[units] = -100.0
@@ -115,7 +126,11 @@ def test_reset_touches_exactly_the_dormant_units_and_their_optimizer_state() -> 
         assert torch.equal(mlp.c_fc.bias[~cols], before[prefix + "c_fc.bias"][~cols])
         assert (mlp.c_proj.weight[cols] == 0).all()
         assert torch.equal(mlp.c_proj.weight[~cols], before[prefix + "c_proj.weight"][~cols])
-        for p, sel in ((mlp.c_fc.weight, (slice(None), cols)), (mlp.c_fc.bias, cols), (mlp.c_proj.weight, cols)):
+        for p, sel in (
+            (mlp.c_fc.weight, (slice(None), cols)),
+            (mlp.c_fc.bias, cols),
+            (mlp.c_proj.weight, cols),
+        ):
             for key in ("exp_avg", "exp_avg_sq"):
                 new, old = opt.state[p][key], state_before[p][key]
                 reset = torch.zeros_like(p, dtype=torch.bool)
@@ -128,7 +143,9 @@ def test_reset_touches_exactly_the_dormant_units_and_their_optimizer_state() -> 
         if ".mlp.c_" not in name:
             assert torch.equal(p, before[name]), name
     # a new window starts after each revival
-    assert grama.steps == 0 and all(s.tolist() == [0.0] * N_INNER for s in grama.window_scores(model).values())
+    assert grama.steps == 0 and all(
+        s.tolist() == [0.0] * N_INNER for s in grama.window_scores(model).values()
+    )
 
 
 def test_no_step_no_reset() -> None:
@@ -162,8 +179,12 @@ def test_checkpoint_round_trip_continues_identically(tmp_path) -> None:
 
 def test_registry_names_the_arm() -> None:
     assert REVIVERS["grama"] is GraMa
-    assert [arm_of_method(m) for m in ("none", "synaptic_stripping", "redo", "grama")] == \
-        ["baseline", "stripping", "redo", "grama"]
+    assert [arm_of_method(m) for m in ("none", "synaptic_stripping", "redo", "grama")] == [
+        "baseline",
+        "stripping",
+        "redo",
+        "grama",
+    ]
     r = build_reviver(load_config(None, ["revival.method=grama", "revival.grama.tau=0.05"]).revival, seed=3)
     assert isinstance(r, GraMa) and (r.tau, r.seed) == (0.05, 3)
 
@@ -171,12 +192,36 @@ def test_registry_names_the_arm() -> None:
 @pytest.mark.slow
 def test_two_processes_decide_identically(tmp_path):
     out = tmp_path / "out.json"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    p = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                        "--main_process_port", str(free_port()), str(REPO / "tests" / "dist_grama_script.py"),
-                        str(out)], env=env, capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+            str(REPO / "tests" / "dist_grama_script.py"),
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["reset"] > 0
@@ -194,9 +239,18 @@ def test_training_with_grama_end_to_end_and_resume(tmp_path, corpus_file):
     checkpoint in the middle of a scoring window ends bit-identical to a straight one."""
     from reviveformer.trainer import train
 
-    extra = {"data.max_tokens": 32 * 8 * 12, "train.epochs": 1, "train.checkpoint_every": 4,
-             "train.checkpoint_limit": 10, "train.deterministic": True, "model.activation": "relu",
-             "revival.method": "grama", "revival.every_steps": 6, "revival.tau": 0.5, "train.lr": 1e-2}
+    extra = {
+        "data.max_tokens": 32 * 8 * 12,
+        "train.epochs": 1,
+        "train.checkpoint_every": 4,
+        "train.checkpoint_limit": 10,
+        "train.deterministic": True,
+        "model.activation": "relu",
+        "revival.method": "grama",
+        "revival.every_steps": 6,
+        "revival.tau": 0.5,
+        "train.lr": 1e-2,
+    }
     straight = tmp_path / "straight"
     summary = train(load_config(RECIPE, tiny_overrides(straight, corpus_file, **extra)))
     assert summary.steps == 12

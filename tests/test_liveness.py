@@ -494,7 +494,9 @@ def test_histograms_of_the_next_forward() -> None:
         x = capture.acts[(site, layer)][0].double().numpy().reshape(-1, UNITS[site])
         x = np.clip(x[masks[0].numpy().reshape(-1) != 0], -HISTOGRAM_RANGE, HISTOGRAM_RANGE).reshape(-1)
         want, _ = np.histogram(x, bins=edges)
-        assert counts.sum() == x.size  # masked positions are left out, out-of-range values counted at the ends
+        assert (
+            counts.sum() == x.size
+        )  # masked positions are left out, out-of-range values counted at the ends
         assert np.abs(counts - want).sum() <= 2  # at most a value on a bin edge counted on the other side
     assert monitor.histograms() == {}
     run(model, monitor, seeds=[14])
@@ -702,8 +704,15 @@ def test_two_processes_count_what_one_process_counts(tmp_path) -> None:
 # ------------------------------------------------------------------------------------------- fused counting, counts
 
 
-@pytest.mark.parametrize("criterion,padded,dtype", [("abs", True, torch.float32), ("positive", True, torch.float32),
-                                                    ("abs", False, torch.float32), ("positive", True, torch.bfloat16)])
+@pytest.mark.parametrize(
+    "criterion,padded,dtype",
+    [
+        ("abs", True, torch.float32),
+        ("positive", True, torch.float32),
+        ("abs", False, torch.float32),
+        ("positive", True, torch.bfloat16),
+    ],
+)
 def test_compiled_counting_kernel_counts_exactly(criterion, padded, dtype) -> None:
     """liveness.counting=compiled (one torch.compile'd pass per site, in an eager model) against the
     independent numpy count: the same integers as the eager reference path."""
@@ -743,8 +752,13 @@ def test_counts_give_the_reports_metrics_without_per_unit_lists() -> None:
     monitor = LivenessMonitor(model, cfg)
     capture = Capture(model)
     masks = run(model, monitor, seeds=[23, 24])
-    pruned = {0: torch.zeros(N_EMBD, N_INNER, dtype=torch.bool), 1: torch.zeros(N_EMBD, N_INNER, dtype=torch.bool)}
-    pruned[0][2, 40] = pruned[0][9, 40] = pruned[1][0, 5] = True  # unit 5 of layer 1 is dead: not subtracted twice
+    pruned = {
+        0: torch.zeros(N_EMBD, N_INNER, dtype=torch.bool),
+        1: torch.zeros(N_EMBD, N_INNER, dtype=torch.bool),
+    }
+    pruned[0][2, 40] = pruned[0][9, 40] = pruned[1][0, 5] = (
+        True  # unit 5 of layer 1 is dead: not subtracted twice
+    )
     reduced = []
 
     def reduce(t: torch.Tensor) -> torch.Tensor:
@@ -792,13 +806,23 @@ def test_trainer_hooks_and_frequency_histograms_at_their_cadence(tmp_path, corpu
     from reviveformer.tracking import Tracking
     from reviveformer.trainer import Trainer
 
-    cfg = load_config(REPO / "recipes" / "quickstart.yaml", tiny_overrides(tmp_path / "run", corpus_file, **{
-        "data.max_tokens": 32 * 8 * 12, "train.log_every": 4, "train.epochs": 1, "wandb.mode": "offline",
-        "liveness.frequency_histogram_every": 8}))
+    cfg = load_config(
+        REPO / "recipes" / "quickstart.yaml",
+        tiny_overrides(
+            tmp_path / "run",
+            corpus_file,
+            **{
+                "data.max_tokens": 32 * 8 * 12,
+                "train.log_every": 4,
+                "train.epochs": 1,
+                "wandb.mode": "offline",
+                "liveness.frequency_histogram_every": 8,
+            },
+        ),
+    )
     trainer = Trainer(cfg)
     logs, epoch_ends, frequency_steps = [], [], []
-    trainer.after_train_log.append(
-        lambda t: logs.append((t.step, _zero(t.monitor.state_dict()))))
+    trainer.after_train_log.append(lambda t: logs.append((t.step, _zero(t.monitor.state_dict()))))
     trainer.before_epoch_end.append(lambda t: epoch_ends.append(t.step))
     log_histograms = Tracking.log_histograms
 
@@ -811,7 +835,10 @@ def test_trainer_hooks_and_frequency_histograms_at_their_cadence(tmp_path, corpu
     trainer.run()
     assert logs == [(4, True), (8, True), (12, True)]
     assert epoch_ends == [12]
-    assert frequency_steps == [8, 12]  # the train log at 8, then the epoch end at 12 (not the train log at 4, 12)
+    assert frequency_steps == [
+        8,
+        12,
+    ]  # the train log at 8, then the epoch end at 12 (not the train log at 4, 12)
 
 
 # ------------------------------------------------------------------------------------------- site registry
@@ -838,8 +865,12 @@ def test_a_registered_site_is_counted_exactly_against_a_hook(ln2_site) -> None:
     model = tiny_model("relu")
     cfg = LivenessConfig(sites=["mlp_post", ln2_site])
     captured: dict[int, list[torch.Tensor]] = {}
-    handles = [block.ln_2.register_forward_hook(lambda m, a, out, i=i: captured.setdefault(i, []).append(out.clone()))
-               for i, block in enumerate(model.transformer.h)]
+    handles = [
+        block.ln_2.register_forward_hook(
+            lambda m, a, out, i=i: captured.setdefault(i, []).append(out.clone())
+        )
+        for i, block in enumerate(model.transformer.h)
+    ]
     capture = Capture(model)
     monitor = LivenessMonitor(model, cfg)
     masks = run(model, monitor, seeds=[1, 2], padded=True)
@@ -855,7 +886,9 @@ def test_a_registered_site_is_counted_exactly_against_a_hook(ln2_site) -> None:
     assert f"liveness/{ln2_site}/layer_1/dead_ratio" in rep.metrics()
     assert type(model.transformer.h[0].ln_2).__name__ == "CountingLayerNorm"
     monitor.close()
-    assert type(model.transformer.h[0].ln_2) is nn.LayerNorm and not hasattr(model.transformer.h[0].ln_2, "_rf_probe")
+    assert type(model.transformer.h[0].ln_2) is nn.LayerNorm and not hasattr(
+        model.transformer.h[0].ln_2, "_rf_probe"
+    )
     assert site_order(["zz", ln2_site, "mlp_pre"]) == ["mlp_pre", ln2_site, "zz"]
     assert plots._site_color(ln2_site, 0) == "tab:red"  # fourth entry of the registry
 
@@ -863,8 +896,11 @@ def test_a_registered_site_is_counted_exactly_against_a_hook(ln2_site) -> None:
 def test_a_site_is_valid_only_while_registered() -> None:
     from reviveformer.sites import Site, register_site, unregister_site
 
-    with pytest.raises(ValueError, match=r"liveness.sites=\['ln2_out'\] must be a non-empty subset of "
-                                         r"mlp_pre, mlp_post, attn_out"):
+    with pytest.raises(
+        ValueError,
+        match=r"liveness.sites=\['ln2_out'\] must be a non-empty subset of "
+        r"mlp_pre, mlp_post, attn_out",
+    ):
         LivenessConfig(sites=["ln2_out"])
     with pytest.raises(ValueError, match="reads the output of mlp.act, as 'mlp_post' does"):
         register_site(Site("post_again", "mlp.act", "output", "n_inner", "the same tensor twice"))

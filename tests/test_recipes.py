@@ -15,9 +15,18 @@ from reviveformer.trainer import train
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 LAUNCH_CONFIGS = sorted((REPO / "recipes" / "accelerate").glob("*.yaml"))
 # what a real-hardware recipe needs that this machine lacks (hub data, GPU precision, compile time)
-LOCAL = {"data.source": "stdlib", "data.max_files": 3, "data.tokenizer": "bpe", "data.max_tokens": 32 * 8 * 6,
-         "train.mixed_precision": "no", "train.compile": False, "train.epochs": 1, "train.max_steps": 6,
-         "train.checkpoint_every": 0, "train.eval_batches": 2}
+LOCAL = {
+    "data.source": "stdlib",
+    "data.max_files": 3,
+    "data.tokenizer": "bpe",
+    "data.max_tokens": 32 * 8 * 6,
+    "train.mixed_precision": "no",
+    "train.compile": False,
+    "train.epochs": 1,
+    "train.max_steps": 6,
+    "train.checkpoint_every": 0,
+    "train.eval_batches": 2,
+}
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +57,12 @@ def test_arms_differ_only_in_their_arm(tmp_path):
     """An arm recipe (base: ...) is its base plus the revival method and output dir."""
     from reviveformer.config import to_dict
 
-    pairs = [("quickstart", "quickstart-stripping"), ("pilot-wikitext2", "pilot-wikitext2-redo"),
-             ("dying-relu", "dying-relu-stripping"), ("dying-relu", "dying-relu-redo")]
+    pairs = [
+        ("quickstart", "quickstart-stripping"),
+        ("pilot-wikitext2", "pilot-wikitext2-redo"),
+        ("dying-relu", "dying-relu-stripping"),
+        ("dying-relu", "dying-relu-redo"),
+    ]
     for base, arm in pairs:
         a = to_dict(load_config(REPO / "recipes" / f"{base}.yaml"))
         b = to_dict(load_config(REPO / "recipes" / f"{arm}.yaml"))

@@ -24,29 +24,65 @@ from reviveformer import checkpoint as ckpt
 from reviveformer import faults
 
 RECIPE = str(REPO / "recipes" / "quickstart.yaml")
-EXTRA = {"data.max_tokens": 32 * 8 * 12, "train.epochs": 2, "train.checkpoint_every": 4,
-         "train.checkpoint_limit": 10, "train.eval_batches": 1, "data.val_fraction": 0.2,
-         "revival.method": "synaptic_stripping",
-         "revival.fraction": 0.3, "liveness.dead_frequency": 0.2, "train.resume": "auto"}
+EXTRA = {
+    "data.max_tokens": 32 * 8 * 12,
+    "train.epochs": 2,
+    "train.checkpoint_every": 4,
+    "train.checkpoint_limit": 10,
+    "train.eval_batches": 1,
+    "data.val_fraction": 0.2,
+    "revival.method": "synaptic_stripping",
+    "revival.fraction": 0.3,
+    "liveness.dead_frequency": 0.2,
+    "train.resume": "auto",
+}
 
 
-def launch(n: int, run_dir: Path, corpus: Path, fault: str | None = None, **extra) -> subprocess.CompletedProcess:
+def launch(
+    n: int, run_dir: Path, corpus: Path, fault: str | None = None, **extra
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     env.pop(faults.ENV, None)
     if fault:
         env[faults.ENV] = fault
     cmd = [sys.executable, "-m", "reviveformer"]
     if n > 1:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()), "-m", "reviveformer"]
-    return subprocess.run([*cmd, "train", RECIPE, *tiny_overrides(run_dir, corpus, **EXTRA, **extra)], env=env,
-                          capture_output=True, text=True, timeout=300)
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(n),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+            "-m",
+            "reviveformer",
+        ]
+    return subprocess.run(
+        [*cmd, "train", RECIPE, *tiny_overrides(run_dir, corpus, **EXTRA, **extra)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
-def check_run(run_dir: Path, out: str, steps: int, masks_at: str, epochs: int = 2, tokens: str = "6,144") -> None:
-    assert f"steps: {steps}  epochs: {epochs}  tokens: {tokens}" in out  # the tokens of one run straight through
-    assert sorted(p.name for p in (run_dir / "liveness").glob("epoch_*.json")) == [f"epoch_{e:03d}.json" for e in range(epochs)]
+def check_run(
+    run_dir: Path, out: str, steps: int, masks_at: str, epochs: int = 2, tokens: str = "6,144"
+) -> None:
+    assert (
+        f"steps: {steps}  epochs: {epochs}  tokens: {tokens}" in out
+    )  # the tokens of one run straight through
+    assert sorted(p.name for p in (run_dir / "liveness").glob("epoch_*.json")) == [
+        f"epoch_{e:03d}.json" for e in range(epochs)
+    ]
     for name in [f"epoch_{e:03d}.json" for e in range(epochs)]:
         # eval_batches=1: one batch of 8 x 32 tokens, whatever the process count
         assert json.loads((run_dir / "liveness" / name).read_text())["tokens"] == 8 * 32, name

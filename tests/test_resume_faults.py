@@ -29,10 +29,18 @@ from reviveformer.config import load_config
 from reviveformer.trainer import Trainer, train
 
 RECIPE = str(REPO / "recipes" / "quickstart.yaml")
-EXTRA = {"data.max_tokens": 32 * 8 * 6, "train.epochs": 2, "train.checkpoint_every": 2,
-         "train.checkpoint_limit": 10, "train.deterministic": True, "model.dropout": 0.1,
-         "revival.method": "synaptic_stripping", "revival.fraction": 0.3, "liveness.dead_frequency": 0.2,
-         "train.resume": "auto"}
+EXTRA = {
+    "data.max_tokens": 32 * 8 * 6,
+    "train.epochs": 2,
+    "train.checkpoint_every": 2,
+    "train.checkpoint_limit": 10,
+    "train.deterministic": True,
+    "model.dropout": 0.1,
+    "revival.method": "synaptic_stripping",
+    "revival.fraction": 0.3,
+    "liveness.dead_frequency": 0.2,
+    "train.resume": "auto",
+}
 
 
 class SimulatedKill(BaseException):
@@ -83,25 +91,40 @@ def assert_same_result(straight: Path, resumed: Path) -> None:
     assert sum(int((a[f"transformer.h.{i}.mlp.c_fc.weight"] == 0).sum()) for i in range(2)) > 0
     names = sorted(p.name for p in (straight / "liveness").iterdir())
     # the liveness files and the epoch-end activation histograms, each identical after the resume
-    assert names == ["activations_epoch_000.json", "activations_epoch_001.json", "epoch_000.json", "epoch_001.json"]
+    assert names == [
+        "activations_epoch_000.json",
+        "activations_epoch_001.json",
+        "epoch_000.json",
+        "epoch_001.json",
+    ]
     assert sorted(p.name for p in (resumed / "liveness").iterdir()) == names
     for name in names:
-        assert json.loads((straight / "liveness" / name).read_text()) == \
-            json.loads((resumed / "liveness" / name).read_text()), name
+        assert json.loads((straight / "liveness" / name).read_text()) == json.loads(
+            (resumed / "liveness" / name).read_text()
+        ), name
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fault", [
-    "mid_step:4", "mid_step:11",                                    # mid-step, middle and last epoch
-    "after_periodic_checkpoint:3", "after_periodic_checkpoint:6",   # steps 6 and 12: each epoch's last step
-    "epoch_end_measure:1", "epoch_end_measure:2",
-    "after_revival:1", "after_revival:2",
-    "checkpoint_write:4", "checkpoint_write:8",                     # the epoch-end checkpoints of steps 6, 12
-    "checkpoint_replace:2",                                         # step 12's periodic one removed, not renamed
-    "final_write:1",
-])
-def test_killed_at_a_phase_resumes_to_the_same_result(fault, straight, tmp_path, corpus_file, monkeypatch,
-                                                       no_figures):
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "mid_step:4",
+        "mid_step:11",  # mid-step, middle and last epoch
+        "after_periodic_checkpoint:3",
+        "after_periodic_checkpoint:6",  # steps 6 and 12: each epoch's last step
+        "epoch_end_measure:1",
+        "epoch_end_measure:2",
+        "after_revival:1",
+        "after_revival:2",
+        "checkpoint_write:4",
+        "checkpoint_write:8",  # the epoch-end checkpoints of steps 6, 12
+        "checkpoint_replace:2",  # step 12's periodic one removed, not renamed
+        "final_write:1",
+    ],
+)
+def test_killed_at_a_phase_resumes_to_the_same_result(
+    fault, straight, tmp_path, corpus_file, monkeypatch, no_figures
+):
     def kill(message):
         raise SimulatedKill(message)
 
@@ -123,7 +146,14 @@ def test_killed_by_the_hook_in_a_real_process_resumes(straight, tmp_path, corpus
     """The issue's case, with a real process end: killed right after the periodic checkpoint of the last step,
     before the epoch-end checkpoint of that step; the resume must still run the last epoch end."""
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "reviveformer", "train", RECIPE, *tiny_overrides(run_dir, corpus_file, **EXTRA)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "reviveformer",
+        "train",
+        RECIPE,
+        *tiny_overrides(run_dir, corpus_file, **EXTRA),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", faults.ENV: "after_periodic_checkpoint:6"}
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == faults.EXIT_KILLED, p.stderr[-2000:]

@@ -17,8 +17,14 @@ from reviveformer.trainer import train
 
 RECIPE = str(REPO / "recipes" / "quickstart.yaml")
 # 1 epoch of 6 steps, stripping at its end
-EXTRA = {"data.max_tokens": 32 * 8 * 6, "train.epochs": 1, "revival.method": "synaptic_stripping",
-         "revival.fraction": 0.3, "liveness.dead_frequency": 0.2, "train.resume": "auto"}
+EXTRA = {
+    "data.max_tokens": 32 * 8 * 6,
+    "train.epochs": 1,
+    "revival.method": "synaptic_stripping",
+    "revival.fraction": 0.3,
+    "liveness.dead_frequency": 0.2,
+    "train.resume": "auto",
+}
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -34,14 +40,17 @@ def done_run(tmp_path_factory, corpus_file):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("key", "new", "shown"), [
-    ("model.n_layer", 3, "model.n_layer: 2 -> 3"),
-    ("revival.method", "redo", "revival.method: 'synaptic_stripping' -> 'redo'"),
-    ("revival.method", "none", "revival.method: 'synaptic_stripping' -> 'none'"),
-    ("train.batch_size", 4, "train.batch_size: 8 -> 4"),
-    ("data.block_size", 16, "data.block_size: 32 -> 16"),
-    ("train.lr", 0.5, "train.lr: 0.002 -> 0.5"),
-])
+@pytest.mark.parametrize(
+    ("key", "new", "shown"),
+    [
+        ("model.n_layer", 3, "model.n_layer: 2 -> 3"),
+        ("revival.method", "redo", "revival.method: 'synaptic_stripping' -> 'redo'"),
+        ("revival.method", "none", "revival.method: 'synaptic_stripping' -> 'none'"),
+        ("train.batch_size", 4, "train.batch_size: 8 -> 4"),
+        ("data.block_size", 16, "data.block_size: 32 -> 16"),
+        ("train.lr", 0.5, "train.lr: 0.002 -> 0.5"),
+    ],
+)
 def test_refused_change_exits_2_and_writes_nothing(done_run, corpus_file, capsys, key, new, shown):
     before = snapshot(done_run)
     code = main(["train", RECIPE, *tiny_overrides(done_run, corpus_file, **{**EXTRA, key: new})])
@@ -81,12 +90,20 @@ def test_max_steps_mid_epoch_keeps_the_epoch_open(tmp_path, corpus_file):
 
     from reviveformer import checkpoint as ckpt
 
-    extra = {**EXTRA, "data.max_tokens": 32 * 8 * 12, "train.epochs": 2, "train.warmup_steps": 0,
-             "train.min_lr_ratio": 1.0, "train.deterministic": True}
+    extra = {
+        **EXTRA,
+        "data.max_tokens": 32 * 8 * 12,
+        "train.epochs": 2,
+        "train.warmup_steps": 0,
+        "train.min_lr_ratio": 1.0,
+        "train.deterministic": True,
+    }
     straight = tmp_path / "straight"
     train(load_config(RECIPE, tiny_overrides(straight, corpus_file, **extra)))
     run_dir = tmp_path / "budget"
-    summary = train(load_config(RECIPE, tiny_overrides(run_dir, corpus_file, **extra, **{"train.max_steps": 5})))
+    summary = train(
+        load_config(RECIPE, tiny_overrides(run_dir, corpus_file, **extra, **{"train.max_steps": 5}))
+    )
     assert (summary.steps, summary.epochs, summary.tokens) == (5, 0, 5 * 256)
     assert not (run_dir / "liveness" / "epoch_000.json").exists()
     state = ckpt.read_state(run_dir / "checkpoints" / "step_00000005")

@@ -409,9 +409,17 @@ def test_reset_adam_state_handles_empty_state() -> None:
 
 def test_build_reviver() -> None:
     assert build_reviver(load_config(None, []).revival) is None
-    s = build_reviver(load_config(None, [
-        "revival.method=synaptic_stripping", "revival.synaptic_stripping.fraction=0.1",
-        "revival.synaptic_stripping.persistent=false", "revival.synaptic_stripping.strip_bias=true"]).revival)
+    s = build_reviver(
+        load_config(
+            None,
+            [
+                "revival.method=synaptic_stripping",
+                "revival.synaptic_stripping.fraction=0.1",
+                "revival.synaptic_stripping.persistent=false",
+                "revival.synaptic_stripping.strip_bias=true",
+            ],
+        ).revival
+    )
     assert isinstance(s, SynapticStripping) and (s.fraction, s.persistent, s.strip_bias) == (0.1, False, True)
     r = build_reviver(load_config(None, ["revival.method=redo", "revival.redo.tau=0.2"]).revival, seed=7)
     assert isinstance(r, ReDo) and (r.tau, r.seed) == (0.2, 7)

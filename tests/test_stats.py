@@ -17,10 +17,16 @@ def test_t_quantile_closed_forms(p):
     assert t_quantile(1 - p, 5) == pytest.approx(-t_quantile(p, 5), rel=1e-12)
 
 
-@pytest.mark.parametrize(("df", "expected"), [
-    # two-sided 95% critical values as printed in standard t tables
-    (3, 3.182446305), (4, 2.776445105), (10, 2.228138852), (30, 2.042272456),
-])
+@pytest.mark.parametrize(
+    ("df", "expected"),
+    [
+        # two-sided 95% critical values as printed in standard t tables
+        (3, 3.182446305),
+        (4, 2.776445105),
+        (10, 2.228138852),
+        (30, 2.042272456),
+    ],
+)
 def test_t_quantile_table(df, expected):
     assert t_quantile(0.975, df) == pytest.approx(expected, abs=2e-9)
     # towards the normal quantile as df grows (the gap is about (z^3 + z) / (4 df) = 2.4e-7 here)
@@ -30,8 +36,11 @@ def test_t_quantile_table(df, expected):
 @pytest.mark.parametrize(("t", "df"), [(0.7, 2.5), (2.1, 3.7), (-1.3, 7.2)])
 def test_t_cdf_equals_the_integral_of_the_density(t, df):
     def pdf(x):
-        return math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi) * \
-            (1 + x * x / df) ** (-(df + 1) / 2)
+        return (
+            math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2))
+            / math.sqrt(df * math.pi)
+            * (1 + x * x / df) ** (-(df + 1) / 2)
+        )
 
     n, lo = 20000, 0.0
     h = (t - lo) / n  # Simpson's rule from 0 to t; P(T <= 0) = 1/2
@@ -42,8 +51,9 @@ def test_t_cdf_equals_the_integral_of_the_density(t, df):
 def test_mean_sd():
     assert mean_sd([4.0]) == (4.0, None, 1)
     m, sd, n = mean_sd([1.0, 2.0, 4.0])
-    assert (m, n) == (7 / 3, 3) and sd == pytest.approx(math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2
-                                                                   + (4 - 7 / 3) ** 2) / 2))
+    assert (m, n) == (7 / 3, 3) and sd == pytest.approx(
+        math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2)
+    )
 
 
 def test_welch_interval_by_hand():
@@ -52,7 +62,11 @@ def test_welch_interval_by_hand():
     va, vb = 0.0004 / 3, (0.0004 + 0.0009 + 0.0001 + 0.0) / 3 / 4
     df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 3)
     d = welch_interval(a, b)
-    assert d.diff == pytest.approx(0.08) and d.se == pytest.approx(math.sqrt(va + vb)) and d.df == pytest.approx(df)
+    assert (
+        d.diff == pytest.approx(0.08)
+        and d.se == pytest.approx(math.sqrt(va + vb))
+        and d.df == pytest.approx(df)
+    )
     assert (d.high - d.low) / 2 == pytest.approx(t_quantile(0.975, df) * math.sqrt(va + vb))
     assert d.low > 0  # this difference is an effect at 95%
     assert welch_interval([1.0], [1.0, 2.0]) is None

@@ -25,40 +25,62 @@ RECIPE = REPO / "recipes" / "quickstart.yaml"
 
 def test_grid_expands_to_every_cell_and_seed(tmp_path):
     axes = parse_grid(["revival.method=none,redo", "train.lr=1e-3,3e-3"], "relu,gelu")
-    assert axes == [("revival.method", ["none", "redo"]), ("train.lr", ["1e-3", "3e-3"]),
-                    ("model.activation", ["relu", "gelu"])]
+    assert axes == [
+        ("revival.method", ["none", "redo"]),
+        ("train.lr", ["1e-3", "3e-3"]),
+        ("model.activation", ["relu", "gelu"]),
+    ]
     plan = plan_runs(axes, [0, 1, 2], tmp_path, "g")
     assert len(plan) == 2 * 2 * 2 * 3
-    cells = [f"method-{m}__lr-{lr}__activation-{a}" for m in ("none", "redo") for lr in ("1e-3", "3e-3")
-             for a in ("relu", "gelu")]
+    cells = [
+        f"method-{m}__lr-{lr}__activation-{a}"
+        for m in ("none", "redo")
+        for lr in ("1e-3", "3e-3")
+        for a in ("relu", "gelu")
+    ]
     assert [r.label for r in plan] == [f"{c}__seed-{s}" for c in cells for s in (0, 1, 2)]
     assert len({r.run_dir for r in plan}) == len(plan) and all(r.run_dir.parent == tmp_path for r in plan)
     r = plan[4]  # method none, lr 1e-3, gelu, seed 1
     assert r.cell == "method-none__lr-1e-3__activation-gelu" and r.seed == 1
-    assert r.overrides == ["revival.method=none", "train.lr=1e-3", "model.activation=gelu", "train.seed=1",
-                           f"train.output_dir={tmp_path / r.label}", "wandb.group=g",
-                           f"wandb.name={tmp_path.name}-{r.label}", f"wandb.job_type={r.cell}"]
+    assert r.overrides == [
+        "revival.method=none",
+        "train.lr=1e-3",
+        "model.activation=gelu",
+        "train.seed=1",
+        f"train.output_dir={tmp_path / r.label}",
+        "wandb.group=g",
+        f"wandb.name={tmp_path.name}-{r.label}",
+        f"wandb.job_type={r.cell}",
+    ]
     # keys that share a last part are named in full; no grid: one cell, runs named by seed alone
-    assert plan_runs([("model.n_layer", ["2"]), ("x.n_layer", ["3"])], [0], tmp_path, "g")[0].label == \
-        "model.n_layer-2__x.n_layer-3__seed-0"
+    assert (
+        plan_runs([("model.n_layer", ["2"]), ("x.n_layer", ["3"])], [0], tmp_path, "g")[0].label
+        == "model.n_layer-2__x.n_layer-3__seed-0"
+    )
     assert [r.label for r in plan_runs([], [4, 5], tmp_path, "g")] == ["seed-4", "seed-5"]
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--grid", "model.activation"], "must look like section.key=V1,V2"),
-    (["--grid", "train.seed=1,2"], "use --seeds"),
-    (["--grid", "train.output_dir=a,b"], "sets train.output_dir itself"),
-    (["--grid", "model.activation=relu,relu"], "lists a value twice"),
-    (["--grid", "model.activation=relu", "--activations", "gelu"], "given twice"),
-    (["--activations", "relu,nope"], "nope"),
-    (["--grid", "model.activaton=relu,gelu"], "model.activaton"),
-    (["--grid", "train.lr=-1,1"], "lr=-1"),
-    (["--grid", "train.lr=1e-3", "--seeds", "0,x"], "--seeds"),
-    (["--grid", "train.lr=1e-3", "liveness.enabled=false"], "liveness.enabled=true"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--grid", "model.activation"], "must look like section.key=V1,V2"),
+        (["--grid", "train.seed=1,2"], "use --seeds"),
+        (["--grid", "train.output_dir=a,b"], "sets train.output_dir itself"),
+        (["--grid", "model.activation=relu,relu"], "lists a value twice"),
+        (["--grid", "model.activation=relu", "--activations", "gelu"], "given twice"),
+        (["--activations", "relu,nope"], "nope"),
+        (["--grid", "model.activaton=relu,gelu"], "model.activaton"),
+        (["--grid", "train.lr=-1,1"], "lr=-1"),
+        (["--grid", "train.lr=1e-3", "--seeds", "0,x"], "--seeds"),
+        (["--grid", "train.lr=1e-3", "liveness.enabled=false"], "liveness.enabled=true"),
+    ],
+)
 def test_bad_sweeps_are_refused_before_anything_is_written(tmp_path, corpus_file, capsys, argv, message):
     out = tmp_path / "sweep"
-    assert main(["sweep", str(RECIPE), "--out", str(out), *argv, *tiny_overrides(tmp_path / "x", corpus_file)]) == 2
+    assert (
+        main(["sweep", str(RECIPE), "--out", str(out), *argv, *tiny_overrides(tmp_path / "x", corpus_file)])
+        == 2
+    )
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not out.exists() and not (tmp_path / "x").exists()
@@ -70,8 +92,11 @@ def test_parse_grid_needs_values():
 
 
 def _snapshot(run_dir: Path) -> dict[str, tuple[int, bytes]]:
-    return {str(p.relative_to(run_dir)): (p.stat().st_mtime_ns, p.read_bytes())
-            for p in sorted(run_dir.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(run_dir)): (p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.mark.slow
@@ -80,10 +105,28 @@ def test_killed_sweep_continues_where_it_stopped(tmp_path, corpus_file, caplog):
     have left; the same command keeps the finished run untouched and resumes the other from step 2, ending
     with the weights the uninterrupted sweep had."""
     out = tmp_path / "sweep"
-    args = ["sweep", str(RECIPE), "--grid", "model.activation=relu,gelu", "--seeds", "3", "--out", str(out),
-            *tiny_overrides(tmp_path / "unused", corpus_file, **{
-                "data.max_tokens": 32 * 8 * 6, "train.epochs": 1, "train.checkpoint_every": 2,
-                "train.checkpoint_limit": 10, "train.deterministic": True, "model.dropout": 0.1})]
+    args = [
+        "sweep",
+        str(RECIPE),
+        "--grid",
+        "model.activation=relu,gelu",
+        "--seeds",
+        "3",
+        "--out",
+        str(out),
+        *tiny_overrides(
+            tmp_path / "unused",
+            corpus_file,
+            **{
+                "data.max_tokens": 32 * 8 * 6,
+                "train.epochs": 1,
+                "train.checkpoint_every": 2,
+                "train.checkpoint_limit": 10,
+                "train.deterministic": True,
+                "model.dropout": 0.1,
+            },
+        ),
+    ]
     assert main(args) == 0
     done, killed = out / "activation-relu__seed-3", out / "activation-gelu__seed-3"
     assert load_config(killed / "config.yaml").train.seed == 3
@@ -108,16 +151,23 @@ def test_killed_sweep_continues_where_it_stopped(tmp_path, corpus_file, caplog):
     for k in straight:
         assert torch.equal(straight[k], resumed[k]), k
     assert json.loads((out / "sweep.json").read_text())["cells"] == {
-        "activation-relu": ["activation-relu__seed-3"], "activation-gelu": ["activation-gelu__seed-3"]}
+        "activation-relu": ["activation-relu__seed-3"],
+        "activation-gelu": ["activation-gelu__seed-3"],
+    }
 
 
 @pytest.mark.slow
 def test_a_finished_run_of_other_settings_is_not_taken(tmp_path, corpus_file, capsys):
     out = tmp_path / "sweep"
-    common = ["--out", str(out), *tiny_overrides(tmp_path / "u", corpus_file, **{"data.max_tokens": 32 * 8 * 3, "train.epochs": 1})]
+    common = [
+        "--out",
+        str(out),
+        *tiny_overrides(tmp_path / "u", corpus_file, **{"data.max_tokens": 32 * 8 * 3, "train.epochs": 1}),
+    ]
     assert main(["sweep", str(RECIPE), "--seeds", "0", *common]) == 0
     (out / "seed-0" / "config.yaml").write_text(
-        (out / "seed-0" / "config.yaml").read_text().replace("seed: 0", "seed: 9"))
+        (out / "seed-0" / "config.yaml").read_text().replace("seed: 0", "seed: 9")
+    )
     before = _snapshot(out / "seed-0")
     assert main(["sweep", str(RECIPE), "--seeds", "0", *common]) == 2
     assert "train.seed=9" in capsys.readouterr().err
@@ -126,17 +176,49 @@ def test_a_finished_run_of_other_settings_is_not_taken(tmp_path, corpus_file, ca
 
 def _launch(args: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                           "--main_process_port", str(free_port()), "-m", "reviveformer", *args],
-                          env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_port",
+            str(free_port()),
+            "-m",
+            "reviveformer",
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.slow
 def test_sweep_with_two_processes(tmp_path, corpus_file):
     out = tmp_path / "sweep"
-    p = _launch(["sweep", str(RECIPE), "--seeds", "0,1", "--out", str(out),
-                 *tiny_overrides(tmp_path / "u", corpus_file, **{"data.max_tokens": 32 * 16 * 4, "train.epochs": 1})])
+    p = _launch(
+        [
+            "sweep",
+            str(RECIPE),
+            "--seeds",
+            "0,1",
+            "--out",
+            str(out),
+            *tiny_overrides(
+                tmp_path / "u", corpus_file, **{"data.max_tokens": 32 * 16 * 4, "train.epochs": 1}
+            ),
+        ]
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     result = json.loads((out / "sweep.json").read_text())
     assert list(result["runs"]) == ["seed-0", "seed-1"]
@@ -156,8 +238,19 @@ def test_sweep_with_two_processes(tmp_path, corpus_file):
 def test_sweep_without_liveness_is_refused_on_every_process(tmp_path, corpus_file):
     """Issue 9 item 15: refused at load, by both processes (neither waits for the other), nothing trained."""
     out = tmp_path / "sweep"
-    p = _launch(["sweep", str(RECIPE), "--seeds", "0,1", "--out", str(out),
-                 *tiny_overrides(tmp_path / "u", corpus_file), "liveness.enabled=false", "alerts.rules=[]"])
+    p = _launch(
+        [
+            "sweep",
+            str(RECIPE),
+            "--seeds",
+            "0,1",
+            "--out",
+            str(out),
+            *tiny_overrides(tmp_path / "u", corpus_file),
+            "liveness.enabled=false",
+            "alerts.rules=[]",
+        ]
+    )
     assert p.returncode != 0  # (no alert rules: they would be refused first, for needing liveness too)
     assert p.stderr.count("sweep needs liveness.enabled=true") == 2, p.stderr[-3000:]
     assert not out.exists() and not (tmp_path / "u").exists()

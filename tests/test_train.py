@@ -27,14 +27,23 @@ def metrics_rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, corpus_file):
     """One tiny run of 2 epochs (30 steps each), shared by the assertions below."""
     run_dir = tmp_path_factory.mktemp("runs") / "smoke"
-    cfg = load_config(RECIPE, tiny_overrides(run_dir, corpus_file, **{
-        "data.max_tokens": 32 * 8 * 30, "train.epochs": 2, "train.lr": 3e-3,
-        "alerts.rules": "[{name: dead_mlp, site: mlp_post, above: 0.0}]"}))
+    cfg = load_config(
+        RECIPE,
+        tiny_overrides(
+            run_dir,
+            corpus_file,
+            **{
+                "data.max_tokens": 32 * 8 * 30,
+                "train.epochs": 2,
+                "train.lr": 3e-3,
+                "alerts.rules": "[{name: dead_mlp, site: mlp_post, above: 0.0}]",
+            },
+        ),
+    )
     summary = train(cfg)
     return run_dir, cfg, summary
 
@@ -43,9 +52,20 @@ def trained(tmp_path_factory, corpus_file):
 def test_run_directory_layout(trained):
     run_dir, cfg, summary = trained
     assert summary.steps == 60 and summary.epochs == 2
-    for rel in ["config.yaml", "metrics.jsonl", "alerts.jsonl", "liveness/epoch_000.json", "liveness/epoch_001.json",
-                "plots/frequency_heatmap.png", "plots/dead_ratio_per_layer.png", "plots/dead_ratio_over_training.png",
-                "final/config.json", "final/model.safetensors", "final/tokenizer.json", "final/reviveformer.yaml"]:
+    for rel in [
+        "config.yaml",
+        "metrics.jsonl",
+        "alerts.jsonl",
+        "liveness/epoch_000.json",
+        "liveness/epoch_001.json",
+        "plots/frequency_heatmap.png",
+        "plots/dead_ratio_per_layer.png",
+        "plots/dead_ratio_over_training.png",
+        "final/config.json",
+        "final/model.safetensors",
+        "final/tokenizer.json",
+        "final/reviveformer.yaml",
+    ]:
         assert (run_dir / rel).is_file(), rel
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert ckpts == ["step_00000030", "step_00000060"]  # one per epoch, checkpoint_limit=2
@@ -62,10 +82,19 @@ def test_loss_falls_and_metric_names(trained):
     assert losses[-1] < losses[0] - 1.0
     assert summary.val_loss < math.log(512) - 0.7  # well below a uniform guess over the vocabulary
     keys = set().union(*rows)
-    for k in ["train/lr", "train/grad_norm", "train/tokens_per_s", "val/loss", "val/ppl",
-              "liveness/mlp_post/dead_ratio", "liveness/mlp_pre/layer_1/dead_ratio",
-              "liveness/attn_out/layer_0/dormant_ratio", "capacity/alive_units", "capacity/effective_param_fraction",
-              "alerts/dead_mlp"]:
+    for k in [
+        "train/lr",
+        "train/grad_norm",
+        "train/tokens_per_s",
+        "val/loss",
+        "val/ppl",
+        "liveness/mlp_post/dead_ratio",
+        "liveness/mlp_pre/layer_1/dead_ratio",
+        "liveness/attn_out/layer_0/dormant_ratio",
+        "capacity/alive_units",
+        "capacity/effective_param_fraction",
+        "alerts/dead_mlp",
+    ]:
         assert k in keys, k
     # warm-up (2 steps) then cosine to 0.1 * lr over 60 steps: the lr logged at step s is the next step's
     for r in rows:
@@ -118,16 +147,26 @@ def test_alert_fires_once_per_crossing(trained):
 def test_resume_ends_with_the_same_weights(tmp_path, corpus_file):
     """A run resumed from a mid-epoch checkpoint ends bit-identical to one run straight through
     (dropout on, stripping on, so RNG, data position, masks and optimizer state all matter)."""
-    extra = {"data.max_tokens": 32 * 8 * 12, "train.epochs": 2, "train.checkpoint_every": 4,
-             "train.checkpoint_limit": 10, "train.deterministic": True, "model.dropout": 0.1,
-             "revival.method": "synaptic_stripping", "revival.fraction": 0.3, "liveness.dead_frequency": 0.2}
+    extra = {
+        "data.max_tokens": 32 * 8 * 12,
+        "train.epochs": 2,
+        "train.checkpoint_every": 4,
+        "train.checkpoint_limit": 10,
+        "train.deterministic": True,
+        "model.dropout": 0.1,
+        "revival.method": "synaptic_stripping",
+        "revival.fraction": 0.3,
+        "liveness.dead_frequency": 0.2,
+    }
     straight = tmp_path / "straight"
     train(load_config(RECIPE, tiny_overrides(straight, corpus_file, **extra)))
     resumed = tmp_path / "resumed"
     (resumed / "checkpoints").mkdir(parents=True)
     # the state a run killed after step 16 (mid second epoch) would have left
     shutil.copytree(straight / "checkpoints" / "step_00000016", resumed / "checkpoints" / "step_00000016")
-    summary = train(load_config(RECIPE, tiny_overrides(resumed, corpus_file, **extra, **{"train.resume": "auto"})))
+    summary = train(
+        load_config(RECIPE, tiny_overrides(resumed, corpus_file, **extra, **{"train.resume": "auto"}))
+    )
     assert summary.steps == 24
     a = load_file(straight / "final" / "model.safetensors")
     b = load_file(resumed / "final" / "model.safetensors")
@@ -145,8 +184,16 @@ def test_resume_ends_with_the_same_weights(tmp_path, corpus_file):
 def test_wandb_offline_writes_a_local_run(tmp_path, corpus_file, caplog):
     run_dir = tmp_path / "wb"
     with caplog.at_level("INFO", logger="reviveformer"):
-        train(load_config(RECIPE, tiny_overrides(run_dir, corpus_file, **{
-            "data.max_tokens": 32 * 8 * 6, "wandb.mode": "offline", "wandb.group": "tests"})))
+        train(
+            load_config(
+                RECIPE,
+                tiny_overrides(
+                    run_dir,
+                    corpus_file,
+                    **{"data.max_tokens": 32 * 8 * 6, "wandb.mode": "offline", "wandb.group": "tests"},
+                ),
+            )
+        )
     runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     assert list(runs[0].glob("run-*.wandb")), "no W&B offline log file"
@@ -158,12 +205,37 @@ def test_two_processes_with_accelerate_launch(tmp_path, corpus_file):
     """Two CPU processes train one run; then the same final model audited by 1 and by 2 processes gives
     identical counts (the counts are summed across processes before anything else)."""
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", str(free_port()), "-m", "reviveformer"]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "reviveformer",
+    ]
     run_dir = tmp_path / "ddp"
-    p = subprocess.run([*launch, "train", str(RECIPE), *tiny_overrides(run_dir, corpus_file, **{
-        "data.max_tokens": 32 * 16 * 8, "train.epochs": 1})], env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [
+            *launch,
+            "train",
+            str(RECIPE),
+            *tiny_overrides(run_dir, corpus_file, **{"data.max_tokens": 32 * 16 * 8, "train.epochs": 1}),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     rows = metrics_rows(run_dir)
     steps = [r["step"] for r in rows if "train/loss" in r]
@@ -174,8 +246,13 @@ def test_two_processes_with_accelerate_launch(tmp_path, corpus_file):
     two = tmp_path / "audit2"
     assert main(["audit", str(run_dir), "--out", str(one)]) == 0
     launch[launch.index("--main_process_port") + 1] = str(free_port())
-    p = subprocess.run([*launch, "audit", str(run_dir), "--out", str(two)], env=env, capture_output=True, text=True,
-                       timeout=300)
+    p = subprocess.run(
+        [*launch, "audit", str(run_dir), "--out", str(two)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     a = json.loads((one / "liveness.json").read_text())
     b = json.loads((two / "liveness.json").read_text())
@@ -191,8 +268,17 @@ def test_alert_actions_stop_and_revive(tmp_path, corpus_file):
     a `revive` rule runs the revival step right there."""
     extra = {"data.max_tokens": 32 * 8 * 20, "train.epochs": 1, "train.lr": 1e-2}
     run_dir = tmp_path / "stop"
-    summary = train(load_config(RECIPE, tiny_overrides(run_dir, corpus_file, **extra, **{
-        "alerts.rules": "[{name: any_dead, site: mlp_post, above: 0.0, action: stop}]"})))
+    summary = train(
+        load_config(
+            RECIPE,
+            tiny_overrides(
+                run_dir,
+                corpus_file,
+                **extra,
+                **{"alerts.rules": "[{name: any_dead, site: mlp_post, above: 0.0, action: stop}]"},
+            ),
+        )
+    )
     first_trip = next(r["step"] for r in metrics_rows(run_dir) if r.get("alerts/any_dead", 0) > 0)
     assert summary.stopped_by == "alert action stop"
     assert summary.steps == first_trip < 20
@@ -200,9 +286,20 @@ def test_alert_actions_stop_and_revive(tmp_path, corpus_file):
     assert (run_dir / "final" / "model.safetensors").is_file()
 
     run_dir = tmp_path / "revive"
-    train(load_config(RECIPE, tiny_overrides(run_dir, corpus_file, **extra, **{
-        "revival.method": "synaptic_stripping",
-        "alerts.rules": "[{name: any_dead, site: mlp_post, above: 0.0, action: revive}]"})))
+    train(
+        load_config(
+            RECIPE,
+            tiny_overrides(
+                run_dir,
+                corpus_file,
+                **extra,
+                **{
+                    "revival.method": "synaptic_stripping",
+                    "alerts.rules": "[{name: any_dead, site: mlp_post, above: 0.0, action: revive}]",
+                },
+            ),
+        )
+    )
     rows = metrics_rows(run_dir)
     trips = [r["step"] for r in rows if r.get("alerts/any_dead", 0) > 0]
     revivals = [r["step"] for r in rows if "revival/dead_units" in r]
@@ -215,9 +312,21 @@ def test_fine_tune_swaps_the_activation_with_a_warning(trained, tmp_path, corpus
     run_dir, _, _ = trained
     out = tmp_path / "swap"
     with caplog.at_level("WARNING", logger="reviveformer"):
-        train(load_config(RECIPE, tiny_overrides(out, corpus_file, **{
-            "model.init_from": str(run_dir / "final"), "model.activation": "gelu", "data.max_tokens": 32 * 8 * 4,
-            "train.epochs": 1})))
+        train(
+            load_config(
+                RECIPE,
+                tiny_overrides(
+                    out,
+                    corpus_file,
+                    **{
+                        "model.init_from": str(run_dir / "final"),
+                        "model.activation": "gelu",
+                        "data.max_tokens": 32 * 8 * 4,
+                        "train.epochs": 1,
+                    },
+                ),
+            )
+        )
     assert "swaps the checkpoint's relu" in caplog.text
     from transformers import AutoModelForCausalLM
 
@@ -236,8 +345,19 @@ def test_liveness_sample_every_counts_one_step_in_n(tmp_path, corpus_file):
     from reviveformer.data import prepare_data
 
     run_dir = tmp_path / "sampled"
-    cfg = load_config(RECIPE, tiny_overrides(run_dir, corpus_file, **{
-        "data.max_tokens": 32 * 8 * 6, "train.epochs": 1, "train.log_every": 4, "liveness.sample_every": 3}))
+    cfg = load_config(
+        RECIPE,
+        tiny_overrides(
+            run_dir,
+            corpus_file,
+            **{
+                "data.max_tokens": 32 * 8 * 6,
+                "train.epochs": 1,
+                "train.log_every": 4,
+                "liveness.sample_every": 3,
+            },
+        ),
+    )
     train(cfg)
     # steps 5 and 6 are in the window after the log at step 4; of them only step 6 is sampled (6 % 3 == 0)
     state = ckpt.read_state(run_dir / "checkpoints" / "step_00000006")
@@ -256,10 +376,23 @@ def test_window_without_counted_tokens_logs_no_liveness_and_trips_nothing(tmp_pa
 
     monkeypatch.setattr(reviveformer.trainer, "check_training_config", lambda cfg: None)
     run_dir = tmp_path / "empty-window"
-    cfg = load_config(RECIPE, tiny_overrides(run_dir, corpus_file, **{
-        "data.max_tokens": 32 * 8 * 12, "train.epochs": 1, "train.log_every": 7, "liveness.sample_every": 7,
-        "alerts.rules": "[{name: mostly_dead, site: mlp_post, above: 0.9, action: stop}]"}))
-    cfg.train.log_every = 5  # set after loading: the run itself must cope, whatever the load-time checks allow
+    cfg = load_config(
+        RECIPE,
+        tiny_overrides(
+            run_dir,
+            corpus_file,
+            **{
+                "data.max_tokens": 32 * 8 * 12,
+                "train.epochs": 1,
+                "train.log_every": 7,
+                "liveness.sample_every": 7,
+                "alerts.rules": "[{name: mostly_dead, site: mlp_post, above: 0.9, action: stop}]",
+            },
+        ),
+    )
+    cfg.train.log_every = (
+        5  # set after loading: the run itself must cope, whatever the load-time checks allow
+    )
     summary = train(cfg)
     assert summary.stopped_by is None and summary.steps == 12  # (the epoch end, at 12, is its own row)
     rows: dict[int, dict] = {}

@@ -2,4 +2,11 @@
 
 from reviveformer.commands import audit, compare, report, strip, sweep, train
 
-COMMANDS = {"train": train, "audit": audit, "strip": strip, "compare": compare, "sweep": sweep, "report": report}
+COMMANDS = {
+    "train": train,
+    "audit": audit,
+    "strip": strip,
+    "compare": compare,
+    "sweep": sweep,
+    "report": report,
+}

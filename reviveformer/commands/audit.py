@@ -9,11 +9,19 @@ HELP = "measure the liveness of a saved model on data: liveness.json, plots and 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a model directory (RUN_DIR/final, any GPT-2 save_pretrained folder) or a run dir")
-    p.add_argument("overrides", nargs="*", help="data.* / liveness.* overrides, e.g. data.source=text data.path=F")
+    p.add_argument(
+        "checkpoint", help="a model directory (RUN_DIR/final, any GPT-2 save_pretrained folder) or a run dir"
+    )
+    p.add_argument(
+        "overrides", nargs="*", help="data.* / liveness.* overrides, e.g. data.source=text data.path=F"
+    )
     p.add_argument("--out", help="output folder (default: audit/ beside the checkpoint)")
-    p.add_argument("--split", choices=["validation", "train", "all"], default="validation",
-                   help="which split of the data to measure on (default: validation)")
+    p.add_argument(
+        "--split",
+        choices=["validation", "train", "all"],
+        default="validation",
+        help="which split of the data to measure on (default: validation)",
+    )
     p.add_argument("--batch-size", type=int, default=16, help="sequences per batch per process")
 
 
@@ -22,11 +30,15 @@ def table(liveness: dict) -> str:
     lines = [f"{'site':<10}{'layer':>6}{'units':>8}{'dead':>9}{'dormant':>10}"]
     for site, layers in liveness["sites"].items():
         for e in layers:
-            lines.append(f"{site:<10}{e['layer']:>6}{e['units']:>8}{e['dead_ratio']:>9.3f}{e['dormant_ratio']:>10.3f}")
+            lines.append(
+                f"{site:<10}{e['layer']:>6}{e['units']:>8}{e['dead_ratio']:>9.3f}{e['dormant_ratio']:>10.3f}"
+            )
     cap = liveness.get("capacity")
     if cap:
-        lines.append(f"alive MLP units {cap['alive_units']} ({cap['alive_fraction']:.1%}), effective parameters "
-                     f"{cap['effective_params']:,} ({cap['effective_param_fraction']:.1%})")
+        lines.append(
+            f"alive MLP units {cap['alive_units']} ({cap['alive_fraction']:.1%}), effective parameters "
+            f"{cap['effective_params']:,} ({cap['effective_param_fraction']:.1%})"
+        )
     return "\n".join(lines)
 
 

@@ -28,9 +28,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="also read the runs of a W&B group (needs W&B credentials: `wandb login` or WANDB_API_KEY)",
     )
     p.add_argument("--group", help="the W&B group to read with --wandb (the recipes' wandb.group)")
-    p.add_argument("--baseline", metavar="ARM",
-                   help="the arm the others are compared to over seeds (default: the arm named baseline, "
-                        "else the first)")
+    p.add_argument(
+        "--baseline",
+        metavar="ARM",
+        help="the arm the others are compared to over seeds (default: the arm named baseline, "
+        "else the first)",
+    )
 
 
 def _default_out(args: argparse.Namespace) -> Path:

@@ -9,11 +9,21 @@ HELP = "measure a saved model, strip the incoming weights of its dead MLP units,
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a model directory (RUN_DIR/final, any GPT-2 save_pretrained folder) or a run dir")
-    p.add_argument("overrides", nargs="*", help="data.* / liveness.* / revival.synaptic_stripping.fraction|strip_bias overrides")
+    p.add_argument(
+        "checkpoint", help="a model directory (RUN_DIR/final, any GPT-2 save_pretrained folder) or a run dir"
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="data.* / liveness.* / revival.synaptic_stripping.fraction|strip_bias overrides",
+    )
     p.add_argument("--out", required=True, help="folder for the stripped model (must not exist or be empty)")
-    p.add_argument("--split", choices=["validation", "train", "all"], default="validation",
-                   help="which split of the data to measure on (default: validation)")
+    p.add_argument(
+        "--split",
+        choices=["validation", "train", "all"],
+        default="validation",
+        help="which split of the data to measure on (default: validation)",
+    )
     p.add_argument("--batch-size", type=int, default=16, help="sequences per batch per process")
 
 
@@ -39,9 +49,13 @@ def run(args: argparse.Namespace) -> int:
     if acc.is_main_process:
         result = _save_stripped(out, saved, unwrapped, stripper, metrics, report)
         for d in result["layers"]:
-            print(f"layer {d['layer']}: {d['dead_units']} dead units, {d['weights_stripped']} weights stripped")
-        print(f"stripped {result['weights_stripped']} weights of {result['dead_units']} dead units; "
-              f"model, strip.json and liveness.json in {out}")
+            print(
+                f"layer {d['layer']}: {d['dead_units']} dead units, {d['weights_stripped']} weights stripped"
+            )
+        print(
+            f"stripped {result['weights_stripped']} weights of {result['dead_units']} dead units; "
+            f"model, strip.json and liveness.json in {out}"
+        )
     release(acc)
     acc.end_training()
     return 0
@@ -63,8 +77,10 @@ def _save_stripped(out: Path, saved, model, stripper, metrics: dict, report) -> 
         cfg = saved.cfg
         cfg.revival.method = "synaptic_stripping"
         save_final(model, saved.tokenizer, cfg, tmp)
-        layers = [{"layer": d["layer"], "dead_units": d["dead_units"], "weights_stripped": d["stripped_now"]}
-                  for d in stripper.last_layer_details()]
+        layers = [
+            {"layer": d["layer"], "dead_units": d["dead_units"], "weights_stripped": d["stripped_now"]}
+            for d in stripper.last_layer_details()
+        ]
         result = {
             "checkpoint": str(saved.path),
             "fraction": cfg.revival.synaptic_stripping.fraction,

@@ -32,14 +32,25 @@ RESERVED_KEYS = {
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="YAML recipe of every run")
     p.add_argument("overrides", nargs="*", help="overrides for every run, e.g. train.max_steps=200")
-    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
-                   help="a config key and its values (repeat for more keys: every combination is a cell)")
+    p.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="a config key and its values (repeat for more keys: every combination is a cell)",
+    )
     p.add_argument("--activations", help="shorthand for --grid model.activation=NAMES, e.g. relu,gelu,silu")
-    p.add_argument("--seeds", help="comma-separated train.seed values run for every cell (default: the recipe's)")
+    p.add_argument(
+        "--seeds", help="comma-separated train.seed values run for every cell (default: the recipe's)"
+    )
     p.add_argument("--out", help="sweep folder (default: sweep/ beside the recipe's train.output_dir)")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="draw the per-layer chart at another firing threshold, re-measured on each run's final "
-                        "model (no re-training)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="draw the per-layer chart at another firing threshold, re-measured on each run's final "
+        "model (no re-training)",
+    )
 
 
 @dataclass
@@ -70,8 +81,10 @@ def parse_grid(grid: list[str], activations: str | None) -> list[tuple[str, list
         key, sep, text = item.partition("=")
         key = key.strip()
         if not sep or not key or "." not in key:
-            raise UserError(f"--grid {item!r} must look like section.key=V1,V2 (for example "
-                            "--grid revival.method=none,redo)")
+            raise UserError(
+                f"--grid {item!r} must look like section.key=V1,V2 (for example "
+                "--grid revival.method=none,redo)"
+            )
         values = [v.strip() for v in text.split(",") if v.strip()]
         if not values:
             raise UserError(f"--grid {key}= needs at least one value, e.g. --grid {key}=A,B")
@@ -80,8 +93,10 @@ def parse_grid(grid: list[str], activations: str | None) -> list[tuple[str, list
         if key in RESERVED_KEYS:
             raise UserError(f"--grid {key}: a sweep sets {key} itself ({RESERVED_KEYS[key]})")
         if any(key == k for k, _ in axes):
-            raise UserError(f"--grid {key} is given twice (--activations is --grid model.activation); give each "
-                            "key once with all its values")
+            raise UserError(
+                f"--grid {key} is given twice (--activations is --grid model.activation); give each "
+                "key once with all its values"
+            )
         axes.append((key, values))
     if activations is not None:
         from reviveformer.activations import validate_activation
@@ -127,12 +142,25 @@ def plan_runs(axes: list[tuple[str, list[str]]], seeds: list[int], out: Path, gr
         for seed in seeds:
             label = f"{cell}__seed-{seed}" if cell else f"seed-{seed}"
             run_dir = out / label
-            overrides = [*(f"{k}={v}" for k, v in zip(keys, values, strict=True)), f"train.seed={seed}",
-                         f"train.output_dir={run_dir}", f"wandb.group={group}", f"wandb.name={out.name}-{label}"]
+            overrides = [
+                *(f"{k}={v}" for k, v in zip(keys, values, strict=True)),
+                f"train.seed={seed}",
+                f"train.output_dir={run_dir}",
+                f"wandb.group={group}",
+                f"wandb.name={out.name}-{label}",
+            ]
             if cell:
                 overrides.append(f"wandb.job_type={cell}")  # one arm per cell
-            runs.append(PlannedRun(label=label, cell=cell, seed=seed, run_dir=run_dir,
-                                   values=list(zip(keys, values, strict=True)), overrides=overrides))
+            runs.append(
+                PlannedRun(
+                    label=label,
+                    cell=cell,
+                    seed=seed,
+                    run_dir=run_dir,
+                    values=list(zip(keys, values, strict=True)),
+                    overrides=overrides,
+                )
+            )
     return runs
 
 
@@ -158,7 +186,8 @@ def check_finished_run(run: PlannedRun, cfg: Any, keys: list[str]) -> None:
         if old != new:
             raise UserError(
                 f"{run.run_dir} holds a finished run with {key}={old!r}, but this sweep's run there has {key}={new!r}; "
-                "give another --out, or remove that directory to train it again (nothing was changed)")
+                "give another --out, or remove that directory to train it again (nothing was changed)"
+            )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -175,8 +204,10 @@ def run(args: argparse.Namespace) -> int:
     base = load_config(args.recipe, args.overrides)  # validates the recipe and overrides once, up front
     if not base.liveness.enabled:
         # Refused here, on every process, before any training: the summary needs each run's liveness.
-        raise UserError("sweep needs liveness.enabled=true: it compares the runs' dead ratios (remove the "
-                        "liveness.enabled=false override, or use `reviveformer train` for single runs)")
+        raise UserError(
+            "sweep needs liveness.enabled=true: it compares the runs' dead ratios (remove the "
+            "liveness.enabled=false override, or use `reviveformer train` for single runs)"
+        )
     seeds = parse_seeds(args.seeds, base.train.seed)
     out = Path(args.out) if args.out else Path(base.train.output_dir).parent / "sweep"
     group = base.wandb.group or f"sweep-{Path(args.recipe).stem}"
@@ -217,8 +248,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def summarise_sweep(plan: list[PlannedRun], axes: list[tuple[str, list[str]]], seeds: list[int], out: Path,
-                    liveness: dict[str, dict], threshold: float | None) -> None:
+def summarise_sweep(
+    plan: list[PlannedRun],
+    axes: list[tuple[str, list[str]]],
+    seeds: list[int],
+    out: Path,
+    liveness: dict[str, dict],
+    threshold: float | None,
+) -> None:
     """sweep.json, the per-layer dead-ratio charts (one line per cell, the mean over its seeds) and the
     comparison of all runs, seeds of a cell grouped."""
     from reviveformer import plots
@@ -229,17 +266,32 @@ def summarise_sweep(plan: list[PlannedRun], axes: list[tuple[str, list[str]]], s
     out.mkdir(parents=True, exist_ok=True)
     sites = [s for s in site_names() if any(s in v["sites"] for v in per_cell.values())]
     suffix = f" (threshold {threshold:g})" if threshold is not None else ""
-    charts = [plots.plot_runs_dead_ratio_per_layer(
-        per_cell, site, out / f"dead_ratio_per_layer_{site}.png",
-        title=f"Dead units per layer, mean over seeds: {site}{suffix}") for site in sites]
+    charts = [
+        plots.plot_runs_dead_ratio_per_layer(
+            per_cell,
+            site,
+            out / f"dead_ratio_per_layer_{site}.png",
+            title=f"Dead units per layer, mean over seeds: {site}{suffix}",
+        )
+        for site in sites
+    ]
     result = compare_runs([str(r.run_dir) for r in plan], out / "compare")
-    (out / "sweep.json").write_text(json.dumps({
-        "grid": dict(axes), "seeds": seeds, "threshold": threshold,
-        "runs": {r.label: str(r.run_dir) for r in plan},
-        "cells": {c: [r.label for r in plan if (r.cell or "all") == c] for c in per_cell},
-        "dead_ratio_per_layer": {label: {s: [e["dead_ratio"] for e in v["sites"][s]] for s in v["sites"]}
-                                 for label, v in liveness.items()},
-    }, indent=1))
+    (out / "sweep.json").write_text(
+        json.dumps(
+            {
+                "grid": dict(axes),
+                "seeds": seeds,
+                "threshold": threshold,
+                "runs": {r.label: str(r.run_dir) for r in plan},
+                "cells": {c: [r.label for r in plan if (r.cell or "all") == c] for c in per_cell},
+                "dead_ratio_per_layer": {
+                    label: {s: [e["dead_ratio"] for e in v["sites"][s]] for s in v["sites"]}
+                    for label, v in liveness.items()
+                },
+            },
+            indent=1,
+        )
+    )
     print(result["text"])
     print(f"charts: {', '.join(str(c) for c in charts)}")
     print(f"table: {result['markdown']}")
@@ -266,9 +318,10 @@ def _mean_liveness_per_cell(plan: list[PlannedRun], liveness: dict[str, dict]) -
             layers = [run["sites"].get(site, []) for run in runs]
             if any(len(ls) != len(layers[0]) for ls in layers):
                 continue
-            sites[site] = [{"layer": e["layer"],
-                            "dead_ratio": sum(ls[k]["dead_ratio"] for ls in layers) / len(layers)}
-                           for k, e in enumerate(layers[0])]
+            sites[site] = [
+                {"layer": e["layer"], "dead_ratio": sum(ls[k]["dead_ratio"] for ls in layers) / len(layers)}
+                for k, e in enumerate(layers[0])
+            ]
         out[cell or "all"] = {"sites": sites}
     return out
 
