@@ -31,7 +31,8 @@ log = logging.getLogger("reviveformer")
 REPORT_FILE = "report.html"
 COMPARE_FILE = "compare.html"
 HISTOGRAM_FILE = re.compile(r"^activations_epoch_(\d+)\.json$")
-METHOD_NAMES = {"synaptic_stripping": "synaptic stripping", "redo": "ReDo"}
+METHOD_NAMES = {"synaptic_stripping": "synaptic stripping", "redo": "ReDo", "grama": "GraMa"}
+"""How the console and the pages name the built-in methods; another method (a plug-in) is named as written."""
 
 
 # ---------------------------------------------------------------------------------------------- revival
@@ -45,7 +46,7 @@ class RevivalEvent:
     number: int
     """revival/count: 1 for the run's first revival."""
     method: str
-    """synaptic_stripping or redo (told apart by their metrics)."""
+    """The run's revival.method (told apart by their metrics when the run's config is not at hand)."""
     dead_units: int
     revived_units: int
     """Units dead (stripping) or dormant (ReDo) at the previous revival and not any more."""
@@ -55,6 +56,13 @@ class RevivalEvent:
     dormant_units: int = 0
     """ReDo: units re-initialised by this revival."""
     reinitialised_total: int = 0
+    kind: str = "strip"
+    """What its metrics say it did: strip (weights zeroed), reinitialise (units re-initialised: ReDo, GraMa) or
+    other (a plug-in's own metrics: only the units found and revived are shown)."""
+
+    @property
+    def name(self) -> str:
+        return METHOD_NAMES.get(self.method, self.method)
 
     def line(self, when: str = "") -> str:
         """The console line of this event."""
@@ -64,26 +72,38 @@ class RevivalEvent:
             if self.number == 1
             else f"{self.revived_units:,} units revived since the previous revival"
         )
-        if self.method == "redo":
+        if self.kind == "reinitialise":
             return (
-                f"{at}, ReDo: {self.dormant_units:,} dormant units re-initialised "
+                f"{at}, {self.name}: {self.dormant_units:,} dormant units re-initialised "
                 f"({self.dead_units:,} dead); {since}"
             )
+        if self.kind == "other":
+            return f"{at}, {self.name}: {self.dead_units:,} dead units found; {since}"
         return (
-            f"{at}, synaptic stripping: {self.dead_units:,} dead units found, {self.stripped_now:,} weights "
+            f"{at}, {self.name}: {self.dead_units:,} dead units found, {self.stripped_now:,} weights "
             f"stripped ({self.pruned_total:,} held at zero in all); {since}"
         )
 
 
-def revival_event(metrics: Mapping[str, Any], step: int) -> RevivalEvent | None:
-    """The event of one revival's metrics (a `revive` return value or a metrics.jsonl row); None if none."""
+def revival_event(metrics: Mapping[str, Any], step: int, method: str | None = None) -> RevivalEvent | None:
+    """The event of one revival's metrics (a `revive` return value or a metrics.jsonl row); None if none.
+    `method`: the run's revival.method; without it, it is guessed from the metrics (ReDo or stripping)."""
     if metric_keys.REVIVAL_COUNT not in metrics:
         return None
 
     def n(key: str) -> int:
         return int(round(float(metrics.get(metric_keys.revival_key(key), 0) or 0)))
 
-    method = "redo" if metric_keys.revival_key("reinitialised_total") in metrics else "synaptic_stripping"
+    if metric_keys.revival_key("reinitialised_total") in metrics:
+        kind = "reinitialise"
+    elif (
+        metric_keys.revival_key("stripped_now") in metrics
+        or metric_keys.revival_key("pruned_total") in metrics
+    ):
+        kind = "strip"
+    else:
+        kind = "other"
+    method = method or {"reinitialise": "redo", "strip": "synaptic_stripping"}.get(kind, "unknown")
     return RevivalEvent(
         step=step,
         number=n("count"),
@@ -95,14 +115,15 @@ def revival_event(metrics: Mapping[str, Any], step: int) -> RevivalEvent | None:
         stripped_total=n("stripped_total"),
         dormant_units=n("dormant_units"),
         reinitialised_total=n("reinitialised_total"),
+        kind=kind,
     )
 
 
-def revival_events(rows: Sequence[Mapping[str, Any]]) -> list[RevivalEvent]:
+def revival_events(rows: Sequence[Mapping[str, Any]], method: str | None = None) -> list[RevivalEvent]:
     """Every revival of a run, by step (a resumed run logs a step again: the last row of a step counts)."""
     by_step: dict[int, RevivalEvent] = {}
     for row in rows:
-        if "step" in row and (event := revival_event(row, int(row["step"]))) is not None:
+        if "step" in row and (event := revival_event(row, int(row["step"]), method)) is not None:
             by_step[event.step] = event
     return [by_step[s] for s in sorted(by_step)]
 
@@ -116,8 +137,10 @@ def revival_totals_line(events: Sequence[RevivalEvent]) -> str:
     """The summary's revival line: events, units found and revived, weights stripped or units re-initialised."""
     last = events[-1]
     revived = sum(e.revived_units for e in events)
-    head = f"revival ({METHOD_NAMES[last.method]}): {len(events)} event{'s' * (len(events) != 1)}"
-    if last.method == "redo":
+    head = f"revival ({last.name}): {len(events)} event{'s' * (len(events) != 1)}"
+    if last.kind == "other":
+        return f"{head}, {sum(e.dead_units for e in events):,} dead units found in all, {revived:,} units revived"
+    if last.kind == "reinitialise":
         return f"{head}, {last.reinitialised_total:,} dormant units re-initialised in all, {revived:,} units revived"
     return (
         f"{head}, {sum(e.dead_units for e in events):,} dead units found in all, {last.stripped_total:,} "
@@ -334,7 +357,7 @@ def _revival_table(rows: Sequence[Mapping[str, Any]], events: Sequence[RevivalEv
     if not events:
         return "<p>No revival in this run (revival.method is none, or no revival point was reached yet).</p>"
     ends = epoch_ends(rows)
-    if events[-1].method == "redo":
+    if events[-1].kind == "reinitialise":
         headers = ["#", "step", "when", "dormant units re-initialised", "dead units", "units revived"]
         cells = [
             [
@@ -531,7 +554,7 @@ def run_report_html(run_dir: str | Path) -> str:
     run = compare.load_run(path)
     rows = run.metrics
     hists = last_histograms(path)
-    events = revival_events(rows)
+    events = revival_events(rows, (run.config.get("revival") or {}).get("method"))
     alerts = read_alerts(path)
     summary = compare.summarise(run)
     sites = compare.sites_of(run)
@@ -678,7 +701,7 @@ def comparison_html(
         source = Path(run.source) if run.source else None
         local = source is not None and source.is_dir()
         per_run.append(_run_figures(run, last_histograms(source) if local else None, prefix=f"run{i}"))
-        events = revival_events(run.metrics)
+        events = revival_events(run.metrics, (run.config.get("revival") or {}).get("method"))
         alerts = len(read_alerts(source)) if local else 0
         notes.append(
             f"{revival_totals_line(events) if events else 'no revival'}; {alerts} alert"

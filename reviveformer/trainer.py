@@ -493,7 +493,7 @@ class Trainer:
         when = (
             f"end of epoch {self.epoch}" if self.batches_in_epoch == 0 else f"during epoch {self.epoch + 1}"
         )
-        log.info("%s", run_report.revival_event(metrics, self.step).line(when))
+        log.info("%s", run_report.revival_event(metrics, self.step, self.cfg.revival.method).line(when))
         details = self.reviver.last_layer_details()
         if details and self.is_main:
             cols = list(details[0].keys())
@@ -828,7 +828,9 @@ class Trainer:
             rows = plots.read_metrics(self.run_dir / "metrics.jsonl")
             rates = [r[metric_keys.TRAIN_TOKENS_PER_S] for r in rows if metric_keys.TRAIN_TOKENS_PER_S in r]
             summary.tokens_per_s = sorted(rates)[len(rates) // 2] if rates else 0.0
-            events = run_report.revival_events(rows)  # all of the run's revivals, a resumed run's included
+            events = run_report.revival_events(
+                rows, self.cfg.revival.method
+            )  # all of the run's revivals, a resumed run's included
             if events:
                 summary.revival = run_report.revival_totals_line(events)
                 summary.revival_step = events[-1].step

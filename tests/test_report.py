@@ -199,6 +199,22 @@ def test_redo_line_and_totals() -> None:
     assert report.revival_totals_line([first, event]) == (
         "revival (ReDo): 2 events, 70 dormant units re-initialised in all, 5 units revived"
     )
+    # GraMa re-initialises too and logs the same totals: named as itself, from the run's method
+    grama = report.revival_event({**metrics, "revival/grama_steps": 30.0}, step=60, method="grama")
+    assert grama.line() == (
+        "revival 2 at step 60, GraMa: 40 dormant units re-initialised (12 dead); 5 units revived since the "
+        "previous revival"
+    )
+    assert report.revival_totals_line([grama]).startswith("revival (GraMa): 1 event, 70 dormant units")
+    # a plug-in with metrics of its own: the units found and revived, under its own name
+    plugin = report.revival_event(
+        {"revival/count": 1.0, "revival/dead_units": 7.0, "revival/revived_units": 0.0},
+        step=9,
+        method="custom_reviver:BiasKick",
+    )
+    assert plugin.line() == (
+        "revival 1 at step 9, custom_reviver:BiasKick: 7 dead units found; first revival, nothing to compare with yet"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- pages
