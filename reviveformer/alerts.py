@@ -4,6 +4,8 @@
 which rules fired, and hands each fired `Alert` to the sinks it was built with (console, `alerts.jsonl`,
 a rate-limited `wandb.alert`). It never acts itself: the `actions` of the outcome ("revive", "stop") are
 for the trainer to carry out, so this module knows nothing about the model, the loop or W&B.
+
+The contract: docs/design.md, "Interfaces" (alerts.rules) and the metric names.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ complete, so a run killed mid-write never resumes from a half-written one. The `
 last, is a manifest (step, process count, every file with its size): a checkpoint with a file missing or cut
 short is treated as corrupt, not as one of another model size. Our own state is tensors in safetensors and
 everything else in JSON: nothing is unpickled.
+
+The contract: docs/design.md, "Run directory", "Resuming".
 """
 
 from __future__ import annotations

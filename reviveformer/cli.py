@@ -2,6 +2,8 @@
 
 Every user error (bad config, missing file, incompatible checkpoint) ends as one paragraph on stderr and
 exit status 2, with no traceback; `TrainingHalted` (a non-finite loss, for example) exits 3.
+
+The contract: docs/design.md, "Interfaces" (the command line) and "Where it must not break" (exit statuses).
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 Runs come from local run directories (`config.yaml`, `metrics.jsonl`, `liveness/epoch_*.json`, written by
 `reviveformer train`) or from a W&B group. Both are turned into the same `RunData`, so the table and the
 figures are built by the same code whichever way the runs arrived.
+
+The contract: docs/design.md, "Interfaces" (compare, sweep folders, seed groups).
 """
 
 from __future__ import annotations

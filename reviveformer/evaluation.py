@@ -1,4 +1,7 @@
-"""Validation passes shared by training, `audit` and `strip`: exact token-mean loss and a liveness window."""
+"""Validation passes shared by training, `audit` and `strip`: exact token-mean loss and a liveness window.
+
+The contract: docs/design.md, "Liveness: the definitions" (windows, measurement size).
+"""
 
 from __future__ import annotations
 

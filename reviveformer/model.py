@@ -1,4 +1,7 @@
-"""GPT-2 models: build one from the config, load a checkpoint (ours or any GPT2LMHeadModel), save `final/`."""
+"""GPT-2 models: build one from the config, load a checkpoint (ours or any GPT2LMHeadModel), save `final/`.
+
+The contract: docs/design.md, "Activations" and the run directory's final/.
+"""
 
 from __future__ import annotations
 

@@ -5,6 +5,8 @@ Everything is drawn on a bare `matplotlib.figure.Figure` (the Agg canvas is chos
 file suffix), never through pyplot, so there is no global figure registry and no display is needed.
 Each `*_figure` function builds and returns the Figure (for tests and for `wandb.Image`), and the
 matching `plot_*` function saves it as a PNG, creating parent directories, and returns the path.
+
+The contract: docs/design.md, the run directory's plots/ and the metric names.
 """
 
 from __future__ import annotations

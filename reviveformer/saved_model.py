@@ -3,6 +3,8 @@
 A checkpoint is any GPT2LMHeadModel directory (ours carries `reviveformer.yaml`, so its own data section and
 validation split are used by default); a run directory means its `final/`. `data.*` and `liveness.*`
 overrides point the measurement elsewhere.
+
+The contract: docs/design.md, "Interfaces" (audit, strip).
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 Library code hands plain `dict[str, float]`s with slash-namespaced keys to `Tracking.log`; histograms,
 images, tables and alerts go through the `Tracking` methods, which turn them into W&B objects when W&B is on.
 A W&B failure never stops training: it warns once and the local metrics file carries on.
+
+The contract: docs/design.md, "W&B" and the metric names.
 """
 
 from __future__ import annotations

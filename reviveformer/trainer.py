@@ -18,6 +18,8 @@ The position in training is (step, epoch, batches_in_epoch), saved in every chec
 only when its epoch end (measurement, liveness json, revival) has run and `epoch` has moved on: a checkpoint
 taken after an epoch's last batch but before its end (a periodic one, or `train.max_steps` on that batch)
 resumes into that epoch end, and one taken mid-epoch resumes into the rest of that epoch's data.
+
+The contract: docs/design.md, "Training loop", "Resuming".
 """
 
 from __future__ import annotations

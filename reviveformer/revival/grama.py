@@ -25,6 +25,8 @@ Metrics returned by `revive` (totals, and per layer as `revival/layer_<i>/<name>
 `revival/dormant_units` (units reset now), `revival/dead_units` (dead units in the liveness report, for
 comparing arms), `revival/revived_units` (dormant at the previous revival, not now),
 `revival/reinitialised_total`, `revival/count`, and `revival/grama_steps` (optimizer steps scored).
+
+The contract: docs/design.md, "Revival" (GraMa).
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ Metrics returned by `revive` (totals, and per layer as `revival/layer_<i>/<name>
 - `revival/revived_units`: units dormant at the previous revival and not dormant now.
 - `revival/reinitialised_total`: unit re-initialisations over all revivals so far.
 - `revival/count`: revivals so far.
+
+The contract: docs/design.md, "Revival" (ReDo).
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ Metrics returned by `revive` (totals, and per layer as `revival/layer_<i>/<name>
 - `revival/revived_units`: units dead at the previous revival and alive now (0 at the first revival).
 - `revival/stripped_total`: entries zeroed over all revivals so far.
 - `revival/count`: revivals so far.
+
+The contract: docs/design.md, "Revival" (synaptic stripping).
 """
 
 from __future__ import annotations
