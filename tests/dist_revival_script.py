@@ -79,6 +79,10 @@ def main(out: str) -> None:
                 f,
             )
     acc.wait_for_everyone()
+    # drop the DDP model before the process group goes (as trainer.release does): a DDP model alive at
+    # teardown made 2-process CPU runs hang at exit now and then
+    ddp = opt = None  # (the closure `steps` holds them too)
+    acc.free_memory()
     acc.end_training()
 
 
