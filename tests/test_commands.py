@@ -76,6 +76,64 @@ def test_audit_counts_match_an_independent_count(relu_run, tmp_path, capsys):
         assert liveness["sites"]["mlp_post"][layer]["fire_count"] == counts
 
 
+def test_audit_gradients_match_a_hand_computation(relu_run, tmp_path, capsys):
+    """`audit --gradients`: each unit's GraMa score is the mean over batches of (mean |dL/dW_in| of the unit) /
+    (layer mean of that), computed here with plain transformers, autograd and a hand-written next-token loss."""
+    from transformers import AutoModelForCausalLM
+
+    from reviveformer.data import prepare_data
+    from reviveformer.saved_model import open_saved_model
+
+    out = tmp_path / "audit"
+    argv = [
+        "audit",
+        str(relu_run),
+        "--out",
+        str(out),
+        "--gradients",
+        "--grama-tau",
+        "0.5",
+        "--batch-size",
+        "2",
+    ]
+    assert main(argv) == 0
+    assert "GraMa (gradient) dormant at tau=0.5" in capsys.readouterr().out
+    liveness = json.loads((out / "liveness.json").read_text())
+    grama = liveness["grama"]
+
+    saved = open_saved_model(str(relu_run), [])
+    ids = prepare_data(saved.cfg.data, saved.cfg.train.seed, tokenizer=saved.tokenizer).val[:]["input_ids"]
+    model = AutoModelForCausalLM.from_pretrained(relu_run / "final").eval()
+    weights = [block.mlp.c_fc.weight for block in model.transformer.h]
+    sums = [torch.zeros(w.shape[1], dtype=torch.float64) for w in weights]
+    batches = list(torch.split(ids, 2))
+    peak = [torch.full((w.shape[1],), -math.inf) for w in weights]  # per unit, max pre-activation seen
+
+    def keep_peak(k: int, out: torch.Tensor) -> None:  # a forward hook that returns None keeps the output
+        peak[k] = torch.maximum(peak[k], out.detach().flatten(0, 1).amax(0))
+
+    for k, block in enumerate(model.transformer.h):
+        block.mlp.c_fc.register_forward_hook(lambda m, i, o, k=k: keep_peak(k, o))
+    for x in batches:
+        logits = model(input_ids=x).logits
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1)
+        )
+        for total, grad in zip(sums, torch.autograd.grad(loss, weights), strict=True):
+            per_unit = grad.abs().mean(dim=0).double()
+            total += per_unit / per_unit.mean()
+    assert grama["batches"] == len(batches) > 1
+    for layer, total in enumerate(sums):
+        expected = (total / len(batches)).tolist()
+        entry = grama["layers"][layer]
+        assert entry["scores"] == pytest.approx(expected, rel=1e-4, abs=1e-7)
+        assert entry["dormant_units"] == [j for j, v in enumerate(expected) if v <= 0.5]
+        # a ReLU unit whose pre-activation is <= 0 on every token passes no gradient to its incoming weights
+        silent = (peak[layer] <= 0).nonzero().flatten().tolist()
+        assert all(entry["scores"][j] == 0.0 for j in silent)
+    assert any(entry["dormant_units"] for entry in grama["layers"])
+
+
 @pytest.mark.slow
 def test_strip_zeroes_exactly_the_rule(relu_run, tmp_path, capsys):
     from safetensors.torch import load_file

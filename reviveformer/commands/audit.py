@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
 HELP = "measure the liveness of a saved model on data: liveness.json, plots and a table"
 
 
@@ -23,6 +25,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="which split of the data to measure on (default: validation)",
     )
     p.add_argument("--batch-size", type=int, default=16, help="sequences per batch per process")
+    p.add_argument(
+        "--gradients",
+        action="store_true",
+        help="also score every MLP unit by GraMa (mean |gradient| of its incoming weights over its layer's "
+        "mean, over the same batches, eval mode): one backward pass per batch",
+    )
+    p.add_argument(
+        "--grama-tau",
+        type=float,
+        default=None,
+        help="with --gradients: a unit is GraMa-dormant when its score is <= this (default: revival.grama.tau)",
+    )
 
 
 def table(liveness: dict) -> str:
@@ -33,6 +47,11 @@ def table(liveness: dict) -> str:
             lines.append(
                 f"{site:<10}{e['layer']:>6}{e['units']:>8}{e['dead_ratio']:>9.3f}{e['dormant_ratio']:>10.3f}"
             )
+    grama = liveness.get("grama")
+    if grama:
+        lines.append(f"GraMa (gradient) dormant at tau={grama['tau']:g}, over {grama['batches']} batches:")
+        for e in grama["layers"]:
+            lines.append(f"{'mlp_post':<10}{e['layer']:>6}{e['units']:>8}{'':>9}{e['dormant_ratio']:>10.3f}")
     cap = liveness.get("capacity")
     if cap:
         lines.append(
@@ -46,16 +65,28 @@ def run(args: argparse.Namespace) -> int:
     from accelerate import Accelerator
 
     from reviveformer import plots
-    from reviveformer.saved_model import measure_saved, open_saved_model, write_json
+    from reviveformer.errors import UserError
+    from reviveformer.saved_model import measure_saved, measurement_data, open_saved_model, write_json
     from reviveformer.trainer import release
 
     saved = open_saved_model(args.checkpoint, args.overrides)
+    tau = args.grama_tau
+    if tau is None:
+        tau = saved.cfg.revival.grama.tau
+    if tau < 0:
+        raise UserError(f"--grama-tau={tau} must be >= 0")
     out = Path(args.out) if args.out else saved.path.parent / "audit"
     acc = Accelerator()
-    val, report, hists = measure_saved(saved, acc, args.split, args.batch_size, histogram=True)
+    dataset = measurement_data(saved, args.split)
+    val, report, hists = measure_saved(
+        saved, acc, args.split, args.batch_size, histogram=True, dataset=dataset
+    )
+    grama = gradient_dormancy(saved, acc, dataset, args.batch_size, tau) if args.gradients else None
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         data = report.to_json()
+        if grama is not None:
+            data["grama"] = grama
         write_json(out / "liveness.json", data)
         plots.plot_frequency_heatmap(data, out / "frequency_heatmap.png")
         plots.plot_dead_ratio_per_layer(data, out / "dead_ratio_per_layer.png")
@@ -67,3 +98,28 @@ def run(args: argparse.Namespace) -> int:
     release(acc)
     acc.end_training()
     return 0
+
+
+def gradient_dormancy(saved, accelerator, dataset, batch_size: int, tau: float) -> dict:
+    """The `grama` section of an audit's liveness.json: per MLP layer, the mean GraMa score of every unit over
+    all batches of `dataset` (all processes), and the units at or below `tau`."""
+    from reviveformer.evaluation import reduce_sum, val_loader
+    from reviveformer.revival.grama import saved_model_scores
+
+    loader = val_loader(accelerator, dataset, batch_size)
+    sums, batches = saved_model_scores(saved.model, loader)
+    total = int(reduce_sum(accelerator, torch.tensor(batches, device=accelerator.device)).item())
+    layers = []
+    for i in sorted(sums):
+        scores = (reduce_sum(accelerator, sums[i]) / max(total, 1)).cpu().tolist()
+        dormant = [j for j, v in enumerate(scores) if v <= tau]
+        layers.append(
+            {
+                "layer": i,
+                "units": len(scores),
+                "dormant_units": dormant,
+                "dormant_ratio": len(dormant) / len(scores),
+                "scores": scores,
+            }
+        )
+    return {"tau": tau, "batches": total, "layers": layers}

@@ -61,6 +61,40 @@ def step_scores(grad: torch.Tensor) -> torch.Tensor:
     return per_unit / per_unit.mean().clamp_min(torch.finfo(torch.float32).tiny)
 
 
+def saved_model_scores(
+    model: nn.Module, loader, max_batches: int | None = None
+) -> tuple[dict[int, torch.Tensor], int]:
+    """GraMa scores of a model as it is, for `audit --gradients`: per MLP layer, the sum over this process's
+    batches of each batch's `step_scores` (the training loss of the batch, in eval mode: no dropout), and the
+    number of batches. The caller reduces both over processes; their quotient is the mean score the revival
+    would decide from over a window of these batches. `model` is the plain module (not DDP-wrapped: each
+    process scores its own batches, nothing is synchronised until the caller's reduction)."""
+    was_training = model.training
+    model.eval()
+    sums: dict[int, torch.Tensor] = {}
+    batches = 0
+    try:
+        for k, batch in enumerate(loader):
+            if max_batches is not None and k >= max_batches:
+                break
+            model.zero_grad(set_to_none=True)
+            with torch.enable_grad():
+                model(input_ids=batch["input_ids"], labels=batch["labels"]).loss.backward()
+            for i, mlp in enumerate(mlp_layers(model)):
+                score = step_scores(mlp.c_fc.weight.grad)
+                sums[i] = sums[i] + score if i in sums else score
+            batches += 1
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    if not sums:
+        sums = {
+            i: torch.zeros(mlp.c_fc.weight.shape[1], device=mlp.c_fc.weight.device)
+            for i, mlp in enumerate(mlp_layers(model))
+        }
+    return sums, batches
+
+
 def _broadcast_from_main(t: torch.Tensor) -> torch.Tensor:
     """Process 0's tensor on every process (a no-op on one process)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
