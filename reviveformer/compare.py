@@ -23,7 +23,14 @@ import yaml
 from reviveformer import metric_keys, plots
 from reviveformer.errors import UserError
 from reviveformer.sites import site_order
-from reviveformer.stats import WELCH_METHOD, Difference, mean_sd, welch_interval
+from reviveformer.stats import (
+    PAIRED_METHOD,
+    WELCH_METHOD,
+    Difference,
+    mean_sd,
+    paired_interval,
+    welch_interval,
+)
 
 # GPT-2's own activation: what a new model gets when model.activation is left unset.
 DEFAULT_ACTIVATION = "gelu_new"
@@ -450,6 +457,14 @@ class SeedGroup:
         """The runs' finite values of a table column (runs without it are left out)."""
         return [float(v) for row in self.rows if (v := _number(row.get(key))) is not None]
 
+    def values_by_seed(self, key: str) -> dict[Any, float]:
+        """Seed -> the run's finite value of a table column (runs without it are left out)."""
+        return {
+            seed: float(v)
+            for seed, row in zip(self.seeds, self.rows, strict=True)
+            if (v := _number(row.get(key))) is not None
+        }
+
 
 def group_seeds(runs: Sequence[RunData], rows: Sequence[dict[str, Any]]) -> list[SeedGroup]:
     """Runs grouped by their settings (everything but the seed and where they were kept), in order of first
@@ -518,14 +533,19 @@ def differences(
     groups: Sequence[SeedGroup], reference: SeedGroup, key: str = "final_val_loss", confidence: float = 0.95
 ) -> list[dict[str, Any]]:
     """Each other arm minus the reference in `key`: the difference of the means and Welch's t interval (None
-    when an arm has fewer than 2 seeds with the value)."""
+    when an arm has fewer than 2 seeds with the value); and over the seeds both arms ran, the mean of the
+    per-seed differences with its paired t interval (`paired_*`, None for fewer than 2 shared seeds)."""
     ref = reference.values(key)
+    ref_by_seed = reference.values_by_seed(key)
     out = []
     for g in groups:
         if g is reference:
             continue
         values = g.values(key)
         d: Difference | None = welch_interval(values, ref, confidence)
+        by_seed = g.values_by_seed(key)
+        shared = [s for s in by_seed if s in ref_by_seed]
+        p = paired_interval([by_seed[s] for s in shared], [ref_by_seed[s] for s in shared], confidence)
         out.append(
             {
                 "arm": g.label,
@@ -539,6 +559,11 @@ def differences(
                 "df": d.df if d else None,
                 "confidence": confidence,
                 "method": WELCH_METHOD if d else "needs 2 or more seeds on both sides",
+                "paired_n": len(shared),
+                "paired_diff": p.diff if p else None,
+                "paired_low": p.low if p else None,
+                "paired_high": p.high if p else None,
+                "paired_method": PAIRED_METHOD if p else "needs 2 or more seeds run by both arms",
             }
         )
     return out
@@ -646,10 +671,23 @@ def difference_cells(diffs: Sequence[Mapping[str, Any]]) -> tuple[list[str], lis
     if not diffs:
         return [], [], []
     pct = f"{diffs[0]['confidence']:.0%}"
-    headers = ["arm", "n", f"{diffs[0]['reference']} n", "difference", f"{pct} interval", "df"]
+    headers = [
+        "arm",
+        "n",
+        f"{diffs[0]['reference']} n",
+        "difference",
+        f"{pct} interval (Welch)",
+        "df",
+        "paired n",
+        "paired difference",
+        f"{pct} interval (paired)",
+    ]
     cells = []
     for d in diffs:
         interval = MISSING if d["low"] is None else f"[{d['low']:+.4f}, {d['high']:+.4f}]"
+        paired = (
+            MISSING if d.get("paired_low") is None else f"[{d['paired_low']:+.4f}, {d['paired_high']:+.4f}]"
+        )
         cells.append(
             [
                 str(d["arm"]),
@@ -658,9 +696,12 @@ def difference_cells(diffs: Sequence[Mapping[str, Any]]) -> tuple[list[str], lis
                 MISSING if d["diff"] is None else f"{d['diff']:+.4f}",
                 interval,
                 MISSING if d["df"] is None else f"{d['df']:.1f}",
+                str(d.get("paired_n", 0)),
+                MISSING if d.get("paired_diff") is None else f"{d['paired_diff']:+.4f}",
+                paired,
             ]
         )
-    return headers, cells, [False, True, True, True, True, True]
+    return headers, cells, [False, True, True, True, True, True, True, True, True]
 
 
 # ---------------------------------------------------------------------------------------------- outputs
@@ -772,8 +813,11 @@ def _markdown_report(
                 _markdown(*difference_cells(diffs)),
                 "",
                 f"Difference of the means (arm minus {seeds['reference']}) with its "
-                f"{diffs[0]['confidence']:.0%} interval; method: {WELCH_METHOD}. An interval that contains 0 "
-                "does not tell the arms apart at that level; `-`: fewer than 2 seeds on a side.",
+                f"{diffs[0]['confidence']:.0%} interval; method: {WELCH_METHOD}. Paired: over the seeds both "
+                "arms ran (same initial weights and data order), the mean of the per-seed differences; method: "
+                f"{PAIRED_METHOD}. It takes out what a seed does to both arms alike, so it is the narrower "
+                "when seeds differ more than arms. An interval that contains 0 does not tell the arms apart at "
+                "that level; `-`: fewer than 2 seeds (pairs) on a side.",
                 "",
             ]
     lines += ["## Runs", ""]

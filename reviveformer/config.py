@@ -183,6 +183,12 @@ class TrainConfig:
     """Final learning rate as a share of lr."""
     weight_decay: float = 0.1
     """AdamW weight decay (not applied to biases and norms)."""
+    adam_beta1: float = 0.9
+    """AdamW's first-moment decay."""
+    adam_beta2: float = 0.95
+    """AdamW's second-moment decay (GPT-2/3 practice; PyTorch's own default is 0.999)."""
+    adam_eps: float = 1e-8
+    """AdamW's epsilon."""
     warmup_steps: int = 10
     """Linear warm-up steps."""
     grad_clip: float = 1.0
@@ -229,6 +235,9 @@ class TrainConfig:
                     (math.isfinite(self.lr) and self.lr > 0, f"lr={self.lr} must be a positive number"),
                     (0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio={self.min_lr_ratio} must be in [0, 1]"),
                     (self.weight_decay >= 0, f"weight_decay={self.weight_decay} must be >= 0"),
+                    (0 <= self.adam_beta1 < 1, f"adam_beta1={self.adam_beta1} must be in [0, 1)"),
+                    (0 <= self.adam_beta2 < 1, f"adam_beta2={self.adam_beta2} must be in [0, 1)"),
+                    (self.adam_eps > 0, f"adam_eps={self.adam_eps} must be > 0"),
                     (self.warmup_steps >= 0, f"warmup_steps={self.warmup_steps} must be >= 0"),
                     (self.grad_clip >= 0, f"grad_clip={self.grad_clip} must be >= 0"),
                     (

@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from reviveformer import compare, metric_keys, plots
 from reviveformer.compare import RunData
 from reviveformer.errors import UserError
+from reviveformer.stats import PAIRED_METHOD
 
 log = logging.getLogger("reviveformer")
 
@@ -674,8 +675,10 @@ def comparison_html(
         if seeds["differences"]:
             body += [
                 f"<h2>Difference to {_e(seeds['reference'])} in final validation loss</h2>",
-                f'<p class="sub">Arm minus {_e(seeds["reference"])}, with a {_e(seeds["method"])}. An interval '
-                "that contains 0 does not tell the arms apart at that level.</p>",
+                f'<p class="sub">Arm minus {_e(seeds["reference"])}, with a {_e(seeds["method"])}; and paired '
+                "over the seeds both arms ran (same initial weights and data order), the mean of the per-seed "
+                f"differences with a {_e(PAIRED_METHOD)}. An interval that contains 0 does not tell the arms "
+                "apart at that level.</p>",
                 _table(*compare.difference_cells(seeds["differences"]), table_id="differences"),
             ]
     body += [

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from reviveformer.config import upgrade_revival_keys
+from reviveformer.config import Config, to_dict, upgrade_revival_keys
 from reviveformer.errors import CheckpointError
 
 # Allowed with a warning: read afresh at every use, so a new value acts from the resumed step on.
@@ -67,10 +67,15 @@ def compare_settings(saved: dict[str, Any], new: dict[str, Any], checkpoint: str
     # a checkpoint saved before each revival method had its own section holds the old flat keys
     saved = upgrade_revival_keys(copy.deepcopy(saved), f"checkpoint {checkpoint}", warn=False)
     a, b = flatten(saved), flatten(new)
+    defaults = flatten(to_dict(Config()))
     refused, allowed = [], []
     for key in sorted(a.keys() | b.keys()):
         old, cur = a.get(key), b.get(key)
         if old == cur or _matches(key, SILENT):
+            continue
+        if key not in a and key in defaults and cur == defaults[key]:
+            # a key added after the checkpoint was saved, at its default: the value the code that saved the
+            # checkpoint used (each new key's default keeps the old behaviour), so nothing changes
             continue
         line = f"{key}: {old!r} -> {cur!r}"
         (allowed if _matches(key, ALLOWED) else refused).append(line)

@@ -1,5 +1,5 @@
 """Statistics over seeds: mean and sample standard deviation, the Student-t quantile, and Welch's t interval
-for the difference of two means.
+for the difference of two means, and the paired t interval for runs matched by seed.
 
 Written here rather than taken from scipy (not a dependency): the t quantile is the inverse of the t CDF,
 which is a regularised incomplete beta function, evaluated by its continued fraction (Numerical Recipes,
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 WELCH_METHOD = "Welch t interval (two-sided, Welch-Satterthwaite degrees of freedom)"
+PAIRED_METHOD = "paired t interval over the seeds both arms ran (two-sided, n - 1 degrees of freedom)"
 
 
 def mean_sd(values: Sequence[float]) -> tuple[float, float | None, int]:
@@ -122,3 +123,17 @@ def welch_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0
     df = (va + vb) ** 2 / ((va**2 / (na - 1) if va else 0.0) + (vb**2 / (nb - 1) if vb else 0.0))
     half = t_quantile(0.5 + confidence / 2.0, df) * se
     return Difference(diff, diff - half, diff + half, se, df, confidence)
+
+
+def paired_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> Difference | None:
+    """The t interval of mean(a_i - b_i) over pairs (a_i, b_i), e.g. two arms run with the same seed (same
+    initial weights and data order), which takes out what the seed does to both arms alike. None for fewer
+    than 2 pairs."""
+    if len(a) != len(b):
+        raise ValueError(f"paired_interval needs pairs: {len(a)} values against {len(b)}")
+    if len(a) < 2:
+        return None
+    mean, sd, n = mean_sd([x - y for x, y in zip(a, b, strict=True)])
+    se = sd / math.sqrt(n)
+    half = t_quantile(0.5 + confidence / 2.0, n - 1) * se if se else 0.0
+    return Difference(mean, mean - half, mean + half, se, float(n - 1), confidence, PAIRED_METHOD)

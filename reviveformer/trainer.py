@@ -262,7 +262,10 @@ class Trainer:
                 "training blocks; lower train.batch_size or add data"
             )
         optimizer = torch.optim.AdamW(
-            param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr, betas=(0.9, 0.95), eps=1e-8
+            param_groups(model, cfg.train.weight_decay),
+            lr=cfg.train.lr,
+            betas=(cfg.train.adam_beta1, cfg.train.adam_beta2),
+            eps=cfg.train.adam_eps,
         )
         model, optimizer, self.train_loader = acc.prepare(model, optimizer, train_loader)
         self.val_loader = val_loader(acc, self.data.val, cfg.train.batch_size)

@@ -62,6 +62,7 @@ def _cases(root: Path, corpus: Path):
         ("unknown section", ["trian.lr=1"], ["did you mean 'train'"], True),
         ("wrong type", ["train.batch_size=many"], ["train.batch_size"], True),
         ("negative lr", ["train.lr=-0.1"], ["train.lr=-0.1 must be a positive number"], True),
+        ("adam beta of 1", ["train.adam_beta2=1.0"], ["train.adam_beta2=1.0 must be in [0, 1)"], True),
         (
             "fraction above 1",
             ["revival.synaptic_stripping.fraction=1.5"],

@@ -597,8 +597,12 @@ def test_seed_groups_mean_sd_and_welch_interval(seeded: list[Path], tmp_path: Pa
     assert redo["diff"] == pytest.approx(-0.10) and redo["df"] == pytest.approx(4.0)
     assert (redo["low"], redo["high"]) == (pytest.approx(-0.10 - t * se), pytest.approx(-0.10 + t * se))
     assert "Welch" in redo["method"]
+    # paired by seed: redo - baseline is -0.10 at each of the 3 seeds, so the paired interval has no width
+    assert redo["paired_n"] == 3 and redo["paired_diff"] == pytest.approx(-0.10)
+    assert (redo["paired_low"], redo["paired_high"]) == (pytest.approx(-0.10), pytest.approx(-0.10))
     gelu = next(d for d in result["differences"] if d["arm"].endswith("gelu)"))
     assert gelu["low"] is None and gelu["diff"] == pytest.approx(4.50 - 4.10)  # one seed: no interval
+    assert gelu["paired_n"] == 1 and gelu["paired_low"] is None  # one shared seed: no paired interval
 
     md = (out / "compare.md").read_text()
     assert "## Arms over seeds" in md and "4.1000 ± 0.0200" in md and "Welch" in md

@@ -116,3 +116,21 @@ def test_max_steps_mid_epoch_keeps_the_epoch_open(tmp_path, corpus_file):
         assert torch.equal(a[k], b[k]), k
     for name in ("epoch_000.json", "epoch_001.json"):
         assert (straight / "liveness" / name).read_text() == (run_dir / "liveness" / name).read_text()
+
+
+def test_a_key_added_after_the_checkpoint_counts_as_its_default():
+    """A checkpoint saved before a key existed (here the Adam betas, hard-coded until then) resumes when the key
+    is at its default, the value the old code used; any other value is a refused change."""
+    import copy
+
+    from reviveformer.config import Config, to_dict
+    from reviveformer.errors import CheckpointError
+    from reviveformer.resume import compare_settings
+
+    new = to_dict(Config())
+    saved = copy.deepcopy(new)
+    del saved["train"]["adam_beta2"]
+    assert compare_settings(saved, new, "ckpt") == []
+    new["train"]["adam_beta2"] = 0.999
+    with pytest.raises(CheckpointError, match=r"train\.adam_beta2: None -> 0\.999"):
+        compare_settings(saved, new, "ckpt")

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from reviveformer.stats import mean_sd, t_cdf, t_quantile, welch_interval
+from reviveformer.stats import mean_sd, paired_interval, t_cdf, t_quantile, welch_interval
 
 
 @pytest.mark.parametrize("p", [0.6, 0.9, 0.975, 0.995])
@@ -72,3 +72,20 @@ def test_welch_interval_by_hand():
     assert welch_interval([1.0], [1.0, 2.0]) is None
     same = welch_interval([1.0, 1.0], [1.0, 1.0])
     assert (same.low, same.high) == (0.0, 0.0)
+
+
+def test_paired_interval_by_hand():
+    # per-pair differences -0.1, 0.0, +0.1: mean 0, sd 0.1, se 0.1 / sqrt(3); t 97.5% at 2 df from printed tables
+    d = paired_interval([4.0, 4.1, 4.3], [4.1, 4.1, 4.2])
+    half = 4.302652730 * 0.1 / math.sqrt(3)
+    assert d.diff == pytest.approx(0.0, abs=1e-12) and d.df == 2.0
+    assert (d.low, d.high) == (pytest.approx(-half), pytest.approx(half))
+    # the same numbers unpaired: Welch's interval is wider here, as the pairs share most of their spread
+    shifted = paired_interval([5.0, 6.1, 7.3], [5.1, 6.1, 7.2])
+    assert shifted.high - shifted.low == pytest.approx(2 * half)
+    assert welch_interval([5.0, 6.1, 7.3], [5.1, 6.1, 7.2]).high - welch_interval(
+        [5.0, 6.1, 7.3], [5.1, 6.1, 7.2]
+    ).low > 10 * (2 * half)
+    assert paired_interval([1.0], [2.0]) is None
+    with pytest.raises(ValueError):
+        paired_interval([1.0, 2.0], [1.0])
