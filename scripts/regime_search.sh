@@ -32,6 +32,23 @@ SETTINGS=(
   "s-lr1e-2-wu0|$SCREEN train.lr=1e-2 train.warmup_steps=0"
   "s-lr1e-2-bs4|$SCREEN train.lr=1e-2 train.batch_size=4 data.max_tokens=50000"
 )
+# Second round, over seeds: c-lr3e-2 died at seed 0 but not at every seed, so each candidate runs at the
+# confirmation length for seeds 0, 1 and 2 (`NAME__seed-K`; seed 0 of c-lr3e-2 is the run above).
+SEEDED=(
+  "c-lr3e-2|$CONFIRM train.lr=3e-2"
+  "c-lr5e-2|$CONFIRM train.lr=5e-2"
+  "c-lr1e-1|$CONFIRM train.lr=1e-1"
+  "c-lr3e-2-b2.999|$CONFIRM train.lr=3e-2 train.adam_beta2=0.999"
+  "c-lr3e-2-wd1|$CONFIRM train.lr=3e-2 train.weight_decay=1.0"
+  "c-lr3e-2-inner1024|$CONFIRM train.lr=3e-2 model.n_inner=1024"
+  "c-lr3e-2-L4|$CONFIRM train.lr=3e-2 model.n_layer=4"
+)
+for s in "${SEEDED[@]}"; do
+  for seed in 0 1 2; do
+    [[ "${s%%|*}" == c-lr3e-2 && $seed == 0 ]] && continue
+    SETTINGS+=("${s%%|*}__seed-$seed|${s#*|} train.seed=$seed")
+  done
+done
 
 run_setting() {
   local name=$1 overrides=$2 dir="$OUT/$1"
@@ -56,10 +73,11 @@ fi
 # the peak over the training windows of metrics.jsonl, over all of training and over its second half
 # (the early spike left out).
 "$PY" - "$OUT" "${SETTINGS[@]}" <<'EOF'
-import json, sys
+import json, statistics, sys
 from pathlib import Path
 
 out, settings = Path(sys.argv[1]), sys.argv[2:]
+seeded = {}
 print("| setting | overrides | steps | dead at end | peak (step) | peak in 2nd half | val loss |")
 print("|---|---|---:|---:|---:|---:|---:|")
 for s in settings:
@@ -83,4 +101,15 @@ for s in settings:
     shown = " ".join(o for o in overrides.split() if o not in screen)
     print(f"| {name} | `{shown or '(screen base)'}` | {last} | {end:.1%} | {peak:.1%} ({peak_step}) "
           f"| {late:.1%} | {val:.4f} |")
+    seeded.setdefault(name.split("__seed-")[0], []).append((end, late, val))
+
+# the seeded settings over their seeds (c-lr3e-2's seed 0 is the run named c-lr3e-2)
+print("\n| setting | n | dead at end, mean +- sd | lowest seed | peak in 2nd half, mean | val loss, mean +- sd |")
+print("|---|---:|---:|---:|---:|---:|")
+for name, rows in seeded.items():
+    if len(rows) < 2:
+        continue
+    ends, lates, vals = zip(*rows)
+    print(f"| {name} | {len(rows)} | {statistics.mean(ends):.1%} +- {statistics.stdev(ends):.1%} | {min(ends):.1%} "
+          f"| {statistics.mean(lates):.1%} | {statistics.mean(vals):.4f} +- {statistics.stdev(vals):.4f} |")
 EOF

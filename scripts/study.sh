@@ -1,54 +1,124 @@
 #!/usr/bin/env bash
-# The study of issue 11 section 4: does revival pay in the dying regime (recipes/dying-relu.yaml)? Four arms
-# (no revival, synaptic stripping, ReDo, GraMa) x 3 seeds in one sweep folder; the sweep's compare writes the
-# seed table and the Welch intervals against the no-revival arm to runs/study/dying-relu/compare/.
-# Resumable: running the script again keeps the finished runs and resumes an interrupted one (the sweep does
-# that by itself). The seeds are added one at a time over all arms (seed 0, then 0,1, then 0,1,2, each the
-# same sweep folder), so that a study stopped early has the same seeds in every arm.
+# The study of issue 11 (docs/results.md, "Does revival pay?"): every table of it, resumable. Each block is a
+# sweep (or a train/audit) that keeps what has finished and resumes what was interrupted, so running the
+# script again continues where it stopped. W&B runs offline; the runs land under runs/study/ (STUDY_DIR).
 #
-#   bash scripts/study.sh            # trains what is missing, then the sweep's compare
-#   bash scripts/study.sh --table    # only the per-run table below (revival seconds, dead ratio per layer)
+#   1. dying-relu        recipes/dying-relu.yaml, arms none / synaptic_stripping / redo / grama, seeds 0-4
+#   2. dying-relu-gelu   the same recipe with GELU, no revival: the reference arm, seeds 0-4
+#   3. gelu-quickstart   recipes/quickstart.yaml with GELU, arms none / redo / grama, seeds 0-2
+#   4. definitions       what each dead/dormant rule finds in trained ReLU, GELU and SiLU quickstart models
+#                        (audit: firing by |a|, criterion=positive, ReDo dormancy, GraMa scores)
+#   5. finetune-relu/-gelu  recipes/finetune-revival.yaml from the ReLU quickstart model (runs/quickstart/
+#                        baseline, trained here if missing) and from the GELU one of block 3, each method,
+#                        seeds 0-2
+#
+#   bash scripts/study.sh            # trains what is missing, then prints the tables
+#   bash scripts/study.sh --table    # only the tables of what has finished
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export TOKENIZERS_PARALLELISM=false
 RF=${RF:-.venv/bin/reviveformer}
+PY=${PY:-.venv/bin/python}
 OUT=${STUDY_DIR:-runs/study}
+QUICKSTART=${QUICKSTART_DIR:-runs/quickstart}
+W="wandb.mode=offline train.progress=false"
 
-# Dying regime: the sweep's cells are labelled method-<value>; the first, method-none, is the reference arm of
-# the differences (the sweep has no --baseline; compare takes the first arm when none is labelled baseline).
-if [[ "${1:-}" != "--table" ]]; then
-  for seeds in 0 0,1 0,1,2; do
-    "$RF" sweep recipes/dying-relu.yaml --grid revival.method=none,synaptic_stripping,redo,grama \
-      --seeds "$seeds" --out "$OUT/dying-relu" wandb.mode=offline
+# Seeds are added one at a time over all arms (0, then 0,1, ...), so that a study stopped early has the
+# same seeds in every arm. The first arm of each grid (none) is the reference of the differences.
+sweep_seeds() {  # sweep_seeds LAST_SEED sweep-arguments...
+  local last=$1 seeds=0
+  shift
+  for ((k = 1; k <= last + 1; k++)); do
+    "$RF" sweep "$@" --seeds "$seeds"
+    seeds="$seeds,$k"
   done
+}
+
+if [[ "${1:-}" != "--table" ]]; then
+  # 1 and 2: the dying regime
+  # shellcheck disable=SC2086
+  sweep_seeds 4 recipes/dying-relu.yaml --grid revival.method=none,synaptic_stripping,redo,grama \
+    --out "$OUT/dying-relu" $W
+  # shellcheck disable=SC2086
+  sweep_seeds 4 recipes/dying-relu.yaml --grid model.activation=gelu revival.method=none \
+    --out "$OUT/dying-relu-gelu" $W
+  # 3: GELU at quickstart size (stripping is left out: by |a| it finds no dead GELU unit, block 4)
+  # shellcheck disable=SC2086
+  sweep_seeds 2 recipes/quickstart.yaml --grid revival.method=none,redo,grama model.activation=gelu \
+    --out "$OUT/gelu-quickstart" $W
+  # 4: the models the definitions are read on (ReLU: the quickstart's baseline; SiLU trained here)
+  # shellcheck disable=SC2086
+  "$RF" train recipes/quickstart.yaml train.output_dir="$QUICKSTART/baseline" train.resume=auto $W
+  # shellcheck disable=SC2086
+  "$RF" train recipes/quickstart.yaml model.activation=silu train.output_dir="$OUT/silu-quickstart" \
+    train.resume=auto $W
+  for model in relu:"$QUICKSTART/baseline" gelu:"$OUT/gelu-quickstart/method-none__seed-0" \
+    silu:"$OUT/silu-quickstart"; do
+    name=${model%%:*} run=${model#*:}
+    [[ -f "$OUT/definitions/$name-abs/liveness.json" ]] ||
+      "$RF" audit "$run" --gradients --out "$OUT/definitions/$name-abs" > /dev/null
+    [[ -f "$OUT/definitions/$name-positive/liveness.json" ]] ||
+      "$RF" audit "$run" liveness.criterion=positive --out "$OUT/definitions/$name-positive" > /dev/null
+  done
+  # 5: fine-tuning with revival on (2 epochs of 200k tokens at lr 5e-4; the revival after epoch 1 acts on
+  # the final validation loss)
+  # shellcheck disable=SC2086
+  sweep_seeds 2 recipes/finetune-revival.yaml model.init_from="$QUICKSTART/baseline/final" \
+    data.max_tokens=200000 --grid revival.method=none,synaptic_stripping,redo,grama \
+    --out "$OUT/finetune-relu" $W
+  # shellcheck disable=SC2086
+  sweep_seeds 2 recipes/finetune-revival.yaml model.init_from="$OUT/gelu-quickstart/method-none__seed-0/final" \
+    data.max_tokens=200000 --grid revival.method=none,redo,grama --out "$OUT/finetune-gelu" $W
 fi
 
-# GELU reference arm (same recipe and seeds, GELU instead of ReLU, no revival): not yet run, the dying-regime
-# block took the session's time. To run it, uncomment:
-# "$RF" sweep recipes/dying-relu.yaml --grid model.activation=gelu --seeds 0,1,2 revival.method=none \
-#   --out "$OUT/dying-relu-gelu" wandb.mode=offline
-
-# What compare/seeds.json does not hold, per finished run (final/ present): the revival's own time (the sum of
-# revival/seconds in metrics.jsonl, the measurement before each revival not included) and the mlp_post dead
-# ratio per layer in the last epoch-end measurement, counted here from its fire counts (a unit is dead when
-# it fires on fewer than dead_frequency of the tokens), then each arm's mean over its seeds.
-"${PY:-.venv/bin/python}" - "$OUT/dying-relu" <<'PYEOF'
+# What the sweeps' compare/ tables do not hold: per arm, the revival's own time (the sum of revival/seconds in
+# metrics.jsonl; the measurement before each revival not included) and the mlp_post dead ratio per layer at the
+# last epoch-end measurement; then the definitions table of block 4.
+"$PY" - "$OUT" <<'PYEOF'
 import json, statistics, sys
 from pathlib import Path
 
-arms: dict[str, list[tuple[float, list[float]]]] = {}
-print("| run | revival s | dead mlp_post per layer (0 / 1) |\n|---|---:|---|")
-for run in sorted(p for p in Path(sys.argv[1]).iterdir() if (p / "final").is_dir()):
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    seconds = sum(r.get("revival/seconds", 0.0) for r in rows)
-    last = json.loads(max((run / "liveness").glob("epoch_*.json")).read_text())
-    limit = last["dead_frequency"] * last["tokens"]
-    per_layer = [sum(c < limit for c in d["fire_count"]) / d["units"] for d in last["sites"]["mlp_post"]]
-    arms.setdefault(run.name.split("__seed-")[0], []).append((seconds, per_layer))
-    print(f"| {run.name} | {seconds:.3f} | {' / '.join(f'{v:.3f}' for v in per_layer)} |")
-print("\n| arm | n | revival s (mean) | dead mlp_post per layer (mean over seeds) |\n|---|---:|---:|---|")
-for arm, runs in arms.items():
-    layers = [statistics.mean(r[1][i] for r in runs) for i in range(len(runs[0][1]))]
-    print(f"| {arm} | {len(runs)} | {statistics.mean(r[0] for r in runs):.3f} | "
-          f"{' / '.join(f'{v:.3f}' for v in layers)} |")
+out = Path(sys.argv[1])
+for sweep in ("dying-relu", "dying-relu-gelu", "gelu-quickstart", "finetune-relu", "finetune-gelu"):
+    runs = sorted(p for p in (out / sweep).glob("*__seed-*") if (p / "final").is_dir())
+    if not runs:
+        continue
+    arms: dict[str, list[tuple[float, list[float]]]] = {}
+    for run in runs:
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        seconds = sum(r.get("revival/seconds", 0.0) for r in rows)
+        last = json.loads(max((run / "liveness").glob("epoch_*.json")).read_text())
+        per_layer = [len(d["dead_units"]) / d["units"] for d in last["sites"]["mlp_post"]]
+        arms.setdefault(run.name.split("__seed-")[0], []).append((seconds, per_layer))
+    print(f"\n{sweep}\n| arm | n | revival s (mean) | dead mlp_post per layer (mean over seeds) |\n|---|---:|---:|---|")
+    for arm, rs in arms.items():
+        layers = [statistics.mean(r[1][i] for r in rs) for i in range(len(rs[0][1]))]
+        print(f"| {arm} | {len(rs)} | {statistics.mean(r[0] for r in rs):.3f} | "
+              f"{' / '.join(f'{v:.3f}' for v in layers)} |")
+
+# Block 4: share of mlp_post units each rule calls dead or dormant, all layers together
+defs = out / "definitions"
+if defs.is_dir():
+    def share(layers, key):
+        return sum(len(e[key]) for e in layers) / sum(e["units"] for e in layers)
+
+    def below(layers, key, tau):
+        return sum(sum(v <= tau for v in e[key]) for e in layers) / sum(e["units"] for e in layers)
+
+    print("\n| model | dead by abs(a) | dead by a > thr (positive) | ReDo dormant, tau 0.1 | ReDo, tau 0.025 "
+          "| GraMa dormant, tau 0.1 | GraMa, tau 0.025 | both ReDo and GraMa, tau 0.1 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name in ("relu", "gelu", "silu"):
+        a, p = defs / f"{name}-abs" / "liveness.json", defs / f"{name}-positive" / "liveness.json"
+        if not (a.is_file() and p.is_file()):
+            continue
+        la, lp = json.loads(a.read_text()), json.loads(p.read_text())
+        post_a, post_p, grama = la["sites"]["mlp_post"], lp["sites"]["mlp_post"], la["grama"]["layers"]
+        both = sum(
+            len({j for j, v in enumerate(e["dormancy"]) if v <= 0.1} & {j for j, v in enumerate(g["scores"]) if v <= 0.1})
+            for e, g in zip(post_a, grama)
+        ) / sum(e["units"] for e in post_a)
+        print(f"| {name} | {share(post_a, 'dead_units'):.1%} | {share(post_p, 'dead_units'):.1%} "
+              f"| {below(post_a, 'dormancy', 0.1):.1%} | {below(post_a, 'dormancy', 0.025):.1%} "
+              f"| {below(grama, 'scores', 0.1):.1%} | {below(grama, 'scores', 0.025):.1%} | {both:.1%} |")
 PYEOF

@@ -62,6 +62,7 @@ def test_arms_differ_only_in_their_arm(tmp_path):
         ("pilot-wikitext2", "pilot-wikitext2-redo"),
         ("dying-relu", "dying-relu-stripping"),
         ("dying-relu", "dying-relu-redo"),
+        ("dying-relu", "dying-relu-grama"),
     ]
     for base, arm in pairs:
         a = to_dict(load_config(REPO / "recipes" / f"{base}.yaml"))
