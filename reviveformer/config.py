@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from reviveformer.errors import ConfigError
-from reviveformer.sites import site_names
+from reviveformer.sites import MLP_SITE, site_names
 
 SITES = site_names()  # the built-in sites (reviveformer.sites); validation reads the registry itself
 CRITERIA = ("abs", "positive")
@@ -328,7 +328,7 @@ class LivenessConfig:
 class AlertRule:
     name: str = "dead_mlp"
     """Name; the metric alerts/<name> is logged."""
-    site: str = "mlp_post"
+    site: str = MLP_SITE
     """Site the rule watches."""
     metric: str = "dead_ratio"
     """dead_ratio or dormant_ratio."""
@@ -501,10 +501,10 @@ def training_problems(cfg: Config) -> list[str]:
                 f"revival.method={revival.method} needs liveness.enabled=true (revival decides from "
                 "the liveness counts); set liveness.enabled=true or revival.method=none"
             )
-        elif "mlp_post" not in live.sites:
+        elif MLP_SITE not in live.sites:
             problems.append(
-                f"revival.method={revival.method} needs 'mlp_post' in liveness.sites={list(live.sites)} "
-                "(the dead set is taken there); add mlp_post or set revival.method=none"
+                f"revival.method={revival.method} needs '{MLP_SITE}' in liveness.sites={list(live.sites)} "
+                f"(the dead set is taken there); add {MLP_SITE} or set revival.method=none"
             )
     saved = checkpoint_json(cfg.model.init_from) if cfg.model.init_from else None
     n_layer = saved.get("n_layer", cfg.model.n_layer) if saved else cfg.model.n_layer

@@ -95,6 +95,12 @@ def by_unit(fc_like: Tensor) -> Tensor:
     return fc_like.t()
 
 
+def by_unit_out(proj_like: Tensor) -> Tensor:
+    """A tensor laid out like `c_proj.weight` (a mask, a gradient) as (units, n_embd): row j is unit j's outgoing
+    entries (Conv1D's (in, out) already has the units first: the tensor itself)."""
+    return proj_like
+
+
 def incoming(mlp: nn.Module) -> Tensor:
     """Incoming weights per unit, (units, n_embd): row j is `c_fc.weight[:, j]` (a view that writes through)."""
     return by_unit(mlp.c_fc.weight)
@@ -107,7 +113,7 @@ def incoming_bias(mlp: nn.Module) -> Tensor | None:
 
 def outgoing(mlp: nn.Module) -> Tensor:
     """Outgoing weights per unit, (units, n_embd): row j is `c_proj.weight[j, :]` (a view that writes through)."""
-    return mlp.c_proj.weight
+    return by_unit_out(mlp.c_proj.weight)
 
 
 def per_unit_parameters(mlp: nn.Module) -> int:

@@ -475,12 +475,15 @@ class LivenessCounts:
                 i: (int(dead.sum()), int(dormant.sum())) for i, _, dead, _, dormant in self._layers(site)
             }
             total = units * len(per_layer)
-            m[f"liveness/{site}/dead_ratio"] = sum(d for d, _ in per_layer.values()) / total if total else 0.0
+            dead_all = sum(d for d, _ in per_layer.values())
+            m[metric_keys.dead_ratio_key(site)] = dead_all / total if total else 0.0
             for i, (dead, dormant) in per_layer.items():
-                m[f"liveness/{site}/layer_{i}/dead_ratio"] = dead / units if units else 0.0
-                m[f"liveness/{site}/layer_{i}/dormant_ratio"] = dormant / units if units else 0.0
+                m[metric_keys.layer_key(site, i, metric_keys.DEAD_RATIO)] = dead / units if units else 0.0
+                m[metric_keys.layer_key(site, i, metric_keys.DORMANT_RATIO)] = (
+                    dormant / units if units else 0.0
+                )
         for name, value in (self.capacity or {}).items():
-            m[f"capacity/{name}"] = float(value)
+            m[metric_keys.capacity_key(name)] = float(value)
         return m
 
     def report(self) -> LivenessReport:

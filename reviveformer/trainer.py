@@ -62,6 +62,7 @@ from reviveformer.model import (
 )
 from reviveformer.resume import compare_settings
 from reviveformer.revival import arm_of_method, build_reviver, check_supported
+from reviveformer.sites import MLP_SITE
 from reviveformer.tracking import Tracking
 
 log = logging.getLogger("reviveformer")
@@ -490,7 +491,7 @@ class Trainer:
             {metric_keys.dead_ratio_before_key(k): v for k, v in self._dead_ratios(report).items()}
         )
         # capacity after revival: newly pruned weights no longer count as effective
-        cap = capacity(unwrapped, report.dead_units("mlp_post"), self.reviver.pruned_masks())
+        cap = capacity(unwrapped, report.dead_units(MLP_SITE), self.reviver.pruned_masks())
         metrics.update({metric_keys.capacity_key(k): float(v) for k, v in cap.items()})
         self.tracking.log(metrics, step=self.step)
         self.revived_this_session = True
@@ -522,7 +523,7 @@ class Trainer:
         self.tracking.log(metrics, step=self.step)
         if histograms and self.is_main and self.tracking.wandb_run is not None:
             freqs = {
-                f"liveness/{site}/layer_{i}/frequency": f
+                metric_keys.layer_key(site, i, "frequency"): f
                 for site, layers in window.frequencies().items()
                 for i, f in enumerate(layers)
             }

@@ -74,7 +74,7 @@ def site_layers(report: LivenessReport, mlps: list[nn.Module], method: str) -> l
         i = entry.layer
         if not 0 <= i < len(mlps):
             raise ValueError(f"liveness report has layer {i} but the model has {len(mlps)} layers")
-        units = mlps[i].c_fc.weight.shape[1]
+        units = gpt2.mlp_units(mlps[i])
         if entry.units != units:
             raise ValueError(f"liveness report has {entry.units} units in layer {i}, the model has {units}")
     return sorted(layers, key=lambda e: e.layer)

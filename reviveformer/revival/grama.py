@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from reviveformer import gpt2
 from reviveformer.liveness import LivenessReport
 from reviveformer.revival.base import (
     REVIVAL_SITE,
@@ -54,9 +55,9 @@ log = logging.getLogger("reviveformer")
 
 @torch.no_grad()
 def step_scores(grad: torch.Tensor) -> torch.Tensor:
-    """GraMa scores of one step from the gradient of `c_fc.weight` (in, out): per unit (column), the mean
+    """GraMa scores of one step from the gradient of `c_fc.weight` (laid out like it): per unit, the mean
     |gradient| of its incoming weights over the layer's mean of that (Liu et al. 2025). Zero gradient -> 0."""
-    per_unit = grad.detach().float().abs().mean(dim=0)
+    per_unit = gpt2.by_unit(grad.detach().float().abs()).mean(dim=1)
     # clamp_min: an all-zero layer gives 0 / tiny = 0 instead of NaN, on the device (no host branch)
     return per_unit / per_unit.mean().clamp_min(torch.finfo(torch.float32).tiny)
 
@@ -81,7 +82,7 @@ def saved_model_scores(
             with torch.enable_grad():
                 model(input_ids=batch["input_ids"], labels=batch["labels"]).loss.backward()
             for i, mlp in enumerate(mlp_layers(model)):
-                score = step_scores(mlp.c_fc.weight.grad)
+                score = step_scores(mlp.c_fc.weight.grad)  # laid out like c_fc.weight
                 sums[i] = sums[i] + score if i in sums else score
             batches += 1
     finally:
@@ -89,7 +90,7 @@ def saved_model_scores(
         model.train(was_training)
     if not sums:
         sums = {
-            i: torch.zeros(mlp.c_fc.weight.shape[1], device=mlp.c_fc.weight.device)
+            i: torch.zeros(gpt2.mlp_units(mlp), device=gpt2.incoming(mlp).device)
             for i, mlp in enumerate(mlp_layers(model))
         }
     return sums, batches
@@ -149,7 +150,9 @@ class GraMa(Reviver):
             grad = weight.grad if weight.grad is not None else torch.zeros_like(weight)
             total = self._sums.get(i)
             if total is None:
-                total = self._sums[i] = torch.zeros(weight.shape[1], dtype=torch.float32, device=grad.device)
+                total = self._sums[i] = torch.zeros(
+                    gpt2.mlp_units(mlp), dtype=torch.float32, device=grad.device
+                )
             elif total.device != grad.device:  # a resumed state, still on the CPU: moved once
                 total = self._sums[i] = total.to(grad.device)
             total.add_(step_scores(grad))
@@ -162,7 +165,7 @@ class GraMa(Reviver):
             total = self._sums.get(i)
             if total is None:
                 total = torch.zeros(
-                    mlp.c_fc.weight.shape[1], dtype=torch.float32, device=mlp.c_fc.weight.device
+                    gpt2.mlp_units(mlp), dtype=torch.float32, device=gpt2.incoming(mlp).device
                 )
             out[i] = _broadcast_from_main(total.clone()) / max(self.steps, 1)
         return out
@@ -181,10 +184,11 @@ class GraMa(Reviver):
         scores = self.window_scores(model)
         details = []
         for i, mlp in enumerate(mlps):
-            n_units = mlp.c_fc.weight.shape[1]
+            n_units = gpt2.mlp_units(mlp)
             values = scores[i].cpu().tolist()  # the one host sync, at revival time only
             dormant = [j for j, s in enumerate(values) if s <= self.tau] if steps else []
-            reinitialise_units(mlp, unit_index(dormant, n_units, mlp.c_fc.weight.device), gen, std, optimizer)
+            device = gpt2.incoming(mlp).device
+            reinitialise_units(mlp, unit_index(dormant, n_units, device), gen, std, optimizer)
             details.append(
                 {
                     "layer": i,

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from reviveformer import gpt2
 from reviveformer.liveness import LivenessReport
 from reviveformer.revival.base import (
     Reviver,
@@ -58,21 +59,24 @@ def reinitialise_units(
     if not idx.numel():
         return
     c_fc, c_proj = mlp.c_fc, mlp.c_proj
-    n_in, n_units = c_fc.weight.shape
+    w_in, bias = gpt2.incoming(mlp), gpt2.incoming_bias(mlp)
+    n_units, n_in = w_in.shape
+    # drawn as (n_in, units) and written transposed: the draw order of the first releases, so a seed still
+    # gives the same fresh weights
     fresh = torch.randn((n_in, idx.numel()), generator=gen, dtype=torch.float32) * std
-    c_fc.weight[:, idx] = fresh.to(device=c_fc.weight.device, dtype=c_fc.weight.dtype)
-    col = torch.zeros(c_fc.weight.shape, dtype=torch.bool, device=c_fc.weight.device)
-    col[:, idx] = True
-    reset_adam_state(optimizer, c_fc.weight, col)
-    if c_fc.bias is not None:
-        c_fc.bias[idx] = 0
-        unit = torch.zeros(n_units, dtype=torch.bool, device=c_fc.bias.device)
+    w_in[idx] = fresh.t().to(device=w_in.device, dtype=w_in.dtype)
+    chosen = torch.zeros(c_fc.weight.shape, dtype=torch.bool, device=c_fc.weight.device)
+    gpt2.by_unit(chosen)[idx] = True
+    reset_adam_state(optimizer, c_fc.weight, chosen)
+    if bias is not None:
+        bias[idx] = 0
+        unit = torch.zeros(n_units, dtype=torch.bool, device=bias.device)
         unit[idx] = True
-        reset_adam_state(optimizer, c_fc.bias, unit)
-    c_proj.weight[idx, :] = 0
-    row = torch.zeros(c_proj.weight.shape, dtype=torch.bool, device=c_proj.weight.device)
-    row[idx, :] = True
-    reset_adam_state(optimizer, c_proj.weight, row)
+        reset_adam_state(optimizer, bias, unit)
+    gpt2.outgoing(mlp)[idx] = 0
+    chosen = torch.zeros(c_proj.weight.shape, dtype=torch.bool, device=c_proj.weight.device)
+    gpt2.by_unit_out(chosen)[idx] = True
+    reset_adam_state(optimizer, c_proj.weight, chosen)
 
 
 @dataclass
@@ -123,15 +127,15 @@ class ReDo(Reviver):
         details = []
         for entry in site_layers(report, mlps, self.name):
             i = entry.layer
-            c_fc = mlps[i].c_fc
-            n_units = c_fc.weight.shape[1]
+            n_units = gpt2.mlp_units(mlps[i])
             if len(entry.dormancy) != n_units:
                 raise ValueError(
                     f"revival.method=redo needs one dormancy score per unit: the report has "
                     f"{len(entry.dormancy)} in layer {i}, the model {n_units} units"
                 )
             dormant = dormant_units(entry.dormancy, self.tau) if report.tokens > 0 else []
-            reinitialise_units(mlps[i], unit_index(dormant, n_units, c_fc.weight.device), gen, std, optimizer)
+            device = gpt2.incoming(mlps[i]).device
+            reinitialise_units(mlps[i], unit_index(dormant, n_units, device), gen, std, optimizer)
             details.append(
                 {
                     "layer": i,

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from reviveformer import gpt2
 from reviveformer.liveness import LivenessReport
 from reviveformer.revival.base import Reviver, mlp_layers, revived_count, site_layers, unit_index
 from reviveformer.revival.optim import reset_adam_state
@@ -44,8 +45,8 @@ def strip_layer(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Which entries of one layer synaptic stripping zeroes (pure: the tensors are not modified).
 
-    `weight` is `c_fc.weight`, shaped (in, out) (GPT-2's Conv1D), so unit j's incoming weights are
-    `weight[:, j]`. For each dead unit j: n = nonzero entries of `weight[:, j]`, k = ceil(fraction * n); the k
+    `weight` is `c_fc.weight` (unit j's incoming weights are row j of `gpt2.by_unit(weight)`). For each dead
+    unit j: n = nonzero entries of its incoming weights, k = ceil(fraction * n); the k
     most negative entries are zeroed, or all negative ones if fewer than k are negative (Whitaker & Whitley
     2023). With `strip_bias`, a negative `bias[j]` is zeroed too. Ties are broken by the lower row index
     (stable sort), so the choice is deterministic. Returns bool masks shaped like `weight` and `bias`.
@@ -55,16 +56,17 @@ def strip_layer(
     dead = torch.as_tensor(dead_units, dtype=torch.long).to(weight.device).unique(sorted=True)
     if dead.numel() == 0:
         return w_mask, b_mask
-    if dead[0] < 0 or dead[-1] >= weight.shape[1]:
-        raise ValueError(f"dead unit indices must be in [0, {weight.shape[1]}), got {dead.tolist()}")
-    cols = weight.detach().index_select(1, dead)  # (in, n_dead): one column per dead unit
-    k = strip_counts((cols != 0).sum(0), fraction)
-    k = torch.minimum(k, (cols < 0).sum(0))  # only negative entries are candidates
-    # Rank of each entry within its column, most negative first; rank < k <= #negatives selects only
+    units = gpt2.by_unit(weight.detach())  # (units, in): row j is unit j's incoming weights
+    if dead[0] < 0 or dead[-1] >= units.shape[0]:
+        raise ValueError(f"dead unit indices must be in [0, {units.shape[0]}), got {dead.tolist()}")
+    rows = units.index_select(0, dead)  # (n_dead, in): one row per dead unit
+    k = strip_counts((rows != 0).sum(1), fraction)
+    k = torch.minimum(k, (rows < 0).sum(1))  # only negative entries are candidates
+    # Rank of each entry within its row, most negative first; rank < k <= #negatives selects only
     # negative entries. argsort of the permutation inverts it without a (non-deterministic on GPU) scatter.
-    order = torch.sort(cols, dim=0, stable=True).indices
-    rank = torch.argsort(order, dim=0)
-    w_mask[:, dead] = rank < k.unsqueeze(0)
+    order = torch.sort(rows, dim=1, stable=True).indices
+    rank = torch.argsort(order, dim=1)
+    gpt2.by_unit(w_mask)[dead] = rank < k.unsqueeze(1)
     if strip_bias and bias is not None:
         assert b_mask is not None
         b_mask[dead] = bias.detach()[dead] < 0
@@ -122,9 +124,11 @@ class SynapticStripping(Reviver):
         details = []
         for entry in site_layers(report, mlps, self.name):
             i = entry.layer
-            c_fc = mlps[i].c_fc
+            c_fc = mlps[
+                i
+            ].c_fc  # the parameters themselves: their masks and optimizer state are keyed by them
             found = entry.dead_units if report.tokens > 0 else []
-            dead = unit_index(found, c_fc.weight.shape[1], c_fc.weight.device)
+            dead = unit_index(found, gpt2.mlp_units(mlps[i]), c_fc.weight.device)
             w_mask, b_mask = strip_layer(c_fc.weight, c_fc.bias, dead, self.fraction, self.strip_bias)
             c_fc.weight.masked_fill_(w_mask, 0)
             # Momentum would otherwise push the zeroed weights straight back (Whitaker & Whitley 2023).
