@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -76,3 +79,45 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def accelerate_launch(
+    target: list[str],
+    processes: int = 2,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess:
+    """Run `accelerate launch` on CPU (gloo) with `processes` processes (1: a plain single process) on `target`:
+    `["-m", "reviveformer", "train", ...]` or `[script, args...]`. One torch thread per process; the repository
+    and tests/ are on PYTHONPATH (for the dist_*.py scripts); `env` adds or replaces variables. The launcher
+    runs in a session of its own, so that a hang past `timeout` is ended with every worker it started and
+    fails the test with the output so far."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes)]
+    cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd += ["--main_process_port", str(free_port())]
+    if processes > 1:
+        cmd.append("--multi_gpu")
+    full_env = {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
+        **(env or {}),
+    }
+    proc = subprocess.Popen(
+        [*cmd, *target],
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(
+            f"accelerate launch of {target[:3]} did not finish in {timeout} s:\n{(out + err)[-4000:]}"
+        )
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

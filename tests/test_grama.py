@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,7 +13,7 @@ from revival_reports import NO_REPORT, report_with_dead
 from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from conftest import REPO, free_port, tiny_overrides
+from conftest import REPO, accelerate_launch, tiny_overrides
 from reviveformer.checkpoint import read_state, write_state
 from reviveformer.config import load_config
 from reviveformer.revival import REVIVERS, GraMa, arm_of_method, build_reviver
@@ -192,36 +189,7 @@ def test_registry_names_the_arm() -> None:
 @pytest.mark.slow
 def test_two_processes_decide_identically(tmp_path):
     out = tmp_path / "out.json"
-    env = {
-        **os.environ,
-        "ACCELERATE_USE_CPU": "1",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-    }
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            str(free_port()),
-            str(REPO / "tests" / "dist_grama_script.py"),
-            str(out),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    p = accelerate_launch([str(REPO / "tests" / "dist_grama_script.py"), str(out)])
     assert p.returncode == 0, p.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["reset"] > 0

@@ -7,11 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +16,7 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
+from conftest import accelerate_launch
 from reviveformer import liveness
 from reviveformer.config import SITES, LivenessConfig
 from reviveformer.errors import CheckpointError
@@ -634,54 +630,12 @@ def test_bf16_autocast_counts_the_bf16_activations_exactly() -> None:
 # ------------------------------------------------------------------------------------------- distributed
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(n: int, out: Path) -> dict:
-    args = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--num_processes",
-        str(n),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
-    ]
-    if n > 1:
-        args.append("--multi_gpu")
-    args += [str(REPO / "tests" / "dist_liveness_script.py"), str(out)]
-    env = {
-        **os.environ,
-        "ACCELERATE_USE_CPU": "1",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-    }
-    # a session of its own, so that a hang can be ended with every worker the launcher started
-    proc = subprocess.Popen(
-        args,
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+    p = accelerate_launch(
+        [str(REPO / "tests" / "dist_liveness_script.py"), str(out)], processes=n, timeout=180
     )
-    try:
-        output, _ = proc.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"accelerate launch with {n} process(es) did not finish in 180 s:\n{output[-4000:]}")
-    assert proc.returncode == 0, output[-4000:]
+    output = p.stdout + p.stderr
+    assert p.returncode == 0, output[-4000:]
     data = json.loads(out.read_text())
     assert data["num_processes"] == n
     return data["report"]

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from conftest import REPO, free_port, tiny_overrides
+from conftest import REPO, accelerate_launch, tiny_overrides
 from reviveformer import checkpoint as ckpt
 from reviveformer import faults
 
@@ -41,36 +41,15 @@ EXTRA = {
 def launch(
     n: int, run_dir: Path, corpus: Path, fault: str | None = None, **extra
 ) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop(faults.ENV, None)
     if fault:
         env[faults.ENV] = fault
-    cmd = [sys.executable, "-m", "reviveformer"]
+    args = ["train", RECIPE, *tiny_overrides(run_dir, corpus, **EXTRA, **extra)]
     if n > 1:
-        cmd = [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            str(n),
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            str(free_port()),
-            "-m",
-            "reviveformer",
-        ]
+        return accelerate_launch(["-m", "reviveformer", *args], processes=n, env=env)
     return subprocess.run(
-        [*cmd, "train", RECIPE, *tiny_overrides(run_dir, corpus, **EXTRA, **extra)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [sys.executable, "-m", "reviveformer", *args], env=env, capture_output=True, text=True, timeout=300
     )
 
 

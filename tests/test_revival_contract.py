@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,7 +13,7 @@ from custom_reviver import BiasKick  # tests/ is on the path under pytest, as a 
 from revival_reports import report_with_dead
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from conftest import REPO, free_port
+from conftest import REPO, accelerate_launch
 from reviveformer.checkpoint import read_state, write_state
 from reviveformer.revival import REVIVERS, Reviver
 
@@ -171,36 +168,7 @@ def test_two_processes_decide_the_same(tmp_path) -> None:
     """Every method under 2 processes (DDP, each its own data): the replicas are identical after revival,
     although the processes' own liveness counts differ."""
     out = tmp_path / "out.json"
-    env = {
-        **os.environ,
-        "ACCELERATE_USE_CPU": "1",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]),
-    }
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            str(free_port()),
-            str(REPO / "tests" / "dist_revival_contract_script.py"),
-            str(out),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    p = accelerate_launch([str(REPO / "tests" / "dist_revival_contract_script.py"), str(out)])
     assert p.returncode == 0, p.stderr[-3000:]
     result = json.loads(out.read_text())
     assert sorted(result) == sorted(cls.name for cls in METHODS)

@@ -4,17 +4,15 @@ killed sweep that continues where it stopped, and a sweep under `accelerate laun
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, free_port, tiny_overrides
+from conftest import REPO, accelerate_launch, tiny_overrides
 from reviveformer.cli import main
 from reviveformer.commands.sweep import parse_grid, plan_runs
 from reviveformer.config import load_config
@@ -175,32 +173,7 @@ def test_a_finished_run_of_other_settings_is_not_taken(tmp_path, corpus_file, ca
 
 
 def _launch(args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_port",
-            str(free_port()),
-            "-m",
-            "reviveformer",
-            *args,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return accelerate_launch(["-m", "reviveformer", *args])
 
 
 @pytest.mark.slow

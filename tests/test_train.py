@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, free_port, tiny_overrides
+from conftest import REPO, accelerate_launch, tiny_overrides
 from reviveformer.cli import main
 from reviveformer.config import load_config
 from reviveformer.trainer import train
@@ -204,38 +201,9 @@ def test_wandb_offline_writes_a_local_run(tmp_path, corpus_file, caplog):
 def test_two_processes_with_accelerate_launch(tmp_path, corpus_file):
     """Two CPU processes train one run; then the same final model audited by 1 and by 2 processes gives
     identical counts (the counts are summed across processes before anything else)."""
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-        "-m",
-        "reviveformer",
-    ]
     run_dir = tmp_path / "ddp"
-    p = subprocess.run(
-        [
-            *launch,
-            "train",
-            str(RECIPE),
-            *tiny_overrides(run_dir, corpus_file, **{"data.max_tokens": 32 * 16 * 8, "train.epochs": 1}),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    overrides = tiny_overrides(run_dir, corpus_file, **{"data.max_tokens": 32 * 16 * 8, "train.epochs": 1})
+    p = accelerate_launch(["-m", "reviveformer", "train", str(RECIPE), *overrides])
     assert p.returncode == 0, p.stderr[-3000:]
     rows = metrics_rows(run_dir)
     steps = [r["step"] for r in rows if "train/loss" in r]
@@ -244,14 +212,9 @@ def test_two_processes_with_accelerate_launch(tmp_path, corpus_file):
 
     one = tmp_path / "audit1"
     two = tmp_path / "audit2"
-    assert main(["audit", str(run_dir), "--out", str(one)]) == 0
-    launch[launch.index("--main_process_port") + 1] = str(free_port())
-    p = subprocess.run(
-        [*launch, "audit", str(run_dir), "--out", str(two)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    assert main(["audit", str(run_dir), "--out", str(one), "--gradients", "--batch-size", "2"]) == 0
+    p = accelerate_launch(
+        ["-m", "reviveformer", "audit", str(run_dir), "--out", str(two), "--gradients", "--batch-size", "2"]
     )
     assert p.returncode == 0, p.stderr[-3000:]
     a = json.loads((one / "liveness.json").read_text())
@@ -260,6 +223,11 @@ def test_two_processes_with_accelerate_launch(tmp_path, corpus_file):
     for site in a["sites"]:
         for la, lb in zip(a["sites"][site], b["sites"][site], strict=True):
             assert la["fire_count"] == lb["fire_count"], (site, la["layer"])
+    # GraMa scores: per batch, then summed and reduced over the processes; the same batches either way
+    assert a["grama"]["batches"] == b["grama"]["batches"] > 1
+    for la, lb in zip(a["grama"]["layers"], b["grama"]["layers"], strict=True):
+        assert la["scores"] == pytest.approx(lb["scores"], rel=1e-5, abs=1e-7)
+        assert la["dormant_units"] == lb["dormant_units"]
 
 
 @pytest.mark.slow
