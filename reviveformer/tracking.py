@@ -238,6 +238,57 @@ class Tracking:
         self.accelerator.trackers = []
 
 
+def log_summary_run(
+    cfg: WandbConfig,
+    directory: str | Path,
+    name: str,
+    group: str,
+    figures: dict[str, str | Path],
+    tables: dict[str, tuple[list[str], list[list[Any]]]],
+) -> Path | None:
+    """One W&B run of its own (job_type "summary", in `group` beside the runs it summarises) holding a
+    comparison's figures (images) and tables, e.g. a sweep's seed table and band figures. Nothing when W&B is
+    disabled; a W&B failure warns and returns None (the files on disk are the comparison either way).
+    Returns the run's local directory."""
+    mode = resolve_mode(cfg.mode)
+    if mode == "disabled":
+        return None
+    try:
+        import wandb
+
+        run = wandb.init(
+            mode=mode,
+            dir=str(directory),
+            project=cfg.project,
+            entity=cfg.entity,
+            group=group,
+            job_type="summary",
+            name=name,
+            tags=list(cfg.tags),
+            reinit="create_new",
+        )
+        try:
+            payload: dict[str, Any] = {
+                k: wandb.Image(str(p)) for k, p in figures.items() if Path(p).is_file()
+            }
+            payload.update({k: wandb.Table(columns=c, data=rows) for k, (c, rows) in tables.items()})
+            run.log(payload)
+            where = Path(run.dir).parent
+        finally:
+            run.finish()
+    except Exception as e:
+        log.warning(
+            "W&B summary run failed (%s: %s); the comparison is in %s",
+            type(e).__name__,
+            str(e).splitlines()[0] if str(e) else "",
+            directory,
+        )
+        return None
+    if mode == "offline":
+        log.info("W&B summary run saved offline in %s; upload it later with `wandb sync %s`", where, where)
+    return where
+
+
 def fetch_wandb_group(entity_project: str, group: str) -> list[tuple[str, dict, list[dict], str | None, str]]:
     """Runs of a W&B group through the public API: (name, config, history rows, job_type, id) each.
     Needs credentials (`wandb login` or WANDB_API_KEY); errors propagate to the caller."""

@@ -197,6 +197,42 @@ def test_wandb_offline_writes_a_local_run(tmp_path, corpus_file, caplog):
     assert "wandb sync" in caplog.text
 
 
+def test_summary_run_holds_the_figures_and_tables(tmp_path, caplog):
+    """A sweep's summary W&B run (offline here): its figures as images and its tables, in the group given;
+    nothing at all with W&B disabled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from reviveformer.config import WandbConfig
+    from reviveformer.tracking import log_summary_run
+
+    png = tmp_path / "val_loss_seeds.png"
+    fig, ax = plt.subplots(figsize=(2, 2))
+    ax.plot([0, 1], [1, 0])
+    fig.savefig(png)
+    plt.close(fig)
+    tables = {"sweep/differences": (["arm", "difference"], [["redo", -0.01], ["grama", 0.02]])}
+
+    off = tmp_path / "disabled"
+    off.mkdir()
+    assert log_summary_run(WandbConfig(mode="disabled"), off, "s", "g", {"sweep/val": png}, tables) is None
+    assert list(off.iterdir()) == []
+
+    with caplog.at_level("INFO", logger="reviveformer"):
+        where = log_summary_run(
+            WandbConfig(mode="offline"), tmp_path, "study-summary", "study", {"sweep/val": png}, tables
+        )
+    assert where is not None and where.parent == tmp_path / "wandb" and where.name.startswith("offline-run-")
+    assert list(where.glob("run-*.wandb")), "no W&B offline log file"
+    images = list((where / "files" / "media" / "images" / "sweep").glob("val_*.png"))  # key sweep/val
+    assert len(images) == 1
+    table = json.loads(next((where / "files" / "media" / "table").rglob("*.table.json")).read_text())
+    assert table["columns"] == ["arm", "difference"] and table["data"] == [["redo", -0.01], ["grama", 0.02]]
+    assert "wandb sync" in caplog.text
+
+
 @pytest.mark.slow
 def test_two_processes_with_accelerate_launch(tmp_path, corpus_file):
     """Two CPU processes train one run; then the same final model audited by 1 and by 2 processes gives

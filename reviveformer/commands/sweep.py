@@ -242,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threshold is not None:
         liveness = _remeasure({r.label: r.run_dir for r in plan}, args.threshold)
     if state.is_main_process:
-        summarise_sweep(plan, axes, seeds, out, liveness, args.threshold)
+        summarise_sweep(plan, axes, seeds, out, liveness, args.threshold, base.wandb, group)
     state.wait_for_everyone()
     state.destroy_process_group()
     return 0
@@ -255,11 +255,14 @@ def summarise_sweep(
     out: Path,
     liveness: dict[str, dict],
     threshold: float | None,
+    wandb_cfg: Any = None,
+    group: str | None = None,
 ) -> None:
     """sweep.json, the per-layer dead-ratio charts (one line per cell, the mean over its seeds) and the
-    comparison of all runs, seeds of a cell grouped."""
+    comparison of all runs, seeds of a cell grouped; with W&B on (`wandb_cfg`), the same figures and tables in
+    a summary run of the sweep's group."""
     from reviveformer import plots
-    from reviveformer.compare import compare_runs
+    from reviveformer.compare import compare_runs, difference_cells, group_cells, table_cells
     from reviveformer.sites import site_names
 
     per_cell = _mean_liveness_per_cell(plan, liveness)
@@ -295,6 +298,17 @@ def summarise_sweep(
     print(result["text"])
     print(f"charts: {', '.join(str(c) for c in charts)}")
     print(f"table: {result['markdown']}")
+    if wandb_cfg is not None:
+        from reviveformer.tracking import log_summary_run
+
+        figures = {f"sweep/{Path(path).stem}": path for path in result["figures"].values()}
+        figures.update({f"sweep/{Path(c).stem}": c for c in charts})
+        tables = {"sweep/runs": table_cells(result["rows"])[:2]}
+        if result["seeds"]:
+            tables["sweep/arms_over_seeds"] = group_cells(result["seeds"]["groups"])[:2]
+            if result["seeds"]["differences"]:
+                tables["sweep/differences"] = difference_cells(result["seeds"]["differences"])[:2]
+        log_summary_run(wandb_cfg, out, f"{out.name}-summary", group or out.name, figures, tables)
 
 
 def _last_liveness(run_dir: Path) -> dict:
