@@ -875,8 +875,9 @@ def write_comparison(
         (out / "seeds.json").write_text(json.dumps(seeds, indent=1, allow_nan=False) + "\n", encoding="utf-8")
         text += "\n\narms over seeds (mean ± sd):\n" + _text(*group_cells(seeds["groups"]))
         if seeds["differences"]:
-            text += f"\n\nfinal val loss, difference to {seeds['reference']} ({WELCH_METHOD}):\n" + _text(
-                *difference_cells(seeds["differences"])
+            text += (
+                f"\n\nfinal val loss, difference to {seeds['reference']} (Welch and paired t intervals):\n"
+                + _text(*difference_cells(seeds["differences"]))
             )
     md_path, json_path = out / "compare.md", out / "compare.json"
     md_path.write_text(_markdown_report(runs, rows, figures, out, seeds), encoding="utf-8")
