@@ -62,9 +62,7 @@ def step_scores(grad: torch.Tensor) -> torch.Tensor:
     return per_unit / per_unit.mean().clamp_min(torch.finfo(torch.float32).tiny)
 
 
-def saved_model_scores(
-    model: nn.Module, loader, max_batches: int | None = None
-) -> tuple[dict[int, torch.Tensor], int]:
+def saved_model_scores(model: nn.Module, loader) -> tuple[dict[int, torch.Tensor], int]:
     """GraMa scores of a model as it is, for `audit --gradients`: per MLP layer, the sum over this process's
     batches of each batch's `step_scores` (the training loss of the batch, in eval mode: no dropout), and the
     number of batches. The caller reduces both over processes; their quotient is the mean score the revival
@@ -75,14 +73,13 @@ def saved_model_scores(
     sums: dict[int, torch.Tensor] = {}
     batches = 0
     try:
-        for k, batch in enumerate(loader):
-            if max_batches is not None and k >= max_batches:
-                break
+        for batch in loader:
             model.zero_grad(set_to_none=True)
             with torch.enable_grad():
                 model(input_ids=batch["input_ids"], labels=batch["labels"]).loss.backward()
             for i, mlp in enumerate(mlp_layers(model)):
-                score = step_scores(mlp.c_fc.weight.grad)  # laid out like c_fc.weight
+                weight = mlp.c_fc.weight  # a frozen weight has no gradient: it scores 0, as in training
+                score = step_scores(weight.grad if weight.grad is not None else torch.zeros_like(weight))
                 sums[i] = sums[i] + score if i in sums else score
             batches += 1
     finally:
