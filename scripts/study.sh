@@ -5,12 +5,13 @@
 #
 #   1. dying-relu        recipes/dying-relu.yaml, arms none / synaptic_stripping / redo / grama, seeds 0-4
 #   2. dying-relu-gelu   the same recipe with GELU, no revival: the reference arm, seeds 0-4
-#   3. gelu-quickstart   recipes/quickstart.yaml with GELU, arms none / redo / grama, seeds 0-2
+#   3. gelu-quickstart   recipes/quickstart.yaml with GELU, arms none / redo / grama, seeds 0-1 (with their
+#                        defaults neither method resets a unit here, so more seeds would repeat none)
 #   4. definitions       what each dead/dormant rule finds in trained ReLU, GELU and SiLU quickstart models
 #                        (audit: firing by |a|, criterion=positive, ReDo dormancy, GraMa scores)
 #   5. finetune-relu/-gelu  recipes/finetune-revival.yaml from the ReLU quickstart model (runs/quickstart/
-#                        baseline, trained here if missing) and from the GELU one of block 3, each method,
-#                        seeds 0-2
+#                        baseline, trained here if missing; seeds 0-2) and from the GELU one of block 3
+#                        (seeds 0-1), each method
 #
 #   bash scripts/study.sh            # trains what is missing, then prints the tables
 #   bash scripts/study.sh --table    # only the tables of what has finished
@@ -44,7 +45,7 @@ if [[ "${1:-}" != "--table" ]]; then
     --out "$OUT/dying-relu-gelu" $W
   # 3: GELU at quickstart size (stripping is left out: by |a| it finds no dead GELU unit, block 4)
   # shellcheck disable=SC2086
-  sweep_seeds 2 recipes/quickstart.yaml --grid revival.method=none,redo,grama model.activation=gelu \
+  sweep_seeds 1 recipes/quickstart.yaml --grid revival.method=none,redo,grama model.activation=gelu \
     --out "$OUT/gelu-quickstart" $W
   # 4: the models the definitions are read on (ReLU: the quickstart's baseline; SiLU trained here)
   # shellcheck disable=SC2086
@@ -67,7 +68,7 @@ if [[ "${1:-}" != "--table" ]]; then
     data.max_tokens=200000 --grid revival.method=none,synaptic_stripping,redo,grama \
     --out "$OUT/finetune-relu" $W
   # shellcheck disable=SC2086
-  sweep_seeds 2 recipes/finetune-revival.yaml model.init_from="$OUT/gelu-quickstart/method-none__seed-0/final" \
+  sweep_seeds 1 recipes/finetune-revival.yaml model.init_from="$OUT/gelu-quickstart/method-none__seed-0/final" \
     data.max_tokens=200000 --grid revival.method=none,redo,grama --out "$OUT/finetune-gelu" $W
 fi
 
