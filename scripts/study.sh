@@ -4,7 +4,8 @@
 # script again continues where it stopped. W&B runs offline; the runs land under runs/study/ (STUDY_DIR).
 #
 #   1. dying-relu        recipes/dying-relu.yaml, arms none / synaptic_stripping / redo / grama, seeds 0-4
-#   2. dying-relu-gelu   the same recipe with GELU, no revival: the reference arm, seeds 0-4
+#   2. dying-relu-gelu   the same recipe with GELU, no revival: the reference arm, seeds 0-4; and
+#      dying-gelu-revival  GELU with ReDo and GraMa, seeds 0-4 (compared in dying-gelu-compare)
 #   3. gelu-quickstart   recipes/quickstart.yaml with GELU, arms none / redo / grama, seeds 0-1 (with their
 #                        defaults neither method resets a unit here, so more seeds would repeat none)
 #   4. definitions       what each dead/dormant rule finds in trained ReLU, GELU and SiLU quickstart models
@@ -43,6 +44,15 @@ if [[ "${1:-}" != "--table" ]]; then
   # shellcheck disable=SC2086
   sweep_seeds 4 recipes/dying-relu.yaml --grid model.activation=gelu revival.method=none \
     --out "$OUT/dying-relu-gelu" $W
+  # 2b: GELU with ReDo and GraMa in the same regime (their reference is block 2's GELU arm), and the two
+  # comparisons across sweep folders (paired by seed): GELU arms against block 2, GELU against ReLU
+  # shellcheck disable=SC2086
+  sweep_seeds 4 recipes/dying-relu.yaml --grid revival.method=redo,grama model.activation=gelu \
+    --out "$OUT/dying-gelu-revival" $W
+  "$RF" compare "$OUT"/dying-relu-gelu/*__seed-* "$OUT"/dying-gelu-revival/*__seed-* \
+    --out "$OUT/dying-gelu-compare" > /dev/null
+  "$RF" compare "$OUT"/dying-relu/method-none__seed-* "$OUT"/dying-relu-gelu/*__seed-* \
+    --out "$OUT/gelu-vs-relu" > /dev/null
   # 3: GELU at quickstart size (stripping is left out: by |a| it finds no dead GELU unit, block 4)
   # shellcheck disable=SC2086
   sweep_seeds 1 recipes/quickstart.yaml --grid revival.method=none,redo,grama model.activation=gelu \
@@ -54,7 +64,8 @@ if [[ "${1:-}" != "--table" ]]; then
   "$RF" train recipes/quickstart.yaml model.activation=silu train.output_dir="$OUT/silu-quickstart" \
     train.resume=auto $W
   for model in relu:"$QUICKSTART/baseline" gelu:"$OUT/gelu-quickstart/method-none__seed-0" \
-    silu:"$OUT/silu-quickstart"; do
+    silu:"$OUT/silu-quickstart" dying-relu:"$OUT/dying-relu/method-none__seed-0" \
+    dying-gelu:"$OUT/dying-relu-gelu/activation-gelu__seed-0"; do
     name=${model%%:*} run=${model#*:}
     [[ -f "$OUT/definitions/$name-abs/liveness.json" ]] ||
       "$RF" audit "$run" --gradients --out "$OUT/definitions/$name-abs" > /dev/null
@@ -80,7 +91,7 @@ import json, statistics, sys
 from pathlib import Path
 
 out = Path(sys.argv[1])
-for sweep in ("dying-relu", "dying-relu-gelu", "gelu-quickstart", "finetune-relu", "finetune-gelu"):
+for sweep in ("dying-relu", "dying-relu-gelu", "dying-gelu-revival", "gelu-quickstart", "finetune-relu", "finetune-gelu"):
     runs = sorted(p for p in (out / sweep).glob("*__seed-*") if (p / "final").is_dir())
     if not runs:
         continue
@@ -107,9 +118,10 @@ if defs.is_dir():
         return sum(sum(v <= tau for v in e[key]) for e in layers) / sum(e["units"] for e in layers)
 
     print("\n| model | dead by abs(a) | dead by a > thr (positive) | ReDo dormant, tau 0.1 | ReDo, tau 0.025 "
-          "| GraMa dormant, tau 0.1 | GraMa, tau 0.025 | both ReDo and GraMa, tau 0.1 |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name in ("relu", "gelu", "silu"):
+          "| GraMa dormant, tau 0.1 | GraMa, tau 0.025 | both ReDo and GraMa, tau 0.1 | lowest ReDo score "
+          "| lowest GraMa score |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name in ("relu", "gelu", "silu", "dying-relu", "dying-gelu"):
         a, p = defs / f"{name}-abs" / "liveness.json", defs / f"{name}-positive" / "liveness.json"
         if not (a.is_file() and p.is_file()):
             continue
@@ -121,5 +133,7 @@ if defs.is_dir():
         ) / sum(e["units"] for e in post_a)
         print(f"| {name} | {share(post_a, 'dead_units'):.1%} | {share(post_p, 'dead_units'):.1%} "
               f"| {below(post_a, 'dormancy', 0.1):.1%} | {below(post_a, 'dormancy', 0.025):.1%} "
-              f"| {below(grama, 'scores', 0.1):.1%} | {below(grama, 'scores', 0.025):.1%} | {both:.1%} |")
+              f"| {below(grama, 'scores', 0.1):.1%} | {below(grama, 'scores', 0.025):.1%} | {both:.1%} "
+              f"| {min(v for e in post_a for v in e['dormancy']):.3f} "
+              f"| {min(v for g in grama for v in g['scores']):.3f} |")
 PYEOF
