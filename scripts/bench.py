@@ -105,6 +105,8 @@ def _overrides(out: Path, steps: int, arm: str, extra: list[str]) -> list[str]:
         o.append("train.mixed_precision=bf16")
     if arm.startswith("sample"):
         o.append(f"liveness.sample_every={int(arm[len('sample') :])}")
+    if "liveness.enabled=False" in o:
+        o.append("alerts.rules=[]")  # the recipe's alert reads liveness metrics: refused without them
     return o
 
 
