@@ -123,6 +123,8 @@ def run_trainer_arm(arm: str, out: Path, steps: int, extra: list[str], clock: Cl
     trainer.after_train_log.append(lambda t: marks.append(clock()))
     trainer.before_epoch_end.append(lambda t: peak.setdefault("mb", _peak_memory_mb()))
     trainer.run()
+    # a run stopped by max_steps mid-epoch has no epoch end: its high-water mark is read here instead
+    peak.setdefault("mb", _peak_memory_mb())
     tokens = cfg.train.log_every * cfg.train.batch_size * cfg.data.block_size
     rate, wall = _rates(marks, tokens)
     return {
@@ -149,7 +151,10 @@ def run_plain_arm(steps: int, extra: list[str], clock: Clock) -> dict:
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = prepare_data(cfg.data, cfg.train.seed)
     model = build_model(cfg.model, len(data.tokenizer), data.tokenizer.eos_token_id).to(dev).train()
-    opt = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr, betas=(0.9, 0.95))
+    betas = (cfg.train.adam_beta1, cfg.train.adam_beta2)
+    opt = torch.optim.AdamW(
+        param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr, betas=betas, eps=cfg.train.adam_eps
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.train.warmup_steps, steps, 0.1))
     loader = DataLoader(data.train, batch_size=cfg.train.batch_size, shuffle=True, drop_last=True)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
