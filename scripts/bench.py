@@ -316,6 +316,7 @@ class LoopArm:
         self.forward = torch.compile(self.model) if compiled else self.model
         self.times: list[float] = []
         self.walls: list[float] = []
+        self.peaks_mb: list[float] = []  # CUDA: peak allocated during each of this arm's chunks
 
     def step(self, ids) -> None:
         import torch
@@ -341,14 +342,21 @@ def interleaved(
     for arm in arms:
         for _ in range(warmup):
             arm.step(ids)
+    import torch
+
+    cuda = ids.device.type == "cuda"
     for r in range(rounds):
         for arm in arms[r % len(arms) :] + arms[: r % len(arms)]:
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
             a = clock()
             for _ in range(steps):
                 arm.step(ids)
             b = clock()
             arm.times.append(b[0] - a[0])
             arm.walls.append(b[1] - a[1])
+            if cuda:
+                arm.peaks_mb.append(torch.cuda.max_memory_allocated() / 2**20)
     return {arm.name: arm.times for arm in arms}
 
 
@@ -402,9 +410,62 @@ def run_scaling(args) -> dict:
     }
 
 
+def check_counts(shape: tuple[int, int, int, int], ids, bf16: bool) -> dict:
+    """The monitor's counts (liveness.counting=auto: the compiled kernel on CUDA) after one forward, against
+    counts taken by hand from the same activations (forward hooks, float64 compare): fire counts must be
+    equal, |a| sums equal to float32 rounding."""
+    import torch
+
+    from reviveformer import gpt2
+    from reviveformer.config import LivenessConfig
+    from reviveformer.liveness import LivenessMonitor
+    from reviveformer.sites import get_site
+
+    torch.manual_seed(0)
+    model = _gpt2(*shape, ids.device)
+    cfg = LivenessConfig(counting="auto")
+    monitor = LivenessMonitor(model, cfg)
+    seen: dict[tuple[str, int], torch.Tensor] = {}
+    hooks = []
+    for i, block in enumerate(gpt2.blocks(model)):
+        for site in monitor.sites:
+            info = get_site(site)
+
+            def hook(mod, args, out, site=site, i=i, reads=info.reads):
+                a = args[0] if reads == "input" else out
+                seen[(site, i)] = a.detach().reshape(-1, a.shape[-1])
+
+            hooks.append(gpt2.block_module(block, info.module, i).register_forward_hook(hook))
+    with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=bf16):
+        model(input_ids=ids, labels=ids).loss.backward()
+    counts = monitor.counts()
+    worst_fire, worst_rel = 0, 0.0
+    dtype = str(next(iter(seen.values())).dtype) if seen else "-"
+    for (site, i), a in seen.items():
+        a = a.double()  # bf16 and float32 values are exact in float64: the compare is the exact one
+        fire = (a.abs() > cfg.threshold).sum(dim=0).cpu().numpy()
+        abs_sum = a.abs().sum(dim=0).cpu().numpy()
+        worst_fire = max(worst_fire, int(abs(counts.fire_count[site][i] - fire).max()))
+        scale = max(float(abs_sum.max()), 1e-30)
+        worst_rel = max(worst_rel, float(abs(counts.abs_sum[site][i] - abs_sum).max()) / scale)
+        assert counts.tokens[site][i] == a.shape[0], (site, i)
+    for h in hooks:
+        h.remove()
+    monitor.close()
+    return {
+        "fire_count_max_abs_diff": worst_fire,
+        "abs_sum_max_rel_diff": worst_rel,
+        "exact": worst_fire == 0 and worst_rel < 1e-5,
+        "site_tensors": len(seen),
+        "activation_dtype": dtype,
+    }
+
+
 def run_gpu(args) -> dict:
     """GPT-2 124M (12 x 768, block 1024, vocab 50257; --tiny: 2 x 64, block 32), random tokens, AdamW, bf16
-    on CUDA: a plain loop vs the same loop with the monitor (its per-log report included), eager and compiled."""
+    on CUDA: a plain loop vs the same loop with the monitor (its per-log report included), eager and compiled;
+    first, the monitor's counts on this device against counts by hand. The JSON is rewritten after each part,
+    so a run cut short still leaves what it measured."""
     import torch
 
     cuda = torch.cuda.is_available()
@@ -413,7 +474,7 @@ def run_gpu(args) -> dict:
     dev = torch.device("cuda" if cuda else "cpu")
     shape = (2, 64, 32, 4096) if args.tiny else (12, 768, 1024, 50257)
     batch = args.batch or (4 if args.tiny else 8)
-    steps, rounds, warmup = (2, 2, 1) if args.tiny else (args.gpu_steps, 3, 5)
+    steps, rounds, warmup = (2, 2, 1) if args.tiny else (args.gpu_steps, args.gpu_rounds, 5)
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
     ids = torch.randint(
@@ -422,10 +483,18 @@ def run_gpu(args) -> dict:
     clock = Clock(cuda)
     results: dict = {
         "device": torch.cuda.get_device_name() if cuda else "CPU",
+        "torch": torch.__version__,
         "shape": shape,
         "batch": batch,
+        "steps_per_round": steps,
+        "rounds": rounds,
     }
+    save = lambda: Path(args.json).write_text(json.dumps(results, indent=1))  # noqa: E731
+    results["counts_check"] = check_counts(shape, ids, cuda)
+    print(f"counts on {results['device']} vs by hand: {results['counts_check']}", flush=True)
+    save()
     for compiled in (False, True):
+        t0 = time.perf_counter()
         arms = [
             LoopArm("plain", shape, dev, None, compiled, cuda, 10),
             LoopArm("monitor", shape, dev, "auto", compiled, cuda, 10),
@@ -443,12 +512,16 @@ def run_gpu(args) -> dict:
             rate = tokens / statistics.median(arm.times)
             results[f"{kind}/{arm.name}/tokens_per_s"] = rate
             results[f"{kind}/{arm.name}/mfu"] = rate * flops_per_token / peak if peak else None
+            results[f"{kind}/{arm.name}/peak_mb"] = max(arm.peaks_mb) if arm.peaks_mb else None
         results[f"{kind}/monitor_overhead"] = overheads(times, {"o": ("monitor", "plain")})["o"]
         if not compiled:
             results["eager/monitor_eager_ops_overhead"] = overheads(
                 times, {"o": ("monitor-eager-ops", "plain")}
             )["o"]
         results["params"] = n_params
+        results[f"{kind}/wall_s"] = time.perf_counter() - t0
+        save()
+        print(f"{kind} arms done in {results[f'{kind}/wall_s']:.0f}s", flush=True)
         del arms
         if cuda:
             torch.cuda.empty_cache()
@@ -608,6 +681,7 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="--gpu at a tiny size (runs on CPU)")
     ap.add_argument("--batch", type=int, default=0, help="--gpu batch size (default 8; --tiny 4)")
     ap.add_argument("--gpu-steps", type=int, default=20, help="--gpu steps per arm and round")
+    ap.add_argument("--gpu-rounds", type=int, default=5, help="--gpu rounds of every arm")
     ap.add_argument("--json", default="bench.json")
     ap.add_argument("--worker", choices=["arms", "peak", "audit"])
     ap.add_argument("--tmp")
@@ -633,6 +707,14 @@ def main() -> None:
         print(
             f"  eager model, liveness.counting=eager: overhead {_fmt(res['eager/monitor_eager_ops_overhead'])}"
         )
+        if res["eager/plain/peak_mb"] is not None:
+            print(
+                "peak allocated MiB (plain / monitor): "
+                + ", ".join(
+                    f"{kind} {res[f'{kind}/plain/peak_mb']:,.0f} / {res[f'{kind}/monitor/peak_mb']:,.0f}"
+                    for kind in ("eager", "compiled")
+                )
+            )
     elif args.scaling:
         print(
             f"overhead (time with monitor / without - 1), median [min, max] over {args.scaling_rounds} rounds of "
