@@ -4,6 +4,7 @@
     .venv/bin/python scripts/bench.py --scaling        # eager and compiled overhead at widths 128/256/512, 4 vs 8 layers
     .venv/bin/python scripts/bench.py --gpu            # GPT-2 124M, bf16, on one GPU (<= 8 min on an H100)
     .venv/bin/python scripts/bench.py --gpu --tiny     # the same code at a tiny size, runnable on CPU
+    .venv/bin/python scripts/bench.py --gpu --alone    # plain and monitor arms each alone in its own process
 
 Default mode: `--processes` worker processes each run the real trainer in every arm (monitor on, off,
 `liveness.sample_every=4`, and a plain PyTorch loop on the same model, data and AdamW settings) for
@@ -469,11 +470,8 @@ def run_gpu(args) -> dict:
     import torch
 
     cuda = torch.cuda.is_available()
-    if not cuda and not args.tiny:
-        raise SystemExit("--gpu needs a CUDA device (or --tiny, a small size that runs on CPU)")
     dev = torch.device("cuda" if cuda else "cpu")
-    shape = (2, 64, 32, 4096) if args.tiny else (12, 768, 1024, 50257)
-    batch = args.batch or (4 if args.tiny else 8)
+    shape, batch = _gpu_shape(args)
     steps, rounds, warmup = (2, 2, 1) if args.tiny else (args.gpu_steps, args.gpu_rounds, 5)
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -528,13 +526,69 @@ def run_gpu(args) -> dict:
     return results
 
 
+def _gpu_shape(args) -> tuple[tuple[int, int, int, int], int]:
+    """((n_layer, n_embd, block, vocab), batch) of the --gpu arms."""
+    shape = (2, 64, 32, 4096) if args.tiny else (12, 768, 1024, 50257)
+    return shape, args.batch or (4 if args.tiny else 8)
+
+
+def worker_gpu_alone(args) -> dict:
+    """One arm (`args.arms`: plain or monitor) alone in this process, eager then compiled: ms/step over
+    `args.gpu_rounds` chunks of `args.gpu_steps` steps, after 5 warm-up steps, a log every 10 steps."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    dev = torch.device("cuda" if cuda else "cpu")
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+    shape, batch = _gpu_shape(args)
+    ids = torch.randint(
+        0, shape[3], (batch, shape[2]), device=dev, generator=torch.Generator(dev).manual_seed(0)
+    )
+    clock = Clock(cuda)
+    out = {}
+    for compiled in (False, True):
+        arm = LoopArm(args.arms, shape, dev, "auto" if args.arms == "monitor" else None, compiled, cuda, 10)
+        interleaved([arm], ids, warmup=5, rounds=args.gpu_rounds, steps=args.gpu_steps, clock=clock)
+        out["compiled" if compiled else "eager"] = [t / args.gpu_steps * 1000 for t in arm.times]
+        del arm
+    return out
+
+
+def run_gpu_alone(args) -> dict:
+    """The --gpu plain and monitor arms each alone in a process of its own (as in a real run: one model, one
+    compiled graph per process), alternating plain, monitor, plain, monitor; ms/step medians per arm."""
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = {"plain": [], "monitor": []}
+        for rep in range(2):
+            for arm in ("plain", "monitor"):
+                kw = {"arms": arm, "gpu_rounds": args.gpu_rounds, "gpu_steps": args.gpu_steps}
+                r = run_worker(
+                    "gpu-alone", tmp, **kw, batch=args.batch, **({"tiny": ""} if args.tiny else {})
+                )
+                runs[arm].append(r)
+                print(
+                    f"  {arm} process {rep + 1}: ms/step eager "
+                    + " ".join(f"{x:.2f}" for x in r["eager"])
+                    + ", compiled "
+                    + " ".join(f"{x:.2f}" for x in r["compiled"]),
+                    flush=True,
+                )
+    res: dict = {"runs": runs}
+    for kind in ("eager", "compiled"):
+        med = {a: statistics.median(x for r in runs[a] for x in r[kind]) for a in runs}
+        res[f"{kind}/ms_per_step"] = med
+        res[f"{kind}/monitor_overhead"] = med["monitor"] / med["plain"] - 1
+    return res
+
+
 # ------------------------------------------------------------------------------------------------ driver
 
 
 def run_worker(kind: str, tmp: str, **kw) -> dict:
     cmd = [sys.executable, __file__, "--worker", kind, "--tmp", tmp]
     for k, v in kw.items():
-        cmd += [f"--{k.replace('_', '-')}", str(v)]
+        cmd += [f"--{k.replace('_', '-')}"] + ([str(v)] if v != "" else [])
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "WANDB_SILENT": "true"}
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode != 0:
@@ -683,17 +737,41 @@ def main() -> None:
     ap.add_argument("--gpu-steps", type=int, default=20, help="--gpu steps per arm and round")
     ap.add_argument("--gpu-rounds", type=int, default=5, help="--gpu rounds of every arm")
     ap.add_argument("--json", default="bench.json")
-    ap.add_argument("--worker", choices=["arms", "peak", "audit"])
+    ap.add_argument(
+        "--alone",
+        action="store_true",
+        help="--gpu: the plain and monitor arms each alone in a process of its own instead",
+    )
+    ap.add_argument("--worker", choices=["arms", "peak", "audit", "gpu-alone"])
     ap.add_argument("--tmp")
     ap.add_argument("--arms")
     ap.add_argument("--final")
     args = ap.parse_args()
     if args.worker:
-        worker = {"arms": worker_arms, "peak": worker_peak, "audit": worker_audit}[args.worker]
+        worker = {
+            "arms": worker_arms,
+            "peak": worker_peak,
+            "audit": worker_audit,
+            "gpu-alone": worker_gpu_alone,
+        }[args.worker]
         print(json.dumps(worker(args)))
         return
     t0 = time.perf_counter()
-    if args.gpu:
+    if args.gpu and not args.tiny:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("--gpu needs a CUDA device (or --tiny, a small size that runs on CPU)", file=sys.stderr)
+            sys.exit(2)
+    if args.gpu and args.alone:
+        res = run_gpu_alone(args)
+        for kind in ("eager", "compiled"):
+            med = res[f"{kind}/ms_per_step"]
+            print(
+                f"{kind}, each arm alone: plain {med['plain']:.2f} ms/step, monitor {med['monitor']:.2f} ms/step, "
+                f"overhead {res[f'{kind}/monitor_overhead']:+.2%}"
+            )
+    elif args.gpu:
         res = run_gpu(args)
         for kind in ("eager", "compiled"):
             o = res[f"{kind}/monitor_overhead"]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every check that needs a GPU, in one call (about 6 minutes on one H100; each step has its own time limit, so
+# Every check that needs a GPU, in one call (about 8 minutes on one H200; each step has its own time limit, so
 # one that hangs cannot take the others' time):
 #   bench      scripts/bench.py --gpu: GPT-2 124M, bf16, monitor on/off vs a plain loop, eager and compiled,
 #              and the monitor's counts on the device against counts by hand
@@ -7,6 +7,7 @@
 #   audit      `reviveformer audit --gradients` of that run's final model
 #   compile    the same run with train.compile=true
 #   tests      the tests that run only where CUDA is
+#   alone      scripts/bench.py --gpu --alone: the plain and monitor arms each alone in its own process
 # Usage: bash scripts/gpu_checks.sh OUT_DIR    (logs and bench_gpu.json land in OUT_DIR)
 # CPU dry run of the same steps: BENCH_ARGS=--tiny MIXED_PRECISION=no bash scripts/gpu_checks.sh /tmp/gpu-dry
 set -u
@@ -29,7 +30,7 @@ step() { # name, time limit in s, command...
   [ "$rc" = 0 ] || failed+=("$name")
 }
 
-"$py" - <<'EOF' | tee "$out/versions.log"
+"$py" - <<'EOF'
 import torch, transformers, accelerate
 dev = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA"
 print(f"{dev}; torch {torch.__version__}, transformers {transformers.__version__}, accelerate {accelerate.__version__}")
@@ -46,6 +47,8 @@ step audit 60 "$py" -m reviveformer audit "$run/final" --gradients
 step compile 120 "$py" -m reviveformer train recipes/quickstart.yaml "train.output_dir=$run-compiled" \
   train.compile=true train.epochs=1 "${small[@]}"
 step tests 90 "$py" -m pytest -q -p no:cacheprovider tests/test_grama.py -k "never_syncs"
+# shellcheck disable=SC2086
+step alone 240 "$py" scripts/bench.py --gpu --alone ${BENCH_ARGS:-} --json "$out/bench_gpu_alone.json"
 if [ ${#failed[@]} -gt 0 ]; then
   echo "failed: ${failed[*]}"
   exit 1
