@@ -7,7 +7,8 @@
     .venv/bin/python scripts/bench.py --gpu --alone    # plain and monitor arms each alone in its own process
 
 Default mode: `--processes` worker processes each run the real trainer in every arm (monitor on, off,
-`liveness.sample_every=4`, and a plain PyTorch loop on the same model, data and AdamW settings) for
+`liveness.sample_every=4`, `liveness.counting=compiled` (the counting kernel in the eager model; compiled on
+its first forward, in the warm-up window), and a plain PyTorch loop on the same model, data and AdamW settings) for
 `--rounds` rounds, the arm order rotated from round to round and process to process. Each arm run is timed
 per log window (`train.log_every` steps, the log's own cost included, through the trainer's public
 `after_train_log` hook); its figure is the median window after the first (warm-up). A ratio is taken
@@ -38,7 +39,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "quickstart.yaml"
 SAMPLE_EVERY = 4  # the sampled arm counts one training step in this many
-TRAIN_ARMS = ("on", "off", "plain", f"sample{SAMPLE_EVERY}")
+TRAIN_ARMS = ("on", "off", "plain", f"sample{SAMPLE_EVERY}", "kernel")  # kernel: liveness.counting=compiled
 COMPILED_ARMS = ("compiled-on", "compiled-off")
 SCALING = ((4, 128), (4, 256), (4, 512), (8, 128))  # (n_layer, n_embd)
 # dense bf16 peak FLOP/s for MFU, by a substring of torch.cuda.get_device_name()
@@ -98,12 +99,14 @@ def _overrides(out: Path, steps: int, arm: str, extra: list[str]) -> list[str]:
         "wandb.mode=disabled",
         "train.epochs=1",
         "train.eval_batches=2",
-        f"liveness.enabled={arm.endswith('on') or 'sample' in arm}",
+        f"liveness.enabled={arm.endswith('on') or 'sample' in arm or arm == 'kernel'}",
         f"train.compile={arm.startswith('compiled')}",
         *extra,
     ]
     if torch.cuda.is_available():
         o.append("train.mixed_precision=bf16")
+    if arm == "kernel":
+        o.append("liveness.counting=compiled")  # compiled on its first forward, inside the warm-up window
     if arm.startswith("sample"):
         o.append(f"liveness.sample_every={int(arm[len('sample') :])}")
     if "liveness.enabled=False" in o:
@@ -653,9 +656,11 @@ def main_targets(args) -> dict:
         else f"process CPU time, {args.threads} torch thread(s)",
         "monitor_overhead_eager": figure("on", "off", invert=True),
         "monitor_overhead_sampled": figure(f"sample{SAMPLE_EVERY}", "off", invert=True),
+        "monitor_overhead_kernel": figure("kernel", "off", invert=True),
         "monitor_overhead_compiled": figure("compiled-on", "compiled-off", invert=True),
         "reviveformer_vs_plain": figure("on", "plain"),
         "reviveformer_off_vs_plain": figure("off", "plain"),
+        "reviveformer_kernel_vs_plain": figure("kernel", "plain"),
         "audit_vs_plain_forward": _spread(audit["ratios"]),
         "memory_increase": peak["on"] / peak["off"] - 1,
         "peak_memory_mb": peak,
@@ -678,9 +683,17 @@ def main_targets(args) -> dict:
             "<= 0.5%",
             lambda v: v <= 0.005,
         ),
+        (
+            "  same, counting kernel",
+            "monitor_overhead_kernel",
+            "pct",
+            "<= 1%",
+            lambda v: v <= 0.01,
+        ),
         ("monitor overhead, compiled", "monitor_overhead_compiled", "pct", "<= 0.5%", lambda v: v <= 0.005),
         ("reviveformer step / plain loop", "reviveformer_vs_plain", "ratio", ">= 0.98", lambda v: v >= 0.98),
         ("  same, monitor off", "reviveformer_off_vs_plain", "ratio", "-", None),
+        ("  same, counting kernel", "reviveformer_kernel_vs_plain", "ratio", ">= 0.98", lambda v: v >= 0.98),
         ("audit / plain no_grad forward", "audit_vs_plain_forward", "ratio", ">= 0.95", lambda v: v >= 0.95),
     ]
     print(
