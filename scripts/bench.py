@@ -15,6 +15,9 @@ per log window (`train.log_every` steps, the log's own cost included, through th
 between the arms of one round (paired), and the table shows the median ratio over rounds with its min and
 max. Worker processes run side by side, one per core's worth of `--threads`. On CPU the windows are timed in process CPU time at `--threads` torch threads (1 by default): with other
 jobs on the machine, wall time measures them as much as us; the wall-time figures are printed beside.
+The monitor's own CPU share: in the same runs, the process CPU time spent inside the monitor's code (the
+counting in every forward, its per-log work) over the timed windows' time (see `MonitorTime`), a direct
+measurement as precise as the target, beside the A/B overheads, whose spread on a shared CPU is wider.
 Peak memory: one short monitor-on and one monitor-off process (peak RSS, or CUDA peak allocated, up to the
 epoch end, read through the trainer's `before_epoch_end` hook). Audit: `measure_saved` against a plain
 `no_grad` loop doing the same forward and the same summed next-token cross-entropy, same batches, both
@@ -114,6 +117,46 @@ def _overrides(out: Path, steps: int, arm: str, extra: list[str]) -> list[str]:
     return o
 
 
+class MonitorTime:
+    """Process CPU time spent inside the monitor's own code: the counting in every forward (`_Probe.count`) and
+    its per-log work (`counts`, `reset`, the liveness metrics and alerts). Summed over the same windows as the
+    step time, it gives the monitor's share of a step measured directly, not as the difference of two runs
+    whose own spread (a few percent on a shared CPU) is wider than the 1% target. What it leaves out: the cost
+    the counting subclass adds around the module's own forward (a Python call) and cache effects on the model's
+    own ops; the A/B figures include those."""
+
+    PATCHED = (
+        ("reviveformer.liveness", "_Probe", "count"),
+        ("reviveformer.liveness", "LivenessMonitor", "counts"),
+        ("reviveformer.liveness", "LivenessMonitor", "reset"),
+        ("reviveformer.trainer", "Trainer", "_log_liveness"),
+    )
+    total = 0.0
+    installed = False
+
+    @classmethod
+    def install(cls) -> None:
+        import importlib
+
+        if cls.installed:
+            return
+        for module, owner, name in cls.PATCHED:
+            klass = getattr(importlib.import_module(module), owner)
+            setattr(klass, name, cls._timed(getattr(klass, name)))
+        cls.installed = True
+
+    @classmethod
+    def _timed(cls, fn):
+        def timed(*args, **kwargs):
+            t = time.process_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                cls.total += time.process_time() - t
+
+        return timed
+
+
 def run_trainer_arm(arm: str, out: Path, steps: int, extra: list[str], clock: Clock) -> dict:
     """The real trainer for `steps` optimizer steps; a time mark after each train log (so the window before
     the first log, warm-up, is left out)."""
@@ -123,17 +166,27 @@ def run_trainer_arm(arm: str, out: Path, steps: int, extra: list[str], clock: Cl
     cfg = load_config(RECIPE, _overrides(out, steps, arm, extra))
     trainer = Trainer(cfg)
     marks: list[tuple[float, float]] = []
+    monitor_at: list[float] = []  # MonitorTime.total at each mark
     peak: dict = {}
-    trainer.after_train_log.append(lambda t: marks.append(clock()))
+
+    def mark(t) -> None:
+        marks.append(clock())
+        monitor_at.append(MonitorTime.total)
+
+    trainer.after_train_log.append(mark)
     trainer.before_epoch_end.append(lambda t: peak.setdefault("mb", _peak_memory_mb()))
     trainer.run()
     # a run stopped by max_steps mid-epoch has no epoch end: its high-water mark is read here instead
     peak.setdefault("mb", _peak_memory_mb())
     tokens = cfg.train.log_every * cfg.train.batch_size * cfg.data.block_size
     rate, wall = _rates(marks, tokens)
+    share = None
+    if not clock.cuda and cfg.liveness.enabled and len(marks) > 1:  # host time means nothing on CUDA
+        share = (monitor_at[-1] - monitor_at[0]) / (marks[-1][0] - marks[0][0])
     return {
         "tokens_per_s": rate,
         "wall_tokens_per_s": wall,
+        "monitor_share": share,
         "peak_mb": peak.get("mb"),
         "final": str(out / "final"),
     }
@@ -187,6 +240,7 @@ def worker_arms(args) -> dict:
 
     torch.set_num_threads(args.threads)
     clock = Clock(torch.cuda.is_available())
+    MonitorTime.install()
     arms = args.arms.split(",")
     runs: list[dict] = []
     for r in range(args.rounds):
@@ -250,12 +304,17 @@ def worker_audit(args) -> dict:
             ).double()
         total.item()
 
+    shares = []
+
     def timed(fn) -> tuple[float, float]:
-        a = clock()
+        m, a = MonitorTime.total, clock()
         fn()
         b = clock()
+        if fn is audit:
+            shares.append((MonitorTime.total - m) / (b[0] - a[0]))
         return b[0] - a[0], b[1] - a[1]
 
+    MonitorTime.install()
     audit(), plain()  # warm-up: first-call costs belong to neither side
     ratios, wall_ratios = [], []
     for r in range(args.rounds):
@@ -265,7 +324,7 @@ def worker_audit(args) -> dict:
             t_plain, t_audit = timed(plain), timed(audit)
         ratios.append(t_plain[0] / t_audit[0])  # = audit rate / plain rate over the same tokens
         wall_ratios.append(t_plain[1] / t_audit[1])
-    return {"ratios": ratios, "wall_ratios": wall_ratios, "tokens": n_tokens}
+    return {"ratios": ratios, "wall_ratios": wall_ratios, "tokens": n_tokens, "monitor_shares": shares}
 
 
 # ------------------------------------------------------------------------------------------------ in-process loops
@@ -646,6 +705,10 @@ def main_targets(args) -> dict:
         v = paired(runs, arm, base, key)
         return _spread([1 - x for x in v] if invert else v) if v else None
 
+    def share(arm):
+        v = [r["monitor_share"] for r in runs if r["arm"] == arm and r.get("monitor_share") is not None]
+        return _spread(v) if v else None
+
     res = {
         "device": device,
         **common,
@@ -658,10 +721,14 @@ def main_targets(args) -> dict:
         "monitor_overhead_sampled": figure(f"sample{SAMPLE_EVERY}", "off", invert=True),
         "monitor_overhead_kernel": figure("kernel", "off", invert=True),
         "monitor_overhead_compiled": figure("compiled-on", "compiled-off", invert=True),
+        "monitor_share_eager": share("on"),
+        "monitor_share_sampled": share(f"sample{SAMPLE_EVERY}"),
+        "monitor_share_kernel": share("kernel"),
         "reviveformer_vs_plain": figure("on", "plain"),
         "reviveformer_off_vs_plain": figure("off", "plain"),
         "reviveformer_kernel_vs_plain": figure("kernel", "plain"),
         "audit_vs_plain_forward": _spread(audit["ratios"]),
+        "audit_monitor_share": _spread(audit["monitor_shares"]),
         "memory_increase": peak["on"] / peak["off"] - 1,
         "peak_memory_mb": peak,
         "wall": {
@@ -691,10 +758,20 @@ def main_targets(args) -> dict:
             lambda v: v <= 0.01,
         ),
         ("monitor overhead, compiled", "monitor_overhead_compiled", "pct", "<= 0.5%", lambda v: v <= 0.005),
+        ("monitor's own CPU share, eager", "monitor_share_eager", "pct", "<= 1%", lambda v: v <= 0.01),
+        (
+            f"  same, sample_every={SAMPLE_EVERY}",
+            "monitor_share_sampled",
+            "pct",
+            "<= 0.5%",
+            lambda v: v <= 0.005,
+        ),
+        ("  same, counting kernel", "monitor_share_kernel", "pct", "<= 1%", lambda v: v <= 0.01),
         ("reviveformer step / plain loop", "reviveformer_vs_plain", "ratio", ">= 0.98", lambda v: v >= 0.98),
         ("  same, monitor off", "reviveformer_off_vs_plain", "ratio", "-", None),
         ("  same, counting kernel", "reviveformer_kernel_vs_plain", "ratio", ">= 0.98", lambda v: v >= 0.98),
         ("audit / plain no_grad forward", "audit_vs_plain_forward", "ratio", ">= 0.95", lambda v: v >= 0.95),
+        ("  the monitor's own CPU share of it", "audit_monitor_share", "pct", "-", None),
     ]
     print(
         f"device: {device}; clock: {res['clock']}; {args.processes} processes x {args.rounds} rounds of "
