@@ -123,7 +123,8 @@ class MonitorTime:
     step time, it gives the monitor's share of a step measured directly, not as the difference of two runs
     whose own spread (a few percent on a shared CPU) is wider than the 1% target. What it leaves out: the cost
     the counting subclass adds around the module's own forward (a Python call) and cache effects on the model's
-    own ops; the A/B figures include those."""
+    own ops; the A/B figures include those. Installed only in processes without a compiled model: inside one,
+    its clock calls would break the graph."""
 
     PATCHED = (
         ("reviveformer.liveness", "_Probe", "count"),
@@ -240,8 +241,9 @@ def worker_arms(args) -> dict:
 
     torch.set_num_threads(args.threads)
     clock = Clock(torch.cuda.is_available())
-    MonitorTime.install()
     arms = args.arms.split(",")
+    if not any(a.startswith("compiled") for a in arms):
+        MonitorTime.install()  # not where torch.compile traces the monitor: its clock calls would break the graph
     runs: list[dict] = []
     for r in range(args.rounds):
         order = arms[r % len(arms) :] + arms[: r % len(arms)]
