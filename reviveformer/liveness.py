@@ -228,8 +228,8 @@ def fused_counting(counting: str, device: torch.device) -> bool:
     """Whether `liveness.counting` picks the compiled counting kernel on `device`. auto: on GPUs only, where it
     halves the eager ops' cost (GPT-2 124M on an H200: +5% against +10% of a step). On CPU it is faster than
     the reference ops only on cache-resident data (2x on a repeated 2048 x 512 tensor); inside a training
-    step, on activations fresh from a matmul, both take the same time (docs/results.md), and compiling it
-    costs seconds per process."""
+    step at the quickstart size, on activations fresh from a matmul, both take the same time
+    (docs/results.md), and compiling it costs seconds per process."""
     return counting == "compiled" or (counting == "auto" and device.type == "cuda")
 
 
