@@ -19,13 +19,17 @@ from __future__ import annotations
 
 from accelerate.utils import extract_model_from_parallel
 from torch import Tensor, nn
+from transformers import PreTrainedModel
 
 ACT_STATE_KEY = ".mlp.act."
 """Part of every state-dict key of the MLP activations' own parameters and buffers (`transformer.h.<i>.mlp.act.*`)."""
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside any DDP / torch.compile wrapper."""
+    """The model inside any DDP / torch.compile wrapper. A transformers model is no wrapper and comes back as it
+    is, without Accelerate's search for compiled submodules (a walk over every module, at every per-log report)."""
+    if isinstance(model, PreTrainedModel):
+        return model
     return extract_model_from_parallel(model, keep_torch_compile=False)
 
 

@@ -536,28 +536,30 @@ def capacity(
 
 
 def _capacity(
-    model: nn.Module, dead_units: dict[int, list[int]], pruned_per_unit: dict[int, np.ndarray]
+    model: nn.Module, dead_units: dict[int, Any], pruned_per_unit: dict[int, np.ndarray]
 ) -> dict[str, int | float]:
-    """`capacity` from the number of pruned weights in each unit's c_fc column (layer -> (units,) ints)."""
+    """`capacity` from the number of pruned weights in each unit's c_fc column (layer -> (units,) ints);
+    `dead_units[i]`: unit indices of layer i, a list or an integer array."""
     model = gpt2.unwrap(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     all_units = alive = 0
     effective = trainable
     for i, mlp in enumerate(gpt2.mlps(model)):
         units = gpt2.mlp_units(mlp)
-        dead = sorted({int(j) for j in dead_units.get(i, [])})
-        if dead and not (0 <= dead[0] and dead[-1] < units):
+        listed = np.asarray(dead_units.get(i, []), dtype=np.int64)
+        if listed.size and not (0 <= listed.min() and listed.max() < units):
             raise ValueError(
-                f"dead unit indices {dead[0]}..{dead[-1]} out of range for {units} units in layer {i}"
+                f"dead unit indices {listed.min()}..{listed.max()} out of range for {units} units in layer {i}"
             )
+        dead = np.zeros(units, dtype=bool)
+        dead[listed] = True  # a unit listed twice counts once
+        n_dead = int(dead.sum())
         all_units += units
-        alive += units - len(dead)
-        effective -= gpt2.per_unit_parameters(mlp) * len(dead)
+        alive += units - n_dead
+        effective -= gpt2.per_unit_parameters(mlp) * n_dead
         pruned = pruned_per_unit.get(i)
         if pruned is not None and mlp.c_fc.weight.requires_grad:
-            keep = np.ones(units, dtype=bool)
-            keep[dead] = False
-            effective -= int(pruned[keep].sum())  # pruned weights of dead units are already subtracted
+            effective -= int(pruned[~dead].sum())  # pruned weights of dead units are already subtracted
     return {
         "alive_units": alive,
         "alive_fraction": alive / all_units if all_units else 0.0,
@@ -882,7 +884,7 @@ class LivenessMonitor:
         counts = LivenessCounts(self.cfg, fire_count, abs_sums, tokens_of)
         if MLP_SITE in self.sites:
             pruned = {i: np.rint(take(self._units(MLP_SITE, i))) for i in sorted(masks)}
-            dead = {i: np.flatnonzero(d).tolist() for i, _, d, _, _ in counts._layers(MLP_SITE)}
+            dead = {i: np.flatnonzero(d) for i, _, d, _, _ in counts._layers(MLP_SITE)}
             counts.capacity = _capacity(self.model, dead, pruned)
         return counts
 

@@ -576,6 +576,11 @@ def test_capacity_by_hand() -> None:
         "effective_param_fraction": effective / trainable,
     }
     assert capacity(model, {}, None)["effective_params"] == trainable
+    # a unit listed twice, or as an array, is one dead unit; an index past the layer's units is refused
+    twice = {0: np.array([2, 1, 2]), 1: [7, 7]}
+    assert capacity(model, twice, masks) == cap
+    with pytest.raises(ValueError, match=f"dead unit indices 1..{i} out of range for {i} units in layer 0"):
+        capacity(model, {0: [1, i]}, None)
 
     model.transformer.h[1].mlp.c_proj.weight.requires_grad_(False)  # frozen weights are not trainable
     cap = capacity(model, dead, None)
