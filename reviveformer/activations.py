@@ -16,7 +16,6 @@ instead of silently computing another function.
 from __future__ import annotations
 
 import copy
-import importlib
 import inspect
 import math
 import re
@@ -30,6 +29,7 @@ from transformers.activations import ACT2CLS, ACT2FN, NewGELUActivation
 
 from reviveformer import gpt2
 from reviveformer.errors import ConfigError
+from reviveformer.plugins import import_spec
 
 DEFAULT_LEAKY_RELU_SLOPE = 0.01
 
@@ -97,20 +97,8 @@ class FunctionActivation(nn.Module):
 
 
 def _import_attr(spec: str, key: str) -> Any:
-    module_name, _, attr_path = spec.partition(":")
-    if not module_name or not attr_path:
-        raise ConfigError(f"{key}={spec!r}: a custom activation must be written package.module:attr")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except Exception as e:  # the user's module may fail in any way while importing
-        raise ConfigError(
-            f"{key}={spec!r}: cannot import module {module_name!r} ({type(e).__name__}: {e}); "
-            "is it installed or on PYTHONPATH?"
-        ) from None
-    for part in attr_path.split("."):
-        if not hasattr(obj, part):
-            raise ConfigError(f"{key}={spec!r}: module {module_name!r} has no attribute {attr_path!r}")
-        obj = getattr(obj, part)
+    obj = import_spec(spec, key, f"{key}={spec!r}: a custom activation must be written package.module:attr")
+    attr_path = spec.partition(":")[2]
     if not callable(obj):
         raise ConfigError(
             f"{key}={spec!r}: {attr_path!r} is a {type(obj).__name__}, not callable; give an nn.Module "

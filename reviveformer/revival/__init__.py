@@ -8,10 +8,10 @@ entry in `REVIVERS`; the config section, the trainer's job_type and compare's ar
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from reviveformer.errors import ConfigError
+from reviveformer.plugins import import_spec
 from reviveformer.revival.base import Reviver, check_supported
 from reviveformer.revival.grama import GraMa
 from reviveformer.revival.optim import reset_adam_state
@@ -31,20 +31,8 @@ def valid_methods() -> str:
 
 def _import_reviver(spec: str, key: str) -> type[Reviver]:
     """The `Reviver` subclass named by `package.module:Class` (imported here, only because a config named it)."""
-    module_name, _, attr_path = spec.partition(":")
-    if not module_name or not attr_path:
-        raise ConfigError(f"{key}={spec!r} must be {valid_methods()}")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except Exception as e:  # the user's module may fail in any way while importing
-        raise ConfigError(
-            f"{key}={spec!r}: cannot import module {module_name!r} ({type(e).__name__}: {e}); "
-            "is it installed or on PYTHONPATH?"
-        ) from None
-    for part in attr_path.split("."):
-        if not hasattr(obj, part):
-            raise ConfigError(f"{key}={spec!r}: module {module_name!r} has no attribute {attr_path!r}")
-        obj = getattr(obj, part)
+    obj = import_spec(spec, key, f"{key}={spec!r} must be {valid_methods()}")
+    attr_path = spec.partition(":")[2]
     if not (isinstance(obj, type) and issubclass(obj, Reviver)):
         raise ConfigError(
             f"{key}={spec!r}: {attr_path!r} is not a subclass of reviveformer.revival.Reviver "
