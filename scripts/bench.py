@@ -151,9 +151,8 @@ class MonitorTime:
         import torch
 
         def timed(*args, **kwargs):
-            if (
-                torch.compiler.is_compiling()
-            ):  # traced into a compiled graph: a clock call there would break it
+            # traced into a compiled graph: a clock call there would break it
+            if torch.compiler.is_compiling():
                 return fn(*args, **kwargs)
             t = time.process_time()
             try:
@@ -188,7 +187,8 @@ def run_trainer_arm(arm: str, out: Path, steps: int, extra: list[str], clock: Cl
     tokens = cfg.train.log_every * cfg.train.batch_size * cfg.data.block_size
     rate, wall = _rates(marks, tokens)
     share = None
-    if not clock.cuda and cfg.liveness.enabled and len(marks) > 1:  # host time means nothing on CUDA
+    # host time means nothing on CUDA, and counting inside a compiled graph is not timed
+    if not clock.cuda and cfg.liveness.enabled and not cfg.train.compile and len(marks) > 1:
         share = (monitor_at[-1] - monitor_at[0]) / (marks[-1][0] - marks[0][0])
     return {
         "tokens_per_s": rate,
@@ -410,12 +410,12 @@ def interleaved(
 ) -> dict[str, list[float]]:
     """Warm every arm, then `rounds` rounds of `steps` steps per arm (order rotated each round); returns the
     time of each arm's chunk, per round."""
-    for arm in arms:
-        for _ in range(warmup):
-            arm.step(ids)
     import torch
 
     cuda = ids.device.type == "cuda"
+    for arm in arms:
+        for _ in range(warmup):
+            arm.step(ids)
     for r in range(rounds):
         for arm in arms[r % len(arms) :] + arms[: r % len(arms)]:
             if cuda:
