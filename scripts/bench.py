@@ -621,7 +621,8 @@ def _gpu_shape(args) -> tuple[tuple[int, int, int, int], int]:
 
 def worker_gpu_alone(args) -> dict:
     """One arm (`args.arms`: plain or monitor) alone in this process, eager then compiled: ms/step over
-    `args.gpu_rounds` chunks of `args.gpu_steps` steps, after 5 warm-up steps, a log every 10 steps."""
+    `args.gpu_rounds` chunks of `args.gpu_steps` steps, after 5 warm-up steps, a log (with the monitor, its
+    report) every `args.gpu_log_every` steps."""
     import torch
 
     cuda = torch.cuda.is_available()
@@ -635,7 +636,8 @@ def worker_gpu_alone(args) -> dict:
     clock = Clock(cuda)
     out = {}
     for compiled in (False, True):
-        arm = LoopArm(args.arms, shape, dev, "auto" if args.arms == "monitor" else None, compiled, cuda, 10)
+        monitor = "auto" if args.arms == "monitor" else None
+        arm = LoopArm(args.arms, shape, dev, monitor, compiled, cuda, args.gpu_log_every)
         interleaved([arm], ids, warmup=5, rounds=args.gpu_rounds, steps=args.gpu_steps, clock=clock)
         out["compiled" if compiled else "eager"] = [t / args.gpu_steps * 1000 for t in arm.times]
         del arm
@@ -649,7 +651,12 @@ def run_gpu_alone(args) -> dict:
         runs = {"plain": [], "monitor": []}
         for rep in range(2):
             for arm in ("plain", "monitor"):
-                kw = {"arms": arm, "gpu_rounds": args.gpu_rounds, "gpu_steps": args.gpu_steps}
+                kw = {
+                    "arms": arm,
+                    "gpu_rounds": args.gpu_rounds,
+                    "gpu_steps": args.gpu_steps,
+                    "gpu_log_every": args.gpu_log_every,
+                }
                 r = run_worker(
                     "gpu-alone", tmp, **kw, batch=args.batch, **({"tiny": ""} if args.tiny else {})
                 )
@@ -838,6 +845,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=0, help="--gpu batch size (default 8; --tiny 4)")
     ap.add_argument("--gpu-steps", type=int, default=20, help="--gpu steps per arm and round")
     ap.add_argument("--gpu-rounds", type=int, default=5, help="--gpu rounds of every arm")
+    ap.add_argument(
+        "--gpu-log-every",
+        type=int,
+        default=10,
+        help="--gpu --alone: steps between logs (the monitor's report); a large value leaves it out",
+    )
     ap.add_argument("--json", default="bench.json")
     ap.add_argument(
         "--alone",
