@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -81,6 +82,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every live process below `pid`, from the parent pids in /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # the field after the state
+        except (OSError, IndexError, ValueError):  # a process that ended meanwhile
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def accelerate_launch(
     target: list[str],
     processes: int = 2,
@@ -115,7 +133,14 @@ def accelerate_launch(
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        # torch's elastic agent starts each worker in a session of its own, out of reach of the launcher's
+        # group: its workers are found by parent pid (before the launcher dies and they are re-parented), and
+        # killed, or one would hold the output pipes open and the communicate() below would wait for ever
+        tree = _descendants(proc.pid)
         os.killpg(proc.pid, signal.SIGKILL)
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         out, err = proc.communicate()
         pytest.fail(
             f"accelerate launch of {target[:3]} did not finish in {timeout} s:\n{(out + err)[-4000:]}"
