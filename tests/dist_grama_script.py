@@ -15,6 +15,7 @@ import sys
 
 import torch
 from accelerate import Accelerator
+from dist_common import finish, watchdog
 from revival_reports import NO_REPORT
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -22,6 +23,7 @@ from reviveformer.revival.grama import GraMa, step_scores
 
 
 def main(out: str) -> None:
+    watchdog()
     acc = Accelerator()
     torch.manual_seed(0)
     model = GPT2LMHeadModel(
@@ -82,8 +84,8 @@ def main(out: str) -> None:
                 },
                 f,
             )
-    acc.wait_for_everyone()
-    acc.end_training()
+    ddp = opt = None  # the DDP model goes before its process group
+    finish(acc)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,12 @@ main process, writes the report JSON to the path given on the command line.
 
 from __future__ import annotations
 
-import faulthandler
-import gc
 import json
 import sys
 
 import torch
 from accelerate import Accelerator
+from dist_common import finish, watchdog
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from reviveformer.config import LivenessConfig
@@ -60,7 +59,7 @@ def data() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def main(out: str) -> None:
-    faulthandler.dump_traceback_later(120, exit=True)  # a hang prints every thread's stack and ends
+    watchdog()
     accelerator = Accelerator(cpu=True)
     model = build_model()
     monitor = LivenessMonitor(model, LivenessConfig())
@@ -76,13 +75,9 @@ def main(out: str) -> None:
     if accelerator.is_main_process:
         with open(out, "w") as f:
             json.dump({"num_processes": accelerator.num_processes, "report": report.to_json()}, f)
-    accelerator.wait_for_everyone()
     monitor.close()
-    # DDP goes before its process group: freed after it (at exit), gloo teardown now and then hangs
-    del model
-    accelerator.free_memory()
-    gc.collect()
-    accelerator.end_training()
+    del model  # the DDP model goes before its process group (dist_common.finish)
+    finish(accelerator)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import sys
 import torch
 from accelerate import Accelerator
 from custom_reviver import BiasKick
+from dist_common import finish, watchdog
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from reviveformer.config import LivenessConfig
@@ -80,13 +81,13 @@ def run_method(acc: Accelerator, cls: type[Reviver]) -> dict[str, bool]:
 
 
 def main(out: str) -> None:
+    watchdog()
     acc = Accelerator()
     result = {cls.name: run_method(acc, cls) for cls in [*REVIVERS.values(), BiasKick]}
     if acc.is_main_process:
         with open(out, "w") as f:
             json.dump(result, f)
-    acc.wait_for_everyone()
-    acc.end_training()
+    finish(acc)  # run_method's DDP models are out of scope; finish frees the accelerator's references
 
 
 if __name__ == "__main__":

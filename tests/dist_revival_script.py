@@ -15,6 +15,7 @@ import sys
 
 import torch
 from accelerate import Accelerator
+from dist_common import finish, watchdog
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from reviveformer.config import LivenessConfig
@@ -23,6 +24,7 @@ from reviveformer.revival.stripping import SynapticStripping
 
 
 def main(out: str) -> None:
+    watchdog()
     acc = Accelerator()
     torch.manual_seed(0)
     model = GPT2LMHeadModel(
@@ -78,12 +80,8 @@ def main(out: str) -> None:
                 },
                 f,
             )
-    acc.wait_for_everyone()
-    # drop the DDP model before the process group goes (as trainer.release does): a DDP model alive at
-    # teardown made 2-process CPU runs hang at exit now and then
-    ddp = opt = None  # (the closure `steps` holds them too)
-    acc.free_memory()
-    acc.end_training()
+    ddp = opt = None  # the DDP model goes before its process group (the closure `steps` holds them too)
+    finish(acc)
 
 
 if __name__ == "__main__":
