@@ -1,5 +1,6 @@
-"""Which settings a resumed run may change: the table of docs/design.md ("Resuming"), checked before
-anything is written.
+"""Resuming a run: which checkpoint (`resume_path`), whether its settings may change (`check_resume`, the
+table of docs/design.md, "Resuming"), and where training stands in it (`restore_position`), all decided
+before anything is written.
 
 A checkpoint carries the resolved config it was saved with. Each setting a resume changes is either refused
 (it would silently change what the checkpoint means: the model, the data and its order, the optimizer's
@@ -10,10 +11,18 @@ step on), or allowed silently (it changes where output goes or how it looks, not
 from __future__ import annotations
 
 import copy
+import logging
+import math
+from pathlib import Path
 from typing import Any
 
-from reviveformer.config import Config, to_dict, upgrade_revival_keys
+from reviveformer import checkpoint as ckpt
+from reviveformer.config import Config, TrainConfig, to_dict, upgrade_revival_keys
 from reviveformer.errors import CheckpointError
+from reviveformer.evaluation import reduce_sum
+from reviveformer.loop.position import Position
+
+log = logging.getLogger("reviveformer")
 
 # Allowed with a warning: read afresh at every use, so a new value acts from the resumed step on.
 ALLOWED = (
@@ -89,3 +98,116 @@ def compare_settings(saved: dict[str, Any], new: dict[str, Any], checkpoint: str
             "Nothing was changed."
         )
     return allowed
+
+
+def resume_path(resume: str, run_dir: Path) -> Path | None:
+    """The checkpoint `train.resume` names: None for never (or auto with none complete), the newest complete
+    one for auto, else the directory given, which must be a complete checkpoint."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        found = ckpt.find_resume_point(run_dir / "checkpoints")
+        if found is None:
+            log.info("train.resume=auto: no complete checkpoint in %s; starting fresh", run_dir)
+        return found
+    p = Path(resume)
+    if not (p / ckpt.MARKER).is_file():
+        raise CheckpointError(
+            f"train.resume={resume} is not a complete reviveformer checkpoint (no {ckpt.MARKER} "
+            "marker); give never, auto, or a checkpoints/step_XXXXXXXX directory"
+        )
+    return p
+
+
+def check_resume(path: Path, cfg: Config, num_processes: int) -> dict:
+    """Read the checkpoint's state and refuse a resume it cannot honour, before anything is written;
+    announce what it may change in one warning. Returns the state."""
+    state = ckpt.read_state(path)
+    saved_cfg = state.get("config")
+    if saved_cfg is None:  # a checkpoint from before configs were saved in it: the run's config.yaml
+        import yaml
+
+        legacy = path.parent.parent / "config.yaml"
+        saved_cfg = yaml.safe_load(legacy.read_text()) if legacy.is_file() else to_dict(cfg)
+    changes = compare_settings(saved_cfg, to_dict(cfg), str(path))
+    saved_np = state.get("num_processes", 1)
+    if saved_np != num_processes:
+        changes.append(
+            f"processes: {saved_np} -> {num_processes} (the data position, step "
+            "count, liveness and revival state carry over; the random streams cannot, so the result "
+            "will not be bit-identical to an uninterrupted run)"
+        )
+    if changes:
+        log.warning(
+            "resuming from %s with changed settings, in effect from step %d on: %s",
+            path,
+            state["step"],
+            "; ".join(changes),
+        )
+    return state
+
+
+def restore_position(state: dict, tc: TrainConfig, batches_per_epoch: int, num_processes: int) -> Position:
+    """The position a checkpoint's state resumes at on this run's processes: the data position dealt again
+    over them on a step boundary, the step budget rescaled so that the same tokens are trained in all."""
+    pos = Position(
+        step=state["step"],
+        epoch=state["epoch"],
+        bad_steps=state["bad_steps"],
+        tokens_seen=state["tokens_seen"],
+        step_budget=tc.max_steps,
+    )
+    saved_np = state.get("num_processes", 1)
+    saved_per_epoch = state.get("batches_per_epoch", batches_per_epoch)
+    if state["batches_in_epoch"] >= saved_per_epoch:  # the epoch's data is done, its end is not
+        pos.batches_in_epoch = batches_per_epoch
+    else:  # the data position in global batches, dealt again over this run's processes, on a step boundary
+        global_batches = state["batches_in_epoch"] * saved_np
+        ga = tc.grad_accum
+        pos.batches_in_epoch = global_batches // num_processes // ga * ga
+        if pos.batches_in_epoch * num_processes != global_batches:
+            log.warning(
+                "the %d batches of this epoch already trained do not deal evenly over %d processes: "
+                "resuming after %d of them (%d seen again)",
+                global_batches,
+                num_processes,
+                pos.batches_in_epoch * num_processes,
+                global_batches - pos.batches_in_epoch * num_processes,
+            )
+    saved_max = state.get("config", {}).get("train", {}).get("max_steps", tc.max_steps)
+    budget = state.get("step_budget", saved_max)
+    if budget is not None and saved_max == tc.max_steps and saved_np != num_processes:
+        # the same tokens in all: the steps left shrink or grow with the samples each step takes
+        pos.step_budget = pos.step + math.ceil((budget - pos.step) * saved_np / num_processes)
+    elif budget is not None and saved_max == tc.max_steps:
+        pos.step_budget = budget
+    return pos
+
+
+def training_state(
+    pos: Position, batches_per_epoch: int, cfg: Config, accelerator, monitor, reviver, alerts
+) -> dict:
+    """What a checkpoint holds besides Accelerate's own state: the position, the resolved config, and the
+    state of the monitor (its training window summed over processes: the main process alone writes it),
+    the reviver and the alerts."""
+    monitor_state = None
+    if monitor is not None:
+        monitor_state = monitor.state_dict()
+        if accelerator.num_processes > 1:
+            for counts in monitor_state["sites"].values():
+                for k, t in counts.items():
+                    counts[k] = reduce_sum(accelerator, t.to(accelerator.device)).cpu()
+    return {
+        "step": pos.step,
+        "epoch": pos.epoch,
+        "batches_in_epoch": pos.batches_in_epoch,
+        "batches_per_epoch": batches_per_epoch,
+        "num_processes": accelerator.num_processes,
+        "step_budget": pos.step_budget,
+        "bad_steps": pos.bad_steps,
+        "tokens_seen": pos.tokens_seen,
+        "config": to_dict(cfg),
+        "monitor": monitor_state,
+        "reviver": reviver.state_dict() if reviver else None,
+        "alerts": alerts.state_dict(),
+    }

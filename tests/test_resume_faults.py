@@ -26,7 +26,8 @@ from safetensors.torch import load_file
 from conftest import REPO, tiny_overrides
 from reviveformer import faults
 from reviveformer.config import load_config
-from reviveformer.trainer import Trainer, train
+from reviveformer.loop import EpochEnd
+from reviveformer.trainer import train
 
 RECIPE = str(REPO / "recipes" / "quickstart.yaml")
 EXTRA = {
@@ -49,7 +50,7 @@ class SimulatedKill(BaseException):
 
 @pytest.fixture
 def no_figures(monkeypatch):
-    monkeypatch.setattr(Trainer, "_plots", lambda self, liveness, hists: None)
+    monkeypatch.setattr(EpochEnd, "_plots", lambda self, liveness, hists, step: None)
     monkeypatch.setattr("reviveformer.plots.plot_revived_per_layer", lambda details, path: None)
 
 
@@ -69,7 +70,7 @@ def _run(run_dir: Path, corpus: Path):
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, corpus_file):
     mp = pytest.MonkeyPatch()
-    mp.setattr(Trainer, "_plots", lambda self, liveness, hists: None)
+    mp.setattr(EpochEnd, "_plots", lambda self, liveness, hists, step: None)
     mp.setattr("reviveformer.plots.plot_revived_per_layer", lambda details, path: None)
     mp.delenv(faults.ENV, raising=False)
     run_dir = tmp_path_factory.mktemp("straight") / "run"

@@ -2,12 +2,39 @@
 each epoch end, and each decides whether its moment has come (as torchtitan's `train()` asks
 `checkpointer.save(step)` and `validator.should_validate(step)`).
 
+- `Position`: where training is (step, epoch, batches in the epoch), saved in every checkpoint;
+- `TrainWindow`: the train log's window (loss, steps, tokens) and its cadence; `TrainLog`: what is logged
+  when it closes (the training scalars, then the liveness window's metrics and alerts);
+- `BadSteps`: non-finite steps skipped, counted, and the halt past `train.max_bad_steps`;
+- `Validator`: validation at `train.eval_every` and the last one measured;
+- `RevivalTiming`: when revival runs; `RevivalPass`: one revival with what it logs;
+- `LivenessLog`: a liveness window's metrics, alerts and histograms to tracking;
+- `EpochEnd`: the epoch end's measurement, liveness json, figures and revival;
+- `Checkpointer`: when and what to checkpoint.
+
 The contract: docs/design.md, "Training loop".
 """
 
+from reviveformer.loop.bad_steps import BadSteps
 from reviveformer.loop.checkpointer import Checkpointer
+from reviveformer.loop.epoch_end import EpochEnd
+from reviveformer.loop.liveness_log import LivenessLog
+from reviveformer.loop.position import Position
+from reviveformer.loop.revival_pass import RevivalPass
 from reviveformer.loop.revival_timing import RevivalTiming
+from reviveformer.loop.train_log import TrainLog
 from reviveformer.loop.validator import Validator
 from reviveformer.loop.window import TrainWindow
 
-__all__ = ["Checkpointer", "RevivalTiming", "TrainWindow", "Validator"]
+__all__ = [
+    "BadSteps",
+    "Checkpointer",
+    "EpochEnd",
+    "LivenessLog",
+    "Position",
+    "RevivalPass",
+    "RevivalTiming",
+    "TrainLog",
+    "TrainWindow",
+    "Validator",
+]

@@ -37,3 +37,9 @@ class TrainWindow:
         self.loss = torch.zeros((), device=self.device)
         self.steps, self.tokens, self.started = 0, 0, now
         return taken
+
+
+def reaches_multiple(step: int, span: int, every: int) -> bool:
+    """Whether the `span` steps ending at `step` reach a multiple of `every` (0: never): the train log at which
+    a lower cadence (`liveness.frequency_histogram_every`) falls due, whatever `train.log_every` is."""
+    return every > 0 and step // every > (step - span) // every

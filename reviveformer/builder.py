@@ -1,0 +1,205 @@
+"""The run's set-up: turns a Config into the parts a Trainer runs (as torchtitan's config sections build their
+components): the checks that must pass before anything is written, the model and tokenizer, the data, the
+optimizer and its schedule, the monitor and the reviver, tracking and alerts.
+
+Each function takes the narrowest slice of the config it needs and knows nothing of the loop; the Trainer
+calls them in order and wires what they return (docs/design.md, "Training loop").
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from reviveformer import activations
+from reviveformer.alerts import AlertManager, JsonlAlertSink, RateLimitedSink, console_sink, titled_alert_sink
+from reviveformer.config import AlertsConfig, Config, LivenessConfig, TrainConfig, save_config
+from reviveformer.data import load_tokenizer, prepare_data
+from reviveformer.errors import CheckpointError, UserError
+from reviveformer.liveness import LivenessMonitor
+from reviveformer.memory import check_fits
+from reviveformer.model import DEFAULT_ACTIVATION, build_model, describe, init_from_checkpoint
+from reviveformer.resume import resume_path
+from reviveformer.revival import Reviver, build_reviver, check_supported
+from reviveformer.tracking import Tracking
+
+log = logging.getLogger("reviveformer")
+
+
+# ------------------------------------------------------------------------------------------- checks
+
+
+def check_output_dir(path: Path) -> None:
+    """Fail before training when the run directory cannot be written (unwritable, a file in the way, a nearly
+    full disk), without creating anything: a run that fails later must not leave a half-made directory."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"train.output_dir={path} is a file; give a directory")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(
+            f"train.output_dir={path} is not writable ({existing} does not allow writing); choose "
+            "another directory"
+        )
+    free = shutil.disk_usage(existing).free
+    if free < 50 * 2**20:
+        raise UserError(f"train.output_dir={path} has only {free // 2**20} MiB free; checkpoints need more")
+
+
+def check_run(cfg: Config, run_dir: Path) -> Path | None:
+    """What must hold before any data is prepared or anything written, on every process (an error raised on
+    one alone would hang the others). Returns the checkpoint to resume from, if any."""
+    check_fits(cfg)  # weights + optimizer state against free memory, before any data is prepared
+    resume_from = resume_path(cfg.train.resume, run_dir)
+    check_output_dir(run_dir)
+    if cfg.train.resume == "never" and (run_dir / "config.yaml").is_file():
+        raise UserError(
+            f"train.output_dir={run_dir} already holds a run; continue it with "
+            "train.resume=auto, or give another train.output_dir (nothing was changed)"
+        )
+    activations.validate_activation(cfg.model.activation or DEFAULT_ACTIVATION, cfg.model.leaky_relu_slope)
+    return resume_from
+
+
+# ------------------------------------------------------------------------------------------- model and data
+
+
+def build_model_and_data(cfg: Config, accelerator):
+    """The model (new, or `model.init_from`'s) and the prepared data with its tokenizer. `cfg.model` is replaced
+    by what was actually built or loaded, so that the run's config records it. Returns (model, data)."""
+    init_model = None
+    tokenizer = None
+    if cfg.model.init_from:
+        init_model = init_from_checkpoint(cfg.model)
+        if cfg.data.tokenizer == "bpe":  # the checkpoint's own (a folder without one is refused at load)
+            # fine-tuning keeps the checkpoint's own vocabulary
+            tokenizer = load_tokenizer(cfg.model.init_from)
+    with accelerator.main_process_first():
+        data = prepare_data(cfg.data, cfg.train.seed, tokenizer=tokenizer)
+    tok = data.tokenizer
+    if init_model is None:
+        model = build_model(cfg.model, vocab_size=len(tok), eos_token_id=tok.eos_token_id)
+        cfg.model.activation = describe(model).activation
+        return model, data
+    model = init_model
+    if len(tok) > model.config.vocab_size:
+        raise CheckpointError(
+            f"vocabulary mismatch: the tokenizer has {len(tok)} tokens but model.init_from={cfg.model.init_from} "
+            f"embeds {model.config.vocab_size}; use the checkpoint's own tokenizer (data.tokenizer=bpe picks it "
+            "when the checkpoint folder has one) or data.tokenizer=PATH of a matching one"
+        )
+    if cfg.data.block_size > model.config.n_positions:
+        raise CheckpointError(
+            f"data.block_size={cfg.data.block_size} is above the checkpoint's n_positions="
+            f"{model.config.n_positions}; lower data.block_size"
+        )
+    resolved = describe(model)  # the run's config records what was actually loaded
+    resolved.init_from = cfg.model.init_from
+    cfg.model = resolved
+    return model, data
+
+
+def train_loader(dataset, tc: TrainConfig) -> DataLoader:
+    """Shuffled, whole batches only. Its own generator: creating an iterator must not draw from the global RNG
+    that dropout uses, or a resumed run (which creates its iterator after restoring that RNG) would drift from
+    a straight one."""
+    loader = DataLoader(
+        dataset,
+        batch_size=tc.batch_size,
+        shuffle=True,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(tc.seed),
+    )
+    if len(loader) == 0:
+        raise UserError(
+            f"train.batch_size={tc.batch_size} is larger than the {len(dataset)} "
+            "training blocks; lower train.batch_size or add data"
+        )
+    return loader
+
+
+# ------------------------------------------------------------------------------------------- optimizer
+
+
+def param_groups(model, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only (GPT-2 convention: not on biases, norms)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model, tc: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(
+        param_groups(model, tc.weight_decay),
+        lr=tc.lr,
+        betas=(tc.adam_beta1, tc.adam_beta2),
+        eps=tc.adam_eps,
+    )
+
+
+def warmup_cosine(warmup: int, total: int, min_ratio: float):
+    """LR multiplier: linear warm-up to 1, then cosine down to min_ratio at `total` steps."""
+
+    def fn(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return fn
+
+
+def build_scheduler(optimizer, tc: TrainConfig, total_steps: Callable[[], int]):
+    """Warm-up then cosine to `train.min_lr_ratio` at the run's last step, read at each step (a resume or a step
+    budget moves it). `optimizer` may be Accelerate's wrapper."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
+        lambda s: warmup_cosine(tc.warmup_steps, total_steps(), tc.min_lr_ratio)(s),
+    )
+
+
+# ------------------------------------------------------------------------------------------- monitor and reviver
+
+
+def build_monitor(model, lc: LivenessConfig) -> LivenessMonitor | None:
+    return LivenessMonitor(model, lc) if lc.enabled else None
+
+
+def build_run_reviver(cfg: Config, distributed_type: str) -> Reviver | None:
+    """The configured reviver (None for method none), refused where its optimizer-state reset cannot work."""
+    reviver = build_reviver(cfg.revival, seed=cfg.train.seed)
+    if reviver is not None:
+        check_supported(distributed_type)
+    return reviver
+
+
+# ------------------------------------------------------------------------------------------- outputs
+
+
+def start_run_dir(cfg: Config, run_dir: Path) -> None:
+    """The run directory's folders and its config.yaml (main process; after every check has passed)."""
+    for sub in ("liveness", "plots", "checkpoints"):
+        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+
+
+def build_alerts(ac: AlertsConfig, tracking: Tracking, run_dir: Path, is_main: bool) -> AlertManager:
+    """The alert rules with their sinks (console, alerts.jsonl, W&B rate-limited) on the main process only."""
+    sinks = []
+    if is_main:
+        sinks = [
+            console_sink,
+            JsonlAlertSink(run_dir / "alerts.jsonl"),
+            RateLimitedSink(titled_alert_sink(tracking.alert), ac.wandb_wait_s),
+        ]
+    return AlertManager(ac, sinks=sinks)

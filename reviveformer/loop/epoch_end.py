@@ -1,0 +1,102 @@
+"""The end of an epoch: a validation pass with a fresh liveness window, its metrics and alerts, the liveness
+json and activation histograms of the epoch (`liveness/epoch_XXX.json`, `activations_epoch_XXX.json`), the
+figures, and the epoch end's revival. The trainer moves the epoch counter and checkpoints around it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from reviveformer import metric_keys, plots
+from reviveformer import report as run_report
+from reviveformer.faults import fault_point
+from reviveformer.liveness import LivenessMonitor, LivenessReport
+from reviveformer.loop.liveness_log import LivenessLog
+from reviveformer.loop.validator import Validator
+from reviveformer.tracking import Tracking
+
+log = logging.getLogger("reviveformer")
+
+
+def write_json(path: Path, data) -> None:
+    """Write whole or not at all: a run killed mid-write leaves the previous file (or none)."""
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.rename(path)
+
+
+class EpochEnd:
+    def __init__(
+        self,
+        run_dir: Path,
+        is_main: bool,
+        monitor: LivenessMonitor | None,
+        measure: Callable[[], tuple[dict, LivenessReport | None]],
+        validator: Validator,
+        tracking: Tracking,
+        liveness_log: LivenessLog,
+        revive: Callable[[LivenessReport | None], object] | None,
+    ) -> None:
+        self.run_dir = run_dir
+        self.is_main = is_main
+        self.monitor = monitor
+        self._measure = measure
+        self.validator = validator
+        self.tracking = tracking
+        self.liveness_log = liveness_log
+        self._revive = revive
+        """The epoch end's own revival (None when revival runs on its step cadence or not at all)."""
+        self.last_report: LivenessReport | None = None
+        """The last epoch end's liveness report (the summary's dead ratios)."""
+
+    def run(self, epoch: int, step: int, epoch_seconds: float) -> set[str]:
+        """The end of `epoch` (0-based) at optimizer step `step`; returns the alert actions it raised."""
+        if self.monitor is not None:
+            self.monitor.request_histogram()  # activation values of the first validation batch
+        val, report = self._measure()
+        fault_point("epoch_end_measure")
+        hists = self.monitor.histograms() if self.monitor is not None else {}
+        self.liveness_log.log_activation_histograms(hists, step)
+        self.validator.record(val, step)
+        self.tracking.log(
+            {**val, metric_keys.EPOCH: epoch, metric_keys.TRAIN_EPOCH_SECONDS: epoch_seconds}, step=step
+        )
+        actions: set[str] = set()
+        if report is not None:
+            self.last_report = report
+            actions = self.liveness_log.log(report, step, when="epoch_end")
+            if self.is_main:
+                data = report.to_json()
+                write_json(self.run_dir / "liveness" / f"epoch_{epoch:03d}.json", data)
+                if hists:
+                    path = self.run_dir / "liveness" / f"activations_epoch_{epoch:03d}.json"
+                    write_json(path, run_report.histograms_json(hists))
+                self._plots(data, hists, step)
+        if self._revive is not None:
+            self._revive(report)
+        return actions
+
+    def _plots(self, liveness: dict, hists: dict, step: int) -> None:
+        pdir = self.run_dir / "plots"
+        try:
+            images = {
+                metric_keys.plot_key("frequency_heatmap"): plots.plot_frequency_heatmap(
+                    liveness, pdir / "frequency_heatmap.png"
+                ),
+                metric_keys.plot_key("dead_ratio_per_layer"): plots.plot_dead_ratio_per_layer(
+                    liveness, pdir / "dead_ratio_per_layer.png"
+                ),
+                metric_keys.plot_key("dead_ratio_over_training"): plots.plot_dead_ratio_over_training(
+                    self.run_dir / "metrics.jsonl", pdir / "dead_ratio_over_training.png"
+                ),
+            }
+            if hists:
+                images[metric_keys.plot_key("activation_histograms")] = plots.plot_activation_histograms(
+                    hists, pdir / "activation_histograms.png"
+                )
+        except Exception as e:  # a figure must never stop training
+            log.warning("plotting failed: %s: %s", type(e).__name__, e)
+            return
+        self.tracking.log_images(images, step=step)

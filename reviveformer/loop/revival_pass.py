@@ -1,0 +1,82 @@
+"""One revival pass: measure (unless given a fresh report), revive, and log what changed: the method's
+metrics, the dead ratios it decided from, capacity after it, a console line, the per-layer table and figure."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from reviveformer import metric_keys, plots
+from reviveformer import report as run_report
+from reviveformer.liveness import LivenessReport, capacity
+from reviveformer.loop.liveness_log import dead_ratios
+from reviveformer.revival import Reviver
+from reviveformer.sites import MLP_SITE
+from reviveformer.tracking import Tracking
+
+log = logging.getLogger("reviveformer")
+
+
+class RevivalPass:
+    def __init__(
+        self,
+        reviver: Reviver,
+        method: str,
+        sites: list[str],
+        unwrapped: Callable[[], object],
+        optimizer,
+        measure: Callable[[], tuple[dict, LivenessReport | None]],
+        tracking: Tracking,
+        run_dir: Path,
+        is_main: bool,
+    ) -> None:
+        self.reviver = reviver
+        self.method = method
+        self.sites = sites
+        self._unwrapped = unwrapped
+        self.optimizer = optimizer
+        self._measure = measure
+        self.tracking = tracking
+        self.run_dir = run_dir
+        self.is_main = is_main
+        self.revived = False
+        """Whether this session has revived (the summary then measures the final weights once more)."""
+
+    def __call__(self, step: int, when: str, report: LivenessReport | None = None) -> dict[str, float]:
+        """Revive at `step` (`when` words the moment for the console line) from `report`, or from a
+        measurement on the validation split."""
+        if report is None:
+            _, report = self._measure()
+        if report.tokens == 0:  # every unit would count as dead: nothing to decide from
+            log.warning("revival skipped at step %d: the liveness measurement saw no tokens", step)
+            return {}
+        unwrapped = self._unwrapped()
+        t0 = time.perf_counter()
+        metrics = self.reviver.revive(unwrapped, report, self.optimizer)
+        metrics["revival/seconds"] = time.perf_counter() - t0
+        metrics.update(
+            {metric_keys.dead_ratio_before_key(k): v for k, v in dead_ratios(report, self.sites).items()}
+        )
+        # capacity after revival: newly pruned weights no longer count as effective
+        cap = capacity(unwrapped, report.dead_units(MLP_SITE), self.reviver.pruned_masks())
+        metrics.update({metric_keys.capacity_key(k): float(v) for k, v in cap.items()})
+        self.tracking.log(metrics, step=step)
+        self.revived = True
+        log.info("%s", run_report.revival_event(metrics, step, self.method).line(when))
+        if self.is_main:
+            self._log_per_layer(step)
+        return metrics
+
+    def _log_per_layer(self, step: int) -> None:
+        details = self.reviver.last_layer_details()
+        if not details:
+            return
+        cols = list(details[0].keys())
+        self.tracking.log_table("revival/per_layer", cols, [[d[c] for c in cols] for d in details], step)
+        try:
+            fig = plots.plot_revived_per_layer(details, self.run_dir / "plots" / "revival_per_layer.png")
+            self.tracking.log_images({metric_keys.plot_key("revival_per_layer"): fig}, step=step)
+        except Exception as e:  # a figure must never stop training
+            log.warning("plotting failed: %s: %s", type(e).__name__, e)
