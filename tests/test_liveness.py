@@ -141,7 +141,7 @@ def test_counts_equal_an_independent_count(activation, criterion, padded) -> Non
 @pytest.mark.parametrize("criterion", ["abs", "positive"])
 def test_counts_through_the_comparison_path(monkeypatch, criterion) -> None:
     """The integer path taken by batches of 2**24 positions or more (forced here on a small batch)."""
-    monkeypatch.setattr(liveness, "_FLOAT_EXACT", 0)
+    monkeypatch.setattr(liveness.counting, "_FLOAT_EXACT", 0)
     check_exact_counts("gelu_new", criterion, padded=True)
 
 
@@ -194,7 +194,7 @@ def test_threshold_is_exact_at_the_dtype_boundary(monkeypatch, float_path) -> No
     """`a > threshold` on the exact values, in float32 and bf16, for the three dtype numbers nearest 1e-3
     (float32 rounds 1e-3 up, so a naive float32 compare would miss activations equal to float32(1e-3))."""
     if not float_path:
-        monkeypatch.setattr(liveness, "_FLOAT_EXACT", 0)
+        monkeypatch.setattr(liveness.counting, "_FLOAT_EXACT", 0)
     for dtype in (torch.float32, torch.bfloat16):
         near = torch.tensor(1e-3, dtype=dtype)
         ints = {torch.float32: torch.int32, torch.bfloat16: torch.int16}[dtype]
