@@ -13,20 +13,33 @@ import math
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
 from reviveformer import activations
+from reviveformer import checkpoint as ckpt
 from reviveformer.alerts import AlertManager, JsonlAlertSink, RateLimitedSink, console_sink, titled_alert_sink
-from reviveformer.config import AlertsConfig, Config, LivenessConfig, TrainConfig, save_config
-from reviveformer.data import load_tokenizer, prepare_data
+from reviveformer.config import (
+    AlertsConfig,
+    Config,
+    LivenessConfig,
+    TrainConfig,
+    check_training_config,
+    save_config,
+)
+from reviveformer.data import PackedData, load_tokenizer, prepare_data
 from reviveformer.errors import CheckpointError, UserError
+from reviveformer.evaluation import val_loader
 from reviveformer.liveness import LivenessMonitor
+from reviveformer.loop.position import Position
 from reviveformer.memory import check_fits
-from reviveformer.model import DEFAULT_ACTIVATION, build_model, describe, init_from_checkpoint
-from reviveformer.resume import resume_path
+from reviveformer.model import DEFAULT_ACTIVATION, build_model, describe, init_from_checkpoint, model_summary
+from reviveformer.resume import check_resume, restore_position, resume_path
 from reviveformer.revival import Reviver, build_reviver, check_supported
 from reviveformer.tracking import Tracking
 
@@ -181,6 +194,75 @@ def build_run_reviver(cfg: Config, distributed_type: str) -> Reviver | None:
     if reviver is not None:
         check_supported(distributed_type)
     return reviver
+
+
+# ------------------------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Run:
+    """The parts a Trainer runs, prepared by Accelerate, at the position where training starts."""
+
+    data: PackedData
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    train_loader: Any
+    val_loader: Any
+    monitor: LivenessMonitor | None
+    reviver: Reviver | None
+    batches_per_epoch: int
+    """Micro-batches of one process in an epoch."""
+    pos: Position
+    total_steps: int = 0
+    """The step at which training ends (the schedule reads it at every step)."""
+    resumed_from: Path | None = None
+    saved: dict | None = None
+    """The state of the checkpoint resumed from (alerts and the checkpointer restore from it)."""
+
+
+def build_run(cfg: Config, accelerator, run_dir: Path) -> Run:
+    """Check, seed, build and prepare every part, and restore a checkpoint when resuming: everything that can
+    refuse the run happens here, before the first write (config.yaml, W&B, folders)."""
+    check_training_config(cfg)  # cross-section checks (a Config built in code skips load_config's)
+    resume_from = check_run(cfg, run_dir)
+    accelerator.wait_for_everyone()
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True)
+    set_seed(cfg.train.seed)
+    model, data = build_model_and_data(cfg, accelerator)
+    log.info("%s", model_summary(model))
+    saved = check_resume(resume_from, cfg, accelerator.num_processes) if resume_from is not None else None
+    monitor = build_monitor(model, cfg.liveness)
+    reviver = build_run_reviver(cfg, str(accelerator.distributed_type))
+    loader, optimizer = train_loader(data.train, cfg.train), build_optimizer(model, cfg.train)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    run = Run(
+        data, model, optimizer, None, loader, val_loader(accelerator, data.val, cfg.train.batch_size),
+        monitor, reviver, batches_per_epoch=len(loader), pos=Position(step_budget=cfg.train.max_steps),
+        resumed_from=resume_from, saved=saved,
+    )  # fmt: skip
+    # prepared before a checkpoint is loaded: Accelerate restores the state of what it has prepared
+    run.scheduler = accelerator.prepare(build_scheduler(optimizer, cfg.train, lambda: run.total_steps))
+    if saved is not None:
+        restore(run, cfg, accelerator)
+    run.total_steps = run.pos.total_steps(run.batches_per_epoch, cfg.train.grad_accum, cfg.train.epochs)
+    return run
+
+
+def restore(run: Run, cfg: Config, accelerator) -> None:
+    """Load the checkpoint (weights, optimizer, schedule, RNG states) and the run's own state from it."""
+    path, state = run.resumed_from, run.saved
+    ckpt.load_checkpoint(accelerator, path)
+    run.pos = restore_position(state, cfg.train, run.batches_per_epoch, accelerator.num_processes)
+    if run.monitor and state.get("monitor") is not None:
+        run.monitor.load_state_dict(state["monitor"])
+        if not accelerator.is_main_process:  # the saved counts are the sum over processes: count them once
+            run.monitor.reset()
+    if run.reviver and state.get("reviver") is not None:
+        run.reviver.load_state_dict(state["reviver"])
+    pos = run.pos
+    log.info("resumed from %s (step %d, epoch %d, batch %d)", path, pos.step, pos.epoch, pos.batches_in_epoch)
 
 
 # ------------------------------------------------------------------------------------------- outputs

@@ -19,3 +19,14 @@ class CheckpointError(UserError):
 
 class TrainingHalted(Exception):
     """Training stopped on purpose (non-finite loss, an alert's stop action); the last good checkpoint stays."""
+
+
+def failed_checks(checks: list[tuple[bool, str]]) -> list[str]:
+    """The messages of the checks that failed, from (ok, message) pairs: several problems in one message."""
+    return [msg for ok, msg in checks if not ok]
+
+
+def raise_problems(section: str, problems: list[str]) -> None:
+    """A config section's `__post_init__` raises one ValueError naming each failed key as section.key."""
+    if problems:
+        raise ValueError("; ".join(f"{section}.{p}" for p in problems))

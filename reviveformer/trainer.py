@@ -32,13 +32,13 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration
 
 from reviveformer import builder, metric_keys, resume
 from reviveformer import checkpoint as ckpt
-from reviveformer.builder import check_output_dir, param_groups, warmup_cosine
-from reviveformer.config import Config, check_training_config, to_dict
-from reviveformer.evaluation import evaluate, measure, reduce_sum, val_loader
+from reviveformer.builder import param_groups, warmup_cosine
+from reviveformer.config import Config, to_dict
+from reviveformer.evaluation import evaluate, measure, reduce_sum
 from reviveformer.faults import fault_point
 from reviveformer.liveness import LivenessMonitor, LivenessReport
 from reviveformer.loop import (
@@ -55,23 +55,14 @@ from reviveformer.loop import (
 )
 from reviveformer.loop.liveness_log import dead_ratios
 from reviveformer.loop.window import reaches_multiple
-from reviveformer.model import model_summary
 from reviveformer.revival import arm_of_method
 from reviveformer.summary import Summary, write_final
 from reviveformer.tracking import Tracking
 
 log = logging.getLogger("reviveformer")
 
-__all__ = [
-    "Summary",
-    "Trainer",
-    "check_output_dir",
-    "param_groups",
-    "reaches_multiple",
-    "release",
-    "train",
-    "warmup_cosine",
-]
+# param_groups, warmup_cosine and reaches_multiple stay importable from here (scripts/bench.py, tests)
+__all__ = ["Summary", "Trainer", "param_groups", "reaches_multiple", "release", "train", "warmup_cosine"]
 
 
 class Trainer:
@@ -107,41 +98,30 @@ class Trainer:
     def epoch(self) -> int:
         return self.pos.epoch
 
+    @property
+    def total_steps(self) -> int:
+        return self.run_parts.total_steps
+
     # ---------------------------------------------------------------- set-up
     def _setup(self) -> None:
-        cfg, acc = self.cfg, self.accelerator
-        check_training_config(cfg)  # cross-section checks (a Config built in code skips load_config's)
-        resume_from = builder.check_run(cfg, self.run_dir)
-        acc.wait_for_everyone()
-        if cfg.train.deterministic:
-            torch.use_deterministic_algorithms(True)
-        set_seed(cfg.train.seed)
-        model, self.data = builder.build_model_and_data(cfg, acc)
-        log.info("%s", model_summary(model))
-        # everything that can refuse a resume runs before the first write (config.yaml, W&B, folders)
-        saved = resume.check_resume(resume_from, cfg, acc.num_processes) if resume_from is not None else None
-        self.monitor = builder.build_monitor(model, cfg.liveness)
-        self.reviver = builder.build_run_reviver(cfg, str(acc.distributed_type))
-        loader = builder.train_loader(self.data.train, cfg.train)
-        optimizer = builder.build_optimizer(model, cfg.train)
-        self.model, self.optimizer, self.train_loader = acc.prepare(model, optimizer, loader)
-        self.val_loader = val_loader(acc, self.data.val, cfg.train.batch_size)
-        self.batches_per_epoch = len(self.train_loader)  # micro-batches of one process
-        self.total_steps = 0  # set below, once the position is known; the schedule reads it at each step
-        self.scheduler = acc.prepare(
-            builder.build_scheduler(self.optimizer, cfg.train, lambda: self.total_steps)
+        run = self.run_parts = builder.build_run(self.cfg, self.accelerator, self.run_dir)
+        self.data, self.model, self.optimizer, self.scheduler = (
+            run.data,
+            run.model,
+            run.optimizer,
+            run.scheduler,
         )
+        self.train_loader, self.val_loader = run.train_loader, run.val_loader
+        self.monitor, self.reviver, self.pos = run.monitor, run.reviver, run.pos
+        self.batches_per_epoch = run.batches_per_epoch
+        tc = self.cfg.train
         self.checkpointer = Checkpointer(
-            acc, self.run_dir / "checkpoints", cfg.train.checkpoint_every, cfg.train.checkpoint_limit,
-            self.model, state=self._state,
+            self.accelerator, self.run_dir / "checkpoints", tc.checkpoint_every, tc.checkpoint_limit, self.model,
+            state=self._state,
         )  # fmt: skip
-        self.pos = Position(step_budget=cfg.train.max_steps)
-        if saved is not None:
-            self._restore(resume_from, saved)
-        self.total_steps = self.pos.total_steps(
-            self.batches_per_epoch, cfg.train.grad_accum, cfg.train.epochs
-        )
-        self._start_outputs(saved)
+        if run.saved is not None:
+            self.checkpointer.mark_saved(self.pos.step)  # that checkpoint holds this position already
+        self._start_outputs(run.saved)
 
     def _start_outputs(self, saved: dict | None) -> None:
         """The first writes (folders, config.yaml, W&B) and the parts that log: after every check has passed."""
@@ -187,25 +167,6 @@ class Trainer:
             self.monitor,
             self.reviver,
             self.alerts,
-        )
-
-    def _restore(self, path: Path, state: dict) -> None:
-        acc = self.accelerator
-        ckpt.load_checkpoint(acc, path)
-        self.pos = resume.restore_position(state, self.cfg.train, self.batches_per_epoch, acc.num_processes)
-        if self.monitor and state.get("monitor") is not None:
-            self.monitor.load_state_dict(state["monitor"])
-            if not self.is_main:  # the saved counts are the sum over processes: count them once
-                self.monitor.reset()
-        if self.reviver and state.get("reviver") is not None:
-            self.reviver.load_state_dict(state["reviver"])
-        self.checkpointer.mark_saved(self.pos.step)  # that checkpoint holds this position already
-        log.info(
-            "resumed from %s (step %d, epoch %d, batch %d)",
-            path,
-            self.pos.step,
-            self.pos.epoch,
-            self.pos.batches_in_epoch,
         )
 
     # ---------------------------------------------------------------- measurement and revival
@@ -258,7 +219,7 @@ class Trainer:
                 self.monitor.close()
             for attr in ("model", "optimizer", "scheduler", "train_loader", "val_loader", "checkpointer"):
                 self.__dict__.pop(attr, None)
-            for part in ("revival", "epoch_end"):  # they hold the model or the optimizer too
+            for part in ("revival", "epoch_end", "run_parts"):  # they hold the model or the optimizer too
                 self.__dict__.pop(part, None)
             release(self.accelerator)
             if not self.keep_process_group:

@@ -14,6 +14,8 @@ One module per job:
 - `report`: `LivenessCounts`, `layer_liveness`, `LayerLiveness`, `LivenessReport`: the design.md numbers and
   liveness.json, built from the counts.
 - `effective_capacity`: `capacity`, effective capacity from a model's dead and pruned units.
+- `options`: `LivenessConfig`, the recipe's `liveness` section (below `reviveformer.config`, which assembles
+  the sections: nothing here imports the config tree).
 
 The names below are the package's API, imported from `reviveformer.liveness`. A test that patches a module
 global patches it in the module that reads it (e.g. `liveness.counting._FLOAT_EXACT`), not here.
@@ -29,13 +31,17 @@ from reviveformer.liveness.counting import (
 )
 from reviveformer.liveness.effective_capacity import capacity
 from reviveformer.liveness.monitor import STATE_VERSION, LivenessMonitor, Reduce
+from reviveformer.liveness.options import COUNTING, CRITERIA, LivenessConfig
 from reviveformer.liveness.report import LayerLiveness, LivenessCounts, LivenessReport, layer_liveness
 
 __all__ = [
+    "COUNTING",
+    "CRITERIA",
     "HISTOGRAM_RANGE",
     "HISTOGRAM_ZERO_MIN",
     "STATE_VERSION",
     "LayerLiveness",
+    "LivenessConfig",
     "LivenessCounts",
     "LivenessMonitor",
     "LivenessReport",

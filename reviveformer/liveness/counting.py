@@ -16,16 +16,13 @@ through `model.to(...)`/`accelerator.prepare` (the counting subclass hooks `_app
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from reviveformer.sites import get_site
-
-if TYPE_CHECKING:  # the monitor holds the probes; a probe reads its settings (no import at run time)
-    from reviveformer.liveness.monitor import LivenessMonitor
 
 HISTOGRAM_RANGE = 10.0
 """Activation histograms (see `histogram_edges`) reach out to +-HISTOGRAM_RANGE; values beyond it are counted
@@ -72,7 +69,7 @@ class _Probe:
 
     def __init__(
         self,
-        monitor: LivenessMonitor,
+        monitor: Any,  # the LivenessMonitor that holds this probe; it reads its settings and flags
         layer: int,
         module: str,
         sites: tuple[str, ...],

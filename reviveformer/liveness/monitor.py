@@ -13,7 +13,6 @@ import torch
 from torch import Tensor, nn
 
 from reviveformer import gpt2
-from reviveformer.config import LivenessConfig
 from reviveformer.errors import CheckpointError
 from reviveformer.liveness.counting import (
     _Counting,
@@ -24,6 +23,7 @@ from reviveformer.liveness.counting import (
     histogram_edges,
 )
 from reviveformer.liveness.effective_capacity import _capacity
+from reviveformer.liveness.options import LivenessConfig
 from reviveformer.liveness.report import LivenessCounts, LivenessReport
 from reviveformer.sites import MLP_SITE, get_site, site_names
 

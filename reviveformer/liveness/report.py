@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from reviveformer import metric_keys
-from reviveformer.config import LivenessConfig
+from reviveformer.liveness.options import LivenessConfig
 from reviveformer.sites import MLP_SITE
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,79 @@
+"""The `liveness` section of the config: what the monitor counts and how (docs/design.md, "Liveness: the
+definitions"). It lives with the monitor, below `reviveformer.config`, which assembles every section into the
+recipe schema: the liveness code never imports the config tree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from reviveformer.errors import failed_checks as _problems
+from reviveformer.errors import raise_problems as _raise
+from reviveformer.sites import site_names
+
+CRITERIA = ("abs", "positive")
+COUNTING = ("auto", "eager", "compiled")
+
+
+@dataclass
+class LivenessConfig:
+    enabled: bool = True
+    """Count firing per unit during training and at epoch end."""
+    sites: list[str] = field(default_factory=lambda: list(site_names()))
+    """Sites to watch (reviveformer.sites): mlp_pre, mlp_post, attn_out."""
+    threshold: float = 1e-3
+    """A unit fires on a token when |a| > threshold (abs) or a > threshold (positive)."""
+    criterion: str = "abs"
+    """abs or positive."""
+    dead_frequency: float = 1e-3
+    """A unit is dead when its firing frequency is below this."""
+    tau: float = 0.1
+    """A unit is dormant when its normalised mean |a| (ReDo score) is <= tau."""
+    sample_every: int = 1
+    """During training, count on one optimizer step in this many (1: every step). The training windows then
+    hold fewer tokens, for less hot-path cost; epoch-end, audit and strip measurements count every token."""
+    histogram_every: int = 0
+    """Every this many steps, log a histogram of activation values per site and layer (0: never)."""
+    histogram_bins: int = 64
+    """Log-spaced bins of that histogram, half each side of a zero bin as wide as the threshold (design.md)."""
+    frequency_histogram_every: int = 0
+    """Every this many steps, also log W&B histograms of per-unit firing frequency (per site and layer) at the
+    train log that reaches it (0: only at epoch end). Scalars are logged at every train log."""
+    counting: str = "auto"
+    """How to count on the hot path: eager (the reference ops), compiled (one torch.compile'd pass per site,
+    compiled once per process), or auto (compiled on GPUs, eager on CPU, where the kernel measured no faster
+    inside a training step and compiling it costs seconds). Every choice counts the same integers."""
+
+    def __post_init__(self) -> None:
+        bad_sites = [s for s in self.sites if s not in site_names()]
+        _raise(
+            "liveness",
+            _problems(
+                [
+                    (
+                        not bad_sites and len(self.sites) > 0,
+                        f"sites={list(self.sites)} must be a non-empty subset of {', '.join(site_names())}",
+                    ),
+                    (self.threshold >= 0, f"threshold={self.threshold} must be >= 0"),
+                    (
+                        self.criterion in CRITERIA,
+                        f"criterion={self.criterion!r} must be one of {', '.join(CRITERIA)}",
+                    ),
+                    (
+                        0.0 <= self.dead_frequency <= 1.0,
+                        f"dead_frequency={self.dead_frequency} must be in [0, 1]",
+                    ),
+                    (self.tau >= 0, f"tau={self.tau} must be >= 0"),
+                    (self.sample_every >= 1, f"sample_every={self.sample_every} must be >= 1"),
+                    (self.histogram_every >= 0, f"histogram_every={self.histogram_every} must be >= 0"),
+                    (self.histogram_bins >= 2, f"histogram_bins={self.histogram_bins} must be >= 2"),
+                    (
+                        self.frequency_histogram_every >= 0,
+                        f"frequency_histogram_every={self.frequency_histogram_every} must be >= 0",
+                    ),
+                    (
+                        self.counting in COUNTING,
+                        f"counting={self.counting!r} must be one of {', '.join(COUNTING)}",
+                    ),
+                ]
+            ),
+        )
