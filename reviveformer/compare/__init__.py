@@ -1,0 +1,92 @@
+"""Side-by-side comparison of training runs: one table row per run, and figures with one line per run.
+
+Runs come from local run directories (`config.yaml`, `metrics.jsonl`, `liveness/epoch_*.json`, written by
+`reviveformer train`) or from a W&B group. Both are turned into the same `RunData`, so the table and the
+figures are built by the same code whichever way the runs arrived.
+
+One module per job, each importing only the ones above it:
+
+- `runs`: reading runs (run directories, W&B groups) into `RunData`;
+- `summary`: one table row per run;
+- `seeds`: runs that differ only in `train.seed` grouped into arms, their mean and sd, the differences to the
+  reference arm (the statistics are `reviveformer.stats`);
+- `tables`: the rows as cells, Markdown and console text;
+- `outputs`: compare.md, compare.json, seeds.json and the figures.
+
+Callers import from `reviveformer.compare`; the names below are its interface.
+
+The contract: docs/design.md, "Interfaces" (compare, sweep folders, seed groups).
+"""
+
+from __future__ import annotations
+
+from reviveformer.compare.outputs import compare_runs, write_band_figures, write_comparison, write_figures
+from reviveformer.compare.runs import (
+    WANDB_HINT,
+    RunData,
+    fetch_wandb,
+    liveness_from_rows,
+    load_run,
+    load_runs,
+    rows_from_wandb_history,
+    unique_names,
+)
+from reviveformer.compare.seeds import (
+    SeedGroup,
+    differences,
+    group_row,
+    group_seeds,
+    reference_group,
+    seed_summary,
+    settings,
+)
+from reviveformer.compare.summary import (
+    DEFAULT_ACTIVATION,
+    arm_of,
+    site_dead_ratio,
+    sites_of,
+    summarise,
+    summarise_all,
+)
+from reviveformer.compare.tables import (
+    MISSING,
+    difference_cells,
+    group_cells,
+    render_markdown,
+    render_text,
+    table_cells,
+)
+
+__all__ = [
+    "DEFAULT_ACTIVATION",
+    "MISSING",
+    "WANDB_HINT",
+    "RunData",
+    "SeedGroup",
+    "arm_of",
+    "compare_runs",
+    "difference_cells",
+    "differences",
+    "fetch_wandb",
+    "group_cells",
+    "group_row",
+    "group_seeds",
+    "liveness_from_rows",
+    "load_run",
+    "load_runs",
+    "reference_group",
+    "render_markdown",
+    "render_text",
+    "rows_from_wandb_history",
+    "seed_summary",
+    "settings",
+    "site_dead_ratio",
+    "sites_of",
+    "summarise",
+    "summarise_all",
+    "table_cells",
+    "unique_names",
+    "write_band_figures",
+    "write_comparison",
+    "write_figures",
+]

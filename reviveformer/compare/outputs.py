@@ -1,0 +1,194 @@
+"""What `compare` writes: compare.md, compare.json, seeds.json and the figures (one line per run, a band per arm)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from reviveformer import metric_keys, plots
+from reviveformer.compare.runs import RunData, _number, load_runs
+from reviveformer.compare.seeds import SeedGroup, group_seeds, seed_summary
+from reviveformer.compare.summary import _site_order, sites_of, summarise_all
+from reviveformer.compare.tables import (
+    MISSING,
+    _markdown,
+    _text,
+    difference_cells,
+    group_cells,
+    render_markdown,
+    render_text,
+)
+from reviveformer.errors import UserError
+from reviveformer.stats import PAIRED_METHOD, WELCH_METHOD
+
+
+def _has_key(runs: Iterable[RunData], key: str) -> bool:
+    return any(_number(row.get(key)) is not None for run in runs for row in run.metrics)
+
+
+def _finite_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if not (isinstance(v, float) and not math.isfinite(v))}
+
+
+def write_figures(runs: Sequence[RunData], out_dir: Path) -> dict[str, Path]:
+    """One PNG per comparison figure that some run has data for; returns {figure name: path}."""
+    # Non-finite values (a NaN loss) dropped: a NaN point would cut the line and hide the points after it.
+    metrics = {run.name: [_finite_row(row) for row in run.metrics] for run in runs}
+    figures: dict[str, Path] = {}
+    if _has_key(runs, "val/loss"):
+        figures["validation loss"] = plots.plot_runs_metric_over_training(
+            metrics, "val/loss", out_dir / "val_loss.png", ylabel="validation loss", title="Validation loss"
+        )
+    sites = _site_order({s for run in runs for s in sites_of(run)})
+    for site in sites:
+        if _has_key(runs, metric_keys.dead_ratio_key(site)):
+            figures[f"dead ratio over training: {site}"] = plots.plot_runs_metric_over_training(
+                metrics,
+                metric_keys.dead_ratio_key(site),
+                out_dir / f"dead_ratio_over_training_{site}.png",
+                ylabel="dead ratio",
+                title=f"Dead units over training: {site}",
+            )
+    for site in sites:
+        liveness = {
+            run.name: run.liveness
+            for run in runs
+            if run.liveness and ((run.liveness.get("sites") or {}).get(site))
+        }
+        if liveness:
+            figures[f"dead ratio per layer at the end: {site}"] = plots.plot_runs_dead_ratio_per_layer(
+                liveness,
+                site,
+                out_dir / f"dead_ratio_per_layer_{site}.png",
+                title=f"Dead units per layer at the end: {site}",
+            )
+    return figures
+
+
+def write_band_figures(groups: Sequence[SeedGroup], out_dir: Path) -> dict[str, Path]:
+    """Per arm, a line (mean over its seeds) with a band (+- 1 sd) over training: validation loss and each
+    site's dead ratio. Returns {figure name: path}."""
+    runs = [r for g in groups for r in g.runs]
+    metrics = {g.label: [[_finite_row(row) for row in r.metrics] for r in g.runs] for g in groups}
+    figures: dict[str, Path] = {}
+    if _has_key(runs, "val/loss"):
+        figures["validation loss over seeds"] = plots.plot_groups_band_over_training(
+            metrics,
+            "val/loss",
+            out_dir / "val_loss_seeds.png",
+            ylabel="validation loss",
+            title="Validation loss (mean and sd over seeds)",
+        )
+    for site in _site_order({s for run in runs for s in sites_of(run)}):
+        if _has_key(runs, metric_keys.dead_ratio_key(site)):
+            figures[f"dead ratio over training over seeds: {site}"] = plots.plot_groups_band_over_training(
+                metrics,
+                metric_keys.dead_ratio_key(site),
+                out_dir / f"dead_ratio_over_training_{site}_seeds.png",
+                ylabel="dead ratio",
+                title=f"Dead units over training: {site} (mean and sd over seeds)",
+            )
+    return figures
+
+
+def _markdown_report(
+    runs: Sequence[RunData],
+    rows: Sequence[Mapping[str, Any]],
+    figures: Mapping[str, Path],
+    out_dir: Path,
+    seeds: Mapping[str, Any] | None = None,
+) -> str:
+    lines = [
+        "# Run comparison",
+        "",
+        render_markdown(rows),
+        "",
+        "Dead ratios are at the last epoch-end liveness measurement (validation split, eval mode), or "
+        "the last logged value for a run without one; effective "
+        "parameters and alive MLP units are the last logged values, after any revival; units revived are "
+        "summed over all revivals; weights pruned is the last total; tokens/s is the median. "
+        f"`{MISSING}`: the run has no such value.",
+        "",
+    ]
+    if seeds:
+        lines += [
+            "## Arms over seeds",
+            "",
+            _markdown(*group_cells(seeds["groups"])),
+            "",
+            "Runs whose configs differ only in `train.seed` (and in where they were kept and logged) are "
+            "one arm: each number is the mean ± the sample standard deviation over its n seeds.",
+            "",
+        ]
+        if seeds["differences"]:
+            diffs = seeds["differences"]
+            lines += [
+                f"## Difference to {seeds['reference']} in final validation loss",
+                "",
+                _markdown(*difference_cells(diffs)),
+                "",
+                f"Difference of the means (arm minus {seeds['reference']}) with its "
+                f"{diffs[0]['confidence']:.0%} interval; method: {WELCH_METHOD}. Paired: over the seeds both "
+                "arms ran (same initial weights and data order), the mean of the per-seed differences; method: "
+                f"{PAIRED_METHOD}. It takes out what a seed does to both arms alike, so it is the narrower "
+                "when seeds differ more than arms. An interval that contains 0 does not tell the arms apart at "
+                "that level; `-`: fewer than 2 seeds (pairs) on a side.",
+                "",
+            ]
+    lines += ["## Runs", ""]
+    lines += [f"- **{run.name}**: `{run.source}`" for run in runs]
+    if figures:
+        lines += ["", "## Figures", ""]
+        for title, path in figures.items():
+            rel = path.relative_to(out_dir).as_posix() if path.is_relative_to(out_dir) else path.as_posix()
+            lines += [f"### {title[0].upper()}{title[1:]}", "", f"![{title}]({rel})", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_comparison(
+    runs: Sequence[RunData], out_dir: str | Path, baseline: str | None = None
+) -> dict[str, Any]:
+    """Table and figures of `runs` into `out_dir`: compare.md, compare.json and PNGs; with arms of 2 or more
+    seeds also seeds.json (mean, sd, n per arm and the differences to the reference arm) and band figures.
+
+    Returns {"rows", "markdown" (path), "json" (path), "figures" ({name: path}), "text" (console table),
+    "seeds" (the seed summary or None)}.
+    """
+    if not runs:
+        raise UserError("nothing to compare: no runs given")
+    rows = summarise_all(runs)
+    seeds = seed_summary(runs, rows, baseline)  # before anything is written: a bad --baseline writes nothing
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = write_figures(runs, out)
+    text = render_text(rows)
+    if seeds:
+        figures.update(write_band_figures(group_seeds(runs, rows), out))
+        (out / "seeds.json").write_text(json.dumps(seeds, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+        text += "\n\narms over seeds (mean ± sd):\n" + _text(*group_cells(seeds["groups"]))
+        if seeds["differences"]:
+            text += (
+                f"\n\nfinal val loss, difference to {seeds['reference']} (Welch and paired t intervals):\n"
+                + _text(*difference_cells(seeds["differences"]))
+            )
+    md_path, json_path = out / "compare.md", out / "compare.json"
+    md_path.write_text(_markdown_report(runs, rows, figures, out, seeds), encoding="utf-8")
+    json_path.write_text(json.dumps(rows, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    return {
+        "rows": rows,
+        "markdown": md_path,
+        "json": json_path,
+        "figures": figures,
+        "text": text,
+        "seeds": seeds,
+    }
+
+
+def compare_runs(
+    run_dirs: Sequence[str | Path], out_dir: str | Path, baseline: str | None = None
+) -> dict[str, Any]:
+    """Load run directories and write their comparison into `out_dir` (see `write_comparison`)."""
+    return write_comparison(load_runs(run_dirs), out_dir, baseline)

@@ -1,0 +1,209 @@
+"""Seeds -> arms: runs whose configs differ only in `train.seed` grouped into one arm, each arm's mean and sd,
+and each arm's difference to the reference arm (the statistics themselves are `reviveformer.stats`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from reviveformer.compare.runs import RunData, _dedupe, _number
+from reviveformer.compare.summary import _get
+from reviveformer.errors import UserError
+from reviveformer.stats import (
+    PAIRED_METHOD,
+    WELCH_METHOD,
+    Difference,
+    mean_sd,
+    paired_interval,
+    welch_interval,
+)
+
+# Config keys that say where or how a run was kept and logged, not what was trained: runs whose configs differ
+# only in these and in train.seed are seeds of one arm. (wandb: all but job_type, which names the arm.)
+_NOT_SETTINGS = {
+    ("train", "seed"),
+    ("train", "output_dir"),
+    ("train", "resume"),
+    ("train", "progress"),
+    ("data", "cache_dir"),
+}
+# The columns a seed group summarises (numbers); the others are labels.
+_GROUPED = (
+    "final_val_loss",
+    "best_val_loss",
+    "alive_fraction",
+    "effective_params",
+    "effective_param_fraction",
+    "revived_units",
+    "pruned_weights",
+    "tokens_per_s",
+)
+
+
+def settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's config without the keys that do not change what is trained (seed, directories, W&B names),
+    flattened to dotted keys."""
+    flat: dict[str, Any] = {}
+    for section, values in config.items():
+        if not isinstance(values, Mapping):
+            flat[str(section)] = values
+            continue
+        for key, value in values.items():
+            if (section, key) in _NOT_SETTINGS or (section == "wandb" and key != "job_type"):
+                continue
+            flat[f"{section}.{key}"] = value
+    return flat
+
+
+@dataclass
+class SeedGroup:
+    """Runs that differ only in train.seed: one arm of a comparison."""
+
+    label: str
+    runs: list[RunData]
+    rows: list[dict[str, Any]]
+    """The runs' `summarise` rows."""
+
+    @property
+    def seeds(self) -> list[Any]:
+        return [_get(r.config, "train", "seed") for r in self.runs]
+
+    def values(self, key: str) -> list[float]:
+        """The runs' finite values of a table column (runs without it are left out)."""
+        return [float(v) for row in self.rows if (v := _number(row.get(key))) is not None]
+
+    def values_by_seed(self, key: str) -> dict[Any, float]:
+        """Seed -> the run's finite value of a table column (runs without it are left out)."""
+        return {
+            seed: float(v)
+            for seed, row in zip(self.seeds, self.rows, strict=True)
+            if (v := _number(row.get(key))) is not None
+        }
+
+
+def group_seeds(runs: Sequence[RunData], rows: Sequence[dict[str, Any]]) -> list[SeedGroup]:
+    """Runs grouped by their settings (everything but the seed and where they were kept), in order of first
+    appearance. A group is labelled by its arm; arms that would share a label get the settings that tell them
+    apart (`baseline (activation=gelu)`)."""
+    keyed: dict[str, SeedGroup] = {}
+    flat: dict[str, dict[str, Any]] = {}
+    for run, row in zip(runs, rows, strict=True):
+        st = settings(run.config)
+        key = json.dumps(st, sort_keys=True, default=str)
+        if key not in keyed:
+            keyed[key] = SeedGroup(label=str(row.get("arm") or run.name), runs=[], rows=[])
+            flat[key] = st
+        keyed[key].runs.append(run)
+        keyed[key].rows.append(row)
+    groups = list(keyed.values())
+    arms = {k: g.label for k, g in keyed.items()}
+    for key, group in keyed.items():
+        twins = [k for k in keyed if arms[k] == arms[key] and k != key]
+        if twins:
+            differ = [k for k in flat[key] if any(flat[t].get(k) != flat[key][k] for t in twins)]
+            differ += [k for t in twins for k in flat[t] if k not in flat[key] and k not in differ]
+            group.label += (
+                " (" + ", ".join(f"{k.rsplit('.', 1)[-1]}={flat[key].get(k)}" for k in differ) + ")"
+            )
+    for group, label in zip(
+        groups, _dedupe([g.label for g in groups]), strict=True
+    ):  # any repeat left: numbered
+        group.label = label
+    return groups
+
+
+def group_row(group: SeedGroup, sites: Sequence[str]) -> dict[str, Any]:
+    """One row per arm: its label, n, the seeds, and for each numeric column {"mean", "sd", "n"} (sd None for one
+    value; the column None when no run has it)."""
+    row: dict[str, Any] = {
+        "arm": group.label,
+        "n": len(group.runs),
+        "seeds": group.seeds,
+        "activation": group.rows[0].get("activation"),
+    }
+    for key in (*_GROUPED[:2], *(f"dead_ratio/{s}" for s in sites), *_GROUPED[2:]):
+        values = group.values(key)
+        if values:
+            mean, sd, n = mean_sd(values)
+            row[key] = {"mean": mean, "sd": sd, "n": n}
+        else:
+            row[key] = None
+    return row
+
+
+def reference_group(groups: Sequence[SeedGroup], baseline: str | None = None) -> SeedGroup:
+    """The arm others are compared to: `baseline` if given, else the one arm labelled baseline, else the first."""
+    if baseline is not None:
+        for g in groups:
+            if g.label == baseline:
+                return g
+        raise UserError(
+            f"--baseline {baseline!r} is not one of the arms: {', '.join(g.label for g in groups)}"
+        )
+    named = [g for g in groups if g.label == "baseline"]
+    return named[0] if len(named) == 1 else groups[0]
+
+
+def differences(
+    groups: Sequence[SeedGroup], reference: SeedGroup, key: str = "final_val_loss", confidence: float = 0.95
+) -> list[dict[str, Any]]:
+    """Each other arm minus the reference in `key`: the difference of the means and Welch's t interval (None
+    when an arm has fewer than 2 seeds with the value); and over the seeds both arms ran, the mean of the
+    per-seed differences with its paired t interval (`paired_*`, None for fewer than 2 shared seeds)."""
+    ref = reference.values(key)
+    ref_by_seed = reference.values_by_seed(key)
+    out = []
+    for g in groups:
+        if g is reference:
+            continue
+        values = g.values(key)
+        d: Difference | None = welch_interval(values, ref, confidence)
+        by_seed = g.values_by_seed(key)
+        shared = [s for s in by_seed if s in ref_by_seed]
+        p = paired_interval([by_seed[s] for s in shared], [ref_by_seed[s] for s in shared], confidence)
+        out.append(
+            {
+                "arm": g.label,
+                "reference": reference.label,
+                "metric": key,
+                "n": len(values),
+                "n_reference": len(ref),
+                "diff": d.diff if d else (mean_sd(values)[0] - mean_sd(ref)[0] if values and ref else None),
+                "low": d.low if d else None,
+                "high": d.high if d else None,
+                "df": d.df if d else None,
+                "confidence": confidence,
+                "method": WELCH_METHOD if d else "needs 2 or more seeds on both sides",
+                "paired_n": len(shared),
+                "paired_diff": p.diff if p else None,
+                "paired_low": p.low if p else None,
+                "paired_high": p.high if p else None,
+                "paired_method": PAIRED_METHOD if p else "needs 2 or more seeds run by both arms",
+            }
+        )
+    return out
+
+
+def seed_summary(
+    runs: Sequence[RunData], rows: Sequence[dict[str, Any]], baseline: str | None = None
+) -> dict[str, Any] | None:
+    """The arms over seeds, when some arm has 2 or more seeds: {"groups": group rows, "reference": label,
+    "differences": to the reference in final val loss, "method"}. None when every arm has one run."""
+    groups = group_seeds(runs, rows)
+    if all(len(g.runs) < 2 for g in groups):
+        if baseline is not None:
+            raise UserError(
+                f"--baseline {baseline}: no arm has 2 or more seeds, so there is nothing to compare "
+                "over seeds (runs differing only in train.seed make one arm)"
+            )
+        return None
+    sites = [k.split("/", 1)[1] for k in rows[0] if k.startswith("dead_ratio/")] if rows else []
+    reference = reference_group(groups, baseline)
+    return {
+        "groups": [group_row(g, sites) for g in groups],
+        "reference": reference.label,
+        "differences": differences(groups, reference),
+        "method": WELCH_METHOD,
+    }

@@ -1,0 +1,141 @@
+"""One table row per run: final and best validation loss, dead ratios per site, capacity, revival, speed."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from reviveformer import metric_keys
+from reviveformer.compare.runs import RunData, _number
+from reviveformer.sites import site_order
+
+# GPT-2's own activation: what a new model gets when model.activation is left unset.
+DEFAULT_ACTIVATION = "gelu_new"
+
+
+def _series(rows: Iterable[Mapping[str, Any]], key: str) -> list[tuple[int, float]]:
+    """(step, value) of one metric, by step; a step logged twice (a resumed run re-logs the steps after its
+    checkpoint) keeps its last value, so totals do not count it twice. Non-finite values are left out."""
+    by_step: dict[int, float] = {}
+    for row in rows:
+        v = _number(row.get(key))
+        if v is not None and _number(row.get("step")) is not None:
+            by_step[int(row["step"])] = v
+    return sorted(by_step.items())
+
+
+def _last(rows: Sequence[Mapping[str, Any]], key: str) -> float | None:
+    series = _series(rows, key)
+    return series[-1][1] if series else None
+
+
+def _get(config: Mapping[str, Any], section: str, key: str) -> Any:
+    part = config.get(section)
+    return part.get(key) if isinstance(part, Mapping) else None
+
+
+def arm_of(config: Mapping[str, Any]) -> str | None:
+    """wandb.job_type, else the arm of revival.method (none -> baseline, synaptic_stripping -> stripping),
+    from the revival registry, the same place the trainer takes the job_type from."""
+    job_type = _get(config, "wandb", "job_type")
+    if job_type:
+        return str(job_type)
+    method = _get(config, "revival", "method")
+    if not method:
+        return None
+    from reviveformer.revival import arm_of_method  # imports torch: only when a run's config needs it
+
+    return arm_of_method(str(method))
+
+
+def _activation_of(config: Mapping[str, Any]) -> str | None:
+    name = _get(config, "model", "activation")
+    if name:
+        return str(name)
+    # Unset on a new model means GPT-2's own; unset on a fine-tune means the checkpoint's, unknown here.
+    return None if _get(config, "model", "init_from") else DEFAULT_ACTIVATION
+
+
+def _site_order(sites: Iterable[str]) -> list[str]:
+    """The registry's site order first (as in the figures), then any other site alphabetically."""
+    return site_order(sites)
+
+
+def sites_of(run: RunData) -> list[str]:
+    """Sites with a dead ratio in the run's liveness or metrics, in the design's order."""
+    found = set((run.liveness or {}).get("sites") or {})
+    for row in run.metrics:
+        for key in row:
+            if (m := metric_keys.parse_dead_ratio_key(key)) is not None:
+                found.add(m[0])
+    return _site_order(found)
+
+
+def site_dead_ratio(run: RunData, site: str) -> float | None:
+    """Overall dead ratio of a site at the end: dead units / units over all layers of the last liveness
+    measurement; else the last logged `liveness/<site>/dead_ratio`; else the mean of the per-layer ratios
+    (GPT-2 layers of one site have equal widths, so the mean is the overall ratio)."""
+    layers = ((run.liveness or {}).get("sites") or {}).get(site) or []
+    if layers and all("units" in d for d in layers):
+        units = sum(int(d["units"]) for d in layers)
+        dead = sum(
+            len(d["dead_units"])
+            if isinstance(d.get("dead_units"), list)
+            else round(float(d["dead_ratio"]) * int(d["units"]))
+            for d in layers
+        )
+        if units:
+            return dead / units
+    if (v := _last(run.metrics, metric_keys.dead_ratio_key(site))) is not None:
+        return v
+    ratios = [r for d in layers if (r := _number(d.get("dead_ratio"))) is not None]
+    return sum(ratios) / len(ratios) if ratios else None
+
+
+def _capacity(run: RunData, key: str) -> float | None:
+    # The metric at the highest step is logged after any revival at that step, so it counts newly pruned
+    # weights; the liveness file is written before revival, so it is only the fallback.
+    if (v := _last(run.metrics, metric_keys.capacity_key(key))) is not None:
+        return v
+    return _number(((run.liveness or {}).get("capacity") or {}).get(key))
+
+
+def summarise(run: RunData, sites: Sequence[str] | None = None) -> dict[str, Any]:
+    """One row of the comparison table; a value the run does not have is None.
+
+    Keys: run, arm, activation, final_val_loss, best_val_loss, `dead_ratio/<site>` for each site (`sites`,
+    default the run's own), alive_fraction, effective_params, effective_param_fraction, revived_units
+    (summed over revivals), pruned_weights (last revival/pruned_total), tokens_per_s (median).
+    """
+    val = [v for _, v in _series(run.metrics, "val/loss")]
+    revived = _series(run.metrics, metric_keys.revival_key("revived_units"))
+    tokens = [v for _, v in _series(run.metrics, "train/tokens_per_s")]
+    effective = _capacity(run, "effective_params")
+    pruned = _last(run.metrics, metric_keys.revival_key("pruned_total"))
+    row: dict[str, Any] = {
+        "run": run.name,
+        "arm": arm_of(run.config),
+        "activation": _activation_of(run.config),
+        "final_val_loss": val[-1] if val else None,
+        "best_val_loss": min(val) if val else None,
+    }
+    for site in sites_of(run) if sites is None else sites:
+        row[f"dead_ratio/{site}"] = site_dead_ratio(run, site)
+    row.update(
+        {
+            "alive_fraction": _capacity(run, "alive_fraction"),
+            "effective_params": int(effective) if effective is not None else None,
+            "effective_param_fraction": _capacity(run, "effective_param_fraction"),
+            "revived_units": int(sum(v for _, v in revived)) if revived else None,
+            "pruned_weights": int(pruned) if pruned is not None else None,
+            "tokens_per_s": statistics.median(tokens) if tokens else None,
+        }
+    )
+    return row
+
+
+def summarise_all(runs: Sequence[RunData]) -> list[dict[str, Any]]:
+    """Rows for all runs with the same columns: every site any run has (None where a run lacks it)."""
+    sites = _site_order({s for run in runs for s in sites_of(run)})
+    return [summarise(run, sites) for run in runs]
