@@ -66,6 +66,11 @@ class ModelConfig:
     """Negative slope of leaky_relu."""
     init_from: str | None = None
     """A Hugging Face GPT-2 checkpoint directory (or hub name) to fine-tune from; None trains from scratch."""
+    trust_remote_code: bool = False
+    """Let init_from import the code its config.json names as its activation (`package.module:attr`), which
+    runs that code; false refuses such a checkpoint. Built-in activations need no opt-in (as transformers'
+    trust_remote_code). `audit` and `strip` take it too, or --trust-remote-code; a saved config's own value is
+    never honoured."""
     initializer_range: float = 0.02
     """Standard deviation of the normal init of a new model's weights (GPT-2's initializer_range; its residual
     projections get it scaled by 1/sqrt(2 * n_layer)). With init_from, the checkpoint's own value is kept."""
@@ -89,6 +94,10 @@ class ModelConfig:
                     (0.0 <= self.dropout < 1.0, f"dropout={self.dropout} must be in [0, 1)"),
                     (self.activation is None or bool(self.activation), "activation must be a name or null"),
                     (self.leaky_relu_slope >= 0, f"leaky_relu_slope={self.leaky_relu_slope} must be >= 0"),
+                    (
+                        isinstance(self.trust_remote_code, bool),
+                        f"trust_remote_code={self.trust_remote_code!r} must be true or false",
+                    ),
                     (
                         math.isfinite(self.initializer_range) and self.initializer_range > 0,
                         f"initializer_range={self.initializer_range} must be a positive number",

@@ -15,6 +15,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from reviveformer import activations, gpt2
 from reviveformer.config import Config, ModelConfig, save_config
 from reviveformer.errors import CheckpointError, UserError
+from reviveformer.plugins import TRUST_KEY, check_trusted
 
 log = logging.getLogger("reviveformer")
 
@@ -145,9 +146,18 @@ def _restore_activation_state(model: GPT2LMHeadModel, path: str, name: str) -> N
         ) from None
 
 
-def load_model(path: str, key: str = "checkpoint") -> GPT2LMHeadModel:
+def load_model(
+    path: str,
+    key: str = "checkpoint",
+    *,
+    trust_remote_code: bool = False,
+    opt_in: str = "load it with trust_remote_code=True",
+) -> GPT2LMHeadModel:
     """Load a GPT2LMHeadModel from a directory (or a hub name) with the activation it was saved with,
-    including that activation's learned parameters. `key` names the source in messages (model.init_from)."""
+    including that activation's learned parameters. `key` names the source in messages (model.init_from).
+
+    An activation the checkpoint names as `package.module:attr` is imported only with `trust_remote_code`
+    (the user's opt-in for this load; `opt_in` tells them how to give it); otherwise a CheckpointError."""
     from transformers import AutoConfig
 
     where = f"{key} {path}" if key == "checkpoint" else f"{key}={path}"
@@ -177,6 +187,15 @@ def load_model(path: str, key: str = "checkpoint") -> GPT2LMHeadModel:
             f"{where} is a '{hf.model_type}' model; reviveformer trains GPT-2 (model_type gpt2)"
         )
     hf, name, slope = activations.prepare_config_for_transformers(hf)
+    check_trusted(
+        name,
+        source=str(Path(path) / "config.json") if _is_local(path) else f"the config.json of hub model {path}",
+        key="reviveformer_activation"
+        if getattr(hf, "reviveformer_activation", None)
+        else "activation_function",
+        trusted=trust_remote_code,
+        opt_in=opt_in,
+    )
     try:
         model = GPT2LMHeadModel.from_pretrained(path, config=hf)
     except Exception as e:
@@ -193,7 +212,12 @@ def load_model(path: str, key: str = "checkpoint") -> GPT2LMHeadModel:
 def init_from_checkpoint(cfg: ModelConfig) -> GPT2LMHeadModel:
     """Fine-tuning start: the checkpoint's weights; dropout from the config; an activation swap if asked."""
     assert cfg.init_from
-    model = load_model(cfg.init_from, key="model.init_from")
+    model = load_model(
+        cfg.init_from,
+        key="model.init_from",
+        trust_remote_code=cfg.trust_remote_code,
+        opt_in=f"add {TRUST_KEY}=true",
+    )
     saved_name, slope = activations.activation_from_config(model.config)
     if cfg.activation and (
         cfg.activation != saved_name or (cfg.activation == "leaky_relu" and slope != cfg.leaky_relu_slope)

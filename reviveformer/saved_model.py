@@ -15,10 +15,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from reviveformer.config import Config, load_config, to_dict
+from omegaconf import OmegaConf
+
+from reviveformer.config import Config, load_config, read_recipe, to_dict
 from reviveformer.data import load_tokenizer, prepare_data
 from reviveformer.errors import CheckpointError, UserError
 from reviveformer.model import RECIPE_NAME, load_model
+from reviveformer.plugins import TRUST_FLAG, TRUST_KEY, check_trusted
 
 
 @dataclass
@@ -42,20 +45,40 @@ def resolve_checkpoint(path: str) -> Path:
     return p
 
 
-def open_saved_model(path: str, overrides: list[str]) -> SavedModel:
+def _trust_override(overrides: list[str]) -> bool:
+    """The user's own `model.trust_remote_code=...` among the overrides, parsed as load_config parses it."""
+    given = [o for o in overrides if o.partition("=")[0].strip() == TRUST_KEY]
+    return bool(given) and load_config(None, given, training=False).model.trust_remote_code
+
+
+def open_saved_model(path: str, overrides: list[str], *, trust_remote_code: bool = False) -> SavedModel:
+    """The saved model at `path`, with its own config under the user's `overrides`. Code the folder's files
+    name (a `package.module:attr` activation or revival method) is imported only when the user opts in, by
+    `trust_remote_code` (--trust-remote-code) or the override model.trust_remote_code=true; never by the
+    folder's own reviveformer.yaml."""
+    trusted = trust_remote_code or _trust_override(overrides)
+    opt_in = f"pass {TRUST_FLAG} (or {TRUST_KEY}=true)"
     where = resolve_checkpoint(path)
-    if not where.exists():
-        # not a local folder: a hub name (needs the hub or its cache)
-        model = load_model(str(path))
-        ours = False
-    else:
-        model = load_model(str(where))
-        ours = (where / RECIPE_NAME).is_file()
+    ours = where.exists() and (where / RECIPE_NAME).is_file()
+    if ours:
+        # load_config imports the method it names: checked first, and before any weights are read
+        method = OmegaConf.select(read_recipe(where / RECIPE_NAME), "revival.method")
+        if method is not None:
+            check_trusted(
+                str(method),
+                source=str(where / RECIPE_NAME),
+                key="revival.method",
+                trusted=trusted,
+                opt_in=opt_in,
+            )
+    # not a local folder: a hub name (needs the hub or its cache)
+    model = load_model(str(where) if where.exists() else str(path), trust_remote_code=trusted, opt_in=opt_in)
     base = None
     if ours:
         base = to_dict(load_config(where / RECIPE_NAME, training=False))
         base["train"]["output_dir"] = str(where.parent)
         base["model"]["init_from"] = None
+        base["model"]["trust_remote_code"] = False  # only the user opts in, never a saved config
     cfg = load_config(base, overrides, training=False)
     tok_path = (
         str(where) if (where / "tokenizer.json").is_file() or (where / "vocab.json").is_file() else None

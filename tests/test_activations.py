@@ -301,7 +301,11 @@ def test_learned_activation_parameters_survive_reload(activation, tmp_path, cust
     # what is on disk, read independently of the loader
     on_disk = {k: v for k, v in load_file(tmp_path / "model.safetensors").items() if ".mlp.act." in k}
     assert on_disk.keys() == expected.keys()
-    for loaded in (load_model(str(tmp_path)), init_from_checkpoint(ModelConfig(init_from=str(tmp_path)))):
+    trust = ":" in activation  # a plug-in the folder names loads only with the opt-in; prelu needs none
+    for loaded in (
+        load_model(str(tmp_path), trust_remote_code=trust),
+        init_from_checkpoint(ModelConfig(init_from=str(tmp_path), trust_remote_code=trust)),
+    ):
         got = _act_state(loaded)
         assert got.keys() == expected.keys()
         for k in expected:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from reviveformer.plugins import add_trust_argument
+
 HELP = "measure the liveness of a saved model on data: liveness.json, plots and a table"
 
 
@@ -25,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="which split of the data to measure on (default: validation)",
     )
     p.add_argument("--batch-size", type=int, default=16, help="sequences per batch per process")
+    add_trust_argument(p)
     p.add_argument(
         "--gradients",
         action="store_true",
@@ -69,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from reviveformer.saved_model import measure_saved, measurement_data, open_saved_model, write_json
     from reviveformer.trainer import release
 
-    saved = open_saved_model(args.checkpoint, args.overrides)
+    saved = open_saved_model(args.checkpoint, args.overrides, trust_remote_code=args.trust_remote_code)
     tau = args.grama_tau
     if tau is None:
         tau = saved.cfg.revival.grama.tau

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from reviveformer.plugins import add_trust_argument
+
 HELP = "measure a saved model, strip the incoming weights of its dead MLP units, save the result"
 
 
@@ -25,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="which split of the data to measure on (default: validation)",
     )
     p.add_argument("--batch-size", type=int, default=16, help="sequences per batch per process")
+    add_trust_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out {out} already exists and is not an empty folder; give a new folder")
-    saved = open_saved_model(args.checkpoint, args.overrides)
+    saved = open_saved_model(args.checkpoint, args.overrides, trust_remote_code=args.trust_remote_code)
     if "mlp_post" not in saved.cfg.liveness.sites:
         raise UserError("strip decides from the dead units at mlp_post: keep 'mlp_post' in liveness.sites")
     acc = Accelerator()

@@ -350,7 +350,10 @@ def _remeasure(runs: dict[str, Path], threshold: float) -> dict[str, dict]:
     acc = Accelerator()
     out = {}
     for name, d in runs.items():
-        saved = open_saved_model(str(d / "final"), [f"liveness.threshold={threshold}"])
+        # this sweep's own runs, trained from the user's recipe and grid: a plug-in they name is the user's
+        saved = open_saved_model(
+            str(d / "final"), [f"liveness.threshold={threshold}"], trust_remote_code=True
+        )
         _, report, _ = measure_saved(saved, acc, progress_desc=f"re-measure {name}")
         out[name] = report.to_json()
     return out
