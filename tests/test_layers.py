@@ -30,8 +30,10 @@ def import_graph() -> dict[str, set[str]]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 deps |= {known(a.name) for a in node.names if a.name.startswith("reviveformer")}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith(
-                "reviveformer"
+            elif (
+                isinstance(node, ast.ImportFrom)
+                and node.level == 0
+                and (node.module or "").startswith("reviveformer")
             ):
                 for a in node.names:
                     full = f"{node.module}.{a.name}"

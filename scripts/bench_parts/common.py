@@ -71,7 +71,7 @@ class MonitorTime:
         ("reviveformer.liveness", "_Probe", "count"),
         ("reviveformer.liveness", "LivenessMonitor", "counts"),
         ("reviveformer.liveness", "LivenessMonitor", "reset"),
-        ("reviveformer.trainer", "Trainer", "_log_liveness"),
+        ("reviveformer.loop.liveness_log", "LivenessLog", "log"),
     )
     total = 0.0
     installed = False
