@@ -2,15 +2,18 @@
 
 A checkpoint is written under `checkpoints/.tmp-step_XXXXXXXX` and renamed to `step_XXXXXXXX` only when
 complete, so a run killed mid-write never resumes from a half-written one. The `COMPLETE` marker, written
-last, is a manifest (step, process count, every file with its size): a checkpoint with a file missing or cut
-short is treated as corrupt, not as one of another model size. Our own state is tensors in safetensors and
-everything else in JSON: nothing is unpickled.
+last, is a manifest (step, process count, every file with its size and SHA-256): a checkpoint with a file
+missing, cut short or changed, non-finite weights or a part that does not read back is damaged: skipped with a
+warning naming the file when the resume point is chosen, refused when named by hand, never counted among the
+checkpoints that rotation keeps. Our own state is tensors in safetensors and everything else in JSON: nothing
+of ours is unpickled (Accelerate's random states are read back with torch's weights-only loader).
 
 The contract: docs/design.md, "Run directory", "Resuming".
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -31,6 +34,9 @@ TMP_DIR = re.compile(r"^\.tmp-step_(\d{8})$")
 MARKER = "COMPLETE"
 STATE_JSON = "reviveformer_state.json"
 STATE_TENSORS = "reviveformer_state.safetensors"
+HASH = "sha256"  # not the fastest, but `sha256sum FILE` checks a part by hand
+LEGACY_PARTS = (STATE_JSON, STATE_TENSORS, "optimizer.bin", "random_states_0.pkl")
+"""What every checkpoint holds; checked for a marker from before manifests (just the step number)."""
 
 
 def step_dir_name(step: int) -> str:
@@ -99,13 +105,25 @@ def check_finite_weights(model, what: str) -> None:
         )
 
 
+def file_hash(path: Path) -> str:
+    h = hashlib.new(HASH)
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def write_manifest(directory: Path, step: int, num_processes: int) -> None:
-    files = {
-        p.name: p.stat().st_size for p in sorted(directory.iterdir()) if p.is_file() and p.name != MARKER
+    parts = [p for p in sorted(directory.iterdir()) if p.is_file() and p.name != MARKER]
+    manifest = {
+        "step": step,
+        "num_processes": num_processes,
+        "files": {p.name: p.stat().st_size for p in parts},
+        # beside the sizes, not in place of them: a reader from before hashes still checks the sizes
+        "hash": HASH,
+        "hashes": {p.name: file_hash(p) for p in parts},
     }
-    (directory / MARKER).write_text(
-        json.dumps({"step": step, "num_processes": num_processes, "files": files})
-    )
+    (directory / MARKER).write_text(json.dumps(manifest))
 
 
 def read_manifest(directory: Path) -> dict[str, Any] | None:
@@ -134,7 +152,7 @@ def save_checkpoint(accelerator, checkpoints_dir: Path, step: int, state: dict[s
             shutil.rmtree(final)  # killed from here to the rename: the complete tmp folder is found instead
             fault_point("checkpoint_replace")
         tmp.rename(final)
-        prune(checkpoints_dir, limit)
+        prune(checkpoints_dir, limit, final)
     accelerator.wait_for_everyone()
     return final
 
@@ -153,58 +171,119 @@ def list_complete(checkpoints_dir: Path) -> list[Path]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-def prune(checkpoints_dir: Path, limit: int) -> None:
-    for old in [p for p in list_complete(checkpoints_dir) if STEP_DIR.match(p.name)][:-limit]:
-        shutil.rmtree(old, ignore_errors=True)
+def _step(path: Path) -> int:
+    return int(path.name.rsplit("_", 1)[1])
+
+
+def prune(checkpoints_dir: Path, limit: int, saved: Path) -> None:
+    """Keep `saved` (just written, so the newest good checkpoint) and the `limit - 1` newest good ones before
+    it, and remove those before the oldest kept. A damaged checkpoint in between is neither counted nor
+    removed (left to inspect); nor is one after `saved` (skipped by the resume as damaged, or past a
+    `train.resume` folder given by hand), which the run replaces when it reaches that step. Counting a damaged
+    newer one as kept used to remove the good checkpoint just written."""
+    older = [p for p in list_complete(checkpoints_dir) if STEP_DIR.match(p.name) and _step(p) < _step(saved)]
+    kept = 1
+    while older and kept < limit and len(older) >= limit - kept + 1:  # checked only when some must go
+        if checked_damage(older.pop()) is None:
+            kept += 1
+    if kept == limit:
+        for p in older:
+            shutil.rmtree(p, ignore_errors=True)
     for stale in checkpoints_dir.glob(".tmp-step_*"):  # left by a killed run
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def missing_parts(path: Path) -> list[str]:
-    """Files the manifest lists that are absent or of another size (for an old marker: the parts every
-    checkpoint has)."""
+def damage(path: Path) -> str | None:
+    """Why the checkpoint at `path` cannot be trusted, naming the file(s); None for a good one.
+
+    Every part the manifest lists must have its size and, where the manifest records them (checkpoints from
+    before hashes have sizes only), its hash; then our state, Accelerate's random states and the weights must
+    read back, the weights all finite."""
     manifest = read_manifest(path)
     if manifest is None:
-        needed = [STATE_JSON, STATE_TENSORS, "optimizer.bin", "random_states_0.pkl"]
-        return [n for n in needed if not (path / n).is_file()]
-    return [
-        name
-        for name, size in manifest["files"].items()
-        if not (path / name).is_file() or (path / name).stat().st_size != size
-    ]
-
-
-def is_loadable(path: Path) -> bool:
-    """A cheap integrity check: the marker, every part it lists, our state and the model weights read back."""
+        missing = [n for n in LEGACY_PARTS if not (path / n).is_file()]
+        if missing:
+            return f"{', '.join(missing)} missing"
+    else:
+        cut = [
+            name
+            for name, size in manifest["files"].items()
+            if not (path / name).is_file() or (path / name).stat().st_size != size
+        ]
+        if cut:
+            return f"{', '.join(cut)} missing or cut short"
+        hashes = manifest.get("hashes", {})
+        changed = [name for name, digest in hashes.items() if file_hash(path / name) != digest]
+        if changed:
+            return f"{', '.join(changed)} changed since it was written ({manifest.get('hash', HASH)} differs)"
     try:
-        if missing_parts(path):
-            return False
         read_state(path)
-        from safetensors import safe_open
+    except CheckpointError:
+        return f"{STATE_JSON} or {STATE_TENSORS} does not read back"
+    weights = sorted(path.glob("model*.safetensors"))
+    if not weights:
+        return "no model*.safetensors"
+    for w in weights:
+        if why := _weights_damage(w):
+            return why
+    from accelerate.utils import load
 
-        weights = sorted(path.glob("model*.safetensors"))
-        if not weights:
-            return False
-        for w in weights:
-            with safe_open(str(w), framework="pt") as f:
-                list(f.keys())
-        return (path / MARKER).is_file()
-    except Exception:
-        return False
+    for rng in sorted(path.glob("random_states_*.pkl")):
+        try:  # Accelerate's own loader: its load_state would skip an unreadable one without a word
+            load(rng)
+        except Exception as e:
+            return f"{rng.name} does not read back ({type(e).__name__})"
+    return None
+
+
+def _weights_damage(path: Path) -> str | None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (a safetensors handle is not a dict)
+                t = f.get_tensor(key)  # one tensor at a time: the whole model is never in memory twice
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    return f"{path.name} holds non-finite values ({key})"
+    except Exception as e:
+        return f"{path.name} does not read back ({type(e).__name__})"
+    return None
+
+
+_checked: dict[tuple[str, int, int], str | None] = {}
+"""damage() of checkpoints checked in this process, by marker (path, inode, mtime): a checkpoint is hashed
+once per process, not again at load and at every rotation. A step saved again has a new marker."""
+
+
+def checked_damage(path: Path, afresh: bool = False) -> str | None:
+    """damage(), remembered for this process (`afresh`: checked again all the same)."""
+    try:
+        st = (path / MARKER).stat()
+    except OSError:
+        return f"{MARKER} missing"
+    key = (str(path.resolve()), st.st_ino, st.st_mtime_ns)
+    if afresh or key not in _checked:
+        _checked[key] = damage(path)
+    return _checked[key]
 
 
 def find_resume_point(checkpoints_dir: Path) -> Path | None:
-    """The newest complete and readable checkpoint; a corrupt one is skipped with a warning naming it."""
+    """The newest good checkpoint (checked afresh); a damaged one is skipped with a warning naming the file."""
     for path in reversed(list_complete(checkpoints_dir)):
-        if is_loadable(path):
+        why = checked_damage(path, afresh=True)
+        if why is None:
             return path
-        missing = missing_parts(path)
-        why = f"{', '.join(missing)} missing or cut short" if missing else "it does not read back"
-        log.warning("skipping corrupt checkpoint %s (%s); trying an older one", path, why)
+        log.warning("skipping damaged checkpoint %s (%s); trying an older one", path, why)
     return None
 
 
 def load_checkpoint(accelerator, path: Path) -> dict[str, Any]:
+    """Restore the checkpoint at `path`; a damaged one is refused before anything is loaded."""
+    if why := checked_damage(path):
+        raise CheckpointError(
+            f"checkpoint {path} is damaged ({why}); give train.resume=auto to take the newest good "
+            "checkpoint, or another checkpoints/step_XXXXXXXX directory"
+        )
     try:
         accelerator.load_state(str(path))
     except Exception as e:
