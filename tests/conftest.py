@@ -1,14 +1,17 @@
-"""Shared fixtures: an isolated cache, no hub access, tiny model settings, a small text corpus."""
+"""Shared fixtures: an isolated cache, no hub access, tiny model settings, a small text corpus, and `launch`, the one
+way the tests run a script or the CLI under `accelerate launch` (or as a process of its own)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import sysconfig
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -99,22 +102,31 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def accelerate_launch(
-    target: list[str],
+def launch(
+    script: str,
+    args: Sequence[str] = (),
     processes: int = 2,
+    *,
     env: dict[str, str] | None = None,
     timeout: float = 300,
+    accelerate: bool = True,
 ) -> subprocess.CompletedProcess:
-    """Run `accelerate launch` on CPU (gloo) with `processes` processes (1: a plain single process) on `target`:
-    `["-m", "reviveformer", "train", ...]` or `[script, args...]`. One torch thread per process; the repository
-    and tests/ are on PYTHONPATH (for the dist_*.py scripts); `env` adds or replaces variables. The launcher
-    runs in a session of its own, so that a hang past `timeout` is ended with every worker it started and
-    fails the test with the output so far."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes)]
-    cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    cmd += ["--main_process_port", str(free_port())]
-    if processes > 1:
-        cmd.append("--multi_gpu")
+    """Run `script` with `args` under `accelerate launch` on CPU (gloo) with `processes` processes. `script` is a
+    file in tests/ (`"dist_grama_script.py"`) or a module to run with -m (`"reviveformer"`, the CLI).
+    `accelerate=False`: one plain `python` process instead, whose exit status is the script's own (accelerate
+    launch turns any failure into 1). One torch thread per process; the repository and tests/ are on PYTHONPATH
+    (for the dist_*.py scripts); `env` adds or replaces variables. The launcher runs in a session of its own, so
+    that a hang past `timeout` is ended with every worker it started and fails the test with the output so far."""
+    target = [str(REPO / "tests" / script)] if script.endswith(".py") else ["-m", script]
+    if accelerate:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes)]
+        cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        cmd += ["--main_process_port", str(free_port())]
+        if processes > 1:
+            cmd.append("--multi_gpu")
+    else:
+        assert processes == 1, "a plain python process is one process"
+        cmd = [sys.executable]
     full_env = {
         **os.environ,
         "ACCELERATE_USE_CPU": "1",
@@ -123,7 +135,7 @@ def accelerate_launch(
         **(env or {}),
     }
     proc = subprocess.Popen(
-        [*cmd, *target],
+        [*cmd, *target, *args],
         env=full_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -142,7 +154,13 @@ def accelerate_launch(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         out, err = proc.communicate()
-        pytest.fail(
-            f"accelerate launch of {target[:3]} did not finish in {timeout} s:\n{(out + err)[-4000:]}"
-        )
+        pytest.fail(f"launch of {[script, *args][:3]} did not finish in {timeout} s:\n{(out + err)[-4000:]}")
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def launch_findings(script: str, out: Path, processes: int = 2, timeout: float = 300) -> dict:
+    """Launch a tests/dist_*_script.py whose one argument is the JSON file its main process writes its findings
+    to; a failed launch fails the test with the end of its output. The findings."""
+    p = launch(script, [str(out)], processes, timeout=timeout)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    return json.loads(out.read_text())

@@ -15,9 +15,8 @@ import sys
 
 import torch
 from accelerate import Accelerator
-from dist_common import finish, watchdog
+from dist_common import batch, finish, flat_params, prepare_training, same_everywhere, tiny_model, watchdog
 from revival_reports import NO_REPORT
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from reviveformer.revival.grama import GraMa, step_scores
 
@@ -25,29 +24,14 @@ from reviveformer.revival.grama import GraMa, step_scores
 def main(out: str) -> None:
     watchdog()
     acc = Accelerator()
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(
-        GPT2Config(
-            n_layer=2,
-            n_embd=64,
-            n_head=2,
-            n_positions=32,
-            vocab_size=97,
-            activation_function="relu",
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-        )
-    )
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    ddp, opt = acc.prepare(model, opt)
-    gen = torch.Generator().manual_seed(100 + acc.process_index)  # different data on each process
+    model = tiny_model()
+    ddp, opt, gen = prepare_training(acc, model)
     grama = GraMa(tau=0.6, seed=0)
     expected = [torch.zeros(256, dtype=torch.float64) for _ in range(2)]
     local_differ = False
 
     for _ in range(3):
-        ids = torch.randint(0, 97, (4, 32), generator=gen)
+        ids = batch(gen)
         # this process's own gradient first (no DDP), to know what DDP averages
         with ddp.no_sync():
             ddp(input_ids=ids, labels=ids).loss.backward()
@@ -69,17 +53,16 @@ def main(out: str) -> None:
         [len(grama.last_layer_details())]
         + [int(s <= grama.tau) for i in range(2) for s in grama.last_scores[i]]
     )
-    decisions = acc.gather(decided[None])
-    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    replicas = acc.gather(flat[None])
+    decisions_equal = same_everywhere(acc, decided)
+    replicas_equal = same_everywhere(acc, flat_params(model))
     if acc.is_main_process:
         with open(out, "w") as f:
             json.dump(
                 {
                     "reset": metrics["revival/dormant_units"],
                     "local_grads_differ": local_differ,
-                    "decisions_equal": bool(torch.equal(decisions[0], decisions[1])),
-                    "replicas_equal": bool(torch.equal(replicas[0], replicas[1])),
+                    "decisions_equal": decisions_equal,
+                    "replicas_equal": replicas_equal,
                     "scores_match_averaged_gradient": match,
                 },
                 f,

@@ -14,13 +14,12 @@ import sys
 
 import torch
 from accelerate import Accelerator
-from dist_common import finish, watchdog
-from transformers import GPT2Config, GPT2LMHeadModel
+from dist_common import VOCAB, finish, tiny_model, watchdog
+from transformers import GPT2LMHeadModel
 
 from reviveformer.config import LivenessConfig
 from reviveformer.liveness import LivenessMonitor
 
-VOCAB = 97
 N_SEQ = 8  # divisible by 2: no process gets a padding duplicate
 SEQ_LEN = 16
 BATCH = 2
@@ -28,21 +27,7 @@ KILLED = {0: [3, 17, 200], 1: [5]}  # relu units made dead by a large negative b
 
 
 def build_model() -> GPT2LMHeadModel:
-    torch.manual_seed(0)
-    cfg = GPT2Config(
-        n_layer=2,
-        n_embd=64,
-        n_head=2,
-        n_positions=32,
-        vocab_size=VOCAB,
-        activation_function="relu",
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    model = GPT2LMHeadModel(cfg).eval()
+    model = tiny_model(bos_token_id=0, eos_token_id=0).eval()
     with torch.no_grad():
         for i, units in KILLED.items():
             model.transformer.h[i].mlp.c_fc.bias[units] = -100.0

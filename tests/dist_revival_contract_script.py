@@ -18,8 +18,7 @@ import sys
 import torch
 from accelerate import Accelerator
 from custom_reviver import BiasKick
-from dist_common import finish, watchdog
-from transformers import GPT2Config, GPT2LMHeadModel
+from dist_common import batch, finish, flat_params, prepare_training, same_everywhere, tiny_model, watchdog
 
 from reviveformer.config import LivenessConfig
 from reviveformer.liveness import LivenessMonitor
@@ -27,33 +26,18 @@ from reviveformer.revival import REVIVERS, Reviver
 
 
 def run_method(acc: Accelerator, cls: type[Reviver]) -> dict[str, bool]:
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(
-        GPT2Config(
-            n_layer=2,
-            n_embd=64,
-            n_head=2,
-            n_positions=32,
-            vocab_size=97,
-            activation_function="relu",
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-        )
-    )
+    model = tiny_model()
     with torch.no_grad():
         for block in model.transformer.h:
             block.mlp.c_fc.bias[:4] = -100.0  # silent everywhere: every method has something to revive
             block.mlp.c_fc.bias[4:128] -= 0.35  # rarely firing: how often depends on each process's data
     monitor = LivenessMonitor(model, LivenessConfig(dead_frequency=0.02))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    ddp, opt = acc.prepare(model, opt)
-    gen = torch.Generator().manual_seed(100 + acc.process_index)  # different data on each process
+    ddp, opt, gen = prepare_training(acc, model)
     reviver = cls.from_config(cls.Options() if cls.Options is not None else None, seed=0)
 
     def steps(n: int) -> None:
         for _ in range(n):
-            ids = torch.randint(0, 97, (4, 32), generator=gen)
+            ids = batch(gen)
             acc.backward(ddp(input_ids=ids, labels=ids).loss)
             reviver.before_optimizer_step(model)
             opt.step()
@@ -63,19 +47,16 @@ def run_method(acc: Accelerator, cls: type[Reviver]) -> dict[str, bool]:
     steps(3)
     local = monitor.report()  # this process's counts only
     report = monitor.report(reduce=lambda t: acc.reduce(t, "sum"))
-    before = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
+    before = flat_params(model).clone()
     reviver.revive(model, report, opt)
-    edited = not torch.equal(before, torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+    edited = not torch.equal(before, flat_params(model))
     steps(2)
     monitor.close()
 
-    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    replicas = acc.gather(flat[None])
     local_dead = torch.tensor([len(u) for u in local.dead_units("mlp_post").values()])
-    all_local_dead = acc.gather(local_dead[None])
     return {
-        "replicas_equal": bool(torch.equal(replicas[0], replicas[1])),
-        "local_dead_differ": not torch.equal(all_local_dead[0], all_local_dead[1]),
+        "replicas_equal": same_everywhere(acc, flat_params(model)),
+        "local_dead_differ": not same_everywhere(acc, local_dead),
         "edited": edited,
     }
 

@@ -15,8 +15,7 @@ import sys
 
 import torch
 from accelerate import Accelerator
-from dist_common import finish, watchdog
-from transformers import GPT2Config, GPT2LMHeadModel
+from dist_common import batch, finish, flat_params, prepare_training, same_everywhere, tiny_model, watchdog
 
 from reviveformer.config import LivenessConfig
 from reviveformer.liveness import LivenessMonitor
@@ -26,32 +25,17 @@ from reviveformer.revival.stripping import SynapticStripping
 def main(out: str) -> None:
     watchdog()
     acc = Accelerator()
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(
-        GPT2Config(
-            n_layer=2,
-            n_embd=64,
-            n_head=2,
-            n_positions=32,
-            vocab_size=97,
-            activation_function="relu",
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-        )
-    )
+    model = tiny_model()
     # rarely-firing units: how often they fire depends on each process's data
     with torch.no_grad():
         for block in model.transformer.h:
             block.mlp.c_fc.bias[:128] -= 0.35
     monitor = LivenessMonitor(model, LivenessConfig(dead_frequency=0.02))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    ddp, opt = acc.prepare(model, opt)
-    gen = torch.Generator().manual_seed(100 + acc.process_index)  # different data on each process
+    ddp, opt, gen = prepare_training(acc, model)
 
     def steps(n: int, reviver=None) -> None:
         for _ in range(n):
-            ids = torch.randint(0, 97, (4, 32), generator=gen)
+            ids = batch(gen)
             loss = ddp(input_ids=ids, labels=ids).loss
             acc.backward(loss)
             opt.step()
@@ -66,16 +50,15 @@ def main(out: str) -> None:
     metrics = reviver.revive(model, report, opt)
     steps(3, reviver)
 
-    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    replicas = acc.gather(flat[None])
+    replicas_equal = same_everywhere(acc, flat_params(model))
     local_dead = torch.tensor([len(u) for u in local.dead_units("mlp_post").values()])
-    all_local_dead = acc.gather(local_dead[None])
+    local_dead_differ = not same_everywhere(acc, local_dead)
     if acc.is_main_process:
         with open(out, "w") as f:
             json.dump(
                 {
-                    "replicas_equal": bool(torch.equal(replicas[0], replicas[1])),
-                    "local_dead_differ": not torch.equal(all_local_dead[0], all_local_dead[1]),
+                    "replicas_equal": replicas_equal,
+                    "local_dead_differ": local_dead_differ,
                     "stripped_now": metrics["revival/stripped_now"],
                 },
                 f,

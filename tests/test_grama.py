@@ -13,7 +13,7 @@ from revival_reports import NO_REPORT, report_with_dead
 from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from conftest import REPO, accelerate_launch, tiny_overrides
+from conftest import REPO, launch_findings, tiny_overrides
 from reviveformer.checkpoint import read_state, write_state
 from reviveformer.config import load_config
 from reviveformer.revival import REVIVERS, GraMa, arm_of_method, build_reviver
@@ -188,10 +188,7 @@ def test_registry_names_the_arm() -> None:
 
 @pytest.mark.slow
 def test_two_processes_decide_identically(tmp_path):
-    out = tmp_path / "out.json"
-    p = accelerate_launch([str(REPO / "tests" / "dist_grama_script.py"), str(out)])
-    assert p.returncode == 0, p.stderr[-3000:]
-    result = json.loads(out.read_text())
+    result = launch_findings("dist_grama_script.py", tmp_path / "out.json")
     assert result["reset"] > 0
     assert result["local_grads_differ"], "the processes' own gradients should differ before DDP averages them"
     assert result["decisions_equal"] and result["replicas_equal"]

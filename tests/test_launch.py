@@ -1,4 +1,4 @@
-"""conftest.accelerate_launch: a launch that hangs fails its test and leaves no worker behind. (torch's elastic
+"""conftest.launch: a launch that hangs fails its test and leaves no worker behind. (torch's elastic
 agent starts workers in sessions of their own; once a kill of the launcher's group missed them, and the
 orphaned worker held the output pipe open, so the suite waited for ever.)"""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, accelerate_launch
+from conftest import launch
 
 TIMEOUT = 30  # s; the workers block for ever, so the launch always outlives it
 
@@ -27,12 +27,11 @@ def _alive(pid: int) -> bool:
 
 
 def test_a_hung_launch_fails_and_leaves_no_worker(tmp_path):
-    script = [str(REPO / "tests" / "dist_hang_script.py"), str(tmp_path)]
     with ThreadPoolExecutor(1) as pool:
-        launch = pool.submit(accelerate_launch, script, 2, None, TIMEOUT)
+        hung = pool.submit(launch, "dist_hang_script.py", [str(tmp_path)], timeout=TIMEOUT)
         try:
             with pytest.raises(pytest.fail.Exception, match=f"did not finish in {TIMEOUT} s"):
-                launch.result(timeout=TIMEOUT + 60)  # without the tree kill, this waited for ever
+                hung.result(timeout=TIMEOUT + 60)  # without the tree kill, this waited for ever
         finally:
             pids = [int(p.read_text()) for p in tmp_path.glob("*.pid")]
             deadline = time.monotonic() + 20  # a killed orphan is reaped by init, not at once

@@ -16,7 +16,7 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
-from conftest import accelerate_launch
+from conftest import launch_findings
 from reviveformer import liveness
 from reviveformer.config import SITES, LivenessConfig
 from reviveformer.errors import CheckpointError
@@ -636,12 +636,7 @@ def test_bf16_autocast_counts_the_bf16_activations_exactly() -> None:
 
 
 def _launch(n: int, out: Path) -> dict:
-    p = accelerate_launch(
-        [str(REPO / "tests" / "dist_liveness_script.py"), str(out)], processes=n, timeout=180
-    )
-    output = p.stdout + p.stderr
-    assert p.returncode == 0, output[-4000:]
-    data = json.loads(out.read_text())
+    data = launch_findings("dist_liveness_script.py", out, processes=n, timeout=180)
     assert data["num_processes"] == n
     return data["report"]
 

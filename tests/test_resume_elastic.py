@@ -11,15 +11,13 @@ periodic checkpoint, in the second epoch (after the first epoch's stripping).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
-from conftest import REPO, accelerate_launch, tiny_overrides
+from conftest import REPO, launch, tiny_overrides
 from reviveformer import checkpoint as ckpt
 from reviveformer import faults
 
@@ -38,19 +36,13 @@ EXTRA = {
 }
 
 
-def launch(
+def train(
     n: int, run_dir: Path, corpus: Path, fault: str | None = None, **extra
 ) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop(faults.ENV, None)
-    if fault:
-        env[faults.ENV] = fault
+    """`train` on `n` processes; one is a plain process, so that a fault's exit status comes back as it is."""
     args = ["train", RECIPE, *tiny_overrides(run_dir, corpus, **EXTRA, **extra)]
-    if n > 1:
-        return accelerate_launch(["-m", "reviveformer", *args], processes=n, env=env)
-    return subprocess.run(
-        [sys.executable, "-m", "reviveformer", *args], env=env, capture_output=True, text=True, timeout=300
-    )
+    # an empty REVIVEFORMER_FAULT is no fault (faults.fault_point)
+    return launch("reviveformer", args, n, env={faults.ENV: fault or ""}, accelerate=n > 1)
 
 
 def check_run(
@@ -77,10 +69,10 @@ def check_run(
 def test_one_process_resumed_on_two(tmp_path, corpus_file):
     run_dir = tmp_path / "1to2"
     # killed after the periodic checkpoint of step 16 (epoch 1, 4 of its 12 batches done)
-    p = launch(1, run_dir, corpus_file, fault="after_periodic_checkpoint:4")
+    p = train(1, run_dir, corpus_file, fault="after_periodic_checkpoint:4")
     assert p.returncode == faults.EXIT_KILLED, p.stderr[-3000:]
     assert [c.name for c in ckpt.list_complete(run_dir / "checkpoints")][-1] == "step_00000016"
-    p = launch(2, run_dir, corpus_file)
+    p = train(2, run_dir, corpus_file)
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stderr.count("processes: 1 -> 2") == 1 and "bit-identical" in p.stderr
     # 8 batches of the epoch are left: 4 steps of 2 x 8 sequences
@@ -93,13 +85,13 @@ def test_two_processes_resumed_on_one(tmp_path, corpus_file):
     into the second epoch); resumed on 1 process after step 8, the 2 steps left become 4."""
     run_dir = tmp_path / "2to1"
     # killed after the periodic checkpoint of step 8 (epoch 1, 2 of its 6 steps: 4 of 12 batches done)
-    p = launch(2, run_dir, corpus_file, fault="after_periodic_checkpoint:2", **{"train.max_steps": 10})
+    p = train(2, run_dir, corpus_file, fault="after_periodic_checkpoint:2", **{"train.max_steps": 10})
     assert p.returncode != 0, p.stderr[-3000:]
     assert [c.name for c in ckpt.list_complete(run_dir / "checkpoints")][-1] == "step_00000008"
     # the training window saved is the sum over both processes: steps 6-8 (log_every=5), 2 x 8 x 32 tokens each
     window = ckpt.read_state(run_dir / "checkpoints" / "step_00000008")["monitor"]["sites"]["mlp_post"]
     assert window["tokens"].tolist() == [3 * 2 * 8 * 32] * 2
-    p = launch(1, run_dir, corpus_file, **{"train.max_steps": 10})
+    p = train(1, run_dir, corpus_file, **{"train.max_steps": 10})
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stderr.count("processes: 2 -> 1") == 1 and "bit-identical" in p.stderr
     # the budget ends mid-epoch: one epoch ended, and the second epoch's position is kept

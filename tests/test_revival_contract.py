@@ -5,7 +5,6 @@ optimizer, an empty report, determinism, and that two processes decide the same.
 from __future__ import annotations
 
 import copy
-import json
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from custom_reviver import BiasKick  # tests/ is on the path under pytest, as a 
 from revival_reports import report_with_dead
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from conftest import REPO, accelerate_launch
+from conftest import launch_findings
 from reviveformer.checkpoint import read_state, write_state
 from reviveformer.revival import REVIVERS, Reviver
 
@@ -167,10 +166,7 @@ def test_deterministic(method) -> None:
 def test_two_processes_decide_the_same(tmp_path) -> None:
     """Every method under 2 processes (DDP, each its own data): the replicas are identical after revival,
     although the processes' own liveness counts differ."""
-    out = tmp_path / "out.json"
-    p = accelerate_launch([str(REPO / "tests" / "dist_revival_contract_script.py"), str(out)])
-    assert p.returncode == 0, p.stderr[-3000:]
-    result = json.loads(out.read_text())
+    result = launch_findings("dist_revival_contract_script.py", tmp_path / "out.json")
     assert sorted(result) == sorted(cls.name for cls in METHODS)
     for name, r in result.items():
         assert r["local_dead_differ"], f"{name}: the processes' own dead sets should differ"

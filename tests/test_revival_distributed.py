@@ -3,19 +3,14 @@ replicas stay identical, even though the processes' own counts would have chosen
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from conftest import REPO, accelerate_launch
+from conftest import launch_findings
 
 
 @pytest.mark.slow
 def test_replicas_identical_after_a_strip(tmp_path):
-    out = tmp_path / "out.json"
-    p = accelerate_launch([str(REPO / "tests" / "dist_revival_script.py"), str(out)])
-    assert p.returncode == 0, p.stderr[-3000:]
-    result = json.loads(out.read_text())
+    result = launch_findings("dist_revival_script.py", tmp_path / "out.json")
     assert result["stripped_now"] > 0
     assert result["local_dead_differ"], "the test data should make the processes' own dead sets differ"
     assert result["replicas_equal"]

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, accelerate_launch, tiny_overrides
+from conftest import REPO, launch, tiny_overrides
 from reviveformer.cli import main
 from reviveformer.commands.sweep import parse_grid, plan_runs
 from reviveformer.config import load_config
@@ -172,26 +171,13 @@ def test_a_finished_run_of_other_settings_is_not_taken(tmp_path, corpus_file, ca
     assert _snapshot(out / "seed-0") == before
 
 
-def _launch(args: list[str]) -> subprocess.CompletedProcess:
-    return accelerate_launch(["-m", "reviveformer", *args])
-
-
 @pytest.mark.slow
 def test_sweep_with_two_processes(tmp_path, corpus_file):
     out = tmp_path / "sweep"
-    p = _launch(
-        [
-            "sweep",
-            str(RECIPE),
-            "--seeds",
-            "0,1",
-            "--out",
-            str(out),
-            *tiny_overrides(
-                tmp_path / "u", corpus_file, **{"data.max_tokens": 32 * 16 * 4, "train.epochs": 1}
-            ),
-        ]
+    overrides = tiny_overrides(
+        tmp_path / "u", corpus_file, **{"data.max_tokens": 32 * 16 * 4, "train.epochs": 1}
     )
+    p = launch("reviveformer", ["sweep", str(RECIPE), "--seeds", "0,1", "--out", str(out), *overrides])
     assert p.returncode == 0, p.stderr[-3000:]
     result = json.loads((out / "sweep.json").read_text())
     assert list(result["runs"]) == ["seed-0", "seed-1"]
@@ -211,19 +197,8 @@ def test_sweep_with_two_processes(tmp_path, corpus_file):
 def test_sweep_without_liveness_is_refused_on_every_process(tmp_path, corpus_file):
     """Issue 9 item 15: refused at load, by both processes (neither waits for the other), nothing trained."""
     out = tmp_path / "sweep"
-    p = _launch(
-        [
-            "sweep",
-            str(RECIPE),
-            "--seeds",
-            "0,1",
-            "--out",
-            str(out),
-            *tiny_overrides(tmp_path / "u", corpus_file),
-            "liveness.enabled=false",
-            "alerts.rules=[]",
-        ]
-    )
+    overrides = [*tiny_overrides(tmp_path / "u", corpus_file), "liveness.enabled=false", "alerts.rules=[]"]
+    p = launch("reviveformer", ["sweep", str(RECIPE), "--seeds", "0,1", "--out", str(out), *overrides])
     assert p.returncode != 0  # (no alert rules: they would be refused first, for needing liveness too)
     assert p.stderr.count("sweep needs liveness.enabled=true") == 2, p.stderr[-3000:]
     assert not out.exists() and not (tmp_path / "u").exists()

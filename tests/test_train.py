@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, accelerate_launch, tiny_overrides
+from conftest import REPO, launch, tiny_overrides
 from reviveformer.cli import main
 from reviveformer.config import load_config
 from reviveformer.trainer import train
@@ -239,7 +239,7 @@ def test_two_processes_with_accelerate_launch(tmp_path, corpus_file):
     identical counts (the counts are summed across processes before anything else)."""
     run_dir = tmp_path / "ddp"
     overrides = tiny_overrides(run_dir, corpus_file, **{"data.max_tokens": 32 * 16 * 8, "train.epochs": 1})
-    p = accelerate_launch(["-m", "reviveformer", "train", str(RECIPE), *overrides])
+    p = launch("reviveformer", ["train", str(RECIPE), *overrides])
     assert p.returncode == 0, p.stderr[-3000:]
     rows = metrics_rows(run_dir)
     steps = [r["step"] for r in rows if "train/loss" in r]
@@ -249,9 +249,7 @@ def test_two_processes_with_accelerate_launch(tmp_path, corpus_file):
     one = tmp_path / "audit1"
     two = tmp_path / "audit2"
     assert main(["audit", str(run_dir), "--out", str(one), "--gradients", "--batch-size", "2"]) == 0
-    p = accelerate_launch(
-        ["-m", "reviveformer", "audit", str(run_dir), "--out", str(two), "--gradients", "--batch-size", "2"]
-    )
+    p = launch("reviveformer", ["audit", str(run_dir), "--out", str(two), "--gradients", "--batch-size", "2"])
     assert p.returncode == 0, p.stderr[-3000:]
     a = json.loads((one / "liveness.json").read_text())
     b = json.loads((two / "liveness.json").read_text())

@@ -13,7 +13,7 @@ batch; averaging over a window measures the same thing with less noise). Normali
 the score independent of gradient clipping and of the loss's overall scale, both of which multiply every
 gradient of a step by one factor. A layer whose gradients are all zero on a step scores 0 there. A unit with
 score <= tau is dormant and is reset like ReDo: fresh incoming weights (the model's init), zero bias, zero
-outgoing weights, and its optimizer state reset (`reinitialise_units`).
+outgoing weights, and its optimizer state reset (`reviveformer.revival.reinit`, shared with ReDo).
 
 The statistic is accumulated on the device in `before_optimizer_step` (called by the trainer after backward,
 clipping and the non-finite check, right before `optimizer.step()`): a few small in-place kernels per layer,
@@ -40,15 +40,8 @@ from torch import nn
 
 from reviveformer import gpt2
 from reviveformer.liveness import LivenessReport
-from reviveformer.revival.base import (
-    REVIVAL_SITE,
-    Reviver,
-    mlp_layers,
-    model_config,
-    revived_count,
-    unit_index,
-)
-from reviveformer.revival.redo import SEED_STRIDE, reinitialise_units
+from reviveformer.revival.base import REVIVAL_SITE, mlp_layers
+from reviveformer.revival.reinit import ReinitReviver, TauOptions
 
 log = logging.getLogger("reviveformer")
 
@@ -101,43 +94,25 @@ def _broadcast_from_main(t: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class GraMaOptions:
-    """The config section `revival.grama`."""
+class GraMaOptions(TauOptions):
+    """The config section `revival.grama`: `tau` on the gradient score (Liu et al. 2025)."""
 
-    tau: float = 0.1
-    """Re-initialise units whose gradient score (Liu et al. 2025) is <= tau."""
-
-    def __post_init__(self) -> None:
-        if self.tau < 0:
-            raise ValueError(f"revival.grama.tau={self.tau} must be >= 0")
+    section = "grama"
 
 
-class GraMa(Reviver):
+class GraMa(ReinitReviver):
     """Gradient-magnitude dormancy and reset (ReGraMa, Liu et al. 2025)."""
 
     name = "grama"
     arm = "grama"
     Options = GraMaOptions
-    layer_metrics = ("dormant_units", "dead_units", "revived_units")
     run_metrics = ("reinitialised_total", "count", "grama_steps")
 
     def __init__(self, tau: float = 0.1, seed: int = 0) -> None:
-        super().__init__()
-        if tau < 0:
-            raise ValueError(f"tau={tau} must be >= 0")
-        self.tau = tau
-        self.seed = seed
-        self.revivals = 0
-        self.reinitialised_total = 0
+        super().__init__(tau=tau, seed=seed)
         self.steps = 0  # optimizer steps accumulated in the current window
         self._sums: dict[int, torch.Tensor] = {}  # per layer, sum over the window of the step scores
-        self._prev_dormant: dict[int, list[int]] = {}
         self.last_scores: dict[int, list[float]] = {}  # the scores the last revival decided from
-
-    @classmethod
-    def from_config(cls, options: GraMaOptions, *, seed: int = 0) -> GraMa:
-        """From `revival.grama` and the run's seed."""
-        return cls(tau=options.tau, seed=seed)
 
     @torch.no_grad()
     def before_optimizer_step(self, model: nn.Module) -> None:
@@ -171,58 +146,31 @@ class GraMa(Reviver):
     def revive(self, model: nn.Module, report: LivenessReport, optimizer: Any) -> dict[str, float]:
         """Reset every unit whose window score is <= tau, then start a new window. The liveness report only
         gives the dead units logged beside the decision (GraMa decides from the gradients)."""
-        mlps = mlp_layers(model)
         dead = {e.layer: len(set(e.dead_units)) for e in report.sites.get(REVIVAL_SITE) or []}
-        std = float(model_config(model).initializer_range)
-        gen = torch.Generator(device="cpu").manual_seed(self.seed * SEED_STRIDE + self.revivals)
         steps = self.steps
         if steps == 0:
             log.warning("revival.method=grama: no optimizer step since the last revival; nothing to score")
-        scores = self.window_scores(model)
-        details = []
-        for i, mlp in enumerate(mlps):
-            n_units = gpt2.mlp_units(mlp)
-            values = scores[i].cpu().tolist()  # the one host sync, at revival time only
+        decisions = []
+        for i, layer_scores in self.window_scores(model).items():  # every MLP layer, in order
+            values = layer_scores.cpu().tolist()  # the one host sync, at revival time only
             dormant = [j for j, s in enumerate(values) if s <= self.tau] if steps else []
-            device = gpt2.incoming(mlp).device
-            reinitialise_units(mlp, unit_index(dormant, n_units, device), gen, std, optimizer)
-            details.append(
-                {
-                    "layer": i,
-                    "dead_units": dead.get(i, 0),
-                    "dormant_units": len(dormant),
-                    "revived_units": revived_count(self._prev_dormant.get(i), dormant),
-                }
-            )
-            self._prev_dormant[i] = dormant
+            decisions.append((i, dormant, dead.get(i, 0)))
             self.last_scores[i] = values
-            self.reinitialised_total += len(dormant)
         for total in self._sums.values():
             total.zero_()
         self.steps = 0
-        self.revivals += 1
-        self._details = details
-        run = {"reinitialised_total": self.reinitialised_total, "count": self.revivals, "grama_steps": steps}
-        return self._metrics(details, run)
+        return self._reinitialise(model, optimizer, decisions, grama_steps=steps)
 
     def state_dict(self) -> dict[str, Any]:
         """Seed, counters, the window's sums (on the CPU) and the previous dormant set per layer."""
         return {
-            "method": self.name,
-            "seed": self.seed,
-            "revivals": self.revivals,
-            "reinitialised_total": self.reinitialised_total,
+            **super().state_dict(),
             "steps": self.steps,
             "sums": {str(i): t.detach().cpu().clone() for i, t in self._sums.items()},
-            "prev_dormant": {str(i): list(d) for i, d in self._prev_dormant.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore `state_dict()` (the sums move to the gradients' device at the next step)."""
-        self._check_method(state)
-        self.seed = int(state["seed"])
-        self.revivals = int(state["revivals"])
-        self.reinitialised_total = int(state["reinitialised_total"])
+        super().load_state_dict(state)
         self.steps = int(state["steps"])
         self._sums = {int(i): t.detach().clone().float() for i, t in state["sums"].items()}
-        self._prev_dormant = {int(i): [int(j) for j in d] for i, d in state["prev_dormant"].items()}

@@ -1,0 +1,144 @@
+"""Re-initialisation of dormant MLP units, shared by ReDo (Sokar et al. 2023) and GraMa (Liu et al. 2025).
+
+The two methods differ only in how they find a dormant unit (activation score, gradient score). What happens
+to one is the same, and lives here: fresh incoming weights from the model's own init (GPT-2: normal(0,
+initializer_range) for Conv1D), a zero bias, zero outgoing weights (`c_proj.weight[j, :]`), and its optimizer
+state reset (`reinitialise_units`). So is the bookkeeping around it (`ReinitReviver`): the units reset per layer,
+those dormant at the previous revival and not now, the total over revivals, the revival count that seeds the
+draws, and the state that carries them through a checkpoint.
+
+The contract: docs/design.md, "Revival" (ReDo, GraMa).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from reviveformer import gpt2
+from reviveformer.revival.base import Reviver, mlp_layers, model_config, revived_count, unit_index
+from reviveformer.revival.optim import reset_adam_state
+
+# Spreads (seed, revival count) into distinct generator seeds.
+SEED_STRIDE = 1_000_003
+
+
+@torch.no_grad()
+def reinitialise_units(
+    mlp: nn.Module, idx: torch.Tensor, gen: torch.Generator, std: float, optimizer: Any
+) -> None:
+    """ReDo's reset of units `idx` of one GPT2MLP: fresh incoming weights normal(0, std) drawn from `gen` on the
+    CPU (so every process draws the same whatever its device), zero bias, zero outgoing weights (the fresh unit
+    starts with no effect on the output, Sokar et al. 2023), and the optimizer state of those entries reset."""
+    if not idx.numel():
+        return
+    c_fc, c_proj = mlp.c_fc, mlp.c_proj
+    w_in, bias = gpt2.incoming(mlp), gpt2.incoming_bias(mlp)
+    n_units, n_in = w_in.shape
+    # drawn as (n_in, units) and written transposed: the draw order of the first releases, so a seed still
+    # gives the same fresh weights
+    fresh = torch.randn((n_in, idx.numel()), generator=gen, dtype=torch.float32) * std
+    w_in[idx] = fresh.t().to(device=w_in.device, dtype=w_in.dtype)
+    chosen = torch.zeros(c_fc.weight.shape, dtype=torch.bool, device=c_fc.weight.device)
+    gpt2.by_unit(chosen)[idx] = True
+    reset_adam_state(optimizer, c_fc.weight, chosen)
+    if bias is not None:
+        bias[idx] = 0
+        unit = torch.zeros(n_units, dtype=torch.bool, device=bias.device)
+        unit[idx] = True
+        reset_adam_state(optimizer, bias, unit)
+    gpt2.outgoing(mlp)[idx] = 0
+    chosen = torch.zeros(c_proj.weight.shape, dtype=torch.bool, device=c_proj.weight.device)
+    gpt2.by_unit_out(chosen)[idx] = True
+    reset_adam_state(optimizer, c_proj.weight, chosen)
+
+
+@dataclass
+class TauOptions:
+    """A method's config section `revival.<section>` whose one key is the dormancy threshold."""
+
+    section: ClassVar[str]
+    """The section's name, for the error message (the method's `name`)."""
+    tau: float = 0.1
+    """Re-initialise units whose score (ReDo: activation, Sokar et al. 2023; GraMa: gradient, Liu et al. 2025)
+    is <= tau."""
+
+    def __post_init__(self) -> None:
+        if self.tau < 0:
+            raise ValueError(f"revival.{self.section}.tau={self.tau} must be >= 0")
+
+
+class ReinitReviver(Reviver):
+    """A method that re-initialises the units it finds dormant. A subclass scores the units in `revive` and hands
+    its decision, per layer, to `_reinitialise`, which edits the model and keeps the counts."""
+
+    layer_metrics = ("dormant_units", "dead_units", "revived_units")
+    run_metrics = ("reinitialised_total", "count")
+
+    def __init__(self, tau: float = 0.1, seed: int = 0) -> None:
+        super().__init__()
+        if tau < 0:
+            raise ValueError(f"tau={tau} must be >= 0")
+        self.tau = tau
+        self.seed = seed
+        self.revivals = 0
+        self.reinitialised_total = 0
+        self._prev_dormant: dict[int, list[int]] = {}
+
+    @classmethod
+    def from_config(cls, options: TauOptions, *, seed: int = 0) -> ReinitReviver:
+        """From the method's section `revival.<name>` and the run's seed."""
+        return cls(tau=options.tau, seed=seed)
+
+    @torch.no_grad()
+    def _reinitialise(
+        self, model: nn.Module, optimizer: Any, decisions: list[tuple[int, list[int], int]], **run: float
+    ) -> dict[str, float]:
+        """Reset the dormant units of every `(layer, dormant units, dead units)` in `decisions`, in that order,
+        count the revival, and return `revive`'s metrics (`run`: the subclass's own run metrics)."""
+        mlps = mlp_layers(model)
+        std = float(model_config(model).initializer_range)
+        # Drawn on the CPU from a generator seeded by (seed, revival count): every process draws the same
+        # fresh weights whatever its device, so replicas stay identical.
+        gen = torch.Generator(device="cpu").manual_seed(self.seed * SEED_STRIDE + self.revivals)
+        details = []
+        for i, dormant, dead in decisions:
+            mlp = mlps[i]
+            idx = unit_index(dormant, gpt2.mlp_units(mlp), gpt2.incoming(mlp).device)
+            reinitialise_units(mlp, idx, gen, std, optimizer)
+            details.append(
+                {
+                    "layer": i,
+                    "dead_units": dead,
+                    "dormant_units": len(dormant),
+                    "revived_units": revived_count(self._prev_dormant.get(i), dormant),
+                }
+            )
+            self._prev_dormant[i] = dormant
+            self.reinitialised_total += len(dormant)
+        self.revivals += 1
+        self._details = details
+        return self._metrics(
+            details, {"reinitialised_total": self.reinitialised_total, "count": self.revivals, **run}
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Seed, counters and the previous dormant set per layer."""
+        return {
+            "method": self.name,
+            "seed": self.seed,
+            "revivals": self.revivals,
+            "reinitialised_total": self.reinitialised_total,
+            "prev_dormant": {str(i): list(d) for i, d in self._prev_dormant.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict()`."""
+        self._check_method(state)
+        self.seed = int(state["seed"])
+        self.revivals = int(state["revivals"])
+        self.reinitialised_total = int(state["reinitialised_total"])
+        self._prev_dormant = {int(i): [int(j) for j in d] for i, d in state["prev_dormant"].items()}
