@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from torch.utils.data import DataLoader
 
 from reviveformer import activations
@@ -29,7 +29,6 @@ from reviveformer.config import (
     Config,
     LivenessConfig,
     TrainConfig,
-    check_training_config,
     save_config,
 )
 from reviveformer.data import PackedData, load_tokenizer, prepare_data
@@ -41,6 +40,7 @@ from reviveformer.memory import check_fits
 from reviveformer.model import DEFAULT_ACTIVATION, build_model, describe, init_from_checkpoint, model_summary
 from reviveformer.resume import check_resume, restore_position, resume_path
 from reviveformer.revival import Reviver, build_reviver, check_supported
+from reviveformer.run_lock import RunLock
 from reviveformer.tracking import Tracking
 
 log = logging.getLogger("reviveformer")
@@ -67,16 +67,33 @@ def check_output_dir(path: Path) -> None:
         raise UserError(f"train.output_dir={path} has only {free // 2**20} MiB free; checkpoints need more")
 
 
+def lock_run_dir(lock: RunLock | None, accelerator, run_dir: Path) -> None:
+    """Take the run folder's lock (`lock` on the main process, None on the others), or refuse on every process
+    when another run holds it."""
+    check_output_dir(run_dir)  # before the lock creates the folder
+    refusal = lock.try_acquire() if lock is not None else None
+    if accelerator.num_processes > 1:
+        refusal = broadcast_object_list([refusal])[0]
+    if refusal:
+        raise UserError(refusal)
+
+
 def check_run(cfg: Config, run_dir: Path) -> Path | None:
     """What must hold before any data is prepared or anything written, on every process (an error raised on
-    one alone would hang the others). Returns the checkpoint to resume from, if any."""
+    one alone would hang the others): the memory, the resume, the activation. Returns the checkpoint to resume
+    from, if any."""
     check_fits(cfg)  # weights + optimizer state against free memory, before any data is prepared
     resume_from = resume_path(cfg.train.resume, run_dir)
-    check_output_dir(run_dir)
     if cfg.train.resume == "never" and (run_dir / "config.yaml").is_file():
         raise UserError(
             f"train.output_dir={run_dir} already holds a run; continue it with "
             "train.resume=auto, or give another train.output_dir (nothing was changed)"
+        )
+    if cfg.train.resume == "auto" and resume_from is None and (run_dir / "config.yaml").is_file():
+        # starting afresh there would mix two runs' metrics and alerts in one folder
+        raise UserError(
+            f"train.output_dir={run_dir} holds a run but no complete checkpoint to continue it from; give another "
+            "train.output_dir, or remove that folder to start it again (nothing was changed)"
         )
     activations.validate_activation(cfg.model.activation or DEFAULT_ACTIVATION, cfg.model.leaky_relu_slope)
     return resume_from
@@ -223,8 +240,8 @@ class Run:
 
 def build_run(cfg: Config, accelerator, run_dir: Path) -> Run:
     """Check, seed, build and prepare every part, and restore a checkpoint when resuming: everything that can
-    refuse the run happens here, before the first write (config.yaml, W&B, folders)."""
-    check_training_config(cfg)  # cross-section checks (a Config built in code skips load_config's)
+    refuse the run happens here, before the first write (config.yaml, W&B, folders). The caller has checked the
+    config (`check_training_config`) and holds the run folder's lock (`lock_run_dir`)."""
     resume_from = check_run(cfg, run_dir)
     accelerator.wait_for_everyone()
     if cfg.train.deterministic:
@@ -237,6 +254,12 @@ def build_run(cfg: Config, accelerator, run_dir: Path) -> Run:
     reviver = build_run_reviver(cfg, str(accelerator.distributed_type))
     loader, optimizer = train_loader(data.train, cfg.train), build_optimizer(model, cfg.train)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    if len(loader) == 0:  # whole batches, dealt over the processes: none for some of them
+        raise UserError(
+            f"train.batch_size={cfg.train.batch_size} over {accelerator.num_processes} processes: the "
+            f"{len(data.train)} training blocks give each process no whole batch; lower train.batch_size, use "
+            "fewer processes, or add data (nothing was trained)"
+        )
     run = Run(
         data, model, optimizer, None, loader, val_loader(accelerator, data.val, cfg.train.batch_size),
         monitor, reviver, batches_per_epoch=len(loader), pos=Position(step_budget=cfg.train.max_steps),

@@ -1,7 +1,8 @@
 """The `reviveformer` command line: one entry point, one module per command under reviveformer/commands.
 
 Every user error (bad config, missing file, incompatible checkpoint) ends as one paragraph on stderr and
-exit status 2, with no traceback; `TrainingHalted` (a non-finite loss, for example) exits 3.
+exit status 2, with no traceback; `TrainingHalted` (a non-finite loss, for example) exits 3, a run ended by an
+alert's `stop` action 4, and a preempted one (SIGTERM/SIGINT, a checkpoint saved) 75.
 
 The contract: docs/design.md, "Interfaces" (the command line) and "Where it must not break" (exit statuses).
 """
@@ -14,10 +15,15 @@ import os
 import sys
 import warnings
 
-from reviveformer.errors import TrainingHalted, UserError
-
-EXIT_USER_ERROR = 2
-EXIT_HALTED = 3
+from reviveformer.errors import (
+    EXIT_HALTED,
+    EXIT_PREEMPTED,
+    EXIT_STOPPED,  # noqa: F401  (commands/train.py returns it; named here with the others)
+    EXIT_USER_ERROR,
+    Preempted,
+    TrainingHalted,
+    UserError,
+)
 
 
 def _setup_logging() -> None:
@@ -66,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingHalted as e:
         print(f"reviveformer {args.command}: stopped: {e}", file=sys.stderr)
         return EXIT_HALTED
+    except Preempted as e:
+        print(f"reviveformer {args.command}: preempted: {e}", file=sys.stderr)
+        return EXIT_PREEMPTED
     except KeyboardInterrupt:
         print(f"reviveformer {args.command}: interrupted", file=sys.stderr)
         return 130

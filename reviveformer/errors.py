@@ -1,4 +1,10 @@
-"""Errors that reach the user as one clear paragraph and exit status 2 (never a traceback)."""
+"""Errors that reach the user as one clear paragraph and exit status 2 (never a traceback), and the command
+line's exit statuses."""
+
+EXIT_USER_ERROR = 2
+EXIT_HALTED = 3  # TrainingHalted: non-finite steps past train.max_bad_steps
+EXIT_STOPPED = 4  # an alert's `stop` action ended training early (final/ written)
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: SIGTERM/SIGINT, a checkpoint saved; requeue with train.resume=auto
 
 
 class UserError(Exception):
@@ -19,6 +25,10 @@ class CheckpointError(UserError):
 
 class TrainingHalted(Exception):
     """Training stopped on purpose (non-finite loss, an alert's stop action); the last good checkpoint stays."""
+
+
+class Preempted(Exception):
+    """SIGTERM or SIGINT: a checkpoint was saved at a step boundary; `train.resume=auto` continues exactly."""
 
 
 def failed_checks(checks: list[tuple[bool, str]]) -> list[str]:

@@ -1,8 +1,10 @@
 """A test hook: kill the process at a named phase of training, so that resume tests need no timing.
 
 `REVIVEFORMER_FAULT=phase[:occurrence]` makes the `occurrence`-th (default 1st) arrival at `phase` end the
-process at once with `os._exit(137)`, as SIGKILL would: no cleanup, no flush, no atexit. Unset, it costs one
-dictionary lookup per call. Phases (where the trainer and checkpoint code call `fault_point`):
+process at once with `os._exit(137)`, as SIGKILL would: no cleanup, no flush, no atexit.
+`REVIVEFORMER_FAULT=phase:occurrence:SIGTERM` (or SIGINT) sends that signal to the process there instead, as a
+scheduler's preemption would, and goes on; `...:SIGTERM@1` only in the process of rank 1 (`RANK`). Unset, it
+costs one dictionary lookup per call. Phases (where the trainer and checkpoint code call `fault_point`):
 
 - `mid_step`: after the backward pass of an optimizer step, before the update;
 - `after_periodic_checkpoint`: right after a `train.checkpoint_every` checkpoint is complete;
@@ -17,6 +19,7 @@ dictionary lookup per call. Phases (where the trainer and checkpoint code call `
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 ENV = "REVIVEFORMER_FAULT"
@@ -40,12 +43,18 @@ def fault_point(phase: str) -> None:
     spec = os.environ.get(ENV)
     if not spec:
         return
-    name, _, nth = spec.partition(":")
+    name, _, rest = spec.partition(":")
     if name != phase:
         return
+    nth, _, action = rest.partition(":")
     _arrivals[phase] = _arrivals.get(phase, 0) + 1
-    if _arrivals[phase] == int(nth or 1):
+    if _arrivals[phase] != int(nth or 1):
+        return
+    if not action:
         _kill(f"{ENV}={spec}: killed at {phase}")
+    signame, _, rank = action.partition("@")
+    if not rank or os.environ.get("RANK", "0") == rank:
+        os.kill(os.getpid(), getattr(signal, signame))
 
 
 def _kill(message: str) -> None:

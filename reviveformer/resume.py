@@ -138,6 +138,12 @@ def check_resume(path: Path, cfg: Config, num_processes: int) -> dict:
             "count, liveness and revival state carry over; the random streams cannot, so the result "
             "will not be bit-identical to an uninterrupted run)"
         )
+    if state.get("stopped_by"):
+        log.warning(
+            "this run was stopped at step %d (%s); resuming trains on from there",
+            state["step"],
+            state["stopped_by"],
+        )
     if changes:
         log.warning(
             "resuming from %s with changed settings, in effect from step %d on: %s",
@@ -186,11 +192,18 @@ def restore_position(state: dict, tc: TrainConfig, batches_per_epoch: int, num_p
 
 
 def training_state(
-    pos: Position, batches_per_epoch: int, cfg: Config, accelerator, monitor, reviver, alerts
+    pos: Position,
+    batches_per_epoch: int,
+    cfg: Config,
+    accelerator,
+    monitor,
+    reviver,
+    alerts,
+    stopped_by: str | None = None,
 ) -> dict:
-    """What a checkpoint holds besides Accelerate's own state: the position, the resolved config, and the
-    state of the monitor (its training window summed over processes: the main process alone writes it),
-    the reviver and the alerts."""
+    """What a checkpoint holds besides Accelerate's own state: the position, the resolved config, the state of
+    the monitor (its training window summed over processes: the main process alone writes it), the reviver and
+    the alerts, and an alert's stop when one ended the run there."""
     monitor_state = None
     if monitor is not None:
         monitor_state = monitor.state_dict()
@@ -211,4 +224,5 @@ def training_state(
         "monitor": monitor_state,
         "reviver": reviver.state_dict() if reviver else None,
         "alerts": alerts.state_dict(),
+        "stopped_by": stopped_by,
     }

@@ -37,7 +37,8 @@ from accelerate.utils import DataLoaderConfiguration
 from reviveformer import builder, metric_keys, resume
 from reviveformer import checkpoint as ckpt
 from reviveformer.builder import param_groups, warmup_cosine
-from reviveformer.config import Config, to_dict
+from reviveformer.config import Config, check_training_config, to_dict
+from reviveformer.errors import Preempted, TrainingHalted
 from reviveformer.evaluation import evaluate, measure, reduce_sum
 from reviveformer.faults import fault_point
 from reviveformer.liveness import LivenessMonitor, LivenessReport
@@ -47,19 +48,25 @@ from reviveformer.loop import (
     EpochEnd,
     LivenessLog,
     Position,
+    Preemption,
     RevivalPass,
     RevivalTiming,
     TrainLog,
     TrainWindow,
     Validator,
 )
+from reviveformer.loop.epoch_end import write_json
 from reviveformer.loop.liveness_log import dead_ratios
 from reviveformer.loop.window import reaches_multiple
 from reviveformer.revival import arm_of_method
+from reviveformer.run_lock import RunLock
+from reviveformer.run_status import write_status
 from reviveformer.summary import Summary, write_final
 from reviveformer.tracking import Tracking
 
 log = logging.getLogger("reviveformer")
+
+PREEMPTED = "preempted"  # the reason _train_epoch returns when a stop signal was agreed
 
 # param_groups, warmup_cosine and reaches_multiple stay importable from here (scripts/bench.py, tests)
 __all__ = ["Summary", "Trainer", "param_groups", "reaches_multiple", "release", "train", "warmup_cosine"]
@@ -83,6 +90,10 @@ class Trainer:
         self.is_main = self.accelerator.is_main_process
         self.monitor: LivenessMonitor | None = None
         self.pos = Position()
+        self.stopped_by: str | None = None
+        """An alert's stop, recorded in the checkpoints saved after it."""
+        self._stop_now = False
+        """A stop signal, agreed by every process at the last step boundary."""
         self.before_epoch_end: list[Callable[[Trainer], None]] = []
         """Called at each epoch end before its validation pass (e.g. to read the training's peak memory)."""
         self.after_train_log: list[Callable[[Trainer], None]] = []
@@ -104,6 +115,9 @@ class Trainer:
 
     # ---------------------------------------------------------------- set-up
     def _setup(self) -> None:
+        check_training_config(self.cfg)  # cross-section checks (a Config built in code skips load_config's)
+        self.lock = RunLock(self.run_dir) if self.is_main else None
+        builder.lock_run_dir(self.lock, self.accelerator, self.run_dir)
         run = self.run_parts = builder.build_run(self.cfg, self.accelerator, self.run_dir)
         self.data, self.model, self.optimizer, self.scheduler = (
             run.data,
@@ -130,6 +144,7 @@ class Trainer:
         if self.is_main:
             builder.start_run_dir(cfg, self.run_dir)
         self.tracking = Tracking(acc, cfg.wandb, self.run_dir, to_dict(cfg), self.job_type)
+        self._write_status("running")
         self.alerts = builder.build_alerts(cfg.alerts, self.tracking, self.run_dir, self.is_main)
         if saved is not None:
             self.alerts.load_state_dict(saved["alerts"])
@@ -160,14 +175,14 @@ class Trainer:
     # ---------------------------------------------------------------- state
     def _state(self) -> dict:
         return resume.training_state(
-            self.pos,
-            self.batches_per_epoch,
-            self.cfg,
-            self.accelerator,
-            self.monitor,
-            self.reviver,
-            self.alerts,
-        )
+            self.pos, self.batches_per_epoch, self.cfg, self.accelerator, self.monitor, self.reviver, self.alerts,
+            stopped_by=self.stopped_by,
+        )  # fmt: skip
+
+    def _write_status(self, state: str, reason: str | None = None, final_step: int | None = None) -> None:
+        """RUN_DIR/status.json (main process, once the run folder is started)."""
+        if self.is_main and "tracking" in self.__dict__:
+            write_status(self.run_dir, state, self.pos.step, self.pos.epoch, reason, final_step)
 
     # ---------------------------------------------------------------- measurement and revival
     def _reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
@@ -207,12 +222,21 @@ class Trainer:
         t0 = time.perf_counter()
         from tqdm.contrib.logging import logging_redirect_tqdm
 
+        preemption = self.preemption = Preemption()
         try:
             self._setup()
+            preemption.install()
             # console lines (alerts, revivals) are printed above the progress bar, not into its line
             with logging_redirect_tqdm():
                 summary = self._loop()
+        except TrainingHalted as e:
+            self._write_status("halted", reason=str(e))
+            raise
+        except Preempted as e:
+            self._write_status("preempted", reason=str(e))
+            raise
         finally:
+            preemption.uninstall()
             if hasattr(self, "tracking"):
                 self.tracking.finish()
             if self.monitor is not None:
@@ -222,6 +246,8 @@ class Trainer:
             for part in ("revival", "epoch_end", "run_parts"):  # they hold the model or the optimizer too
                 self.__dict__.pop(part, None)
             release(self.accelerator)
+            if self.__dict__.get("lock") is not None:
+                self.lock.release()
             if not self.keep_process_group:
                 self.accelerator.end_training()
         summary.wall_s = time.perf_counter() - t0
@@ -250,10 +276,13 @@ class Trainer:
             if pos.batches_in_epoch < self.batches_per_epoch:
                 if pos.step < self.total_steps:
                     stopped_by = self._train_epoch()
+                if stopped_by == PREEMPTED:
+                    self._preempt()
                 if pos.batches_in_epoch < self.batches_per_epoch:
                     # left mid-epoch (the step budget or an alert's stop): the epoch has not ended, and a
-                    # checkpoint keeps the position within it for a later resume
-                    self.checkpointer.save_unless_saved(pos.step)
+                    # checkpoint keeps the position within it for a later resume (and the stop, if any)
+                    self.stopped_by = stopped_by
+                    (self.checkpointer.save if stopped_by else self.checkpointer.save_unless_saved)(pos.step)
                     break
             # the epoch's data is done (now, or before the checkpoint this run resumed from): its end
             stopped_by = self._complete_epoch() or stopped_by
@@ -270,12 +299,22 @@ class Trainer:
         self._step_loss = torch.zeros((), device=self.accelerator.device)
         for batch in loader:
             grad_norm = self.train_step(batch)
-            if grad_norm is None:  # accumulating, or a non-finite step skipped
-                continue
-            stopped_by = self._after_step(grad_norm)
-            if stopped_by or self.pos.step >= self.total_steps:
-                return stopped_by
+            if grad_norm is not None:  # None: accumulating, or a non-finite step skipped
+                stopped_by = self._after_step(grad_norm)
+                if stopped_by or self.pos.step >= self.total_steps:
+                    return stopped_by
+            if self._stop_now:  # at a step boundary, every process agreeing
+                return PREEMPTED
         return None
+
+    def _preempt(self) -> None:
+        """Save the position reached and leave with `Preempted` (exit 75)."""
+        self.checkpointer.save_unless_saved(self.pos.step)
+        path = self.run_dir / "checkpoints" / ckpt.step_dir_name(self.pos.step)
+        raise Preempted(
+            f"{self.preemption.name or 'a stop signal'} at step {self.pos.step}: checkpoint {path} saved; continue "
+            "with train.resume=auto (the resume is exact)"
+        )
 
     def train_step(self, batch: dict) -> torch.Tensor | None:
         """One micro-batch: forward and backward; on the step's last micro-batch the optimizer step and the step
@@ -295,7 +334,7 @@ class Trainer:
             fault_point("mid_step")
             max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
             grad_norm = acc.clip_grad_norm_(self._params, max_norm)
-            mean_loss = acc.reduce(self._step_loss, "mean") if acc.num_processes > 1 else self._step_loss
+            mean_loss = self._agree(self._step_loss)
             finite = torch.isfinite(mean_loss)
             # a gradient scaler skips an inf-gradient step by itself; without one (fp16 on CPU, bf16, fp32) the
             # gradient norm must be finite
@@ -319,6 +358,18 @@ class Trainer:
         pos.tokens_seen += self._tokens_per_step
         self._bar.update(1)
         return grad_norm
+
+    def _agree(self, step_loss: torch.Tensor) -> torch.Tensor:
+        """The step's loss averaged over processes; a stop signal any process received rides on the same
+        all-reduce, so that all stop at this step (`_stop_now`). One process: its own loss and signal."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            self._stop_now = self.preemption.requested
+            return step_loss
+        stop = torch.tensor(float(self.preemption.requested), device=acc.device)
+        both = acc.reduce(torch.stack([step_loss, stop.to(step_loss.dtype)]), "mean")
+        self._stop_now = bool(both[1] > 0)
+        return both[0]
 
     def _after_step(self, grad_norm: torch.Tensor) -> str | None:
         """Step-level work, once per optimizer step: each part at its own cadence, in this order. Returns an
@@ -353,7 +404,9 @@ class Trainer:
             hook(self)
         actions = self.epoch_end.run(epoch, self.pos.step, epoch_seconds)
         # the epoch end's own revival has just run: an alert's `revive` would only repeat it
-        stopped_by = self._act_on_alerts(actions - (set() if self.revival_timing.on_steps else {"revive"}))
+        stopped_by = self.stopped_by = self._act_on_alerts(
+            actions - (set() if self.revival_timing.on_steps else {"revive"})
+        )
         fault_point("after_revival")
         self.checkpointer.save(self.pos.step)
         self._epoch_t0 = time.perf_counter()
@@ -361,22 +414,18 @@ class Trainer:
 
     def _finish(self, stopped_by: str | None) -> Summary:
         acc, pos, sites = self.accelerator, self.pos, self.cfg.liveness.sites
-        last_report = self.epoch_end.last_report
-        if not self.validator.is_current(pos.step):  # the summary's numbers are those of the final weights
-            val, report = self.measure(self.cfg.train.eval_batches)
-            self.validator.record(val, pos.step)
-            last_report = report or last_report
+        report = self._measure_final()
         ckpt.check_finite_weights(self.model, "final/")
         acc.wait_for_everyone()
         if self.is_main:
             write_final(acc.unwrap_model(self.model), self.data.tokenizer, self.cfg, self.run_dir)
+            state = "stopped" if stopped_by else "finished"
+            self._write_status(state, reason=stopped_by, final_step=pos.step)
         acc.wait_for_everyone()
-        dead = dead_ratios(last_report, sites) if last_report is not None else {}
+        dead = dead_ratios(report, sites) if report is not None else {}
         after = {}
         if self.revival is not None and self.revival.revived:
-            # the last revival changed the model after the measurement it decided from: measure once more
-            _, report = self.measure(self.cfg.train.eval_batches)
-            after = dead_ratios(report, sites)
+            after = dead  # measured on the final weights, after this session's last revival
             self.tracking.log(
                 {metric_keys.dead_ratio_after_key(k): v for k, v in after.items()}, step=pos.step
             )
@@ -394,6 +443,22 @@ class Trainer:
         if self.is_main:
             summary.add_run_files(self.cfg.revival.method)
         return summary
+
+    def _measure_final(self) -> LivenessReport | None:
+        """The summary's numbers are those of the weights in final/: measured again (and logged, with
+        liveness/final.json) when the last measurement is older than them (a run ended by train.max_steps or an
+        alert, or a revival at the last step); else the last epoch end's. Returns the liveness report."""
+        pos, report = self.pos, self.epoch_end.last_report
+        revived_last = self.revival is not None and self.revival.last_step == pos.step
+        if not self.validator.is_current(pos.step) or revived_last:
+            val, fresh = self.measure(self.cfg.train.eval_batches)
+            self.validator.record(val, pos.step)
+            report = fresh or report
+            final = {**val, **(fresh.metrics() if fresh is not None else {})}
+            self.tracking.log(final, step=pos.step)
+        if report is not None and self.is_main:
+            write_json(self.run_dir / "liveness" / "final.json", report.to_json())
+        return report
 
 
 def release(accelerator) -> None:

@@ -14,13 +14,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from reviveformer.config import load_config
+    from reviveformer.errors import EXIT_STOPPED
     from reviveformer.trainer import train
 
     cfg = load_config(args.recipe, args.overrides)
     summary = train(cfg)
     if summary.run_dir and _is_main():
         print("\n".join(summary.lines()))
-    return 0
+    # a job script must tell a run that an alert stopped from one that finished
+    return EXIT_STOPPED if summary.stopped_by else 0
 
 
 def _is_main() -> bool:

@@ -10,7 +10,8 @@ each epoch end, and each decides whether its moment has come (as torchtitan's `t
 - `RevivalTiming`: when revival runs; `RevivalPass`: one revival with what it logs;
 - `LivenessLog`: a liveness window's metrics, alerts and histograms to tracking;
 - `EpochEnd`: the epoch end's measurement, liveness json, figures and revival;
-- `Checkpointer`: when and what to checkpoint.
+- `Checkpointer`: when and what to checkpoint;
+- `Preemption`: SIGTERM/SIGINT turned into a checkpoint at the next step boundary.
 
 The contract: docs/design.md, "Training loop".
 """
@@ -20,6 +21,7 @@ from reviveformer.loop.checkpointer import Checkpointer
 from reviveformer.loop.epoch_end import EpochEnd
 from reviveformer.loop.liveness_log import LivenessLog
 from reviveformer.loop.position import Position
+from reviveformer.loop.preemption import Preemption
 from reviveformer.loop.revival_pass import RevivalPass
 from reviveformer.loop.revival_timing import RevivalTiming
 from reviveformer.loop.train_log import TrainLog
@@ -32,6 +34,7 @@ __all__ = [
     "EpochEnd",
     "LivenessLog",
     "Position",
+    "Preemption",
     "RevivalPass",
     "RevivalTiming",
     "TrainLog",

@@ -42,7 +42,10 @@ class RevivalPass:
         self.run_dir = run_dir
         self.is_main = is_main
         self.revived = False
-        """Whether this session has revived (the summary then measures the final weights once more)."""
+        """Whether this session has revived (the summary then reports the dead ratios after it)."""
+        self.last_step = -1
+        """The step of this session's last revival (one at the run's last step changed the final weights after
+        their measurement: the summary measures them again)."""
 
     def __call__(self, step: int, when: str, report: LivenessReport | None = None) -> dict[str, float]:
         """Revive at `step` (`when` words the moment for the console line) from `report`, or from a
@@ -63,7 +66,7 @@ class RevivalPass:
         cap = capacity(unwrapped, report.dead_units(MLP_SITE), self.reviver.pruned_masks())
         metrics.update({metric_keys.capacity_key(k): float(v) for k, v in cap.items()})
         self.tracking.log(metrics, step=step)
-        self.revived = True
+        self.revived, self.last_step = True, step
         log.info("%s", run_report.revival_event(metrics, step, self.method).line(when))
         if self.is_main:
             self._log_per_layer(step)

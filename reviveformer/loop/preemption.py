@@ -1,0 +1,53 @@
+"""Preemption: SIGTERM (what SLURM and Kubernetes send before a kill) and SIGINT (Ctrl-C) ask the run to stop
+at the next optimizer step boundary, where it saves a checkpoint, says so, and exits with status 75
+(`errors.EXIT_PREEMPTED`, EX_TEMPFAIL: a job script requeues on it); `train.resume=auto` then continues bit-identically. A second
+SIGINT stops at once (KeyboardInterrupt). With several processes the request rides on the step's loss
+all-reduce, so every process stops at the same step even when only one was signalled."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+log = logging.getLogger("reviveformer")
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Preemption:
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        """The first stop signal received, if any."""
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> None:
+        """Handle the stop signals (only the main thread may; elsewhere, as in a notebook's worker, they keep
+        their default meaning)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signal).name if self.signal is not None else ""
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        if self.signal is None:
+            self.signal = signum
+            log.warning(
+                "%s received: stopping at the next step boundary with a checkpoint (Ctrl-C again stops at once)",
+                signal.Signals(signum).name,
+            )

@@ -1,0 +1,223 @@
+"""Who may run in a folder and how a run ends (issue 18): one run per folder, no fresh start on top of an old run,
+preemption saves and resumes exactly, a stop is recorded, and the reported final numbers are those of final/.
+
+Every moment is explicit: signals are sent by the REVIVEFORMER_FAULT hook at a named phase, never by a timer."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from conftest import REPO, launch, tiny_overrides
+from reviveformer import checkpoint as ckpt
+from reviveformer.cli import main
+from reviveformer.config import load_config
+from reviveformer.data import prepare_data
+from reviveformer.run_lock import RunLock
+from reviveformer.run_status import read_status
+
+RECIPE = str(REPO / "recipes" / "quickstart.yaml")
+STRIPPING = str(REPO / "recipes" / "quickstart-stripping.yaml")
+SHORT = {"data.max_tokens": 32 * 8 * 12, "train.epochs": 2, "model.dropout": 0.1, "train.checkpoint_every": 0}
+
+
+def _args(recipe: str, run_dir: Path, corpus: Path, **extra) -> list[str]:
+    return ["train", recipe, *tiny_overrides(run_dir, corpus, **{**SHORT, **extra})]
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "final" / "model.safetensors")
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _token_mean_loss(model_dir: Path, input_ids: torch.Tensor) -> float:
+    """The validation loss of a saved model by hand: plain transformers, next-token cross-entropy summed over
+    every validation block, divided by the number of predicted tokens."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for ids in input_ids.split(8):
+            logits = model(input_ids=ids).logits[:, :-1]
+            target = ids[:, 1:]
+            total += F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).double(), target.reshape(-1), reduction="sum"
+            )
+            count += target.numel()
+    return float(total) / count
+
+
+# ------------------------------------------------------------------------------------------- one run per folder
+
+
+def test_a_second_run_on_a_locked_folder_is_refused_and_writes_nothing(tmp_path, corpus_file, capsys):
+    run_dir = tmp_path / "run"
+    holder = RunLock(run_dir)
+    assert holder.try_acquire() is None
+    try:
+        assert main(_args(RECIPE, run_dir, corpus_file, **{"train.max_steps": 2})) == 2
+        err = capsys.readouterr().err
+        assert "in use by another run" in err and '"pid"' in err and "Traceback" not in err
+        assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]  # nothing of the second run
+    finally:
+        holder.release()
+    # the holder gone (a killed run's lock goes with its process), the folder is free again
+    assert main(_args(RECIPE, run_dir, corpus_file, **{"train.max_steps": 2})) == 0
+    assert read_status(run_dir)["state"] == "finished"
+
+
+def test_a_refused_run_leaves_no_folder_behind(tmp_path, corpus_file, capsys):
+    """The lock creates the folder; a set-up that then fails (here: a resume path that is no checkpoint) removes
+    it again."""
+    run_dir = tmp_path / "new" / "run"
+    args = _args(RECIPE, run_dir, corpus_file, **{"train.resume": str(tmp_path)})
+    assert main(args) == 2
+    assert "is not a complete reviveformer checkpoint" in capsys.readouterr().err
+    assert not run_dir.exists()
+
+
+def test_resume_auto_refuses_a_folder_with_a_run_but_no_checkpoint(tmp_path, corpus_file, capsys):
+    run_dir = tmp_path / "run"
+    assert main(_args(RECIPE, run_dir, corpus_file, **{"train.max_steps": 2})) == 0
+    for path in (run_dir / "checkpoints").iterdir():
+        shutil.rmtree(path)
+    before = (run_dir / "metrics.jsonl").read_bytes()
+    capsys.readouterr()
+    # another model on top of the old run: its metrics and alerts would have been mixed into the old ones
+    assert main(_args(RECIPE, run_dir, corpus_file, **{"train.resume": "auto", "model.n_embd": 32})) == 2
+    err = capsys.readouterr().err
+    assert "holds a run but no complete checkpoint" in err and str(run_dir) in err
+    assert (run_dir / "metrics.jsonl").read_bytes() == before
+
+
+# ------------------------------------------------------------------------------------------- preemption
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_a_stop_signal_saves_at_the_step_boundary_and_the_resume_is_exact(tmp_path, corpus_file, signal_name):
+    """The signal arrives inside step 3 (after its backward pass): step 3 is finished, checkpointed, and the
+    run exits 75; resumed, it ends with the weights of a run that was never interrupted (dropout 0.1: the
+    random streams must be restored too)."""
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    args = _args(RECIPE, straight, corpus_file)
+    p = launch("reviveformer", args, 1, accelerate=False, env={"REVIVEFORMER_FAULT": ""})
+    assert p.returncode == 0, p.stderr[-3000:]
+
+    fault = {"REVIVEFORMER_FAULT": f"mid_step:3:{signal_name}"}
+    p = launch("reviveformer", _args(RECIPE, stopped, corpus_file), 1, accelerate=False, env=fault)
+    assert p.returncode == 75, p.stderr[-3000:]
+    assert f"preempted: {signal_name} at step 3" in p.stderr and "Traceback" not in p.stderr
+    assert ckpt.find_resume_point(stopped / "checkpoints").name == "step_00000003"
+    assert not (stopped / "final").exists()
+    assert read_status(stopped)["state"] == "preempted"
+
+    resume = _args(RECIPE, stopped, corpus_file, **{"train.resume": "auto"})
+    p = launch("reviveformer", resume, 1, accelerate=False, env={"REVIVEFORMER_FAULT": ""})
+    assert p.returncode == 0, p.stderr[-3000:]
+    a, b = _weights(straight), _weights(stopped)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert read_status(stopped)["state"] == "finished"
+
+
+@pytest.mark.slow
+def test_two_processes_stop_together_when_only_one_is_signalled(tmp_path, corpus_file):
+    """SIGTERM reaches rank 1 alone: the request rides on the step's loss all-reduce, so both processes save
+    step 3 together (a process that went on alone would hang the other in a collective)."""
+    run_dir = tmp_path / "run"
+    p = launch(
+        "reviveformer",
+        _args(RECIPE, run_dir, corpus_file),
+        2,
+        env={"REVIVEFORMER_FAULT": "mid_step:3:SIGTERM@1"},
+    )
+    assert p.returncode != 0
+    assert "preempted: SIGTERM at step 3" in p.stderr or "preempted: a stop signal at step 3" in p.stderr
+    assert ckpt.find_resume_point(run_dir / "checkpoints").name == "step_00000003"
+    assert read_status(run_dir)["state"] == "preempted"
+
+
+# ------------------------------------------------------------------------------------------- reports
+
+
+@pytest.mark.slow
+def test_two_processes_with_fewer_batches_than_processes_are_refused(tmp_path, corpus_file):
+    """One whole training batch for two processes: refused at set-up (not "steps: 0" and an untrained final/)."""
+    cfg = load_config(RECIPE, tiny_overrides(tmp_path / "probe", corpus_file, **SHORT))
+    blocks = len(prepare_data(cfg.data, cfg.train.seed).train)
+    run_dir = tmp_path / "run"
+    p = launch("reviveformer", _args(RECIPE, run_dir, corpus_file, **{"train.batch_size": blocks}), 2)
+    assert p.returncode != 0
+    assert "give each process no whole batch" in p.stderr
+    assert not run_dir.exists()
+
+
+def test_a_run_ended_by_max_steps_logs_the_measurement_of_final(tmp_path, corpus_file):
+    """Step 7 of a 12-step epoch: the last logged val/loss and dead ratio are those of final/'s weights."""
+    run_dir = tmp_path / "run"
+    assert main(_args(RECIPE, run_dir, corpus_file, **{"train.max_steps": 7, "model.dropout": 0.0})) == 0
+    rows = [r for r in _metrics(run_dir) if r["step"] == 7 and "val/loss" in r]
+    assert len(rows) == 1 and "liveness/mlp_post/dead_ratio" in rows[0]
+    cfg = load_config(RECIPE, tiny_overrides(run_dir, corpus_file, **SHORT))
+    val = prepare_data(cfg.data, cfg.train.seed).val[:]["input_ids"]
+    assert rows[0]["val/loss"] == pytest.approx(_token_mean_loss(run_dir / "final", val), rel=1e-6)
+    final = json.loads((run_dir / "liveness" / "final.json").read_text())
+    units = sum(layer["units"] for layer in final["sites"]["mlp_post"])
+    dead = sum(len(layer["dead_units"]) for layer in final["sites"]["mlp_post"])
+    assert rows[0]["liveness/mlp_post/dead_ratio"] == pytest.approx(dead / units)
+    assert read_status(run_dir) == {
+        "state": "finished",
+        "step": 7,
+        "epoch": 0,
+        "reason": None,
+        "final_step": 7,
+    }
+
+
+def test_the_last_revival_is_measured_before_it_is_reported(tmp_path, corpus_file):
+    """Stripping at the last epoch end changes the weights after that epoch end's measurement: the final
+    val/loss logged (and summarised) is that of final/, measured again after the revival."""
+    run_dir = tmp_path / "run"
+    extra = {"train.epochs": 1, "model.dropout": 0.0, "revival.synaptic_stripping.fraction": 0.5}
+    assert main(_args(STRIPPING, run_dir, corpus_file, **extra)) == 0
+    rows = [r for r in _metrics(run_dir) if "val/loss" in r]
+    assert [r["step"] for r in rows] == [12, 12]  # the epoch end's, then final/'s after the revival
+    assert any("revival/count" in r for r in _metrics(run_dir))
+    cfg = load_config(STRIPPING, tiny_overrides(run_dir, corpus_file, **SHORT))
+    val = prepare_data(cfg.data, cfg.train.seed).val[:]["input_ids"]
+    by_hand = _token_mean_loss(run_dir / "final", val)
+    assert rows[-1]["val/loss"] == pytest.approx(by_hand, rel=1e-6)
+    assert rows[0]["val/loss"] != pytest.approx(by_hand, rel=1e-6)  # the revival did change the model
+
+
+def test_an_alert_stop_exits_4_is_recorded_and_announced_on_resume(tmp_path, corpus_file, capsys, caplog):
+    run_dir = tmp_path / "run"
+    stop = "[{name: any_dead, site: mlp_post, above: 0.0, action: stop}]"
+    assert main(_args(RECIPE, run_dir, corpus_file, **{"alerts.rules": stop})) == 4
+    status = read_status(run_dir)
+    assert status["state"] == "stopped" and status["reason"] == "alert action stop"
+    # the first train log at which a layer of mlp_post has a dead unit, read from the run's own metrics
+    first = min(
+        r["step"]
+        for r in _metrics(run_dir)
+        if any(
+            k.startswith("liveness/mlp_post/layer_") and k.endswith("/dead_ratio") and v > 0
+            for k, v in r.items()
+        )
+    )
+    assert status["step"] == status["final_step"] == first and first % 5 == 0
+    state = ckpt.read_state(ckpt.find_resume_point(run_dir / "checkpoints"))
+    assert (state["step"], state["stopped_by"]) == (first, "alert action stop")
+    with caplog.at_level("WARNING", logger="reviveformer"):
+        main(_args(RECIPE, run_dir, corpus_file, **{"alerts.rules": stop, "train.resume": "auto"}))
+    assert f"this run was stopped at step {first} (alert action stop); resuming trains on" in caplog.text
