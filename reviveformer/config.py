@@ -657,6 +657,12 @@ def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> DictConfig:
     if base is None:
         return OmegaConf.create(data)
     base_path = (path.parent / str(base)).resolve()
+    if not base_path.is_file():
+        # the missing file alone does not say which recipe to fix when several share a base
+        raise ConfigError(
+            f"recipe {path}: its base: {base} names {base_path}, which does not exist (a base path is "
+            "relative to the recipe's own folder)"
+        )
     if base_path in _seen:
         raise ConfigError(f"recipe {path}: base: {base} makes a cycle ({' -> '.join(p.name for p in _seen)})")
     parent = read_recipe(base_path, (*_seen, path.resolve()))
