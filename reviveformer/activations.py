@@ -157,11 +157,37 @@ def make_activation(
     raise _unknown_name_error(name, key)
 
 
+def _describe_output(out: Any) -> str:
+    if isinstance(out, torch.Tensor):
+        return f"a {str(out.dtype).removeprefix('torch.')} tensor of shape {tuple(out.shape)}"
+    return f"a {type(out).__name__}"
+
+
+def _probe(act: nn.Module, spec: str, key: str) -> None:
+    """Run a user's activation once on a small float32 tensor shaped like an MLP's (batch, seq, n_inner): what
+    it returns must be a floating tensor of the same shape, or the first forward pass would fail deep inside
+    the model (or broadcast silently) after the run folder was made."""
+    x = torch.linspace(-3.0, 3.0, 2 * 3 * 8).reshape(2, 3, 8)
+    want = f"an activation must return a floating tensor of its input's shape ({_describe_output(x)} here)"
+    try:
+        with torch.no_grad():
+            out = act(x)
+    except Exception as e:  # the user's code may fail in any way
+        raise ConfigError(
+            f"{key}={spec!r}: calling it on {_describe_output(x)} raised {type(e).__name__}: {e}; {want}"
+        ) from None
+    if not (isinstance(out, torch.Tensor) and out.shape == x.shape and out.is_floating_point()):
+        raise ConfigError(f"{key}={spec!r}: it returned {_describe_output(out)}; {want}")
+
+
 def validate_activation(
     name: str, leaky_relu_slope: float = DEFAULT_LEAKY_RELU_SLOPE, *, key: str = "model.activation"
 ) -> None:
-    """Raise ConfigError unless `name` builds a module (imports a `module:attr` to check it)."""
-    make_activation(name, leaky_relu_slope, key=key)
+    """Raise ConfigError unless `name` builds a module (imports a `module:attr` to check it) and, for a user's
+    `module:attr`, that module maps a probe tensor to a floating tensor of the same shape."""
+    act = make_activation(name, leaky_relu_slope, key=key)
+    if ":" in name:  # the built-in ones are tested; a user's is run once on a throwaway copy
+        _probe(act, name, key)
 
 
 @lru_cache(maxsize=64)

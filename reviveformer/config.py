@@ -41,6 +41,9 @@ LEGACY_REVIVAL_KEYS = {
     "tau": ("redo", "grama"),
 }
 
+# Field metadata: a float field where +inf means something (no limit); nan and -inf are refused there too.
+ALLOW_INF = "allow_inf"
+
 log = logging.getLogger("reviveformer")
 
 
@@ -310,13 +313,21 @@ class AlertRule:
 class AlertsConfig:
     rules: list[AlertRule] = field(default_factory=list)
     """Alert rules, checked at every liveness log and epoch-end measurement."""
-    wandb_wait_s: float = 300.0
-    """Least time between two wandb.alert calls of one rule."""
+    wandb_wait_s: float = field(default=300.0, metadata={ALLOW_INF: True})
+    """Least time between two wandb.alert calls of one rule (inf: one alert per rule for the whole run)."""
 
     def __post_init__(self) -> None:
         names = [r.name for r in self.rules]
         dupes = sorted({n for n in names if names.count(n) > 1})
-        _raise("alerts", _problems([(not dupes, f"rules have duplicate names {dupes}")]))
+        _raise(
+            "alerts",
+            _problems(
+                [
+                    (not dupes, f"rules have duplicate names {dupes}"),
+                    (self.wandb_wait_s >= 0, f"wandb_wait_s={self.wandb_wait_s} must be >= 0"),
+                ]
+            ),
+        )
 
 
 @dataclass
@@ -489,6 +500,30 @@ def training_problems(cfg: Config) -> list[str]:
     return problems
 
 
+def nonfinite_problems(node: Any, at: str = "") -> list[str]:
+    """Every float of a config tree (sections, alert rules, each revival method's section, a plug-in's own)
+    that is nan or infinite where that means nothing: a section's range check such as `>= 0` lets inf
+    through, and `nan < 0` is false. Walks the values, so a new float field is covered without listing it."""
+    problems: list[str] = []
+    for f in fields(node):
+        value, key = getattr(node, f.name), f"{at}.{f.name}" if at else f.name
+        if is_dataclass(value):
+            problems += nonfinite_problems(value, key)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                where = f"{key}[{getattr(item, 'name', i)}]"  # alert rules are named by name, as elsewhere
+                if is_dataclass(item):
+                    problems += nonfinite_problems(item, where)
+                elif isinstance(item, float) and not math.isfinite(item):
+                    problems.append(f"{where}={item} must be a finite number")
+        elif isinstance(value, float) and not math.isfinite(value):
+            if value == math.inf and f.metadata.get(ALLOW_INF):
+                continue
+            finite = "a finite number or inf" if f.metadata.get(ALLOW_INF) else "a finite number"
+            problems.append(f"{key}={value} must be {finite}")
+    return problems
+
+
 def check_training_config(cfg: Config) -> None:
     """Raise one ConfigError listing every cross-section problem of `training_problems`."""
     problems = training_problems(cfg)
@@ -657,6 +692,12 @@ def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> DictConfig:
     if base is None:
         return OmegaConf.create(data)
     base_path = (path.parent / str(base)).resolve()
+    if not base_path.is_file():
+        # the missing file alone does not say which recipe to fix when several share a base
+        raise ConfigError(
+            f"recipe {path}: its base: {base} names {base_path}, which does not exist (a base path is "
+            "relative to the recipe's own folder)"
+        )
     if base_path in _seen:
         raise ConfigError(f"recipe {path}: base: {base} makes a cycle ({' -> '.join(p.name for p in _seen)})")
     parent = read_recipe(base_path, (*_seen, path.resolve()))
@@ -733,6 +774,9 @@ def load_config(
     except OmegaConfBaseException as e:
         raise ConfigError(_describe(e, "config", plugin)) from None
     assert isinstance(cfg, Config)
+    nonfinite = nonfinite_problems(cfg)
+    if nonfinite:
+        raise ConfigError("invalid config: " + "; ".join(nonfinite))
     if training:
         check_training_config(cfg)
     return cfg

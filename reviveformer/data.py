@@ -33,6 +33,10 @@ CHUNK_CHARS = 4000
 # A file where more than this share of characters are invalid UTF-8 is taken for binary and skipped.
 BINARY_SHARE = 0.1
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".py", ".text", ".json", ".csv", ".tex", ".html", ""}
+# Versions of how a tokenizer is trained (train_bpe_tokenizer) and blocks are packed (pack), in the cache keys:
+# bump one when its code changes what it makes, so that no cache from before is reused.
+BPE_RECIPE = "bytelevel-bpe-1"
+PACK_RECIPE = "eos-concat-1"
 
 
 @dataclass
@@ -75,14 +79,29 @@ def _text_files(path: str, max_files: int | None) -> list[Path]:
     raise DataError(f"data.path={path} does not exist (give a text file or a folder of text files)")
 
 
+def _pieces(line: str) -> list[str]:
+    """A line cut into pieces of at most CHUNK_CHARS characters, each cut after the last whitespace before
+    the limit (a hard cut where the piece's second half has none), so that a file on one line (minified
+    text, a dump without newlines) chunks like the same text with newlines. Joined, they are the line."""
+    pieces = []
+    while len(line) > CHUNK_CHARS:
+        cut = max(line.rfind(c, 0, CHUNK_CHARS) for c in " \t") + 1
+        cut = cut if cut > CHUNK_CHARS // 2 else CHUNK_CHARS
+        pieces.append(line[:cut])
+        line = line[cut:]
+    return [*pieces, line]
+
+
 def _chunk(text: str) -> list[str]:
     chunks, cur, size = [], [], 0
     for line in text.splitlines(keepends=True):
-        cur.append(line)
-        size += len(line)
-        if size >= CHUNK_CHARS:
-            chunks.append("".join(cur))
-            cur, size = [], 0
+        pieces = _pieces(line)
+        for i, piece in enumerate(pieces):
+            cur.append(piece)
+            size += len(piece)
+            if size >= CHUNK_CHARS or i < len(pieces) - 1:  # a cut piece was cut at the size: end there
+                chunks.append("".join(cur))
+                cur, size = [], 0
     if cur and "".join(cur).strip():
         chunks.append("".join(cur))
     return chunks
@@ -112,12 +131,17 @@ def read_text_file(path: Path) -> str | None:
     return text
 
 
-def _files_signature(files: list[Path]) -> str:
+def texts_hash(ds: Dataset) -> str:
+    """A hash of a split's documents, in order: what a tokenizer trained on it, or blocks packed from it, are
+    made of. Hashing the text itself (not file names, sizes and times, nor the seed and val_fraction that
+    chose the split) keys the caches by exactly their contents."""
     h = hashlib.sha256()
-    for f in files:
-        st = f.stat()
-        h.update(f"{f.resolve()}|{st.st_size}|{int(st.st_mtime)}\n".encode())
-    return h.hexdigest()[:16]
+    for batch in ds.iter(batch_size=1000):
+        for text in batch["text"]:
+            data = text.encode("utf-8", errors="surrogatepass")
+            h.update(len(data).to_bytes(8, "little"))  # so that document boundaries count
+            h.update(data)
+    return h.hexdigest()[:20]
 
 
 def load_documents(cfg: DataConfig, seed: int) -> tuple[DatasetDict, str]:
@@ -139,9 +163,12 @@ def load_documents(cfg: DataConfig, seed: int) -> tuple[DatasetDict, str]:
             f"{where} holds too little text ({len(texts)} non-empty chunk(s) of ~{CHUNK_CHARS} chars); "
             "need at least 2 for a train/validation split"
         )
-    fp = f"{cfg.source}-{_files_signature(files)}"
-    docs = Dataset.from_dict({"text": texts})
-    return _split(docs, cfg.val_fraction, seed), fp
+    docs = _split(Dataset.from_dict({"text": texts}), cfg.val_fraction, seed)
+    return docs, _docs_fingerprint(cfg.source, docs)
+
+
+def _docs_fingerprint(source: str, docs: DatasetDict) -> str:
+    return f"{source}-{texts_hash(docs['train'])}-{texts_hash(docs['validation'])}"
 
 
 def _split(docs: Dataset, val_fraction: float, seed: int) -> DatasetDict:
@@ -180,10 +207,11 @@ def _load_hub(cfg: DataConfig, seed: int) -> tuple[DatasetDict, str]:
         )
         return ds.filter(lambda b: [bool(t.strip()) for t in b["text"]], batched=True)
 
-    fp = f"hub-{cfg.name}-{cfg.config}".replace("/", "_")
     if "validation" in raw:
-        return DatasetDict(train=clean(raw["train"]), validation=clean(raw["validation"])), fp
-    return _split(clean(raw["train"]), cfg.val_fraction, seed), fp
+        docs = DatasetDict(train=clean(raw["train"]), validation=clean(raw["validation"]))
+    else:
+        docs = _split(clean(raw["train"]), cfg.val_fraction, seed)
+    return docs, _docs_fingerprint("hub", docs)
 
 
 def train_bpe_tokenizer(texts, vocab_size: int):
@@ -221,11 +249,20 @@ def load_tokenizer(name_or_path: str):
     return tok
 
 
-def get_tokenizer(cfg: DataConfig, docs: DatasetDict, fingerprint: str):
-    """The configured tokenizer; a trained bpe one is cached by (documents, vocab_size) and reused."""
+def tokenizer_cache_key(train: Dataset, vocab_size: int) -> str:
+    """What a trained bpe tokenizer is made of: the training documents themselves, the vocabulary size and the
+    trainer (its version and our recipe), so that a cached one is the one a fresh machine would train."""
+    import tokenizers
+
+    src = json.dumps([texts_hash(train), vocab_size, tokenizers.__version__, BPE_RECIPE])
+    return hashlib.sha256(src.encode()).hexdigest()[:20]
+
+
+def get_tokenizer(cfg: DataConfig, docs: DatasetDict):
+    """The configured tokenizer; a trained bpe one is cached by `tokenizer_cache_key` and reused."""
     if cfg.tokenizer != "bpe":
         return load_tokenizer(cfg.tokenizer)
-    cached = cache_root(cfg) / "tokenizers" / f"{fingerprint}-v{cfg.vocab_size}-n{len(docs['train'])}"
+    cached = cache_root(cfg) / "tokenizers" / tokenizer_cache_key(docs["train"], cfg.vocab_size)
     if (cached / "tokenizer.json").is_file():
         return load_tokenizer(str(cached))
     tok = train_bpe_tokenizer(docs["train"]["text"], cfg.vocab_size)
@@ -291,18 +328,9 @@ def prepare_data(cfg: DataConfig, seed: int, tokenizer=None) -> PackedData:
     """Documents -> tokenizer (trained, loaded, or the one given) -> packed train/validation blocks (cached)."""
     docs, fp = load_documents(cfg, seed)
     if tokenizer is None:
-        tokenizer = get_tokenizer(cfg, docs, fp)
-    key_src = json.dumps(
-        [
-            fp,
-            tokenizer_fingerprint(tokenizer),
-            cfg.block_size,
-            cfg.val_fraction,
-            seed,
-            len(docs["train"]),
-            len(docs["validation"]),
-        ]
-    )
+        tokenizer = get_tokenizer(cfg, docs)
+    # the blocks are made of the documents of each split (fp hashes their text), the tokenizer and block_size
+    key_src = json.dumps([fp, tokenizer_fingerprint(tokenizer), cfg.block_size, PACK_RECIPE])
     key = hashlib.sha256(key_src.encode()).hexdigest()[:20]
     store = cache_root(cfg) / "packed" / key
     if (store / "done").is_file():

@@ -82,3 +82,23 @@ class NanGradOnFifthTrainingCall(nn.Module):
             if self.calls == 5:
                 return _ReluNanGrad.apply(x)
         return torch.relu(x)
+
+
+def halve_width(x: torch.Tensor) -> torch.Tensor:
+    """Returns half the units: the wrong shape (an error)."""
+    return torch.relu(x[..., : x.shape[-1] // 2])
+
+
+def fires(x: torch.Tensor) -> torch.Tensor:
+    """Returns a bool tensor: not a floating dtype (an error)."""
+    return x > 0
+
+
+def pair(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns a tuple, not a tensor (an error)."""
+    return x, x
+
+
+def needs_4d(x: torch.Tensor) -> torch.Tensor:
+    """Raises on an MLP's 3-d input (an error)."""
+    return torch.nn.functional.relu(x.permute(0, 1, 2, 3))

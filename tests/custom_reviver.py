@@ -74,5 +74,18 @@ class BiasKick(Reviver):
         self.kicked_total = int(state["kicked_total"])
 
 
+class Flaky(BiasKick):
+    """BiasKick whose `revive` raises while `Flaky.failing` is set: a user's method with a bug, fixed later."""
+
+    name = "flaky"
+    arm = "flaky"
+    failing = True
+
+    def revive(self, model: nn.Module, report: LivenessReport, optimizer: Any) -> dict[str, float]:
+        if Flaky.failing:
+            raise KeyError("no bias here")
+        return super().revive(model, report, optimizer)
+
+
 class NotAReviver:
     """A class that is not a Reviver subclass: naming it is a clear error."""

@@ -125,6 +125,38 @@ def test_bad_custom_activation(custom_path: None, spec: str, fragment: str) -> N
     assert "model.activation" in str(e.value) and fragment in str(e.value)
 
 
+@pytest.mark.parametrize(
+    ("spec", "fragment"),
+    [
+        ("custom_act:halve_width", "it returned a float32 tensor of shape (2, 3, 4)"),
+        ("custom_act:fires", "it returned a bool tensor of shape (2, 3, 8)"),
+        ("custom_act:pair", "it returned a tuple"),
+        ("custom_act:needs_4d", "raised RuntimeError"),
+    ],
+)
+def test_a_custom_activation_is_probed_before_the_run_starts(
+    custom_path: None, spec: str, fragment: str, tmp_path: Path, corpus_file: Path, capsys
+) -> None:
+    """Issue 18 item 5: a user activation returning the wrong shape or dtype (or failing) is refused by
+    `train` with exit 2, naming the plug-in and what it returned, before the run folder is made."""
+    from conftest import REPO, tiny_overrides
+    from reviveformer.cli import main
+
+    run_dir = tmp_path / "run"
+    recipe = str(REPO / "recipes" / "quickstart.yaml")
+    code = main(["train", recipe, *tiny_overrides(run_dir, corpus_file, **{"model.activation": spec})])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"model.activation='{spec}'" in err and fragment in err, err
+    assert "a floating tensor of its input's shape (a float32 tensor of shape (2, 3, 8) here)" in err
+    assert "Traceback" not in err and not run_dir.exists()
+
+
+def test_a_well_behaved_custom_activation_passes_the_probe(custom_path: None) -> None:
+    for spec in ("custom_act:Cube", "custom_act:squareplus", "custom_act:LearnedSlopeTanh"):
+        validate_activation(spec)
+
+
 def test_module_failing_on_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "explodes_on_import.py").write_text("raise RuntimeError('boom')\n")
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -70,6 +70,10 @@ def _cases(root: Path, corpus: Path):
             True,
         ),
         ("fraction zero", ["revival.fraction=0"], ["must be in (0, 1]"], True),
+        # issue 18 item 3: inf passed the range checks (one halted naming a checkpoint that did not exist)
+        ("weight decay inf", ["train.weight_decay=inf"], ["train.weight_decay=inf must be a finite"], True),
+        ("adam eps inf", ["train.adam_eps=inf"], ["train.adam_eps=inf must be a finite number"], True),
+        ("tau nan", ["revival.redo.tau=nan"], ["revival.redo.tau=nan must be a finite number"], True),
         ("negative threshold", ["liveness.threshold=-1"], ["liveness.threshold=-1.0 must be >= 0"], True),
         ("unknown activation", ["model.activation=relux"], ["relu, leaky_relu"], True),
         ("bad module:attr", ["model.activation=no_such_pkg.mod:act"], ["no_such_pkg"], True),

@@ -258,3 +258,59 @@ def test_initializer_range_sets_the_init_scale(std):
     assert mlp.c_fc.weight.std().item() == pytest.approx(std, rel=0.03)  # 16,384 draws: sd error ~0.6%
     assert mlp.c_proj.weight.std().item() == pytest.approx(std / math.sqrt(2 * 2), rel=0.03)
     assert model.config.initializer_range == std
+
+
+def _float_keys(schema: type, at: str = "") -> list[tuple[str, bool]]:
+    """(dotted key, whether +inf is allowed) of every float field under `schema`, read from the dataclasses
+    themselves: the revival section with every built-in method's and a plug-in's own section, alert rules
+    under `alerts.rules[r]`."""
+    import typing
+    from dataclasses import fields, is_dataclass
+
+    from reviveformer.config import ALLOW_INF, RevivalConfig, _list_hint, revival_config_class
+    from reviveformer.revival import reviver_class
+
+    hints = typing.get_type_hints(schema)
+    keys = []
+    for f in fields(schema):
+        hint, key = hints[f.name], f"{at}.{f.name}" if at else f.name
+        if hint is RevivalConfig:
+            hint = revival_config_class(reviver_class("custom_reviver:BiasKick"))
+        listed = _list_hint(hint)
+        if is_dataclass(hint):
+            keys += _float_keys(hint, key)
+        elif listed is not None and is_dataclass(listed[0]):
+            keys += _float_keys(listed[0], f"{key}[r]")
+        elif hint is float or float in typing.get_args(hint):
+            keys.append((key, bool(f.metadata.get(ALLOW_INF))))
+    return keys
+
+
+def _override(key: str, value: str) -> str:
+    if key.startswith("alerts.rules[r]."):
+        return f"alerts.rules=[{{name: r, {key.rpartition('.')[2]}: {value}}}]"
+    return f"{key}={value}"
+
+
+def test_every_float_key_refuses_nan_and_inf(monkeypatch):
+    """Issue 18 item 3: nan, inf and -inf in any float field of any section (a plug-in method's too) are a
+    ConfigError naming the key and the value; the list of fields is computed here from the dataclasses, so a
+    new float field is covered. +inf stays valid only where a field says it means something."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    keys = _float_keys(Config)
+    names = {k for k, _ in keys}
+    assert {"train.weight_decay", "train.adam_eps", "liveness.tau", "revival.redo.tau"} <= names
+    assert {"revival.bias_kick.value", "alerts.rules[r].above"} <= names
+    for key, inf_ok in keys:
+        for value in ("nan", "inf", "-inf"):
+            overrides = ["revival.method=custom_reviver:BiasKick", _override(key, value)]
+            if value == "inf" and inf_ok:
+                cfg = load_config(overrides=overrides)
+                leaf = cfg
+                for part in key.split("."):
+                    leaf = getattr(leaf, part)
+                assert leaf == float("inf"), key
+                continue
+            with pytest.raises(ConfigError) as err:
+                load_config(overrides=overrides)
+            assert f"{key}={float(value)}" in str(err.value), (key, value, err.value)

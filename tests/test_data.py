@@ -157,3 +157,71 @@ def test_cache_temporaries_are_unique_and_cleaned(corpus_file, tmp_path):
     assert not (tmp_path / "b" / "packed" / key / "keep.txt").exists()
     leftovers = [p.name for p in (tmp_path / "b").rglob("*") if ".tmp" in p.name and p != stale]
     assert leftovers == []
+
+
+def _prepared(corpus, cache, seed: int):
+    from reviveformer.data import tokenizer_fingerprint
+
+    d = prepare_data(_cfg(corpus, cache_dir=str(cache)), seed=seed)
+    return tokenizer_fingerprint(d.tokenizer), d.train[:]["input_ids"].tolist()
+
+
+def test_a_cached_tokenizer_is_the_one_a_fresh_machine_would_train(corpus_file, tmp_path):
+    """Issue 18 item 1: the seed chooses the training documents, so a tokenizer trained for seed 1 is not the
+    one for seed 2; whichever ran first on a machine (a shared cache), each run gets the tokenizer and the
+    blocks it gets from an empty cache."""
+    fresh = {seed: _prepared(corpus_file, tmp_path / f"fresh{seed}", seed) for seed in (1, 2)}
+    assert fresh[1][0] != fresh[2][0], (
+        "the seeds must train different tokenizers for this test to mean anything"
+    )
+    for order in ((1, 2), (2, 1)):
+        shared = tmp_path / f"shared{order[0]}{order[1]}"
+        for seed in order:
+            assert _prepared(corpus_file, shared, seed) == fresh[seed], (order, seed)
+
+
+def test_a_file_changed_in_the_same_second_is_tokenised_anew(corpus_file, tmp_path):
+    """The caches are keyed by the text, not by the file's name, size and modification time: an edit that
+    keeps all three gets the tokenizer and blocks of its new text."""
+    import os
+
+    path = tmp_path / "data.txt"
+    text = corpus_file.read_text()
+    path.write_text(text)
+    stamp = path.stat().st_mtime_ns
+    _prepared(path, tmp_path / "shared", 0)
+    path.write_text(text.replace("def ", "fed "))  # same size
+    os.utime(path, ns=(stamp, stamp))
+    copy = tmp_path / "copy" / "data.txt"
+    copy.parent.mkdir()
+    copy.write_text(path.read_text())
+    assert _prepared(path, tmp_path / "shared", 0) == _prepared(copy, tmp_path / "fresh", 0)
+
+
+def test_text_on_one_line_is_chunked_like_text_with_newlines(corpus_file, tmp_path):
+    """Issue 18 item 2: a file without newlines was one chunk ("too little text") whatever its size. Cut at
+    whitespace into pieces of at most CHUNK_CHARS characters, it makes as many documents as its length calls
+    for, loses no character, and trains."""
+    from reviveformer.data import CHUNK_CHARS
+
+    text = " ".join(corpus_file.read_text().split())  # the corpus's words on one line, ~18 chunks
+    assert "\n" not in text and len(text) > 10 * CHUNK_CHARS
+    one_line = tmp_path / "one_line.txt"
+    one_line.write_text(text)
+    docs, _ = load_documents(_cfg(one_line), seed=0)
+    chunks = [*docs["train"]["text"], *docs["validation"]["text"]]
+    # no character lost, none longer than a chunk: so at least len / CHUNK_CHARS documents
+    assert sum(map(len, chunks)) == len(text) and max(map(len, chunks)) <= CHUNK_CHARS
+    # every cut but the text's last is after a space, so no word is split
+    assert sum(c.endswith(" ") for c in chunks) == len(chunks) - 1
+    d = prepare_data(_cfg(one_line), seed=0)
+    assert len(d.train) > 0 and len(d.val) > 0
+    # a line with no whitespace at all is cut hard, at CHUNK_CHARS
+    hard = tmp_path / "hard.txt"
+    hard.write_text("ab" * (CHUNK_CHARS + 100))
+    docs, _ = load_documents(_cfg(hard), seed=0)
+    assert sorted(map(len, [*docs["train"]["text"], *docs["validation"]["text"]])) == [
+        200,
+        CHUNK_CHARS,
+        CHUNK_CHARS,
+    ]

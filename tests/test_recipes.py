@@ -80,6 +80,25 @@ def test_base_cycle_is_an_error(tmp_path):
         load_config(tmp_path / "a.yaml")
 
 
+def test_a_missing_base_names_the_recipe_that_points_to_it(tmp_path, capsys):
+    """Issue 18 item 4: of two arms sharing a folder, the message names the arm whose base: is missing, and
+    the missing file as it resolved, through the real command line (exit 2, no traceback)."""
+    from reviveformer.cli import main
+
+    arms = tmp_path / "arms"
+    arms.mkdir()
+    (tmp_path / "base.yaml").write_text("train:\n  lr: 0.001\n")
+    (arms / "good.yaml").write_text("base: ../base.yaml\n")
+    (arms / "bad.yaml").write_text("base: ../bsae.yaml\nrevival:\n  method: redo\n")
+    load_config(arms / "good.yaml")  # the same base, spelled right, loads
+    code = main(["train", str(arms / "bad.yaml"), f"train.output_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"recipe {arms / 'bad.yaml'}" in err and "base: ../bsae.yaml" in err, err
+    assert str(tmp_path / "bsae.yaml") in err and "does not exist" in err, err
+    assert "Traceback" not in err and not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("path", LAUNCH_CONFIGS, ids=[p.stem for p in LAUNCH_CONFIGS])
 def test_accelerate_launch_configs_load(path):
     from accelerate.commands.config.config_args import load_config_from_file

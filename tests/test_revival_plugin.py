@@ -107,6 +107,73 @@ def test_a_bad_method_is_exit_2(method, fragment, tmp_path, corpus_file, custom_
     assert not run_dir.exists()
 
 
+def test_a_plugin_that_raises_is_exit_2_and_the_checkpoints_stand(
+    tmp_path, corpus_file, custom_path, capsys, monkeypatch
+) -> None:
+    """Issue 18 item 6: a plug-in whose revive raises (at step 3, after the checkpoint of step 2) stops the run
+    with exit 2 naming the method and the exception, no traceback; the checkpoint stays complete, and once
+    the plug-in is fixed the run resumes from it and finishes."""
+    import custom_reviver
+
+    from reviveformer.checkpoint import is_loadable, step_dir_name
+
+    monkeypatch.setattr(custom_reviver.Flaky, "failing", True)
+    run_dir = tmp_path / "run"
+    overrides = tiny_overrides(
+        run_dir,
+        corpus_file,
+        **{
+            "data.max_tokens": 32 * 8 * 6,
+            "model.activation": "relu",
+            "revival.method": "custom_reviver:Flaky",
+            "revival.every_steps": 3,
+            "train.checkpoint_every": 2,
+            "train.epochs": 1,
+        },
+    )
+    code = main(["train", str(RECIPE), *overrides])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "revival.method=custom_reviver:Flaky: its revive() raised KeyError: 'no bias here'" in err, err
+    assert "at step 3" in err and "Traceback" not in err and err.count("error:") == 1
+    saved = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert saved == [step_dir_name(2)], saved
+    assert is_loadable(run_dir / "checkpoints" / step_dir_name(2))
+    assert not (run_dir / "final").exists()
+
+    monkeypatch.setattr(custom_reviver.Flaky, "failing", False)
+    assert main(["train", str(RECIPE), *overrides, "train.resume=auto"]) == 0, capsys.readouterr().err
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "revival/count" in r] == [3, 6]
+    assert (run_dir / "final" / "model.safetensors").is_file()
+
+
+def test_a_built_in_method_that_raises_keeps_its_traceback(tmp_path, custom_path, monkeypatch) -> None:
+    """Only a plug-in's exception becomes a UserError: a built-in method's is a bug of ours, raised as is."""
+    import custom_reviver
+
+    from reviveformer.errors import UserError
+    from reviveformer.loop.revival_pass import RevivalPass
+    from reviveformer.revival import ReDo
+
+    def broken(self, model, report, optimizer):
+        raise IndexError("ours")
+
+    monkeypatch.setattr(ReDo, "revive", broken)
+    monkeypatch.setattr(custom_reviver.Flaky, "failing", True)
+    report = type("Report", (), {"tokens": 1})()
+    for reviver, method, raised in (
+        (ReDo(), "redo", IndexError),
+        (custom_reviver.Flaky(), "custom_reviver:Flaky", UserError),
+    ):
+        revival = RevivalPass(
+            reviver, method, ["mlp_post"], lambda: None, None, lambda: ({}, None), None, tmp_path, True
+        )
+        with pytest.raises(raised) as e:
+            revival(5, "during epoch 1", report)
+        assert type(e.value) is raised
+
+
 def test_method_sections_replace_the_flat_keys() -> None:
     cfg = load_config(
         None,

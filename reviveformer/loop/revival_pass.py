@@ -10,9 +10,10 @@ from pathlib import Path
 
 from reviveformer import metric_keys, plots
 from reviveformer import report as run_report
+from reviveformer.errors import UserError
 from reviveformer.liveness import LivenessReport, capacity
 from reviveformer.loop.liveness_log import dead_ratios
-from reviveformer.revival import Reviver
+from reviveformer.revival import REVIVERS, Reviver
 from reviveformer.sites import MLP_SITE
 from reviveformer.tracking import Tracking
 
@@ -57,7 +58,17 @@ class RevivalPass:
             return {}
         unwrapped = self._unwrapped()
         t0 = time.perf_counter()
-        metrics = self.reviver.revive(unwrapped, report, self.optimizer)
+        try:
+            metrics = self.reviver.revive(unwrapped, report, self.optimizer)
+        except Exception as e:
+            if type(self.reviver) in REVIVERS.values():
+                raise  # a bug in a built-in method is ours: it shows its traceback
+            # a user's plug-in failing is bad input: nothing is saved after it, so the checkpoints stand
+            raise UserError(
+                f"revival.method={self.method}: its revive() raised {type(e).__name__}: {e} (at step {step}, "
+                f"{when}); training stopped, the checkpoints already written in {self.run_dir / 'checkpoints'} "
+                "are intact (resume from one with train.resume=auto once the method is fixed)"
+            ) from None
         metrics["revival/seconds"] = time.perf_counter() - t0
         metrics.update(
             {metric_keys.dead_ratio_before_key(k): v for k, v in dead_ratios(report, self.sites).items()}
