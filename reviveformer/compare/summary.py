@@ -112,7 +112,7 @@ def summarise(run: RunData, sites: Sequence[str] | None = None) -> dict[str, Any
     """One row of the comparison table; a value the run does not have is None.
 
     Keys: run, status (status.json's state and step, `legacy (...)` for a folder without one), complete (the
-    run reached its planned end; a W&B run counts as complete), arm, activation, final_val_loss, best_val_loss, `dead_ratio/<site>` for each site (`sites`,
+    run reached its planned end; None for a W&B run: not known), arm, activation, final_val_loss, best_val_loss, `dead_ratio/<site>` for each site (`sites`,
     default the run's own), alive_fraction, effective_params, effective_param_fraction, revived_units
     (summed over revivals), pruned_weights (last revival/pruned_total), tokens_per_s (median).
     """
@@ -124,7 +124,8 @@ def summarise(run: RunData, sites: Sequence[str] | None = None) -> dict[str, Any
     row: dict[str, Any] = {
         "run": run.name,
         "status": run.status.short() if run.status is not None else UNKNOWN_STATUS,
-        "complete": run.complete,
+        # None (shown "-") for a W&B run: not known, though counted as complete over seeds
+        "complete": run.status.complete if run.status is not None else None,
         "arm": arm_of(run.config),
         "activation": _activation_of(run.config),
         "final_val_loss": val[-1] if val else None,
