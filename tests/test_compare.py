@@ -245,7 +245,10 @@ def test_rendered_tables(runs: dict[str, Path]) -> None:
         md[3]
         == "| stripping | finished | yes | stripping | relu | 3.3000 | 3.3000 | - | 20.0% | 75.0% | 975 | 78.0% | 5 | 25 | 100 |"
     )
-    assert md[4] == "| redo | finished | yes | my-arm | gelu_new | 5.5000 | 5.5000 | - | 12.5% | - | - | - | - | - | - |"
+    assert (
+        md[4]
+        == "| redo | finished | yes | my-arm | gelu_new | 5.5000 | 5.5000 | - | 12.5% | - | - | - | - | - | - |"
+    )
 
     text = compare.render_text(rows).splitlines()
     assert len(text) == 2 + 3
