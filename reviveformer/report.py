@@ -24,7 +24,8 @@ from matplotlib.figure import Figure
 
 from reviveformer import compare, metric_keys, plots
 from reviveformer.compare import RunData
-from reviveformer.errors import UserError
+from reviveformer.paths import check_out_file
+from reviveformer.run_status import read_status
 from reviveformer.stats import PAIRED_METHOD
 
 log = logging.getLogger("reviveformer")
@@ -491,9 +492,14 @@ def _capacity_table(run: RunData) -> str:
 
 
 def _run_status(run_dir: Path, rows: Sequence[Mapping[str, Any]]) -> str:
+    """What the run did and what final/ holds, from status.json; a folder from before status files says what
+    its files show and no more (final/ there does not say at which step, nor that the run ended)."""
     last = max((int(r["step"]) for r in rows if "step" in r), default=0)
-    if (run_dir / "final" / "config.json").is_file():
-        return f"finished at step {last}"
+    status = read_status(run_dir)
+    if status.state != "legacy":
+        return f"{status.sentence()}; last logged step {last}"
+    if status.has_final:
+        return f"final model present (no status.json, so not known whether it is of the last step); last logged step {last}"
     return f"in progress or stopped: last logged step {last}, no final model yet"
 
 
@@ -637,11 +643,7 @@ def write_run_report(run_dir: str | Path, out: str | Path | None = None) -> Path
     """Build the report page of a run and write it (default `RUN/report.html`); returns its path."""
     path = Path(run_dir)
     text = run_report_html(path)  # built in full before anything is written
-    target = Path(out) if out else path / REPORT_FILE
-    if not target.parent.is_dir():
-        raise UserError(
-            f"--out {target}: folder {target.parent} does not exist; give a file in an existing folder"
-        )
+    target = check_out_file(out) if out else path / REPORT_FILE
     return write_html(target, text)
 
 
@@ -665,6 +667,8 @@ def comparison_html(
         "value.</p>",
         _table(headers, cells, numeric, table_id="comparison"),
     ]
+    if any(not run.complete for run in runs):
+        body.append(f'<p class="missing">{_e(compare.incomplete_note(runs, seeds).replace("**", ""))}</p>')
     if seeds:
         body += [
             "<h2>Arms over seeds</h2>",

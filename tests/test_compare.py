@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 import sys
 import types
 from pathlib import Path
@@ -17,6 +18,7 @@ import yaml
 from reviveformer import compare
 from reviveformer.cli import main
 from reviveformer.errors import UserError
+from reviveformer.run_status import write_status
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NAN = float("nan")
@@ -70,6 +72,8 @@ def write_run(path: Path, cfg: dict, rows: list[dict], epochs: list[dict] | None
     for i, data in enumerate(epochs or []):
         (path / "liveness").mkdir(exist_ok=True)
         (path / "liveness" / f"epoch_{i:03d}.json").write_text(json.dumps(data))
+    # Each of these runs reached its planned end (the tables below count them as complete).
+    write_status(path, "finished", max((r["step"] for r in rows), default=0), len(epochs or []))
     return path
 
 
@@ -229,25 +233,30 @@ def test_rendered_tables(runs: dict[str, Path]) -> None:
     rows = compare.summarise_all(compare.load_runs(list(runs.values())))
     md = compare.render_markdown(rows).splitlines()
     assert md[0] == (
-        "| run | arm | activation | final val loss | best val loss | dead mlp_pre | dead mlp_post | "
+        "| run | status | complete | arm | activation | final val loss | best val loss | dead mlp_pre | dead mlp_post | "
         "alive MLP | effective params | effective % | units revived | weights pruned | tokens/s |"
     )
-    assert md[1] == "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    assert md[1] == "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     assert (
         md[2]
-        == "| baseline | baseline | relu | 3.7000 | 3.5000 | 20.0% | 35.0% | 65.0% | 1,000 | 80.0% | - | - | 200 |"
+        == "| baseline | finished | yes | baseline | relu | 3.7000 | 3.5000 | 20.0% | 35.0% | 65.0% | 1,000 | 80.0% | - | - | 200 |"
     )
     assert (
         md[3]
-        == "| stripping | stripping | relu | 3.3000 | 3.3000 | - | 20.0% | 75.0% | 975 | 78.0% | 5 | 25 | 100 |"
+        == "| stripping | finished | yes | stripping | relu | 3.3000 | 3.3000 | - | 20.0% | 75.0% | 975 | 78.0% | 5 | 25 | 100 |"
     )
-    assert md[4] == "| redo | my-arm | gelu_new | 5.5000 | 5.5000 | - | 12.5% | - | - | - | - | - | - |"
+    assert (
+        md[4]
+        == "| redo | finished | yes | my-arm | gelu_new | 5.5000 | 5.5000 | - | 12.5% | - | - | - | - | - | - |"
+    )
 
     text = compare.render_text(rows).splitlines()
     assert len(text) == 2 + 3
-    assert text[0].split()[:3] == ["run", "arm", "activation"]
+    assert text[0].split()[:5] == ["run", "status", "complete", "arm", "activation"]
     assert text[2].split() == [
         "baseline",
+        "finished",
+        "yes",
         "baseline",
         "relu",
         "3.7000",
@@ -298,6 +307,9 @@ def test_same_directory_names_get_unique_labels(runs: dict[str, Path], tmp_path:
     b = write_run(tmp_path / "b" / "run", config("none", "gelu"), [{"step": 1, "val/loss": 3.0}])
     assert [r.name for r in compare.load_runs([a, b])] == ["a/run", "b/run"]
     assert compare.unique_names([a, a, b]) == ["a/run#1", "a/run#2", "b/run"]
+    # but the same directory twice is not two runs: refused, named, whatever the spelling of its path
+    with pytest.raises(UserError, match=re.escape(f"run directory {a.resolve()} is given twice")):
+        compare.load_runs([a, b, a / ".." / "run"])
     assert compare.unique_names([tmp_path / "x", tmp_path / "y"]) == ["x", "y"]
 
 
@@ -408,6 +420,8 @@ def test_rows_from_wandb_history() -> None:
     row = compare.summarise(run)
     assert row == {
         "run": "arm-a#1",
+        "status": "unknown (W&B)",  # W&B does not hold status.json: not known (counted over seeds)
+        "complete": None,
         "arm": "stripping",
         "activation": "silu",
         "final_val_loss": 3.5,
@@ -422,7 +436,7 @@ def test_rows_from_wandb_history() -> None:
     }
     empty = compare.summarise(other)
     assert empty["arm"] == "baseline" and empty["final_val_loss"] is None
-    assert "| arm-b | baseline | gelu_new | - | - |" in compare.render_markdown([empty])
+    assert "| arm-b | unknown (W&B) | - | baseline | gelu_new | - | - |" in compare.render_markdown([empty])
 
 
 class FakeRun:
@@ -486,8 +500,8 @@ def test_cli_compare(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) 
     assert main(["compare", str(runs["baseline"]), str(runs["stripping"])]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[0].split()[:5] == ["run", "arm", "activation", "final", "val"]
-    assert lines[2].split()[:5] == ["baseline", "baseline", "relu", "3.7000", "3.5000"]
+    assert lines[0].split()[:7] == ["run", "status", "complete", "arm", "activation", "final", "val"]
+    assert lines[2].split()[:7] == ["baseline", "finished", "yes", "baseline", "relu", "3.7000", "3.5000"]
     default_out = runs["baseline"].parent / "compare"  # beside the first run directory
     assert f"table: {default_out / 'compare.md'}" in out
     assert_png(default_out / "val_loss.png")

@@ -73,7 +73,7 @@ def test_a_second_run_on_a_locked_folder_is_refused_and_writes_nothing(tmp_path,
         holder.release()
     # the holder gone (a killed run's lock goes with its process), the folder is free again
     assert main(_args(RECIPE, run_dir, corpus_file, **{"train.max_steps": 2})) == 0
-    assert read_status(run_dir)["state"] == "finished"
+    assert read_status(run_dir).state == "finished"
 
 
 def test_a_refused_run_leaves_no_folder_behind(tmp_path, corpus_file, capsys):
@@ -120,14 +120,14 @@ def test_a_stop_signal_saves_at_the_step_boundary_and_the_resume_is_exact(tmp_pa
     assert f"preempted: {signal_name} at step 3" in p.stderr and "Traceback" not in p.stderr
     assert ckpt.find_resume_point(stopped / "checkpoints").name == "step_00000003"
     assert not (stopped / "final").exists()
-    assert read_status(stopped)["state"] == "preempted"
+    assert read_status(stopped).state == "preempted"
 
     resume = _args(RECIPE, stopped, corpus_file, **{"train.resume": "auto"})
     p = launch("reviveformer", resume, 1, accelerate=False, env={"REVIVEFORMER_FAULT": ""})
     assert p.returncode == 0, p.stderr[-3000:]
     a, b = _weights(straight), _weights(stopped)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert read_status(stopped)["state"] == "finished"
+    assert read_status(stopped).state == "finished"
 
 
 @pytest.mark.slow
@@ -144,7 +144,7 @@ def test_two_processes_stop_together_when_only_one_is_signalled(tmp_path, corpus
     assert p.returncode != 0
     assert "preempted: SIGTERM at step 3" in p.stderr or "preempted: a stop signal at step 3" in p.stderr
     assert ckpt.find_resume_point(run_dir / "checkpoints").name == "step_00000003"
-    assert read_status(run_dir)["state"] == "preempted"
+    assert read_status(run_dir).state == "preempted"
 
 
 # ------------------------------------------------------------------------------------------- reports
@@ -205,7 +205,7 @@ def test_an_alert_stop_exits_4_is_recorded_and_announced_on_resume(tmp_path, cor
     stop = "[{name: any_dead, site: mlp_post, above: 0.0, action: stop}]"
     assert main(_args(RECIPE, run_dir, corpus_file, **{"alerts.rules": stop})) == 4
     status = read_status(run_dir)
-    assert status["state"] == "stopped" and status["reason"] == "alert action stop"
+    assert status.state == "stopped" and status.reason == "alert action stop"
     # the first train log at which a layer of mlp_post has a dead unit, read from the run's own metrics
     first = min(
         r["step"]
@@ -215,7 +215,7 @@ def test_an_alert_stop_exits_4_is_recorded_and_announced_on_resume(tmp_path, cor
             for k, v in r.items()
         )
     )
-    assert status["step"] == status["final_step"] == first and first % 5 == 0
+    assert status.step == status.final_step == first and first % 5 == 0
     state = ckpt.read_state(ckpt.find_resume_point(run_dir / "checkpoints"))
     assert (state["step"], state["stopped_by"]) == (first, "alert action stop")
     with caplog.at_level("WARNING", logger="reviveformer"):

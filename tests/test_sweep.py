@@ -202,3 +202,35 @@ def test_sweep_without_liveness_is_refused_on_every_process(tmp_path, corpus_fil
     assert p.returncode != 0  # (no alert rules: they would be refused first, for needing liveness too)
     assert p.stderr.count("sweep needs liveness.enabled=true") == 2, p.stderr[-3000:]
     assert not out.exists() and not (tmp_path / "u").exists()
+
+
+@pytest.mark.slow
+def test_a_sweep_folder_refuses_a_sweep_of_other_settings(tmp_path, corpus_file, capsys):
+    """sweep.json records what defines the sweep; a re-run with other overrides, seeds or grid is refused
+    (exit 2, naming what differs and the folder) with nothing changed; the same command again continues."""
+    out = tmp_path / "sweep"
+    common = [
+        "--out",
+        str(out),
+        *tiny_overrides(tmp_path / "u", corpus_file, **{"data.max_tokens": 32 * 8 * 3, "train.epochs": 1}),
+    ]
+    assert main(["sweep", str(RECIPE), "--seeds", "0", *common]) == 0
+    definition = json.loads((out / "sweep.json").read_text())["definition"]
+    assert definition["seeds"] == [0] and definition["grid"] == {}
+    assert definition["overrides"] == common[2:]
+    lr = load_config(RECIPE, common[2:]).train.lr
+    assert definition["settings"]["train.lr"] == lr
+    capsys.readouterr()
+    before = _snapshot(out)
+    for options, extra, says in [
+        (["--seeds", "0"], ["train.lr=0.0123"], f"train.lr: {json.dumps(lr)} before, 0.0123 now"),
+        (["--seeds", "0"], ["model.dropout=0.3"], "model.dropout: "),
+        (["--seeds", "0,1"], [], "seeds: [0] before, [0, 1] now"),
+        (["--seeds", "0", "--grid", "model.activation=relu,gelu"], [], "grid: {} before"),
+    ]:
+        assert main(["sweep", str(RECIPE), *options, *common, *extra]) == 2, says
+        err = capsys.readouterr().err
+        assert f"{out} holds another sweep" in err and says in err and "Traceback" not in err, err
+        assert _snapshot(out) == before
+    assert main(["sweep", str(RECIPE), "--seeds", "0", *common]) == 0
+    assert "sweep: seed-0 is finished; kept" in capsys.readouterr().out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 
@@ -69,16 +68,20 @@ def run(args: argparse.Namespace) -> int:
 
     from reviveformer import plots
     from reviveformer.errors import UserError
+    from reviveformer.paths import check_out_dir
     from reviveformer.saved_model import measure_saved, measurement_data, open_saved_model, write_json
     from reviveformer.trainer import release
 
+    if args.out:
+        check_out_dir(args.out)  # before the model is opened: a file in the way is known up front
     saved = open_saved_model(args.checkpoint, args.overrides, trust_remote_code=args.trust_remote_code)
     tau = args.grama_tau
     if tau is None:
         tau = saved.cfg.revival.grama.tau
     if tau < 0:
         raise UserError(f"--grama-tau={tau} must be >= 0")
-    out = Path(args.out) if args.out else saved.path.parent / "audit"
+    # The default beside the checkpoint is checked too, before anything is measured or written.
+    out = check_out_dir(args.out or saved.path.parent / "audit", "--out" if args.out else "output folder")
     acc = Accelerator()
     dataset = measurement_data(saved, args.split)
     val, report, hists = measure_saved(

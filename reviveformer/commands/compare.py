@@ -34,6 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="the arm the others are compared to over seeds (default: the arm named baseline, "
         "else the first)",
     )
+    p.add_argument(
+        "--include-incomplete",
+        action="store_true",
+        help="count runs that did not finish (status.json not 'finished', or no final/ in an older run "
+        "folder) in the arms over seeds; by default they are shown, marked, and left out",
+    )
 
 
 def _default_out(args: argparse.Namespace) -> Path:
@@ -46,6 +52,7 @@ def _default_out(args: argparse.Namespace) -> Path:
 def run(args: argparse.Namespace) -> int:
     from reviveformer import compare, report
     from reviveformer.errors import UserError
+    from reviveformer.paths import check_out_dir
 
     if args.wandb and not args.group:
         raise UserError(
@@ -56,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.run_dirs and not args.wandb:
         raise UserError("nothing to compare: give one or more RUN_DIRs, or --wandb ENTITY/PROJECT --group G")
 
+    out = check_out_dir(args.out if args.out else _default_out(args))
     # Read everything before writing anything, so a bad directory leaves no half-written output.
     runs = compare.load_runs(args.run_dirs) if args.run_dirs else []
     if args.wandb:
@@ -65,8 +73,7 @@ def run(args: argparse.Namespace) -> int:
             if r.name in taken:  # a local directory and a W&B run of the same name
                 r.name = f"wandb:{r.name}"
         runs += fetched
-    out = Path(args.out) if args.out else _default_out(args)
-    result = compare.write_comparison(runs, out, args.baseline)
+    result = compare.write_comparison(runs, out, args.baseline, args.include_incomplete)
     page = report.write_comparison_report(runs, result, out)
     print(result["text"])
     print()

@@ -34,12 +34,13 @@ def run(args: argparse.Namespace) -> int:
     from accelerate import Accelerator
 
     from reviveformer.errors import UserError
+    from reviveformer.paths import check_out_dir
     from reviveformer.revival.stripping import SynapticStripping
     from reviveformer.saved_model import measure_saved, open_saved_model
     from reviveformer.trainer import release
 
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    out = check_out_dir(args.out)
+    if out.exists() and any(out.iterdir()):
         raise UserError(f"--out {out} already exists and is not an empty folder; give a new folder")
     saved = open_saved_model(args.checkpoint, args.overrides, trust_remote_code=args.trust_remote_code)
     if "mlp_post" not in saved.cfg.liveness.sites:

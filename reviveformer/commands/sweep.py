@@ -4,8 +4,10 @@ a grid, for every seed, then a comparison that groups the seeds of each cell.
 Each run (cell x seed) has its own run directory under the sweep folder, named after its cell and seed
 (`activation-relu__seed-0`); all share one W&B group, and each cell is one arm (its W&B job_type).
 `--activations relu,gelu` is shorthand for `--grid model.activation=relu,gelu`. Re-running the same command
-continues a sweep: finished runs (with a `final/` model) are kept as they are, an interrupted one resumes from
-its last checkpoint (`train.resume=auto`), the rest start.
+continues a sweep: finished runs (status.json `finished`; in a folder from before status files, a `final/`
+model) are kept as they are, an interrupted one resumes from its last checkpoint (`train.resume=auto`), the
+rest start. The sweep folder's sweep.json records what defines the sweep (recipe, overrides, grid, seeds, the
+resolved settings); a re-run into it that differs is refused before anything starts.
 """
 
 from __future__ import annotations
@@ -165,24 +167,48 @@ def plan_runs(axes: list[tuple[str, list[str]]], seeds: list[int], out: Path, gr
 
 
 def is_finished(run_dir: Path) -> bool:
-    """A run whose final model is written (final/ appears by an atomic rename, so it is complete)."""
-    return (run_dir / "final" / "config.json").is_file()
+    """A run that reached its planned end (status.json says finished; a run folder from before status files:
+    its final/ is written). A run killed or interrupted after an earlier final/ is not finished: it resumes."""
+    from reviveformer.run_status import read_status
+
+    return read_status(run_dir).complete
 
 
 def _value(cfg: Any, key: str) -> Any:
     for part in key.split("."):
-        cfg = getattr(cfg, part)
+        cfg = cfg.get(part) if isinstance(cfg, dict) else getattr(cfg, part)
     return cfg
+
+
+def _saved_config(run_dir: Path) -> dict[str, Any]:
+    """A run folder's config.yaml as plain YAML: never through load_config, which would import a plug-in
+    revival.method it names (reading a run folder must not run its code)."""
+    import yaml
+
+    from reviveformer.errors import UserError
+
+    path = run_dir / "config.yaml"
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"{path}: cannot read it as YAML ({e}); expected a run's config.yaml") from e
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: holds {type(data).__name__}, not a mapping; expected a run's config.yaml")
+    return data
 
 
 def check_finished_run(run: PlannedRun, cfg: Any, keys: list[str]) -> None:
     """A finished run is kept only if it is this run: the same values of the keys the sweep sets."""
-    from reviveformer.config import load_config
+    from reviveformer.config import to_dict
     from reviveformer.errors import UserError
 
-    saved = load_config(run.run_dir / "config.yaml")
+    saved, planned = _saved_config(run.run_dir), to_dict(cfg)
     for key in keys:
-        old, new = _value(saved, key), _value(cfg, key)
+        try:
+            old = _value(saved, key)
+        except AttributeError:
+            old = None  # a section missing from an old config.yaml: it differs from any planned value
+        new = _value(planned, key)
         if old != new:
             raise UserError(
                 f"{run.run_dir} holds a finished run with {key}={old!r}, but this sweep's run there has {key}={new!r}; "
@@ -196,6 +222,7 @@ def run(args: argparse.Namespace) -> int:
 
     from reviveformer.config import load_config
     from reviveformer.errors import UserError
+    from reviveformer.paths import check_out_dir
     from reviveformer.trainer import train
 
     if args.threshold is not None and args.threshold < 0:
@@ -209,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
             "liveness.enabled=false override, or use `reviveformer train` for single runs)"
         )
     seeds = parse_seeds(args.seeds, base.train.seed)
-    out = Path(args.out) if args.out else Path(base.train.output_dir).parent / "sweep"
+    out = check_out_dir(args.out or Path(base.train.output_dir).parent / "sweep", "sweep folder")
     group = base.wandb.group or f"sweep-{Path(args.recipe).stem}"
     user_keys = {o.split("=", 1)[0] for o in args.overrides}
     plan = plan_runs(axes, seeds, out, group)
@@ -224,6 +251,9 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(args.recipe, [*args.overrides, *extra])
         cfg.wandb.tags = [*cfg.wandb.tags, *(f"{k}:{v}" for k, v in r.values), f"seed:{r.seed}"]
         configs.append(cfg)
+    # A sweep folder holds one sweep: a re-run that would train other runs is refused before anything starts.
+    definition = sweep_definition(args.recipe, args.overrides, axes, seeds, base)
+    check_definition(out, definition)
     # Decided before any training, so every process skips the same runs.
     finished = [is_finished(r.run_dir) for r in plan]
     for r, cfg, done in zip(plan, configs, finished, strict=True):
@@ -232,6 +262,8 @@ def run(args: argparse.Namespace) -> int:
     # The trainer's Accelerator reads ACCELERATE_USE_CPU; a PartialState made first must too, or a CPU launch
     # with N processes would set itself up as N single processes.
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    if state.is_main_process:
+        write_definition(out, definition)
     for r, cfg, done in zip(plan, configs, finished, strict=True):
         if state.is_main_process:
             print(f"sweep: {r.label}" + (" is finished; kept" if done else ""), flush=True)
@@ -246,6 +278,93 @@ def run(args: argparse.Namespace) -> int:
     state.wait_for_everyone()
     state.destroy_process_group()
     return 0
+
+
+SWEEP_FILE = "sweep.json"
+
+
+def sweep_definition(
+    recipe: str, overrides: list[str], axes: list[tuple[str, list[str]]], seeds: list[int], base: Any
+) -> dict[str, Any]:
+    """What defines a sweep, as recorded in sweep.json's "definition": the recipe and overrides as given, the
+    grid, the seeds, and `settings`: the resolved config of every run before the grid and seed are applied,
+    flattened, without the keys that do not change what is trained (directories, W&B names, progress)."""
+    from reviveformer.compare import settings
+    from reviveformer.config import to_dict
+
+    return {
+        "recipe": str(Path(recipe).resolve()),
+        "overrides": list(overrides),
+        "grid": {k: list(v) for k, v in axes},
+        "seeds": list(seeds),
+        "settings": _flatten(settings(to_dict(base))),
+    }
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _read_sweep_file(out: Path) -> dict[str, Any]:
+    from reviveformer.errors import UserError
+
+    path = out / SWEEP_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: cannot read it as JSON ({e}); expected the sweep.json a sweep wrote") from e
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: holds {type(data).__name__}, not a mapping; expected a sweep's sweep.json")
+    return data
+
+
+def definition_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What differs between two sweep definitions, one phrase each (`train.lr: 0.001 before, 0.0005 now`)."""
+    found = []
+    for part in ("grid", "seeds"):
+        if old.get(part) != new.get(part):
+            found.append(f"{part}: {json.dumps(old.get(part))} before, {json.dumps(new.get(part))} now")
+    before, now = old.get("settings") or {}, new.get("settings") or {}
+    for key in sorted(set(before) | set(now)):
+        if before.get(key) != now.get(key):
+            was = json.dumps(before.get(key)) if key in before else "unset"
+            found.append(f"{key}: {was} before, {json.dumps(now.get(key)) if key in now else 'unset'} now")
+    return found
+
+
+def check_definition(out: Path, definition: dict[str, Any]) -> None:
+    """Refuse to run into a sweep folder recorded for another sweep (other grid, seeds, or settings from the
+    recipe and overrides): its finished runs would be reported as this sweep's. The same sweep again, or a
+    folder without a record (new, or from before records), passes."""
+    from reviveformer.errors import UserError
+
+    old = _read_sweep_file(out).get("definition")
+    if not isinstance(old, dict):
+        return
+    differ = definition_differences(old, definition)
+    if differ:
+        raise UserError(
+            f"{out} holds another sweep ({out / SWEEP_FILE}): {'; '.join(differ)}. Give another --out for "
+            "this sweep, or the same recipe, overrides, grid and seeds to continue that one (nothing was "
+            "changed)"
+        )
+
+
+def write_definition(out: Path, definition: dict[str, Any]) -> None:
+    """Record the sweep's definition in sweep.json (atomically, keeping a summary already there)."""
+    data = {**_read_sweep_file(out), "definition": definition}
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{SWEEP_FILE}.tmp"
+    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    tmp.replace(out / SWEEP_FILE)
 
 
 def summarise_sweep(
@@ -279,9 +398,11 @@ def summarise_sweep(
         for site in sites
     ]
     result = compare_runs([str(r.run_dir) for r in plan], out / "compare")
-    (out / "sweep.json").write_text(
+    definition = _read_sweep_file(out).get("definition")
+    (out / SWEEP_FILE).write_text(
         json.dumps(
             {
+                **({"definition": definition} if definition is not None else {}),
                 "grid": dict(axes),
                 "seeds": seeds,
                 "threshold": threshold,

@@ -20,10 +20,17 @@ The contract: docs/design.md, "Interfaces" (compare, sweep folders, seed groups)
 
 from __future__ import annotations
 
-from reviveformer.compare.outputs import compare_runs, write_band_figures, write_comparison, write_figures
+from reviveformer.compare.outputs import (
+    compare_runs,
+    incomplete_note,
+    write_band_figures,
+    write_comparison,
+    write_figures,
+)
 from reviveformer.compare.runs import (
     WANDB_HINT,
     RunData,
+    check_distinct,
     fetch_wandb,
     liveness_from_rows,
     load_run,
@@ -37,6 +44,7 @@ from reviveformer.compare.seeds import (
     group_row,
     group_seeds,
     reference_group,
+    seed_runs,
     seed_summary,
     settings,
 )
@@ -64,6 +72,7 @@ __all__ = [
     "RunData",
     "SeedGroup",
     "arm_of",
+    "check_distinct",
     "compare_runs",
     "difference_cells",
     "differences",
@@ -71,6 +80,7 @@ __all__ = [
     "group_cells",
     "group_row",
     "group_seeds",
+    "incomplete_note",
     "liveness_from_rows",
     "load_run",
     "load_runs",
@@ -78,6 +88,7 @@ __all__ = [
     "render_markdown",
     "render_text",
     "rows_from_wandb_history",
+    "seed_runs",
     "seed_summary",
     "settings",
     "site_dead_ratio",

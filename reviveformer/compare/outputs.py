@@ -10,7 +10,7 @@ from typing import Any
 
 from reviveformer import metric_keys, plots
 from reviveformer.compare.runs import RunData, _number, load_runs
-from reviveformer.compare.seeds import SeedGroup, group_seeds, seed_summary
+from reviveformer.compare.seeds import SeedGroup, group_seeds, seed_runs, seed_summary
 from reviveformer.compare.summary import _site_order, sites_of, summarise_all
 from reviveformer.compare.tables import (
     MISSING,
@@ -22,6 +22,7 @@ from reviveformer.compare.tables import (
     render_text,
 )
 from reviveformer.errors import UserError
+from reviveformer.paths import check_out_dir
 from reviveformer.stats import PAIRED_METHOD, WELCH_METHOD
 
 
@@ -94,6 +95,22 @@ def write_band_figures(groups: Sequence[SeedGroup], out_dir: Path) -> dict[str, 
     return figures
 
 
+def incomplete_note(runs: Sequence[RunData], seeds: Mapping[str, Any] | None) -> str:
+    """The sentence under the table that names the runs that did not finish and says how they were counted."""
+    names = ", ".join(
+        f"{run.name} ({run.status.short() if run.status else 'unknown'})" for run in runs if not run.complete
+    )
+    counted = (
+        "counted in the arms over seeds (--include-incomplete)"
+        if seeds and seeds["incomplete"]["included"]
+        else "left out of the arms over seeds (--include-incomplete counts them)"
+    )
+    return (
+        f"**Incomplete runs** (complete: NO): {names}. Their numbers are of where they stopped, not of their "
+        f"planned end; {counted}."
+    )
+
+
 def _markdown_report(
     runs: Sequence[RunData],
     rows: Sequence[Mapping[str, Any]],
@@ -106,6 +123,7 @@ def _markdown_report(
         "",
         render_markdown(rows),
         "",
+        *([incomplete_note(runs, seeds), ""] if any(not run.complete for run in runs) else []),
         "Dead ratios are at the last epoch-end liveness measurement (validation split, eval mode), or "
         "the last logged value for a run without one; effective "
         "parameters and alive MLP units are the last logged values, after any revival; units revived are "
@@ -149,10 +167,15 @@ def _markdown_report(
 
 
 def write_comparison(
-    runs: Sequence[RunData], out_dir: str | Path, baseline: str | None = None
+    runs: Sequence[RunData],
+    out_dir: str | Path,
+    baseline: str | None = None,
+    include_incomplete: bool = False,
 ) -> dict[str, Any]:
     """Table and figures of `runs` into `out_dir`: compare.md, compare.json and PNGs; with arms of 2 or more
     seeds also seeds.json (mean, sd, n per arm and the differences to the reference arm) and band figures.
+    Runs that did not finish are marked in the table and left out of the seed statistics unless
+    `include_incomplete`.
 
     Returns {"rows", "markdown" (path), "json" (path), "figures" ({name: path}), "text" (console table),
     "seeds" (the seed summary or None)}.
@@ -160,13 +183,16 @@ def write_comparison(
     if not runs:
         raise UserError("nothing to compare: no runs given")
     rows = summarise_all(runs)
-    seeds = seed_summary(runs, rows, baseline)  # before anything is written: a bad --baseline writes nothing
-    out = Path(out_dir)
+    # Before anything is written: a bad --baseline or a file in the way of out_dir writes nothing.
+    seeds = seed_summary(runs, rows, baseline, include_incomplete)
+    out = check_out_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures = write_figures(runs, out)
     text = render_text(rows)
+    if any(not run.complete for run in runs):
+        text += "\n\n" + incomplete_note(runs, seeds).replace("**", "")
     if seeds:
-        figures.update(write_band_figures(group_seeds(runs, rows), out))
+        figures.update(write_band_figures(group_seeds(*seed_runs(runs, rows, include_incomplete)), out))
         (out / "seeds.json").write_text(json.dumps(seeds, indent=1, allow_nan=False) + "\n", encoding="utf-8")
         text += "\n\narms over seeds (mean ± sd):\n" + _text(*group_cells(seeds["groups"]))
         if seeds["differences"]:
@@ -188,7 +214,10 @@ def write_comparison(
 
 
 def compare_runs(
-    run_dirs: Sequence[str | Path], out_dir: str | Path, baseline: str | None = None
+    run_dirs: Sequence[str | Path],
+    out_dir: str | Path,
+    baseline: str | None = None,
+    include_incomplete: bool = False,
 ) -> dict[str, Any]:
     """Load run directories and write their comparison into `out_dir` (see `write_comparison`)."""
-    return write_comparison(load_runs(run_dirs), out_dir, baseline)
+    return write_comparison(load_runs(run_dirs), out_dir, baseline, include_incomplete)

@@ -14,6 +14,7 @@ import yaml
 
 from reviveformer import metric_keys, plots
 from reviveformer.errors import UserError
+from reviveformer.run_status import RunStatus, read_status
 
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.json$")
 
@@ -32,13 +33,23 @@ class RunData:
     """The last liveness measurement (liveness.json format; from W&B only `layer` and `dead_ratio`)."""
     source: str = ""
     """Where the run was read from: a directory path or `wandb:ENTITY/PROJECT/RUN_ID`."""
+    status: RunStatus | None = None
+    """The run folder's status.json (or legacy inference); None for a W&B run, whose end is not known here."""
+
+    @property
+    def complete(self) -> bool:
+        """Whether the run reached its planned end; a W&B run (status unknown) counts as complete."""
+        return self.status is None or self.status.complete
 
 
 # ---------------------------------------------------------------------------------------------- loading
 
 
 def _last_liveness_file(run_dir: Path) -> Path | None:
-    """The epoch_NNN.json with the highest epoch number (numeric, so epoch_1000 sorts after epoch_999)."""
+    """liveness/final.json (the measurement of the weights in final/) when the run wrote one; else the
+    epoch_NNN.json with the highest epoch number (numeric, so epoch_1000 sorts after epoch_999)."""
+    if (final := run_dir / "liveness" / "final.json").is_file():
+        return final
     files = [
         (int(m[1]), p)
         for p in (run_dir / "liveness").glob("epoch_*.json")
@@ -81,7 +92,12 @@ def load_run(run_dir: str | Path, name: str | None = None) -> RunData:
         # No epoch ended (or liveness was off): the last per-layer values logged during training stand in.
         liveness = liveness_from_rows(metrics)
     return RunData(
-        name=name or path.resolve().name, config=config, metrics=metrics, liveness=liveness, source=str(path)
+        name=name or path.resolve().name,
+        config=config,
+        metrics=metrics,
+        liveness=liveness,
+        source=str(path),
+        status=read_status(path),
     )
 
 
@@ -109,14 +125,29 @@ def unique_names(paths: Sequence[str | Path]) -> list[str]:
     n = 1
     while len({p[-n:] for p in distinct}) < len(distinct):
         n += 1
-    # The same directory given twice: _dedupe numbers the repeats so rows and legends stay apart.
     return _dedupe(["/".join(p[-n:]) for p in parts])
 
 
+def check_distinct(run_dirs: Sequence[str | Path]) -> None:
+    """Refuse a run directory given twice (after resolving links and relative paths): counted twice it would
+    be two seeds of one arm with identical values, a zero-width interval that says nothing."""
+    seen: dict[Path, str | Path] = {}
+    for d in run_dirs:
+        key = Path(d).resolve()
+        if key in seen:
+            same = f"{d}" if str(seen[key]) == str(d) else f"{seen[key]} and {d}"
+            raise UserError(
+                f"run directory {key} is given twice ({same}); give each run once (a run counted twice "
+                "would be two identical seeds)"
+            )
+        seen[key] = d
+
+
 def load_runs(run_dirs: Sequence[str | Path]) -> list[RunData]:
-    """`load_run` for each directory, labelled with `unique_names`."""
+    """`load_run` for each directory, labelled with `unique_names`; a directory given twice is refused."""
     if not run_dirs:
         raise UserError("no run directories given; pass one or more RUN_DIRs written by `reviveformer train`")
+    check_distinct(run_dirs)
     return [load_run(d, name) for d, name in zip(run_dirs, unique_names(run_dirs), strict=True)]
 
 

@@ -186,11 +186,27 @@ def differences(
     return out
 
 
+def seed_runs(
+    runs: Sequence[RunData], rows: Sequence[dict[str, Any]], include_incomplete: bool = False
+) -> tuple[list[RunData], list[dict[str, Any]]]:
+    """The runs (and their rows) that count over seeds: the complete ones, or all with `include_incomplete`.
+    An incomplete run's "final" loss is of wherever it stopped, so averaged in it would move the arm's mean."""
+    kept = [(run, row) for run, row in zip(runs, rows, strict=True) if include_incomplete or run.complete]
+    return [run for run, _ in kept], [row for _, row in kept]
+
+
 def seed_summary(
-    runs: Sequence[RunData], rows: Sequence[dict[str, Any]], baseline: str | None = None
+    runs: Sequence[RunData],
+    rows: Sequence[dict[str, Any]],
+    baseline: str | None = None,
+    include_incomplete: bool = False,
 ) -> dict[str, Any] | None:
     """The arms over seeds, when some arm has 2 or more seeds: {"groups": group rows, "reference": label,
-    "differences": to the reference in final val loss, "method"}. None when every arm has one run."""
+    "differences": to the reference in final val loss, "method", "incomplete": {"runs": names of the runs
+    that did not finish, "included": whether they count}}. Incomplete runs are left out unless
+    `include_incomplete`. None when every arm has one run."""
+    incomplete = [run.name for run in runs if not run.complete]
+    runs, rows = seed_runs(runs, rows, include_incomplete)
     groups = group_seeds(runs, rows)
     if all(len(g.runs) < 2 for g in groups):
         if baseline is not None:
@@ -206,4 +222,5 @@ def seed_summary(
         "reference": reference.label,
         "differences": differences(groups, reference),
         "method": WELCH_METHOD,
+        "incomplete": {"runs": incomplete, "included": include_incomplete},
     }

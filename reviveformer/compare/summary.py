@@ -8,10 +8,13 @@ from typing import Any
 
 from reviveformer import metric_keys
 from reviveformer.compare.runs import RunData, _number
+from reviveformer.plugins import names_code
 from reviveformer.sites import site_order
 
 # GPT-2's own activation: what a new model gets when model.activation is left unset.
 DEFAULT_ACTIVATION = "gelu_new"
+# The status cell of a W&B run: its run folder's status.json is not read from W&B.
+UNKNOWN_STATUS = "unknown (W&B)"
 
 
 def _series(rows: Iterable[Mapping[str, Any]], key: str) -> list[tuple[int, float]]:
@@ -36,17 +39,21 @@ def _get(config: Mapping[str, Any], section: str, key: str) -> Any:
 
 
 def arm_of(config: Mapping[str, Any]) -> str | None:
-    """wandb.job_type, else the arm of revival.method (none -> baseline, synaptic_stripping -> stripping),
-    from the revival registry, the same place the trainer takes the job_type from."""
+    """wandb.job_type, else the arm of revival.method: a built-in's from the revival registry (none ->
+    baseline, synaptic_stripping -> stripping), the same place the trainer takes the job_type from; a plug-in
+    `package.module:Class` by its class name, never imported (a run folder's files must not run code)."""
     job_type = _get(config, "wandb", "job_type")
     if job_type:
         return str(job_type)
     method = _get(config, "revival", "method")
     if not method:
         return None
+    method = str(method)
+    if names_code(method):
+        return method.rpartition(":")[2] or method
     from reviveformer.revival import arm_of_method  # imports torch: only when a run's config needs it
 
-    return arm_of_method(str(method))
+    return arm_of_method(method)
 
 
 def _activation_of(config: Mapping[str, Any]) -> str | None:
@@ -104,7 +111,8 @@ def _capacity(run: RunData, key: str) -> float | None:
 def summarise(run: RunData, sites: Sequence[str] | None = None) -> dict[str, Any]:
     """One row of the comparison table; a value the run does not have is None.
 
-    Keys: run, arm, activation, final_val_loss, best_val_loss, `dead_ratio/<site>` for each site (`sites`,
+    Keys: run, status (status.json's state and step, `legacy (...)` for a folder without one), complete (the
+    run reached its planned end; None for a W&B run: not known), arm, activation, final_val_loss, best_val_loss, `dead_ratio/<site>` for each site (`sites`,
     default the run's own), alive_fraction, effective_params, effective_param_fraction, revived_units
     (summed over revivals), pruned_weights (last revival/pruned_total), tokens_per_s (median).
     """
@@ -115,6 +123,9 @@ def summarise(run: RunData, sites: Sequence[str] | None = None) -> dict[str, Any
     pruned = _last(run.metrics, metric_keys.revival_key("pruned_total"))
     row: dict[str, Any] = {
         "run": run.name,
+        "status": run.status.short() if run.status is not None else UNKNOWN_STATUS,
+        # None (shown "-") for a W&B run: not known, though counted as complete over seeds
+        "complete": run.status.complete if run.status is not None else None,
         "arm": arm_of(run.config),
         "activation": _activation_of(run.config),
         "final_val_loss": val[-1] if val else None,

@@ -19,6 +19,9 @@ def _int(v: float) -> str:
 # key -> (header, formatter, numeric); dead_ratio/<site> columns are matched by prefix.
 _COLUMNS: dict[str, tuple[str, Any, bool]] = {
     "run": ("run", str, False),
+    "status": ("status", str, False),
+    # Loud on purpose: an incomplete run's numbers are not its planned end's.
+    "complete": ("complete", lambda v: "yes" if v else "NO", False),
     "arm": ("arm", str, False),
     "activation": ("activation", str, False),
     "final_val_loss": ("final val loss", lambda v: f"{v:.4f}", True),
