@@ -142,6 +142,7 @@ class Trainer:
         cfg, acc, tc = self.cfg, self.accelerator, self.cfg.train
         self.job_type = cfg.wandb.job_type or arm_of_method(cfg.revival.method)
         if self.is_main:
+            self.lock.announce()
             builder.start_run_dir(cfg, self.run_dir)
         self.tracking = Tracking(acc, cfg.wandb, self.run_dir, to_dict(cfg), self.job_type)
         self._write_status("running")

@@ -18,6 +18,7 @@ from conftest import REPO, tiny_overrides
 from reviveformer import checkpoint as ckpt
 from reviveformer.cli import main
 from reviveformer.config import load_config
+from reviveformer.run_status import read_status
 from reviveformer.trainer import train
 
 RECIPE = str(REPO / "recipes" / "quickstart.yaml")
@@ -46,10 +47,23 @@ def test_non_finite_loss_stops_before_the_update(tmp_path, corpus_file, capsys, 
     err = capsys.readouterr().err
     assert code == 3, err
     assert "non-finite loss or gradient at step 5 (loss nan" in err and "Traceback" not in err
+    assert f"the last good checkpoint is {run_dir / 'checkpoints' / 'step_00000004'}" in err
     assert [p.name for p in ckpt.list_complete(run_dir / "checkpoints")] == ["step_00000002", "step_00000004"]
     last = load_file(run_dir / "checkpoints" / "step_00000004" / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in last.values())
     assert not (run_dir / "final").exists()
+
+
+def test_a_halt_before_any_checkpoint_says_there_is_none(tmp_path, corpus_file, capsys, monkeypatch):
+    """The halt named "the last good checkpoint" in a folder that had none."""
+    monkeypatch.syspath_prepend(str(TESTS))
+    run_dir = tmp_path / "nan"
+    overrides = {"model.activation": "custom_act:NanOnFifthTrainingCall", "train.checkpoint_every": 0}
+    assert main(["train", RECIPE, *tiny_overrides(run_dir, corpus_file, **overrides)]) == 3
+    err = capsys.readouterr().err
+    assert "non-finite loss or gradient at step 5" in err and "no checkpoint was saved before it" in err
+    assert ckpt.list_complete(run_dir / "checkpoints") == []
+    assert read_status(run_dir).state == "halted"
 
 
 def test_bounded_skips_instead_of_stopping(tmp_path, corpus_file, caplog, monkeypatch):

@@ -64,6 +64,7 @@ def test_a_second_run_on_a_locked_folder_is_refused_and_writes_nothing(tmp_path,
     run_dir = tmp_path / "run"
     holder = RunLock(run_dir)
     assert holder.try_acquire() is None
+    holder.announce()
     try:
         assert main(_args(RECIPE, run_dir, corpus_file, **{"train.max_steps": 2})) == 2
         err = capsys.readouterr().err

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,18 @@ def is_finished(run_dir: Path) -> bool:
     return read_status(run_dir).complete
 
 
+def restart_unresumable(run_dir: Path) -> None:
+    """A run of this sweep killed before its first complete checkpoint cannot be resumed, and `train` refuses
+    to start afresh on top of it: the sweep owns the folder, so it clears it and the run starts again."""
+    from reviveformer.checkpoint import find_resume_point
+
+    if (run_dir / "config.yaml").is_file() and find_resume_point(run_dir / "checkpoints") is None:
+        print(
+            f"sweep: {run_dir} has no complete checkpoint to resume from; starting that run again", flush=True
+        )
+        shutil.rmtree(run_dir)
+
+
 def _value(cfg: Any, key: str) -> Any:
     for part in key.split("."):
         cfg = cfg.get(part) if isinstance(cfg, dict) else getattr(cfg, part)
@@ -267,6 +280,9 @@ def run(args: argparse.Namespace) -> int:
     for r, cfg, done in zip(plan, configs, finished, strict=True):
         if state.is_main_process:
             print(f"sweep: {r.label}" + (" is finished; kept" if done else ""), flush=True)
+            if not done and cfg.train.resume == "auto":
+                restart_unresumable(r.run_dir)
+        state.wait_for_everyone()
         if not done:
             train(cfg, keep_process_group=True)
     # Read (or re-measured) on every process: an error raised on one alone would leave the others waiting.

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from reviveformer import checkpoint as ckpt
 from reviveformer.errors import TrainingHalted
 
 log = logging.getLogger("reviveformer")
@@ -28,9 +29,10 @@ class BadSteps:
         )
         count += 1
         if count > self.max_bad_steps:
+            last = ckpt.find_resume_point(self.checkpoints_dir)
+            kept = f"the last good checkpoint is {last}" if last else "no checkpoint was saved before it"
             raise TrainingHalted(
-                msg + f". Stopping: {count} such step(s), train.max_bad_steps="
-                f"{self.max_bad_steps}; the last good checkpoint is kept in {self.checkpoints_dir}"
+                msg + f". Stopping: {count} such step(s), train.max_bad_steps={self.max_bad_steps}; {kept}"
             )
         log.warning("%s (%d of train.max_bad_steps=%d)", msg, count, self.max_bad_steps)
         return count
