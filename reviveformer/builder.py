@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
 from reviveformer import activations
@@ -40,7 +40,6 @@ from reviveformer.memory import check_fits
 from reviveformer.model import DEFAULT_ACTIVATION, build_model, describe, init_from_checkpoint, model_summary
 from reviveformer.resume import check_resume, restore_position, resume_path
 from reviveformer.revival import Reviver, build_reviver, check_supported
-from reviveformer.run_lock import RunLock
 from reviveformer.tracking import Tracking
 
 log = logging.getLogger("reviveformer")
@@ -65,17 +64,6 @@ def check_output_dir(path: Path) -> None:
     free = shutil.disk_usage(existing).free
     if free < 50 * 2**20:
         raise UserError(f"train.output_dir={path} has only {free // 2**20} MiB free; checkpoints need more")
-
-
-def lock_run_dir(lock: RunLock | None, accelerator, run_dir: Path) -> None:
-    """Take the run folder's lock (`lock` on the main process, None on the others), or refuse on every process
-    when another run holds it."""
-    check_output_dir(run_dir)  # before the lock creates the folder
-    refusal = lock.try_acquire() if lock is not None else None
-    if accelerator.num_processes > 1:
-        refusal = broadcast_object_list([refusal])[0]
-    if refusal:
-        raise UserError(refusal)
 
 
 def check_run(cfg: Config, run_dir: Path) -> Path | None:
@@ -241,7 +229,7 @@ class Run:
 def build_run(cfg: Config, accelerator, run_dir: Path) -> Run:
     """Check, seed, build and prepare every part, and restore a checkpoint when resuming: everything that can
     refuse the run happens here, before the first write (config.yaml, W&B, folders). The caller has checked the
-    config (`check_training_config`) and holds the run folder's lock (`lock_run_dir`)."""
+    config (`check_training_config`) and holds the run folder's lock (`loop.RunControl`)."""
     resume_from = check_run(cfg, run_dir)
     accelerator.wait_for_everyone()
     if cfg.train.deterministic:

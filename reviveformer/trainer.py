@@ -48,9 +48,9 @@ from reviveformer.loop import (
     EpochEnd,
     LivenessLog,
     Position,
-    Preemption,
     RevivalPass,
     RevivalTiming,
+    RunControl,
     TrainLog,
     TrainWindow,
     Validator,
@@ -59,8 +59,6 @@ from reviveformer.loop.epoch_end import write_json
 from reviveformer.loop.liveness_log import dead_ratios
 from reviveformer.loop.window import reaches_multiple
 from reviveformer.revival import arm_of_method
-from reviveformer.run_lock import RunLock
-from reviveformer.run_status import write_status
 from reviveformer.summary import Summary, write_final
 from reviveformer.tracking import Tracking
 
@@ -92,8 +90,7 @@ class Trainer:
         self.pos = Position()
         self.stopped_by: str | None = None
         """An alert's stop, recorded in the checkpoints saved after it."""
-        self._stop_now = False
-        """A stop signal, agreed by every process at the last step boundary."""
+        self.control = RunControl(self.run_dir, self.accelerator)
         self.before_epoch_end: list[Callable[[Trainer], None]] = []
         """Called at each epoch end before its validation pass (e.g. to read the training's peak memory)."""
         self.after_train_log: list[Callable[[Trainer], None]] = []
@@ -116,18 +113,20 @@ class Trainer:
     # ---------------------------------------------------------------- set-up
     def _setup(self) -> None:
         check_training_config(self.cfg)  # cross-section checks (a Config built in code skips load_config's)
-        self.lock = RunLock(self.run_dir) if self.is_main else None
-        builder.lock_run_dir(self.lock, self.accelerator, self.run_dir)
+        self.control.acquire(builder.check_output_dir)
         run = self.run_parts = builder.build_run(self.cfg, self.accelerator, self.run_dir)
-        self.data, self.model, self.optimizer, self.scheduler = (
-            run.data,
-            run.model,
-            run.optimizer,
-            run.scheduler,
-        )
-        self.train_loader, self.val_loader = run.train_loader, run.val_loader
-        self.monitor, self.reviver, self.pos = run.monitor, run.reviver, run.pos
-        self.batches_per_epoch = run.batches_per_epoch
+        for name in (
+            "data",
+            "model",
+            "optimizer",
+            "scheduler",
+            "train_loader",
+            "val_loader",
+            "monitor",
+            "reviver",
+        ):
+            setattr(self, name, getattr(run, name))
+        self.pos, self.batches_per_epoch = run.pos, run.batches_per_epoch
         tc = self.cfg.train
         self.checkpointer = Checkpointer(
             self.accelerator, self.run_dir / "checkpoints", tc.checkpoint_every, tc.checkpoint_limit, self.model,
@@ -141,11 +140,11 @@ class Trainer:
         """The first writes (folders, config.yaml, W&B) and the parts that log: after every check has passed."""
         cfg, acc, tc = self.cfg, self.accelerator, self.cfg.train
         self.job_type = cfg.wandb.job_type or arm_of_method(cfg.revival.method)
+        self.control.start()
         if self.is_main:
-            self.lock.announce()
             builder.start_run_dir(cfg, self.run_dir)
         self.tracking = Tracking(acc, cfg.wandb, self.run_dir, to_dict(cfg), self.job_type)
-        self._write_status("running")
+        self.control.status("running", self.pos)
         self.alerts = builder.build_alerts(cfg.alerts, self.tracking, self.run_dir, self.is_main)
         if saved is not None:
             self.alerts.load_state_dict(saved["alerts"])
@@ -179,11 +178,6 @@ class Trainer:
             self.pos, self.batches_per_epoch, self.cfg, self.accelerator, self.monitor, self.reviver, self.alerts,
             stopped_by=self.stopped_by,
         )  # fmt: skip
-
-    def _write_status(self, state: str, reason: str | None = None, final_step: int | None = None) -> None:
-        """RUN_DIR/status.json (main process, once the run folder is started)."""
-        if self.is_main and "tracking" in self.__dict__:
-            write_status(self.run_dir, state, self.pos.step, self.pos.epoch, reason, final_step)
 
     # ---------------------------------------------------------------- measurement and revival
     def _reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
@@ -223,21 +217,15 @@ class Trainer:
         t0 = time.perf_counter()
         from tqdm.contrib.logging import logging_redirect_tqdm
 
-        preemption = self.preemption = Preemption()
         try:
             self._setup()
-            preemption.install()
             # console lines (alerts, revivals) are printed above the progress bar, not into its line
             with logging_redirect_tqdm():
                 summary = self._loop()
-        except TrainingHalted as e:
-            self._write_status("halted", reason=str(e))
-            raise
-        except Preempted as e:
-            self._write_status("preempted", reason=str(e))
+        except (TrainingHalted, Preempted) as e:
+            self.control.status("halted" if isinstance(e, TrainingHalted) else "preempted", self.pos, str(e))
             raise
         finally:
-            preemption.uninstall()
             if hasattr(self, "tracking"):
                 self.tracking.finish()
             if self.monitor is not None:
@@ -247,8 +235,7 @@ class Trainer:
             for part in ("revival", "epoch_end", "run_parts"):  # they hold the model or the optimizer too
                 self.__dict__.pop(part, None)
             release(self.accelerator)
-            if self.__dict__.get("lock") is not None:
-                self.lock.release()
+            self.control.end()
             if not self.keep_process_group:
                 self.accelerator.end_training()
         summary.wall_s = time.perf_counter() - t0
@@ -304,7 +291,7 @@ class Trainer:
                 stopped_by = self._after_step(grad_norm)
                 if stopped_by or self.pos.step >= self.total_steps:
                     return stopped_by
-            if self._stop_now:  # at a step boundary, every process agreeing
+            if self.control.stop_now:  # at a step boundary, every process agreeing
                 return PREEMPTED
         return None
 
@@ -313,7 +300,7 @@ class Trainer:
         self.checkpointer.save_unless_saved(self.pos.step)
         path = self.run_dir / "checkpoints" / ckpt.step_dir_name(self.pos.step)
         raise Preempted(
-            f"{self.preemption.name or 'a stop signal'} at step {self.pos.step}: checkpoint {path} saved; continue "
+            f"{self.control.preemption.name or 'a stop signal'} at step {self.pos.step}: checkpoint {path} saved; continue "
             "with train.resume=auto (the resume is exact)"
         )
 
@@ -326,7 +313,8 @@ class Trainer:
         if self.monitor is not None:
             self.monitor.begin_step(pos.step + 1)  # its own sampling and histogram cadence
         with acc.accumulate(model):
-            loss = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
+            # no KV cache in training: it is never read, and it adds outputs to every forward (and graph)
+            loss = model(input_ids=batch["input_ids"], labels=batch["labels"], use_cache=False).loss
             self._step_loss += loss.detach() / tc.grad_accum
             acc.backward(loss)
             pos.batches_in_epoch += 1
@@ -335,7 +323,7 @@ class Trainer:
             fault_point("mid_step")
             max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
             grad_norm = acc.clip_grad_norm_(self._params, max_norm)
-            mean_loss = self._agree(self._step_loss)
+            mean_loss = self.control.agree(self._step_loss)
             finite = torch.isfinite(mean_loss)
             # a gradient scaler skips an inf-gradient step by itself; without one (fp16 on CPU, bf16, fp32) the
             # gradient norm must be finite
@@ -359,18 +347,6 @@ class Trainer:
         pos.tokens_seen += self._tokens_per_step
         self._bar.update(1)
         return grad_norm
-
-    def _agree(self, step_loss: torch.Tensor) -> torch.Tensor:
-        """The step's loss averaged over processes; a stop signal any process received rides on the same
-        all-reduce, so that all stop at this step (`_stop_now`). One process: its own loss and signal."""
-        acc = self.accelerator
-        if acc.num_processes == 1:
-            self._stop_now = self.preemption.requested
-            return step_loss
-        stop = torch.tensor(float(self.preemption.requested), device=acc.device)
-        both = acc.reduce(torch.stack([step_loss, stop.to(step_loss.dtype)]), "mean")
-        self._stop_now = bool(both[1] > 0)
-        return both[0]
 
     def _after_step(self, grad_norm: torch.Tensor) -> str | None:
         """Step-level work, once per optimizer step: each part at its own cadence, in this order. Returns an
@@ -420,8 +396,7 @@ class Trainer:
         acc.wait_for_everyone()
         if self.is_main:
             write_final(acc.unwrap_model(self.model), self.data.tokenizer, self.cfg, self.run_dir)
-            state = "stopped" if stopped_by else "finished"
-            self._write_status(state, reason=stopped_by, final_step=pos.step)
+            self.control.status("stopped" if stopped_by else "finished", pos, stopped_by, final_step=pos.step)
         acc.wait_for_everyone()
         dead = dead_ratios(report, sites) if report is not None else {}
         after = {}

@@ -16,6 +16,7 @@ from reviveformer.cli import main
 from reviveformer.commands.sweep import parse_grid, plan_runs
 from reviveformer.config import load_config
 from reviveformer.errors import UserError
+from reviveformer.run_status import write_status
 
 RECIPE = REPO / "recipes" / "quickstart.yaml"
 
@@ -151,6 +152,27 @@ def test_killed_sweep_continues_where_it_stopped(tmp_path, corpus_file, caplog):
         "activation-relu": ["activation-relu__seed-3"],
         "activation-gelu": ["activation-gelu__seed-3"],
     }
+
+
+@pytest.mark.slow
+def test_a_run_killed_before_its_first_checkpoint_starts_again(tmp_path, corpus_file, capsys):
+    """`train.resume=auto` refuses a folder with a run and no checkpoint; the sweep owns its run folders, so it
+    clears such a run and trains it again, to the weights it had."""
+    out = tmp_path / "sweep"
+    overrides = {"data.max_tokens": 32 * 8 * 6, "train.epochs": 1, "train.checkpoint_every": 0}
+    args = ["sweep", str(RECIPE), "--seeds", "3", "--out", str(out)]
+    args += tiny_overrides(tmp_path / "unused", corpus_file, **overrides)
+    assert main(args) == 0
+    (run,) = [p for p in out.iterdir() if p.is_dir() and p.name.startswith("seed-")]
+    straight = load_file(run / "final" / "model.safetensors")
+    for sub in ("final", "checkpoints", "liveness"):
+        shutil.rmtree(run / sub)
+    write_status(run, "running", 2, 0)  # what a kill at step 2 leaves
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "has no complete checkpoint to resume from; starting that run again" in capsys.readouterr().out
+    again = load_file(run / "final" / "model.safetensors")
+    assert straight.keys() == again.keys() and all(torch.equal(straight[k], again[k]) for k in straight)
 
 
 @pytest.mark.slow

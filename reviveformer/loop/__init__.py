@@ -11,7 +11,8 @@ each epoch end, and each decides whether its moment has come (as torchtitan's `t
 - `LivenessLog`: a liveness window's metrics, alerts and histograms to tracking;
 - `EpochEnd`: the epoch end's measurement, liveness json, figures and revival;
 - `Checkpointer`: when and what to checkpoint;
-- `Preemption`: SIGTERM/SIGINT turned into a checkpoint at the next step boundary.
+- `Preemption`: SIGTERM/SIGINT turned into a checkpoint at the next step boundary; `RunControl`: the run's
+  hold on its folder (lock, status.json) and the stop signals agreed over processes.
 
 The contract: docs/design.md, "Training loop".
 """
@@ -24,6 +25,7 @@ from reviveformer.loop.position import Position
 from reviveformer.loop.preemption import Preemption
 from reviveformer.loop.revival_pass import RevivalPass
 from reviveformer.loop.revival_timing import RevivalTiming
+from reviveformer.loop.run_control import RunControl
 from reviveformer.loop.train_log import TrainLog
 from reviveformer.loop.validator import Validator
 from reviveformer.loop.window import TrainWindow
@@ -37,6 +39,7 @@ __all__ = [
     "Preemption",
     "RevivalPass",
     "RevivalTiming",
+    "RunControl",
     "TrainLog",
     "TrainWindow",
     "Validator",
