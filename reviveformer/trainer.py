@@ -330,9 +330,10 @@ class Trainer:
             if acc.scaler is None:
                 finite = finite & torch.isfinite(grad_norm)
             if not bool(finite):  # the one host sync per optimizer step: a NaN must never reach the weights
+                # counted (and worded, from the loss) before the loss is cleared: it may be the same tensor
+                pos.bad_steps = self.nonfinite.skip(pos.step + 1, pos.bad_steps, mean_loss, grad_norm)
                 optimizer.zero_grad(set_to_none=True)
                 self._step_loss.zero_()
-                pos.bad_steps = self.nonfinite.skip(pos.step + 1, pos.bad_steps, mean_loss, grad_norm)
                 return None
             if self.reviver is not None:  # GraMa reads the step's gradients here (clipped, finite)
                 self.reviver.before_optimizer_step(acc.unwrap_model(model))

@@ -25,7 +25,8 @@ from reviveformer import checkpoint as ckpt
 from reviveformer import faults
 from reviveformer.cli import main
 from reviveformer.config import load_config
-from reviveformer.trainer import Trainer, train
+from reviveformer.loop import EpochEnd
+from reviveformer.trainer import train
 
 RECIPE = str(REPO / "recipes" / "quickstart.yaml")
 EXTRA = {
@@ -47,7 +48,7 @@ class SimulatedKill(BaseException):
 def fast_and_one_thread():
     """No figures (not what is tested); one CPU thread, as the thread count changes float sums."""
     mp = pytest.MonkeyPatch()
-    mp.setattr(Trainer, "_plots", lambda self, liveness, hists: None)
+    mp.setattr(EpochEnd, "_plots", lambda self, liveness, hists, step: None)
     mp.delenv(faults.ENV, raising=False)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -166,26 +167,44 @@ def test_a_damaged_checkpoint_is_skipped_and_the_resume_is_exact(
 
 
 @pytest.mark.slow
-def test_a_damaged_newest_checkpoint_never_costs_the_good_one_just_saved(straight, tmp_path, corpus_file):
-    """checkpoint_limit=1: the only checkpoint (step 6) has its optimizer.bin cut short, so the resume starts
-    afresh; its step-2 checkpoint used to be removed at once by rotation (which counted the damaged step 6 as
-    the one to keep), so a kill then cost the progress again. Now step 2 stays and the next resume takes it."""
+def test_a_damaged_newest_checkpoint_never_costs_the_good_one_before_it(straight, tmp_path, corpus_file):
+    """checkpoint_limit=2, killed after step 6's checkpoint: step 6's optimizer.bin cut short, so the resume
+    takes step 4; reaching step 6 again, the new checkpoint replaces the damaged one and rotation keeps step 4
+    with it (the damaged one was never counted as one to keep), and the result is the uninterrupted run's."""
+    run_dir = tmp_path / "run"
+    _run_killed(run_dir, corpus_file, "after_periodic_checkpoint:3", **{"train.checkpoint_limit": 2})
+    checkpoints = run_dir / "checkpoints"
+    assert [p.name for p in ckpt.list_complete(checkpoints)] == ["step_00000004", "step_00000006"]
+    optimizer = checkpoints / "step_00000006" / "optimizer.bin"
+    optimizer.write_bytes(optimizer.read_bytes()[:1000])
+    assert ckpt.find_resume_point(checkpoints) == checkpoints / "step_00000004"
+    _run_killed(run_dir, corpus_file, "after_periodic_checkpoint:1", **{"train.checkpoint_limit": 2})
+    # killed right after the step-6 checkpoint of the resumed run: step 4 survived the rotation
+    assert [p.name for p in ckpt.list_complete(checkpoints)] == ["step_00000004", "step_00000006"]
+    assert ckpt.damage(checkpoints / "step_00000006") is None
+    assert _run(run_dir, corpus_file, **{"train.checkpoint_limit": 2}).steps == 6
+    resumed = load_file(run_dir / "final" / "model.safetensors")
+    for k in straight:
+        assert torch.equal(resumed[k], straight[k]), k
+
+
+@pytest.mark.slow
+def test_a_run_whose_only_checkpoint_is_damaged_is_not_restarted_on_top(tmp_path, corpus_file, capsys):
+    """checkpoint_limit=1 and the one checkpoint damaged: `train.resume=auto` has nothing good to continue, and
+    a fresh start would mix a second run into the folder's metrics, so it is refused; the damaged checkpoint
+    stays (nothing is changed) and the warning names the file."""
     run_dir = tmp_path / "run"
     _run_killed(run_dir, corpus_file, "after_periodic_checkpoint:3", **{"train.checkpoint_limit": 1})
     checkpoints = run_dir / "checkpoints"
     assert [p.name for p in ckpt.list_complete(checkpoints)] == ["step_00000006"]
     optimizer = checkpoints / "step_00000006" / "optimizer.bin"
     optimizer.write_bytes(optimizer.read_bytes()[:1000])
-    _run_killed(run_dir, corpus_file, "after_periodic_checkpoint:1", **{"train.checkpoint_limit": 1})
-    assert [p.name for p in ckpt.list_complete(checkpoints)] == ["step_00000002", "step_00000006"]
-    assert ckpt.find_resume_point(checkpoints) == checkpoints / "step_00000002"
-    assert _run(run_dir, corpus_file, **{"train.checkpoint_limit": 1}).steps == 6
-    # the run reached step 6 again: its new checkpoint replaced the damaged one, and rotation kept it alone
-    assert [p.name for p in ckpt.list_complete(checkpoints)] == ["step_00000006"]
-    assert ckpt.damage(checkpoints / "step_00000006") is None
-    resumed = load_file(run_dir / "final" / "model.safetensors")
-    for k in straight:
-        assert torch.equal(resumed[k], straight[k]), k
+    before = snapshot(run_dir)
+    args = ["train", RECIPE, *tiny_overrides(run_dir, corpus_file, **{**EXTRA, "train.checkpoint_limit": 1})]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "holds a run but no complete checkpoint" in err and "Traceback" not in err
+    assert snapshot(run_dir) == before
 
 
 def snapshot(root: Path) -> dict[str, bytes]:

@@ -135,9 +135,13 @@ def test_summary_totals_and_dead_ratio_around_the_last_revival(runs, tmp_path):
         f"revival (synaptic stripping): 2 events, {dead:,} dead units found in all, {stripped:,} weights "
         f"stripped ({int(events[-1]['revival/pruned_total']):,} held at zero now), {revived:,} units revived"
     ) in out
-    # before: the epoch-end measurement at the last revival's step, as logged under liveness/
+    # before: the epoch-end measurement at the last revival's step, as logged under liveness/: the last such row
+    # before the revival's own (the final measurement, after the revival, is logged at the same step after it)
     last_step = events[-1]["step"]
-    measured = [r for r in rows if r["step"] == last_step and "liveness/mlp_post/dead_ratio" in r][-1]
+    revival_at = max(i for i, r in enumerate(rows) if r["step"] == last_step and "revival/count" in r)
+    measured = [
+        r for r in rows[:revival_at] if r["step"] == last_step and "liveness/mlp_post/dead_ratio" in r
+    ][-1]
     sites = ("mlp_pre", "mlp_post", "attn_out")
     before = "  ".join(f"{s} {measured[f'liveness/{s}/dead_ratio']:.3f}" for s in sites)
     assert f"dead ratio before the last revival (step {last_step}): {before}" in out

@@ -115,7 +115,7 @@ def test_a_plugin_that_raises_is_exit_2_and_the_checkpoints_stand(
     the plug-in is fixed the run resumes from it and finishes."""
     import custom_reviver
 
-    from reviveformer.checkpoint import is_loadable, step_dir_name
+    from reviveformer.checkpoint import damage, step_dir_name
 
     monkeypatch.setattr(custom_reviver.Flaky, "failing", True)
     run_dir = tmp_path / "run"
@@ -138,7 +138,7 @@ def test_a_plugin_that_raises_is_exit_2_and_the_checkpoints_stand(
     assert "at step 3" in err and "Traceback" not in err and err.count("error:") == 1
     saved = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert saved == [step_dir_name(2)], saved
-    assert is_loadable(run_dir / "checkpoints" / step_dir_name(2))
+    assert damage(run_dir / "checkpoints" / step_dir_name(2)) is None  # whole and loadable
     assert not (run_dir / "final").exists()
 
     monkeypatch.setattr(custom_reviver.Flaky, "failing", False)

@@ -176,13 +176,14 @@ def test_a_run_ended_by_max_steps_logs_the_measurement_of_final(tmp_path, corpus
     units = sum(layer["units"] for layer in final["sites"]["mlp_post"])
     dead = sum(len(layer["dead_units"]) for layer in final["sites"]["mlp_post"])
     assert rows[0]["liveness/mlp_post/dead_ratio"] == pytest.approx(dead / units)
-    assert read_status(run_dir) == {
-        "state": "finished",
-        "step": 7,
-        "epoch": 0,
-        "reason": None,
-        "final_step": 7,
-    }
+    status = read_status(run_dir)
+    assert (status.state, status.step, status.epoch, status.reason, status.final_step) == (
+        "finished",
+        7,
+        0,
+        None,
+        7,
+    )
 
 
 def test_the_last_revival_is_measured_before_it_is_reported(tmp_path, corpus_file):
