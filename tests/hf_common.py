@@ -7,28 +7,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
+from dist_common import VOCAB, tiny_model
+from transformers import GPT2LMHeadModel, Trainer, TrainingArguments
 
-VOCAB, SEQ, N_LAYER = 97, 16, 2
+SEQ, N_LAYER = 16, 2
 KILLED = {0: [3, 17, 200], 1: [5]}
 
 
 def tiny_gpt2() -> GPT2LMHeadModel:
-    torch.manual_seed(0)
-    cfg = GPT2Config(
-        n_layer=N_LAYER,
-        n_embd=64,
-        n_head=2,
-        n_positions=32,
-        vocab_size=VOCAB,
-        activation_function="relu",
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=0,
-        eos_token_id=0,
-    )
-    model = GPT2LMHeadModel(cfg)
+    model = tiny_model(bos_token_id=0, eos_token_id=0)  # dist_common's seeded ReLU GPT-2, no dropout
     with torch.no_grad():
         for i, units in KILLED.items():
             model.transformer.h[i].mlp.c_fc.bias[units] = -100.0
