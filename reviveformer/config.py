@@ -265,6 +265,9 @@ class TrainConfig:
 
 @dataclass
 class AlertRule:
+    """One alert rule: fire when a layer's `metric` at `site` rises above `above` (once per crossing; it re-arms
+    when the layer falls back), optionally only for `layers`, and ask for `action` (none, revive, stop)."""
+
     name: str = "dead_mlp"
     """Name; the metric alerts/<name> is logged."""
     site: str = MLP_SITE
@@ -311,6 +314,8 @@ class AlertRule:
 
 @dataclass
 class AlertsConfig:
+    """The alert rules an `AlertManager` checks (the recipe's `alerts` section)."""
+
     rules: list[AlertRule] = field(default_factory=list)
     """Alert rules, checked at every liveness log and epoch-end measurement."""
     wandb_wait_s: float = field(default=300.0, metadata={ALLOW_INF: True})

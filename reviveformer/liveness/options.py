@@ -16,6 +16,10 @@ COUNTING = ("auto", "eager", "compiled")
 
 @dataclass
 class LivenessConfig:
+    """What a `LivenessMonitor` counts and how: the recipe's `liveness` section (docs/design.md, "Liveness: the
+    definitions"). Every field is optional; a bad value is a ValueError naming `liveness.<field>` and what is
+    valid."""
+
     enabled: bool = True
     """Count firing per unit during training and at epoch end."""
     sites: list[str] = field(default_factory=lambda: list(site_names()))
