@@ -21,6 +21,9 @@ from accelerate.utils import extract_model_from_parallel
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
+from reviveformer.sites import get_site
+from reviveformer.unit_weight import UnitWeight
+
 ACT_STATE_KEY = ".mlp.act."
 """Part of every state-dict key of the MLP activations' own parameters and buffers (`transformer.h.<i>.mlp.act.*`)."""
 
@@ -132,3 +135,30 @@ def per_unit_parameters(mlp: nn.Module) -> int:
     if proj.weight.requires_grad:
         n += outgoing(mlp).shape[1]
     return n
+
+
+NAME = "GPT-2"
+
+STRIP_REFUSAL: str | None = None
+"""Synaptic stripping is defined for GPT-2's single-input units (design.md, "Revival")."""
+
+
+def site_location(site: str) -> tuple[str, str]:
+    """(module path in a block, `input` or `output`) where `site` is read: the registry's own (sites.py)."""
+    found = get_site(site)
+    return found.module, found.reads
+
+
+def incoming_weights(mlp: nn.Module) -> list[UnitWeight]:
+    """`c_fc.weight`, (in, units) as Conv1D stores it: column j is unit j's incoming weights."""
+    return [UnitWeight(mlp.c_fc.weight, False)]
+
+
+def incoming_biases(mlp: nn.Module) -> list[nn.Parameter]:
+    """`c_fc.bias` (none without one)."""
+    return [mlp.c_fc.bias] if mlp.c_fc.bias is not None else []
+
+
+def outgoing_weights(mlp: nn.Module) -> list[UnitWeight]:
+    """`c_proj.weight`, (units, n_embd): row j is unit j's outgoing weights."""
+    return [UnitWeight(mlp.c_proj.weight, True)]

@@ -13,6 +13,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from reviveformer import activations, gpt2
+from reviveformer.architecture import ARCHITECTURES
 from reviveformer.config import Config, ModelConfig, save_config
 from reviveformer.errors import CheckpointError, UserError
 from reviveformer.plugins import TRUST_KEY, check_trusted
@@ -182,10 +183,12 @@ def load_model(
                 "save_pretrained folder), a run directory, or a hub name such as gpt2"
             ) from None
         raise CheckpointError(f"{where} could not be read as a Hugging Face model ({reason})") from None
-    if hf.model_type != "gpt2":
+    if hf.model_type not in ARCHITECTURES:
         raise CheckpointError(
-            f"{where} is a '{hf.model_type}' model; reviveformer trains GPT-2 (model_type gpt2)"
+            f"{where} is a '{hf.model_type}' model; reviveformer reads model types {', '.join(ARCHITECTURES)}"
         )
+    if hf.model_type != "gpt2":
+        return _load_gated(path, hf, where)
     hf, name, slope = activations.prepare_config_for_transformers(hf)
     check_trusted(
         name,
@@ -205,6 +208,22 @@ def load_model(
         ) from None
     activations.set_activation(model, name, slope)
     _restore_activation_state(model, path, name)
+    model.loss_type = CAUSAL_LM_LOSS
+    return model
+
+
+def _load_gated(path: str, hf, where: str):
+    """A Llama-family model (gated MLP, reviveformer.llama) as transformers builds it: its activation is its
+    config's `hidden_act`, so reviveformer's activation swap and learned activations do not apply."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, config=hf)
+    except Exception as e:
+        raise CheckpointError(
+            f"{where}: the weights could not be loaded ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
     model.loss_type = CAUSAL_LM_LOSS
     return model
 

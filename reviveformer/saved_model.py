@@ -95,8 +95,9 @@ def open_saved_model(path: str, overrides: list[str], *, trust_remote_code: bool
             f"vocabulary mismatch: tokenizer {tok_path} has {len(tokenizer)} tokens but checkpoint "
             f"{path} embeds {model.config.vocab_size}; give the checkpoint's own tokenizer"
         )
-    if cfg.data.block_size > model.config.n_positions:
-        cfg.data.block_size = model.config.n_positions
+    # max_position_embeddings: GPT-2's n_positions under transformers' common name, which every model has
+    if cfg.data.block_size > model.config.max_position_embeddings:
+        cfg.data.block_size = model.config.max_position_embeddings
     return SavedModel(path=where, model=model, tokenizer=tokenizer, cfg=cfg, ours=ours)
 
 

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     from reviveformer.errors import UserError
     from reviveformer.paths import check_out_dir
-    from reviveformer.revival.stripping import SynapticStripping
+    from reviveformer.revival.stripping import SynapticStripping, check_strippable
     from reviveformer.saved_model import measure_saved, open_saved_model
     from reviveformer.trainer import release
 
@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and any(out.iterdir()):
         raise UserError(f"--out {out} already exists and is not an empty folder; give a new folder")
     saved = open_saved_model(args.checkpoint, args.overrides, trust_remote_code=args.trust_remote_code)
+    check_strippable(saved.model)  # before measuring: a gated MLP is refused with the reason, nothing written
     if "mlp_post" not in saved.cfg.liveness.sites:
         raise UserError("strip decides from the dead units at mlp_post: keep 'mlp_post' in liveness.sites")
     acc = Accelerator()

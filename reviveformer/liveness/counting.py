@@ -22,8 +22,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from reviveformer.sites import get_site
-
 HISTOGRAM_RANGE = 10.0
 """Activation histograms (see `histogram_edges`) reach out to +-HISTOGRAM_RANGE; values beyond it are counted
 in the two outermost bins, so every observed value is counted once."""
@@ -73,15 +71,16 @@ class _Probe:
         layer: int,
         module: str,
         sites: tuple[str, ...],
+        reads: tuple[str, ...],
         units: tuple[int, ...],
         device: torch.device,
     ) -> None:
         self.monitor = monitor
         self.layer = layer
         self.module = module
-        """The module's path in the block (the sites' `Site.module`)."""
+        """The module's path in the block (where the architecture reads the sites, `site_location`)."""
         self.sites = sites
-        self.reads = tuple(get_site(s).reads for s in sites)
+        self.reads = reads
         """Per site, "input" or "output" of the module."""
         self.units = units
         """Per site, its width."""

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 
-from reviveformer import gpt2
+from reviveformer import architecture
 
 
 def capacity(
@@ -18,15 +18,16 @@ def capacity(
     to dead MLP units (c_fc.weight[:, j], c_fc.bias[j], c_proj.weight[j, :]) minus pruned weights outside
     those columns. `pruned_masks[i]` is a bool tensor shaped like `h[i].mlp.c_fc.weight`, True = pruned.
     `model` may be wrapped (DDP, torch.compile)."""
-    mlps = gpt2.mlps(model)
+    arch = architecture.of(model)
+    mlps = arch.mlps(model)
     pruned = {}
     for i, mask in (pruned_masks or {}).items():
-        weight = mlps[i].c_fc.weight
-        if tuple(mask.shape) != tuple(weight.shape):
+        weight = arch.incoming_weights(mlps[i])[0]  # what stripping masks: c_fc.weight on GPT-2
+        if tuple(mask.shape) != tuple(weight.param.shape):
             raise ValueError(
-                f"pruned mask of layer {i} has shape {tuple(mask.shape)}, c_fc.weight {tuple(weight.shape)}"
+                f"pruned mask of layer {i} has shape {tuple(mask.shape)}, c_fc.weight {tuple(weight.param.shape)}"
             )
-        pruned[i] = gpt2.by_unit(mask).sum(dim=1).cpu().numpy()
+        pruned[i] = weight.by_unit(mask).sum(dim=1).cpu().numpy()
     return _capacity(model, dead_units, pruned)
 
 
@@ -35,12 +36,13 @@ def _capacity(
 ) -> dict[str, int | float]:
     """`capacity` from the number of pruned weights in each unit's c_fc column (layer -> (units,) ints);
     `dead_units[i]`: unit indices of layer i, a list or an integer array."""
-    model = gpt2.unwrap(model)
+    model = architecture.unwrap(model)
+    arch = architecture.of(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     all_units = alive = 0
     effective = trainable
-    for i, mlp in enumerate(gpt2.mlps(model)):
-        units = gpt2.mlp_units(mlp)
+    for i, mlp in enumerate(arch.mlps(model)):
+        units = arch.mlp_units(mlp)
         listed = np.asarray(dead_units.get(i, []), dtype=np.int64)
         if listed.size and not (0 <= listed.min() and listed.max() < units):
             raise ValueError(
@@ -51,9 +53,9 @@ def _capacity(
         n_dead = int(dead.sum())
         all_units += units
         alive += units - n_dead
-        effective -= gpt2.per_unit_parameters(mlp) * n_dead
+        effective -= arch.per_unit_parameters(mlp) * n_dead
         pruned = pruned_per_unit.get(i)
-        if pruned is not None and mlp.c_fc.weight.requires_grad:
+        if pruned is not None and arch.incoming_weights(mlp)[0].param.requires_grad:
             effective -= int(pruned[~dead].sum())  # pruned weights of dead units are already subtracted
     return {
         "alive_units": alive,

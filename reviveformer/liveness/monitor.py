@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from reviveformer import gpt2
+from reviveformer import architecture
 from reviveformer.errors import CheckpointError
 from reviveformer.liveness.counting import (
     _Counting,
@@ -48,8 +48,9 @@ class LivenessMonitor:
     count its blocks twice."""
 
     def __init__(self, model: nn.Module, cfg: LivenessConfig) -> None:
-        model = gpt2.unwrap(model)
+        model = architecture.unwrap(model)
         self.model = model
+        self.arch = architecture.of(model)
         self.cfg = cfg
         self.sites = tuple(s for s in site_names() if s in cfg.sites)
         self._active = True
@@ -67,17 +68,20 @@ class LivenessMonitor:
         self._installed: list[tuple[nn.Module, type]] = []
         self._probes: dict[str, list[_Probe]] = {s: [] for s in self.sites}
 
-        blocks = gpt2.blocks(model)
+        blocks = self.arch.blocks(model)
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
-        by_module: dict[str, list[str]] = {}  # module path -> its watched sites, in registry order
+        # module path -> its watched sites, in registry order; where a site is read is the architecture's
+        by_module: dict[str, list[str]] = {}
+        reads: dict[str, str] = {}
         for s in self.sites:
-            by_module.setdefault(get_site(s).module, []).append(s)
+            path, reads[s] = self.arch.site_location(s)
+            by_module.setdefault(path, []).append(s)
         targets: list[tuple[nn.Module, int, str, tuple[str, ...], tuple[int, ...]]] = []
         for i, block in enumerate(blocks):
             for path, names in by_module.items():
-                widths = tuple(gpt2.width(block, get_site(s).units) for s in names)
-                targets.append((gpt2.block_module(block, path, i), i, path, tuple(names), widths))
+                widths = tuple(self.arch.width(block, get_site(s).units) for s in names)
+                targets.append((self.arch.block_module(block, path, i), i, path, tuple(names), widths))
         seen: set[int] = set()
         for module, i, _, _, _ in targets:
             if isinstance(module, _Counting):
@@ -89,7 +93,7 @@ class LivenessMonitor:
                 )
             seen.add(id(module))
         for module, i, path, sites, units in targets:
-            probe = _Probe(self, i, path, sites, units, device)
+            probe = _Probe(self, i, path, sites, tuple(reads[s] for s in sites), units, device)
             original = type(module)
             module.__class__ = _counting_class(original)
             module._rf_probe = probe  # a plain attribute: not a parameter, buffer or submodule
@@ -314,10 +318,10 @@ class LivenessMonitor:
         masks = pruned_masks or {}
         if masks and MLP_SITE in self.sites:
             units = self._units(MLP_SITE, 0)
+            # a stripping mask is laid out like the unit's first incoming weight (stripping.py)
+            by_unit = self.arch.incoming_weights(self.arch.mlps(self.model)[0])[0].by_unit
             bad = {
-                i: tuple(m.shape)
-                for i, m in masks.items()
-                if m.dim() != 2 or gpt2.by_unit(m).shape[0] != units
+                i: tuple(m.shape) for i, m in masks.items() if m.dim() != 2 or by_unit(m).shape[0] != units
             }
             if bad:
                 raise ValueError(f"pruned masks must be shaped like c_fc.weight ({units} units); got {bad}")
@@ -325,7 +329,7 @@ class LivenessMonitor:
                 [
                     flat,
                     *(
-                        gpt2.by_unit(masks[i]).sum(dim=1, dtype=torch.float64).to(flat.device)
+                        by_unit(masks[i]).sum(dim=1, dtype=torch.float64).to(flat.device)
                         for i in sorted(masks)
                     ),
                 ]
@@ -361,10 +365,10 @@ class LivenessMonitor:
         if not self._installed:
             raise ValueError("this LivenessMonitor is closed; create a new one")
         # a module swapped after installation (e.g. activations.set_activation) would silently count nothing
-        blocks = gpt2.blocks(self.model)
+        blocks = self.arch.blocks(self.model)
         for module, _ in self._installed:
             p = module._rf_probe
-            current = gpt2.block_module(blocks[p.layer], p.module, p.layer)
+            current = self.arch.block_module(blocks[p.layer], p.module, p.layer)
             if current is not module:
                 raise ValueError(
                     f"transformer.h[{p.layer}] no longer holds the module the liveness monitor watches (was it "

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from reviveformer import gpt2
+from reviveformer import architecture
 from reviveformer.errors import ConfigError
 from reviveformer.liveness import LayerLiveness, LivenessReport
 
@@ -53,13 +53,13 @@ def check_supported(distributed_type: Any) -> None:
 
 
 def mlp_layers(model: nn.Module) -> list[nn.Module]:
-    """The `GPT2MLP` of every block, through any DDP / torch.compile wrapper (see reviveformer.gpt2)."""
-    return gpt2.mlps(model)
+    """The MLP of every block, through any DDP / torch.compile wrapper (see reviveformer.architecture)."""
+    return architecture.of(model).mlps(model)
 
 
 def model_config(model: nn.Module) -> Any:
     """The Hugging Face config of a possibly wrapped model."""
-    return gpt2.unwrap(model).config
+    return architecture.unwrap(model).config
 
 
 def site_layers(report: LivenessReport, mlps: list[nn.Module], method: str) -> list[LayerLiveness]:
@@ -74,10 +74,15 @@ def site_layers(report: LivenessReport, mlps: list[nn.Module], method: str) -> l
         i = entry.layer
         if not 0 <= i < len(mlps):
             raise ValueError(f"liveness report has layer {i} but the model has {len(mlps)} layers")
-        units = gpt2.mlp_units(mlps[i])
+        units = mlp_units(mlps[i])
         if entry.units != units:
             raise ValueError(f"liveness report has {entry.units} units in layer {i}, the model has {units}")
     return sorted(layers, key=lambda e: e.layer)
+
+
+def mlp_units(mlp: nn.Module) -> int:
+    """The number of units of one MLP (of any architecture: GPT-2's `c_fc`, a gated MLP's `gate_proj`)."""
+    return architecture.of(mlp).mlp_units(mlp)
 
 
 def unit_index(units: list[int], n_units: int, device: torch.device) -> torch.Tensor:

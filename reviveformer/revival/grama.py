@@ -4,7 +4,8 @@ little gradient.
 
 Dormancy by activation value is ill-posed for GELU or SiLU (a unit is never exactly silent); GraMa asks
 instead whether a unit still learns. At optimizer step s, for MLP unit j of layer i with incoming weights
-`W_in = c_fc.weight[:, j]` (GPT-2's Conv1D is (in, out)):
+`W_in = c_fc.weight[:, j]` (GPT-2's Conv1D is (in, out); a gated unit's W_in is its two rows
+`gate_proj.weight[j, :]` and `up_proj.weight[j, :]` together, the mean taken over both):
 
     m_s[j] = mean_r |dL/dW_in[r, j]|            s_s[j] = m_s[j] / mean_k m_s[k]
 
@@ -38,9 +39,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from reviveformer import gpt2
+from reviveformer import architecture, gpt2
 from reviveformer.liveness import LivenessReport
-from reviveformer.revival.base import REVIVAL_SITE, mlp_layers
+from reviveformer.revival.base import REVIVAL_SITE, mlp_layers, mlp_units
 from reviveformer.revival.reinit import ReinitReviver, TauOptions
 
 log = logging.getLogger("reviveformer")
@@ -50,7 +51,24 @@ log = logging.getLogger("reviveformer")
 def step_scores(grad: torch.Tensor) -> torch.Tensor:
     """GraMa scores of one step from the gradient of `c_fc.weight` (laid out like it): per unit, the mean
     |gradient| of its incoming weights over the layer's mean of that (Liu et al. 2025). Zero gradient -> 0."""
-    per_unit = gpt2.by_unit(grad.detach().float().abs()).mean(dim=1)
+    return _normalised(gpt2.by_unit(grad.detach().float().abs()).mean(dim=1))
+
+
+@torch.no_grad()
+def mlp_step_scores(mlp: nn.Module) -> torch.Tensor:
+    """GraMa scores of one step of one MLP of any architecture, from the gradients of its units' incoming
+    weights: per unit, the mean |gradient| over all its incoming entries (a gated unit: its gate and up rows
+    together; GPT-2: `step_scores` of `c_fc`'s gradient), over the layer's mean. A frozen weight has no
+    gradient and contributes zeros, as in training."""
+    parts = []
+    for weight in architecture.of(mlp).incoming_weights(mlp):
+        grad = weight.param.grad if weight.param.grad is not None else torch.zeros_like(weight.param)
+        parts.append(weight.by_unit(grad.detach().float().abs()))
+    return _normalised(torch.cat(parts, dim=1).mean(dim=1))
+
+
+def _normalised(per_unit: torch.Tensor) -> torch.Tensor:
+    """Per-unit magnitudes over their layer mean."""
     # clamp_min: an all-zero layer gives 0 / tiny = 0 instead of NaN, on the device (no host branch)
     return per_unit / per_unit.mean().clamp_min(torch.finfo(torch.float32).tiny)
 
@@ -71,8 +89,7 @@ def saved_model_scores(model: nn.Module, loader) -> tuple[dict[int, torch.Tensor
             with torch.enable_grad():
                 model(input_ids=batch["input_ids"], labels=batch["labels"]).loss.backward()
             for i, mlp in enumerate(mlp_layers(model)):
-                weight = mlp.c_fc.weight  # a frozen weight has no gradient: it scores 0, as in training
-                score = step_scores(weight.grad if weight.grad is not None else torch.zeros_like(weight))
+                score = mlp_step_scores(mlp)
                 sums[i] = sums[i] + score if i in sums else score
             batches += 1
     finally:
@@ -80,10 +97,13 @@ def saved_model_scores(model: nn.Module, loader) -> tuple[dict[int, torch.Tensor
         model.train(was_training)
     if not sums:
         sums = {
-            i: torch.zeros(gpt2.mlp_units(mlp), device=gpt2.incoming(mlp).device)
-            for i, mlp in enumerate(mlp_layers(model))
+            i: torch.zeros(mlp_units(mlp), device=_device(mlp)) for i, mlp in enumerate(mlp_layers(model))
         }
     return sums, batches
+
+
+def _device(mlp: nn.Module) -> torch.device:
+    return architecture.of(mlp).incoming_weights(mlp)[0].param.device
 
 
 def _broadcast_from_main(t: torch.Tensor) -> torch.Tensor:
@@ -118,16 +138,13 @@ class GraMa(ReinitReviver):
     def before_optimizer_step(self, model: nn.Module) -> None:
         """Add this step's scores of every MLP layer to the window (in place, on the device)."""
         for i, mlp in enumerate(mlp_layers(model)):
-            weight = mlp.c_fc.weight
-            grad = weight.grad if weight.grad is not None else torch.zeros_like(weight)
+            score = mlp_step_scores(mlp)
             total = self._sums.get(i)
             if total is None:
-                total = self._sums[i] = torch.zeros(
-                    gpt2.mlp_units(mlp), dtype=torch.float32, device=grad.device
-                )
-            elif total.device != grad.device:  # a resumed state, still on the CPU: moved once
-                total = self._sums[i] = total.to(grad.device)
-            total.add_(step_scores(grad))
+                total = self._sums[i] = torch.zeros_like(score)
+            elif total.device != score.device:  # a resumed state, still on the CPU: moved once
+                total = self._sums[i] = total.to(score.device)
+            total.add_(score)
         self.steps += 1
 
     def window_scores(self, model: nn.Module) -> dict[int, torch.Tensor]:
@@ -136,9 +153,7 @@ class GraMa(ReinitReviver):
         for i, mlp in enumerate(mlp_layers(model)):
             total = self._sums.get(i)
             if total is None:
-                total = torch.zeros(
-                    gpt2.mlp_units(mlp), dtype=torch.float32, device=gpt2.incoming(mlp).device
-                )
+                total = torch.zeros(mlp_units(mlp), dtype=torch.float32, device=_device(mlp))
             out[i] = _broadcast_from_main(total.clone()) / max(self.steps, 1)
         return out
 

@@ -29,9 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from reviveformer import gpt2
 from reviveformer.liveness import LivenessReport
-from reviveformer.revival.base import mlp_layers, site_layers
+from reviveformer.revival.base import mlp_layers, mlp_units, site_layers
 from reviveformer.revival.reinit import ReinitReviver, TauOptions
 
 
@@ -61,7 +60,7 @@ class ReDo(ReinitReviver):
         mlps = mlp_layers(model)
         decisions = []
         for entry in site_layers(report, mlps, self.name):
-            n_units = gpt2.mlp_units(mlps[entry.layer])
+            n_units = mlp_units(mlps[entry.layer])
             if len(entry.dormancy) != n_units:
                 raise ValueError(
                     f"revival.method=redo needs one dormancy score per unit: the report has "

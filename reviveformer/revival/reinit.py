@@ -1,8 +1,9 @@
 """Re-initialisation of dormant MLP units, shared by ReDo (Sokar et al. 2023) and GraMa (Liu et al. 2025).
 
 The two methods differ only in how they find a dormant unit (activation score, gradient score). What happens
-to one is the same, and lives here: fresh incoming weights from the model's own init (GPT-2: normal(0,
-initializer_range) for Conv1D), a zero bias, zero outgoing weights (`c_proj.weight[j, :]`), and its optimizer
+to one is the same, and lives here: fresh incoming weights from the model's own init (normal(0,
+initializer_range): GPT-2's Conv1D, the Llama family's nn.Linear; a gated unit's gate and up rows both), a zero
+bias, zero outgoing weights (GPT-2 `c_proj.weight[j, :]`, gated `down_proj.weight[:, j]`), and its optimizer
 state reset (`reinitialise_units`). So is the bookkeeping around it (`ReinitReviver`): the units reset per layer,
 those dormant at the previous revival and not now, the total over revivals, the revival count that seeds the
 draws, and the state that carries them through a checkpoint.
@@ -18,9 +19,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from reviveformer import gpt2
-from reviveformer.revival.base import Reviver, mlp_layers, model_config, revived_count, unit_index
+from reviveformer import architecture
+from reviveformer.revival.base import Reviver, mlp_layers, mlp_units, model_config, revived_count, unit_index
 from reviveformer.revival.optim import reset_adam_state
+from reviveformer.unit_weight import UnitWeight
 
 # Spreads (seed, revival count) into distinct generator seeds.
 SEED_STRIDE = 1_000_003
@@ -30,30 +32,33 @@ SEED_STRIDE = 1_000_003
 def reinitialise_units(
     mlp: nn.Module, idx: torch.Tensor, gen: torch.Generator, std: float, optimizer: Any
 ) -> None:
-    """ReDo's reset of units `idx` of one GPT2MLP: fresh incoming weights normal(0, std) drawn from `gen` on the
+    """ReDo's reset of units `idx` of one MLP: fresh incoming weights normal(0, std) drawn from `gen` on the
     CPU (so every process draws the same whatever its device), zero bias, zero outgoing weights (the fresh unit
-    starts with no effect on the output, Sokar et al. 2023), and the optimizer state of those entries reset."""
+    starts with no effect on the output, Sokar et al. 2023), and the optimizer state of those entries reset.
+    A gated unit has two incoming rows (gate, up) and two biases: each is reset, in that order."""
     if not idx.numel():
         return
-    c_fc, c_proj = mlp.c_fc, mlp.c_proj
-    w_in, bias = gpt2.incoming(mlp), gpt2.incoming_bias(mlp)
-    n_units, n_in = w_in.shape
-    # drawn as (n_in, units) and written transposed: the draw order of the first releases, so a seed still
-    # gives the same fresh weights
-    fresh = torch.randn((n_in, idx.numel()), generator=gen, dtype=torch.float32) * std
-    w_in[idx] = fresh.t().to(device=w_in.device, dtype=w_in.dtype)
-    chosen = torch.zeros(c_fc.weight.shape, dtype=torch.bool, device=c_fc.weight.device)
-    gpt2.by_unit(chosen)[idx] = True
-    reset_adam_state(optimizer, c_fc.weight, chosen)
-    if bias is not None:
+    arch = architecture.of(mlp)
+    for weight in arch.incoming_weights(mlp):
+        w_in = weight.view
+        # drawn as (n_in, units) and written transposed: the draw order of the first releases, so a seed still
+        # gives the same fresh weights
+        fresh = torch.randn((w_in.shape[1], idx.numel()), generator=gen, dtype=torch.float32) * std
+        w_in[idx] = fresh.t().to(device=w_in.device, dtype=w_in.dtype)
+        _reset_units(optimizer, weight, idx)
+    for bias in arch.incoming_biases(mlp):
         bias[idx] = 0
-        unit = torch.zeros(n_units, dtype=torch.bool, device=bias.device)
-        unit[idx] = True
-        reset_adam_state(optimizer, bias, unit)
-    gpt2.outgoing(mlp)[idx] = 0
-    chosen = torch.zeros(c_proj.weight.shape, dtype=torch.bool, device=c_proj.weight.device)
-    gpt2.by_unit_out(chosen)[idx] = True
-    reset_adam_state(optimizer, c_proj.weight, chosen)
+        _reset_units(optimizer, UnitWeight(bias, True), idx)
+    for weight in arch.outgoing_weights(mlp):
+        weight.view[idx] = 0
+        _reset_units(optimizer, weight, idx)
+
+
+def _reset_units(optimizer: Any, weight: UnitWeight, idx: torch.Tensor) -> None:
+    """Reset the optimizer state of units `idx`'s entries of `weight` (and of no other entry)."""
+    chosen = torch.zeros(weight.param.shape, dtype=torch.bool, device=weight.param.device)
+    weight.by_unit(chosen)[idx] = True
+    reset_adam_state(optimizer, weight.param, chosen)
 
 
 @dataclass
@@ -107,7 +112,9 @@ class ReinitReviver(Reviver):
         details = []
         for i, dormant, dead in decisions:
             mlp = mlps[i]
-            idx = unit_index(dormant, gpt2.mlp_units(mlp), gpt2.incoming(mlp).device)
+            idx = unit_index(
+                dormant, mlp_units(mlp), architecture.of(mlp).incoming_weights(mlp)[0].param.device
+            )
             reinitialise_units(mlp, idx, gen, std, optimizer)
             details.append(
                 {

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from reviveformer import gpt2
+from reviveformer import architecture, gpt2
+from reviveformer.errors import ConfigError
 from reviveformer.liveness import LivenessReport
 from reviveformer.revival.base import Reviver, mlp_layers, revived_count, site_layers, unit_index
 from reviveformer.revival.optim import reset_adam_state
@@ -89,6 +90,16 @@ class StrippingOptions:
             raise ValueError(f"revival.synaptic_stripping.fraction={self.fraction} must be in (0, 1]")
 
 
+def check_strippable(model: nn.Module) -> None:
+    """Raise ConfigError when the model's units have no synaptic stripping (a gated MLP: see
+    `reviveformer.llama.STRIP_REFUSAL`), before anything is edited."""
+    arch = architecture.of(model)
+    if arch.STRIP_REFUSAL:
+        raise ConfigError(
+            f"synaptic stripping does not apply to this model's {arch.NAME} units: {arch.STRIP_REFUSAL}"
+        )
+
+
 class SynapticStripping(Reviver):
     """Synaptic stripping of dead MLP units (Whitaker & Whitley 2023), optionally as persistent pruning."""
 
@@ -120,6 +131,7 @@ class SynapticStripping(Reviver):
     def revive(self, model: nn.Module, report: LivenessReport, optimizer: Any) -> dict[str, float]:
         """Strip every dead unit at `mlp_post`, reset its optimizer state, extend the persistent mask.
         A report that saw no tokens measured nothing: no unit is taken for dead."""
+        check_strippable(model)
         mlps = mlp_layers(model)
         details = []
         for entry in site_layers(report, mlps, self.name):
