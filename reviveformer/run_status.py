@@ -54,9 +54,8 @@ class RunStatus:
 
     @property
     def complete(self) -> bool:
-        """Whether the run reached its planned end and its final/ is there (legacy folders: whether final/
-        exists). A "finished" folder whose final/ was removed is not complete: there is nothing to keep."""
-        return self.state in ("finished", "legacy") and self.has_final
+        """Whether the run reached its planned end (legacy folders: whether final/ exists)."""
+        return self.state == "finished" or (self.state == "legacy" and self.has_final)
 
     def short(self) -> str:
         """A table cell: `finished`, `halted at step 12`, `legacy (final/ present)`."""

@@ -172,7 +172,8 @@ def is_finished(run_dir: Path) -> bool:
     its final/ is written). A run killed or interrupted after an earlier final/ is not finished: it resumes."""
     from reviveformer.run_status import read_status
 
-    return read_status(run_dir).complete
+    status = read_status(run_dir)
+    return status.complete and status.has_final  # a finished run whose final/ is gone has nothing to keep
 
 
 def restart_unresumable(run_dir: Path) -> None:
