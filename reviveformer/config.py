@@ -459,7 +459,12 @@ def training_problems(cfg: Config) -> list[str]:
                 f"(the dead set is taken there); add {MLP_SITE} or set revival.method=none"
             )
     saved = checkpoint_json(cfg.model.init_from) if cfg.model.init_from else None
-    n_layer = saved.get("n_layer", cfg.model.n_layer) if saved else cfg.model.n_layer
+    # GPT-2 says n_layer, the Llama family num_hidden_layers
+    n_layer = (
+        saved.get("n_layer", saved.get("num_hidden_layers", cfg.model.n_layer))
+        if saved
+        else cfg.model.n_layer
+    )
     n_layer = n_layer if isinstance(n_layer, int) else cfg.model.n_layer  # a broken config.json: the loader's
     layers_from = f"model.init_from={cfg.model.init_from}" if saved else f"model.n_layer={n_layer}"
     for rule in cfg.alerts.rules:
@@ -493,8 +498,30 @@ def training_problems(cfg: Config) -> list[str]:
             "a logged liveness window would hold no counted step (and read as all dead); give "
             f"liveness.sample_every <= {cfg.train.log_every} or a larger train.log_every"
         )
-    # (a folder that is no GPT-2 checkpoint at all is the model loader's to report)
-    if cfg.model.init_from and cfg.data.tokenizer == "bpe" and saved and saved.get("model_type") == "gpt2":
+    if saved:
+        problems += _checkpoint_problems(cfg, saved)
+    return problems
+
+
+def _checkpoint_problems(cfg: Config, saved: dict[str, Any]) -> list[str]:
+    """What makes model.init_from's local checkpoint (its config.json `saved`) unfit for this config. A folder
+    that is no checkpoint reviveformer reads at all is the model loader's to report."""
+    from reviveformer.architecture import (
+        ARCHITECTURES,
+    )  # torch and transformers: only when a checkpoint is read
+
+    problems: list[str] = []
+    kind = saved.get("model_type")
+    if kind not in ARCHITECTURES:
+        return problems
+    # refused here, before any data is prepared or written, rather than at the first revival mid-run
+    refusal = ARCHITECTURES[kind].STRIP_REFUSAL
+    if cfg.revival.method == "synaptic_stripping" and refusal:
+        problems.append(
+            f"revival.method=synaptic_stripping does not apply to model.init_from={cfg.model.init_from}, a "
+            f"'{kind}' model: {refusal}"
+        )
+    if cfg.data.tokenizer == "bpe":
         folder = Path(cfg.model.init_from).expanduser()
         if not any((folder / f).is_file() for f in TOKENIZER_FILES):
             problems.append(

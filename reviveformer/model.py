@@ -1,4 +1,5 @@
-"""GPT-2 models: build one from the config, load a checkpoint (ours or any GPT2LMHeadModel), save `final/`.
+"""GPT-2 models: build one from the config, load a checkpoint (ours, any GPT2LMHeadModel, or a Llama-family
+model to fine-tune), save `final/`.
 
 The contract: docs/design.md, "Activations" and the run directory's final/.
 """
@@ -12,10 +13,10 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from reviveformer import activations, gpt2
+from reviveformer import activations, architecture, gpt2
 from reviveformer.architecture import ARCHITECTURES
 from reviveformer.config import Config, ModelConfig, save_config
-from reviveformer.errors import CheckpointError, UserError
+from reviveformer.errors import CheckpointError, ConfigError, UserError
 from reviveformer.plugins import TRUST_KEY, check_trusted
 
 log = logging.getLogger("reviveformer")
@@ -237,6 +238,8 @@ def init_from_checkpoint(cfg: ModelConfig) -> GPT2LMHeadModel:
         trust_remote_code=cfg.trust_remote_code,
         opt_in=f"add {TRUST_KEY}=true",
     )
+    if model.config.model_type != "gpt2":
+        return _gated_fine_tune_start(model, cfg)
     saved_name, slope = activations.activation_from_config(model.config)
     if cfg.activation and (
         cfg.activation != saved_name or (cfg.activation == "leaky_relu" and slope != cfg.leaky_relu_slope)
@@ -256,9 +259,40 @@ def init_from_checkpoint(cfg: ModelConfig) -> GPT2LMHeadModel:
     return model
 
 
+def _gated_fine_tune_start(model, cfg: ModelConfig):
+    """init_from_checkpoint for a Llama-family model: its dropout from the config where it has one (attention
+    only); its activation is its config's `hidden_act`, which transformers builds into every MLP."""
+    own = model.config.hidden_act
+    if cfg.activation and cfg.activation != own:
+        raise ConfigError(
+            f"model.activation={cfg.activation}: model.init_from={cfg.init_from} is a "
+            f"'{model.config.model_type}' model with a gated MLP ({own}), and swapping a gated MLP's activation "
+            f"is not supported yet; give model.activation={own} or null (the checkpoint's own)"
+        )
+    if hasattr(model.config, "attention_dropout"):
+        model.config.attention_dropout = cfg.dropout
+        for layer in architecture.of(model).blocks(model):
+            layer.self_attn.attention_dropout = cfg.dropout  # read at each forward, copied from the config
+    # the training setup checks data.block_size against n_positions, GPT-2's name for the trained length
+    model.config.n_positions = model.config.max_position_embeddings
+    return model
+
+
 def describe(model: GPT2LMHeadModel) -> ModelConfig:
-    """The model section that matches a (possibly loaded) model, for the run's resolved config."""
+    """The model section that matches a (possibly loaded) model, for the run's resolved config. A Llama-family
+    model's fields map onto the same keys (num_hidden_layers -> n_layer, intermediate_size -> n_inner, ...)."""
     c = model.config
+    if c.model_type != "gpt2":
+        return ModelConfig(
+            n_layer=c.num_hidden_layers,
+            n_embd=c.hidden_size,
+            n_head=c.num_attention_heads,
+            n_positions=c.max_position_embeddings,
+            n_inner=c.intermediate_size,
+            dropout=getattr(c, "attention_dropout", 0.0),
+            activation=c.hidden_act,
+            initializer_range=c.initializer_range,
+        )
     name, slope = activations.activation_from_config(c)
     return ModelConfig(
         n_layer=c.n_layer,
@@ -289,6 +323,13 @@ def n_trainable(model) -> int:
 
 def model_summary(model) -> str:
     c = model.config
+    if c.model_type != "gpt2":
+        kind = type(architecture.unwrap(model)).__name__.removesuffix("ForCausalLM")  # Llama, Qwen2, Mistral
+        return (
+            f"{kind} {c.num_hidden_layers} layers x {c.hidden_size} wide, {c.num_attention_heads} heads, MLP "
+            f"{c.intermediate_size} ({c.hidden_act}, gated), vocab {c.vocab_size}, "
+            f"{n_trainable(model) / 1e6:.2f}M parameters"
+        )
     name, _ = activations.activation_from_config(c)
     return (
         f"GPT-2 {c.n_layer} layers x {c.n_embd} wide, {c.n_head} heads, MLP {c.n_inner or 4 * c.n_embd} "

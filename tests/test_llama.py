@@ -213,3 +213,59 @@ def test_strip_refuses_a_gated_mlp_with_exit_2(tokenizer, corpus_file, tmp_path,
     err = capsys.readouterr().err
     assert "synaptic stripping does not apply" in err and "gated MLP" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def _train_args(folder: Path, run_dir: Path, corpus: Path, *extra: str) -> list[str]:
+    from tests.conftest import tiny_overrides
+
+    return [
+        "train",
+        "recipes/quickstart.yaml",
+        *tiny_overrides(run_dir, corpus),
+        f"model.init_from={folder}",
+        "data.max_tokens=2048",
+        "train.max_steps=6",
+        *extra,
+    ]
+
+
+def test_train_fine_tunes_a_llama_folder_with_redo(tokenizer, corpus_file, tmp_path):
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    from reviveformer.config import load_config
+    from reviveformer.model import model_summary
+
+    folder = _saved("llama", tmp_path / "llama", tokenizer)
+    run_dir = tmp_path / "run"
+    # the quickstart recipe asks for relu; silu is the checkpoint's own, so no swap
+    args = _train_args(folder, run_dir, corpus_file, "model.activation=silu", "model.dropout=0.1")
+    assert main([*args, "revival.method=redo"]) == 0
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("liveness/mlp_post/dead_ratio" in r for r in rows)
+    final = AutoModelForCausalLM.from_pretrained(run_dir / "final")
+    assert isinstance(final, LlamaForCausalLM)
+    assert model_summary(final).startswith(
+        "Llama 2 layers x 64 wide, 2 heads, MLP 128 (silu, gated), vocab 320"
+    )
+    assert final.config.attention_dropout == 0.1  # model.dropout reached the saved model
+    recorded = load_config(run_dir / "config.yaml").model
+    assert (recorded.n_layer, recorded.n_embd, recorded.n_inner, recorded.n_positions) == (2, 64, 128, 64)
+    assert (recorded.activation, recorded.dropout, recorded.init_from) == ("silu", 0.1, str(folder))
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (["revival.method=synaptic_stripping"], "synaptic stripping is defined for units with one incoming"),
+        (["model.activation=relu"], "swapping a gated MLP's activation is not supported yet"),
+    ],
+)
+def test_train_refuses_what_a_gated_mlp_cannot_do_with_exit_2(
+    extra, says, tokenizer, corpus_file, tmp_path, capsys
+):
+    folder = _saved("llama", tmp_path / "llama", tokenizer)
+    run_dir = tmp_path / "run"
+    assert main(_train_args(folder, run_dir, corpus_file, *extra)) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err
+    assert not run_dir.exists()  # refused before the run directory is made
