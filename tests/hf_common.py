@@ -44,6 +44,7 @@ def trainer(
     lr: float = 1e-3,
     logging_steps: int = 2,
     evaluate: bool = False,
+    report_to: tuple[str, ...] = (),
     **args,
 ) -> Trainer:
     targs = TrainingArguments(
@@ -52,7 +53,7 @@ def trainer(
         num_train_epochs=1,
         learning_rate=lr,
         logging_steps=logging_steps,
-        report_to=[],
+        report_to=list(report_to),
         use_cpu=True,
         save_strategy="no",
         seed=0,

@@ -4,13 +4,15 @@ alerts, and 2 processes under `accelerate launch` against 1."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from hf_common import KILLED, N_LAYER, tiny_gpt2, trainer
 from transformers import TrainerCallback
 
-from conftest import launch_findings
+from conftest import launch, launch_findings
 from reviveformer import AlertRule
 from reviveformer.integrations.transformers import ReviveformerCallback
 
@@ -190,3 +192,20 @@ def test_two_processes_log_what_one_process_logs(tmp_path) -> None:
     )  # every row counted once, over both processes
     assert one["fire_count"] == two["fire_count"]
     assert one["dead_ratio"] == two["dead_ratio"] > 0
+
+
+def test_metrics_reach_the_trainers_wandb_run(tmp_path) -> None:
+    # its own process: W&B's mode is settled per process by whichever test used it first
+    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}
+    p = launch("hf_wandb_script.py", [str(tmp_path / "out.json")], processes=1, env=env, accelerate=False)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    found = json.loads((tmp_path / "out.json").read_text())
+    history = found["history"]
+    assert len(history) == 2  # 4 steps, a log every 2
+    key = "liveness/mlp_post/layer_0/dead_ratio"
+    # transformers' W&B integration names every key of a training log train/<key>
+    rows = [r for r in found["received"] if f"train/{key}" in r]
+    assert len(rows) == 2, found["received"]
+    for row, logged in zip(rows, history, strict=True):
+        assert row[f"train/{key}"] == logged[key] >= len(KILLED[0]) / 256
+        assert row["train/capacity/alive_units"] == logged["capacity/alive_units"] < 2 * 256
