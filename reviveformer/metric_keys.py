@@ -18,6 +18,16 @@ EPOCH = "epoch"
 """The epoch just ended, logged with the epoch end's validation (the row's `train/epoch` is the next one)."""
 STEP = "step"
 """Not a metric: metrics.jsonl's step of each row."""
+TASK_INDEX = "task/index"
+"""The task just ended (0-based int), in the one row a run with a task sequence logs at each task's end; that row
+also holds the task's `liveness/<site>/dead_ratio` and `liveness/<site>/dormant_ratio`."""
+TASK_TRAIN_LOSS = "task/train_loss"
+"""Mean training loss of the task's last log window."""
+TASK_VAL_LOSS = "task/val_loss"
+"""The task's own held-out loss at its end."""
+TASK_WEIGHT_NORM = "task/weight_norm"
+"""The model's weight norm at the task's end."""
+TASK_KEYS = (TASK_INDEX, TASK_TRAIN_LOSS, TASK_VAL_LOSS, TASK_WEIGHT_NORM)
 PLAIN_KEYS = (
     TRAIN_LOSS,
     TRAIN_LR,
@@ -28,6 +38,7 @@ PLAIN_KEYS = (
     VAL_LOSS,
     VAL_PPL,
     EPOCH,
+    *TASK_KEYS,
 )
 
 LIVENESS = "liveness"

@@ -54,11 +54,17 @@ MAX_LABELLED_LAYERS = 16
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Write `fig` as a PNG at `path` (parents created), release its artists, and return the path."""
+def save_figure(fig: Figure, path: str | Path, svg: bool = False) -> Path:
+    """Write `fig` as a PNG at `path` (parents created), with `svg` also as an SVG beside it (same stem),
+    release its artists, and return the PNG's path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI, format="png")
+    if svg:
+        # Text kept as text (not glyph paths), so labels can be searched and edited; no date, so the same
+        # figure writes the same file.
+        with matplotlib.rc_context({"svg.fonttype": "none"}):
+            fig.savefig(path.with_suffix(".svg"), format="svg", metadata={"Date": None})
     fig.clear()  # no pyplot registry to close from; clearing frees the artists at once
     return path
 
@@ -566,7 +572,11 @@ def plot_runs_dead_ratio_per_layer(
 def seed_band(runs: Sequence[Sequence[Mapping[str, Any]]], key: str) -> dict[str, np.ndarray]:
     """Mean and spread over seeds of one metric: at each step logged by any run, the mean, the sample standard
     deviation (NaN where fewer than 2 runs have the step) and n, the number of runs with a value there."""
-    per_run = [dict(zip(*(a.tolist() for a in _series(rows, key)), strict=True)) for rows in runs]
+    return _band([dict(zip(*(a.tolist() for a in _series(rows, key)), strict=True)) for rows in runs])
+
+
+def _band(per_run: Sequence[Mapping[int, float]]) -> dict[str, np.ndarray]:
+    """`seed_band` of series already read: one {x: value} per run ("step" holds the x values)."""
     steps = sorted({s for series in per_run for s in series})
     mean, sd, n = [], [], []
     for step in steps:
@@ -640,6 +650,124 @@ def plot_groups_band_over_training(
 ) -> Path:
     """Save `groups_band_over_training_figure(groups, key, ylabel, title)` as a PNG at `path`."""
     return save_figure(groups_band_over_training_figure(groups, key, ylabel=ylabel, title=title), path)
+
+
+# ------------------------------------------------------------------------------ task sequences
+
+
+def task_ends(rows: Iterable[Mapping[str, Any]]) -> dict[int, dict[str, float]]:
+    """Task index -> the finite numbers of the row logged at that task's end (the row holding `task/index`),
+    by task; a task logged twice (a resumed run logs its end again) keeps its last row."""
+    out: dict[int, dict[str, float]] = {}
+    for row in rows:
+        index = row.get(metric_keys.TASK_INDEX)
+        if isinstance(index, bool) or not isinstance(index, (int, float)) or not math.isfinite(index):
+            continue
+        out[int(index)] = {
+            k: float(v)
+            for k, v in row.items()
+            if not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+        }
+    return dict(sorted(out.items()))
+
+
+def last_half(n_tasks: int) -> range:
+    """The tasks a plasticity number averages over: the last half, k >= n_tasks // 2 (of 5 tasks: 2, 3, 4)."""
+    return range(n_tasks // 2, n_tasks)
+
+
+def _task_series(rows: Sequence[Mapping[str, Any]], key: str) -> dict[int, float]:
+    return {k: row[key] for k, row in task_ends(rows).items() if key in row}
+
+
+def _task_site(runs: Iterable[Sequence[Mapping[str, Any]]], site: str) -> str | None:
+    """`site` when some task end logged its dead ratio, else the first site (registry order) that did."""
+    found = {
+        m[0]
+        for rows in runs
+        for row in task_ends(rows).values()
+        for k in row
+        if (m := metric_keys.parse_dead_ratio_key(k)) is not None and m[1] is None
+    }
+    return site if site in found else next(iter(_site_order(found)), None)
+
+
+def plasticity_figure(
+    groups: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]],
+    site: str = "mlp_post",
+    title: str | None = None,
+) -> Figure:
+    """The plasticity figure of a task sequence: against the task index, the end-of-task training loss (mean
+    of the task's last log window), the task's held-out loss at its end, and the dead ratio of `site` (or of
+    the first site the task ends logged, when they lack it). One line per arm, the mean over its seeds' runs,
+    with a band of mean +- one sample standard deviation; `groups` maps an arm's label to the metric rows of
+    each of its runs (with one run per arm, e.g. a run's own figure: plain lines labelled as given). The last half of the tasks (what the plasticity table averages) is shaded."""
+    site = _task_site((rows for runs in groups.values() for rows in runs), site)
+    panels = [
+        (metric_keys.TASK_TRAIN_LOSS, "end-of-task training loss", "Training loss (last log window)"),
+        (metric_keys.TASK_VAL_LOSS, "held-out loss of the task", "Held-out loss at the task's end"),
+    ]
+    if site is not None:
+        panels.append((metric_keys.dead_ratio_key(site), "dead ratio", f"Dead units: {site}"))
+    bands = {
+        key: {label: _band([_task_series(rows, key) for rows in runs]) for label, runs in groups.items()}
+        for key, _, _ in panels
+    }
+    panels = [p for p in panels if any(len(b["step"]) for b in bands[p[0]].values())]
+    if not panels:
+        raise ValueError(
+            f"no run has task ends ({metric_keys.TASK_INDEX} rows with {metric_keys.TASK_TRAIN_LOSS} or "
+            f"{metric_keys.TASK_VAL_LOSS}; arms: {', '.join(groups) or 'none'})"
+        )
+    single = all(len(runs) == 1 for runs in groups.values())  # one run per line: no mean, no band to explain
+    n_tasks = 1 + max(int(b["step"].max()) for p in panels for b in bands[p[0]].values() if len(b["step"]))
+    fig = Figure(figsize=(4.6 * len(panels), 4.0), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (key, ylabel, panel_title) in zip(axes, panels, strict=True):
+        half = last_half(n_tasks)
+        ax.axvspan(half.start - 0.5, n_tasks - 0.5, color="0.5", alpha=0.1, lw=0)
+        for i, (label, band) in enumerate(bands[key].items()):
+            keep = band["n"] > 0
+            if not keep.any():
+                continue
+            x, m, sd = band["step"][keep], band["mean"][keep], band["sd"][keep]
+            colour = f"C{i % 10}"
+            name = label if single else f"{label} (n={len(groups[label])})"
+            ax.plot(x, m, color=colour, lw=1.8, marker="o", ms=3.5, label=name)
+            spread = np.isfinite(sd)
+            if spread.any():
+                ax.fill_between(x[spread], (m - sd)[spread], (m + sd)[spread], color=colour, alpha=0.2, lw=0)
+        ax.set_xlabel("task")
+        ax.set_ylabel(ylabel)
+        ax.set_title(panel_title, fontsize=11)
+        ax.set_xlim(-0.5, n_tasks - 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=12))
+        if "ratio" in key:
+            _ratio_axis(ax)
+        else:
+            ax.grid(True, alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    # One legend for all panels, below them: the arms are the same in each.
+    fig.legend(
+        handles, labels, loc="outside lower center", ncols=min(len(labels), 5), frameon=False, fontsize=9
+    )
+    fig.suptitle(
+        (title or "Plasticity over the task sequence")
+        + ("\n" if single else "\nline: mean over seeds; band: +- 1 sd; ")
+        + "shaded: the last half of the tasks",
+        fontweight="bold",
+    )
+    return fig
+
+
+def plot_plasticity(
+    groups: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]],
+    path: str | Path,
+    site: str = "mlp_post",
+    title: str | None = None,
+) -> Path:
+    """Save `plasticity_figure(groups, site, title)` as a PNG at `path` and as an SVG beside it."""
+    return save_figure(plasticity_figure(groups, site=site, title=title), path, svg=True)
 
 
 # ------------------------------------------------------------------------------ revival

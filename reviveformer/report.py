@@ -534,6 +534,14 @@ def _run_figures(run: RunData, hists, prefix: str = "fig") -> dict[str, str]:
             "training windows and epoch-end measurements" + marks,
         ),
     }
+    if compare.has_tasks(run):
+        out["tasks"] = _figure(
+            f"{prefix}-tasks",
+            "End-of-task loss and dead ratio against the task",
+            lambda: plots.plasticity_figure({run.name: [rows]}, title="Over the task sequence"),
+            "at each task's end: training loss of its last log window, its held-out loss, the dead ratio; "
+            "shaded: the last half of the tasks",
+        )
     if has_freq:
         out["frequency-heatmap"] = _figure(
             f"{prefix}-frequency-heatmap",
@@ -565,7 +573,7 @@ def run_report_html(run_dir: str | Path) -> str:
     alerts = read_alerts(path)
     summary = compare.summarise(run)
     sites = compare.sites_of(run)
-    figures = list(_run_figures(run, hists).values())
+    figures = _run_figures(run, hists)
 
     val = _last(rows, "val/loss")
     cards = [
@@ -586,12 +594,13 @@ def run_report_html(run_dir: str | Path) -> str:
         "the run's own files (config.yaml, metrics.jsonl, alerts.jsonl, liveness/).</p>",
         _cards(cards),
         "<h2>Training</h2>",
-        figures[0],
+        figures.pop("loss"),
+        *([figures.pop("tasks")] if "tasks" in figures else []),
         "<h2>Neuron liveness</h2>",
         "<p>Dead ratio: units that fired on fewer than <code>liveness.dead_frequency</code> of the observed "
         "tokens, per site and layer. The heatmap, the per-layer ratios and the histograms are of the last "
         "epoch-end measurement (validation split).</p>",
-        *figures[1:],
+        *figures.values(),
     ]
     if run.liveness is None:
         body.append('<p class="missing">No liveness measurement yet.</p>')
@@ -655,10 +664,12 @@ def comparison_html(
     rows: Sequence[Mapping[str, Any]],
     figures: Mapping[str, Path],
     seeds: Mapping[str, Any] | None = None,
+    plasticity: Mapping[str, Any] | None = None,
 ) -> str:
     """The comparison page: the table of `compare.summarise_all` rows, the arms over seeds (mean +- sd and the
-    differences to the reference arm, when `seeds` has them), the comparison figures (PNGs written by
-    `compare.write_figures`, the seed bands among them), then each run's own figures side by side."""
+    differences to the reference arm, when `seeds` has them), the plasticity tables (when the runs have task
+    sequences: `compare.plasticity`'s result), the comparison figures (PNGs written by `compare.write_figures`,
+    the seed bands and the plasticity figure among them), then each run's own figures side by side."""
     headers, cells, numeric = compare.table_cells(rows)
     body = [
         f"<h1>Comparison of {len(runs)} runs</h1>",
@@ -684,6 +695,24 @@ def comparison_html(
                 f"differences with a {_e(PAIRED_METHOD)}. An interval that contains 0 does not tell the arms "
                 "apart at that level.</p>",
                 _table(*compare.difference_cells(seeds["differences"]), table_id="differences"),
+            ]
+    if plasticity:
+        body += [
+            "<h2>Plasticity over the task sequence</h2>",
+            f'<p class="sub">{_e(compare.plasticity_note(plasticity).replace("`", ""))}</p>',
+            _table(*compare.plasticity_arm_cells(plasticity), table_id="plasticity"),
+        ]
+        if plasticity["gaps"]:
+            body += [
+                "<h3>Plasticity gap (trains on - fresh start)</h3>",
+                _table(*compare.plasticity_gap_cells(plasticity), table_id="plasticity-gap"),
+            ]
+        for metric, name in (("train", "end-of-task training loss"), ("val", "held-out loss")):
+            body += [
+                f"<h3>Differences in {name}</h3>",
+                _table(
+                    *compare.plasticity_difference_cells(plasticity, metric), table_id=f"plasticity-{metric}"
+                ),
             ]
     body += [
         "<h2>Runs</h2><ul>"
@@ -719,7 +748,7 @@ def comparison_html(
     ]
     kinds = [
         k
-        for k in ("loss", "dead-over-training", "frequency-heatmap", "dead-per-layer", "histograms")
+        for k in ("loss", "tasks", "dead-over-training", "frequency-heatmap", "dead-per-layer", "histograms")
         if any(k in figs for figs in per_run)
     ]
     for kind in kinds:
@@ -739,5 +768,7 @@ def write_comparison_report(runs: Sequence[RunData], result: Mapping[str, Any], 
     """Write `compare.html` into `out_dir` from a `compare.write_comparison` result; returns its path."""
     return write_html(
         Path(out_dir) / COMPARE_FILE,
-        comparison_html(runs, result["rows"], result["figures"], result.get("seeds")),
+        comparison_html(
+            runs, result["rows"], result["figures"], result.get("seeds"), result.get("plasticity")
+        ),
     )

@@ -1,5 +1,6 @@
-"""Statistics over seeds: mean and sample standard deviation, the Student-t quantile, and Welch's t interval
-for the difference of two means, and the paired t interval for runs matched by seed.
+"""Statistics over seeds: mean and sample standard deviation, the Student-t quantile, Welch's t interval for
+the difference of two means, the paired t interval for runs matched by seed, and Fieller's interval for a
+ratio of paired means.
 
 Written here rather than taken from scipy (not a dependency): the t quantile is the inverse of the t CDF,
 which is a regularised incomplete beta function, evaluated by its continued fraction (Numerical Recipes,
@@ -15,6 +16,10 @@ from dataclasses import dataclass
 
 WELCH_METHOD = "Welch t interval (two-sided, Welch-Satterthwaite degrees of freedom)"
 PAIRED_METHOD = "paired t interval over the seeds both arms ran (two-sided, n - 1 degrees of freedom)"
+FIELLER_METHOD = (
+    "Fieller interval of a ratio of paired means: the fractions r for which the paired t interval of "
+    "a - r b contains 0 (two-sided, n - 1 degrees of freedom)"
+)
 
 
 def mean_sd(values: Sequence[float]) -> tuple[float, float | None, int]:
@@ -137,3 +142,32 @@ def paired_interval(a: Sequence[float], b: Sequence[float], confidence: float = 
     se = sd / math.sqrt(n)
     half = t_quantile(0.5 + confidence / 2.0, n - 1) * se if se else 0.0
     return Difference(mean, mean - half, mean + half, se, float(n - 1), confidence, PAIRED_METHOD)
+
+
+def paired_ratio_interval(
+    a: Sequence[float], b: Sequence[float], confidence: float = 0.95
+) -> tuple[float, float] | None:
+    """Fieller's interval for mean(a) / mean(b) from pairs (a_i, b_i) (Fieller 1954, "Some problems in
+    interval estimation", JRSS B 16): every r for which the paired t interval of a_i - r b_i contains 0, i.e. A r^2 - 2 B r + C <= 0 with q = t^2 / n,
+    A = mean(b)^2 - q s_bb, B = mean(a) mean(b) - q s_ab, C = mean(a)^2 - q s_aa (s: sample covariances).
+    None for fewer than 2 pairs, or when that set is not a bounded interval (A <= 0: mean(b) is not told apart
+    from 0 at this level, so the ratio may be anything)."""
+    if len(a) != len(b):
+        raise ValueError(f"paired_ratio_interval needs pairs: {len(a)} values against {len(b)}")
+    n = len(a)
+    if n < 2:
+        return None
+    ma, mb = math.fsum(a) / n, math.fsum(b) / n
+
+    def cov(x: Sequence[float], mx: float, y: Sequence[float], my: float) -> float:
+        return math.fsum((u - mx) * (v - my) for u, v in zip(x, y, strict=True)) / (n - 1)
+
+    q = t_quantile(0.5 + confidence / 2.0, n - 1) ** 2 / n
+    big_a = mb * mb - q * cov(b, mb, b, mb)
+    big_b = ma * mb - q * cov(a, ma, b, mb)
+    big_c = ma * ma - q * cov(a, ma, a, ma)
+    if big_a <= 0:
+        return None
+    # >= 0 whenever A > 0 (the quadratic is -q var(a - r b) <= 0 at r = mean(a) / mean(b)); max() for rounding
+    half = math.sqrt(max(big_b * big_b - big_a * big_c, 0.0))
+    return (big_b - half) / big_a, (big_b + half) / big_a

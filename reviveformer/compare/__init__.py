@@ -9,9 +9,9 @@ One module per job, each importing only the ones above it:
 - `runs`: reading runs (run directories, W&B groups) into `RunData`;
 - `summary`: one table row per run;
 - `seeds`: runs that differ only in `train.seed` grouped into arms, their mean and sd, the differences to the
-  reference arm (the statistics are `reviveformer.stats`);
+  reference arm, and over task sequences the plasticity numbers (the statistics are `reviveformer.stats`);
 - `tables`: the rows as cells, Markdown and console text;
-- `outputs`: compare.md, compare.json, seeds.json and the figures.
+- `outputs`: compare.md, compare.json, seeds.json, plasticity.json and the figures.
 
 Callers import from `reviveformer.compare`; the names below are its interface.
 
@@ -23,9 +23,11 @@ from __future__ import annotations
 from reviveformer.compare.outputs import (
     compare_runs,
     incomplete_note,
+    plasticity_note,
     write_band_figures,
     write_comparison,
     write_figures,
+    write_plasticity_figure,
 )
 from reviveformer.compare.runs import (
     WANDB_HINT,
@@ -43,6 +45,7 @@ from reviveformer.compare.seeds import (
     differences,
     group_row,
     group_seeds,
+    plasticity,
     reference_group,
     seed_runs,
     seed_summary,
@@ -50,16 +53,22 @@ from reviveformer.compare.seeds import (
 )
 from reviveformer.compare.summary import (
     DEFAULT_ACTIVATION,
+    TASK_COLUMNS,
     arm_of,
+    has_tasks,
     site_dead_ratio,
     sites_of,
     summarise,
     summarise_all,
+    task_numbers,
 )
 from reviveformer.compare.tables import (
     MISSING,
     difference_cells,
     group_cells,
+    plasticity_arm_cells,
+    plasticity_difference_cells,
+    plasticity_gap_cells,
     render_markdown,
     render_text,
     table_cells,
@@ -68,6 +77,7 @@ from reviveformer.compare.tables import (
 __all__ = [
     "DEFAULT_ACTIVATION",
     "MISSING",
+    "TASK_COLUMNS",
     "WANDB_HINT",
     "RunData",
     "SeedGroup",
@@ -80,10 +90,16 @@ __all__ = [
     "group_cells",
     "group_row",
     "group_seeds",
+    "has_tasks",
     "incomplete_note",
     "liveness_from_rows",
     "load_run",
     "load_runs",
+    "plasticity",
+    "plasticity_arm_cells",
+    "plasticity_difference_cells",
+    "plasticity_gap_cells",
+    "plasticity_note",
     "reference_group",
     "render_markdown",
     "render_text",
@@ -96,8 +112,10 @@ __all__ = [
     "summarise",
     "summarise_all",
     "table_cells",
+    "task_numbers",
     "unique_names",
     "write_band_figures",
     "write_comparison",
     "write_figures",
+    "write_plasticity_figure",
 ]

@@ -10,7 +10,7 @@ from typing import Any
 
 from reviveformer import metric_keys, plots
 from reviveformer.compare.runs import RunData, _number, load_runs
-from reviveformer.compare.seeds import SeedGroup, group_seeds, seed_runs, seed_summary
+from reviveformer.compare.seeds import SeedGroup, group_seeds, plasticity, seed_runs, seed_summary
 from reviveformer.compare.summary import _site_order, sites_of, summarise_all
 from reviveformer.compare.tables import (
     MISSING,
@@ -18,6 +18,9 @@ from reviveformer.compare.tables import (
     _text,
     difference_cells,
     group_cells,
+    plasticity_arm_cells,
+    plasticity_difference_cells,
+    plasticity_gap_cells,
     render_markdown,
     render_text,
 )
@@ -95,6 +98,63 @@ def write_band_figures(groups: Sequence[SeedGroup], out_dir: Path) -> dict[str, 
     return figures
 
 
+def write_plasticity_figure(groups: Sequence[SeedGroup], out_dir: Path) -> dict[str, Path]:
+    """The plasticity figure of the arms whose runs have task ends (`plasticity.png` and `.svg`): end-of-task
+    training and held-out loss and the mlp_post dead ratio against the task index, one line per arm with a band
+    of +- 1 sd over its seeds. Returns {figure name: PNG path}."""
+    tasked = {
+        g.label: [[_finite_row(row) for row in r.metrics] for r in g.runs]
+        for g in groups
+        if any(_number(row.get(metric_keys.TASK_INDEX)) is not None for r in g.runs for row in r.metrics)
+    }
+    if not tasked:
+        return {}
+    return {
+        "plasticity: end-of-task loss and dead ratio against the task": plots.plot_plasticity(
+            tasked, out_dir / "plasticity.png"
+        )
+    }
+
+
+def plasticity_note(p: Mapping[str, Any]) -> str:
+    """What the plasticity tables hold and how their numbers were computed."""
+    pct = f"{p['confidence']:.0%}"
+    return (
+        f"Metric: {p['metric']}; per arm the mean ± the sample standard deviation over its seeds. Differences "
+        "are arm minus the reference arm of the same settings but the revival method (trains on: "
+        "revival.method none; fresh start: fresh_start), paired by seed, with a "
+        f"{pct} {p['method']}. The plasticity gap is trains on minus fresh start: what a method could "
+        "recover at most. Recovered fraction of the gap: mean(trains on - arm) / mean(trains on - fresh start) "
+        f"over the seeds all three ran (100%: as a fresh start; 0%: as training on), with a {pct} "
+        f"{p['recovered_method']}, a = trains on - arm and b = trains on - fresh start; `unbounded` where the gap itself is not told apart from 0 at that level. "
+        f"`{MISSING}`: no such reference arm, or fewer than 2 seeds for an interval."
+    )
+
+
+def _plasticity_markdown(p: Mapping[str, Any]) -> list[str]:
+    lines = ["## Plasticity over the task sequence", "", _markdown(*plasticity_arm_cells(p)), ""]
+    if p["gaps"]:
+        lines += ["### Plasticity gap (trains on - fresh start)", "", _markdown(*plasticity_gap_cells(p)), ""]
+    for metric, name in (("train", "end-of-task training loss"), ("val", "held-out loss")):
+        lines += [f"### Differences in {name}", "", _markdown(*plasticity_difference_cells(p, metric)), ""]
+    return [*lines, plasticity_note(p), ""]
+
+
+def _plasticity_text(p: Mapping[str, Any]) -> str:
+    text = "\n\nplasticity, mean end-of-task loss over the last half of the tasks (mean ± sd):\n" + _text(
+        *plasticity_arm_cells(p)
+    )
+    if p["gaps"]:
+        text += "\n\nplasticity gap (trains on - fresh start, paired t intervals):\n" + _text(
+            *plasticity_gap_cells(p)
+        )
+    for metric, name in (("train", "end-of-task training loss"), ("val", "held-out loss")):
+        text += f"\n\n{name}, paired differences and recovered fraction of the gap:\n" + _text(
+            *plasticity_difference_cells(p, metric)
+        )
+    return text
+
+
 def incomplete_note(runs: Sequence[RunData], seeds: Mapping[str, Any] | None) -> str:
     """The sentence under the table that names the runs that did not finish and says how they were counted."""
     names = ", ".join(
@@ -117,6 +177,7 @@ def _markdown_report(
     figures: Mapping[str, Path],
     out_dir: Path,
     seeds: Mapping[str, Any] | None = None,
+    plasticity_result: Mapping[str, Any] | None = None,
 ) -> str:
     lines = [
         "# Run comparison",
@@ -156,6 +217,8 @@ def _markdown_report(
                 "that level; `-`: fewer than 2 seeds (pairs) on a side.",
                 "",
             ]
+    if plasticity_result:
+        lines += _plasticity_markdown(plasticity_result)
     lines += ["## Runs", ""]
     lines += [f"- **{run.name}**: `{run.source}`" for run in runs]
     if figures:
@@ -177,14 +240,20 @@ def write_comparison(
     Runs that did not finish are marked in the table and left out of the seed statistics unless
     `include_incomplete`.
 
+    When runs have task sequences (`task/index` rows) also plasticity.json (`seeds.plasticity`: the last-half
+    end-of-task losses per arm, the paired differences to the trains-on and fresh-start arms, the plasticity gap
+    and the recovered fraction of it) and the plasticity figure.
+
     Returns {"rows", "markdown" (path), "json" (path), "figures" ({name: path}), "text" (console table),
-    "seeds" (the seed summary or None)}.
+    "seeds" (the seed summary or None), "plasticity" (`seeds.plasticity`'s result or None)}.
     """
     if not runs:
         raise UserError("nothing to compare: no runs given")
     rows = summarise_all(runs)
     # Before anything is written: a bad --baseline or a file in the way of out_dir writes nothing.
     seeds = seed_summary(runs, rows, baseline, include_incomplete)
+    groups = group_seeds(*seed_runs(runs, rows, include_incomplete))
+    tasks = plasticity(groups)
     out = check_out_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures = write_figures(runs, out)
@@ -192,7 +261,7 @@ def write_comparison(
     if any(not run.complete for run in runs):
         text += "\n\n" + incomplete_note(runs, seeds).replace("**", "")
     if seeds:
-        figures.update(write_band_figures(group_seeds(*seed_runs(runs, rows, include_incomplete)), out))
+        figures.update(write_band_figures(groups, out))
         (out / "seeds.json").write_text(json.dumps(seeds, indent=1, allow_nan=False) + "\n", encoding="utf-8")
         text += "\n\narms over seeds (mean ± sd):\n" + _text(*group_cells(seeds["groups"]))
         if seeds["differences"]:
@@ -200,8 +269,14 @@ def write_comparison(
                 f"\n\nfinal val loss, difference to {seeds['reference']} (Welch and paired t intervals):\n"
                 + _text(*difference_cells(seeds["differences"]))
             )
+    if tasks:
+        figures.update(write_plasticity_figure(groups, out))
+        (out / "plasticity.json").write_text(
+            json.dumps(tasks, indent=1, allow_nan=False) + "\n", encoding="utf-8"
+        )
+        text += _plasticity_text(tasks)
     md_path, json_path = out / "compare.md", out / "compare.json"
-    md_path.write_text(_markdown_report(runs, rows, figures, out, seeds), encoding="utf-8")
+    md_path.write_text(_markdown_report(runs, rows, figures, out, seeds, tasks), encoding="utf-8")
     json_path.write_text(json.dumps(rows, indent=1, allow_nan=False) + "\n", encoding="utf-8")
     return {
         "rows": rows,
@@ -210,6 +285,7 @@ def write_comparison(
         "figures": figures,
         "text": text,
         "seeds": seeds,
+        "plasticity": tasks,
     }
 
 

@@ -4,19 +4,22 @@ and each arm's difference to the reference arm (the statistics themselves are `r
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from reviveformer.compare.runs import RunData, _dedupe, _number
-from reviveformer.compare.summary import _get
+from reviveformer.compare.summary import TASK_TRAIN_LAST_HALF, TASK_VAL_LAST_HALF, TASKS, _get
 from reviveformer.errors import UserError
 from reviveformer.stats import (
+    FIELLER_METHOD,
     PAIRED_METHOD,
     WELCH_METHOD,
     Difference,
     mean_sd,
     paired_interval,
+    paired_ratio_interval,
     welch_interval,
 )
 
@@ -123,7 +126,8 @@ def group_row(group: SeedGroup, sites: Sequence[str]) -> dict[str, Any]:
         "seeds": group.seeds,
         "activation": group.rows[0].get("activation"),
     }
-    for key in (*_GROUPED[:2], *(f"dead_ratio/{s}" for s in sites), *_GROUPED[2:]):
+    tasks = [k for k in (TASK_TRAIN_LAST_HALF, TASK_VAL_LAST_HALF) if k in group.rows[0]]
+    for key in (*_GROUPED[:2], *tasks, *(f"dead_ratio/{s}" for s in sites), *_GROUPED[2:]):
         values = group.values(key)
         if values:
             mean, sd, n = mean_sd(values)
@@ -223,4 +227,127 @@ def seed_summary(
         "differences": differences(groups, reference),
         "method": WELCH_METHOD,
         "incomplete": {"runs": incomplete, "included": include_incomplete},
+    }
+
+
+# ---------------------------------------------------------------------------------------------- plasticity
+
+TRAINS_ON = "none"
+"""The revival.method of the arm that trains on through the tasks."""
+FRESH_START = "fresh_start"
+"""The revival.method of the arm that re-initialises the model at every task: the ceiling."""
+PLASTICITY_METRIC = (
+    "mean end-of-task loss over the last half of the tasks (tasks k >= n_tasks // 2): training loss of each "
+    "task's last log window, and the task's held-out loss at its end"
+)
+_TASK_METRICS = {"train": TASK_TRAIN_LAST_HALF, "val": TASK_VAL_LAST_HALF}
+
+
+def _method(group: SeedGroup) -> str | None:
+    method = _get(group.runs[0].config, "revival", "method")
+    return str(method) if method else None
+
+
+def _without_revival(group: SeedGroup) -> str:
+    """The group's settings but the revival method's (revival.*, and wandb.job_type, which names the arm):
+    a method arm is compared to the trains-on and fresh-start arms of the same model, data and training."""
+    st = settings(group.runs[0].config)
+    kept = {k: v for k, v in st.items() if not k.startswith("revival.") and k != "wandb.job_type"}
+    return json.dumps(kept, sort_keys=True, default=str)
+
+
+def _paired(a: SeedGroup, b: SeedGroup, key: str, confidence: float) -> dict[str, Any]:
+    """a - b over the seeds both ran: {"n", "diff", "low", "high"} (no interval for fewer than 2 seeds)."""
+    va, vb = a.values_by_seed(key), b.values_by_seed(key)
+    shared = [s for s in va if s in vb]
+    p = paired_interval([va[s] for s in shared], [vb[s] for s in shared], confidence)
+    diff = p.diff if p else (va[shared[0]] - vb[shared[0]] if shared else None)
+    return {"n": len(shared), "diff": diff, "low": p.low if p else None, "high": p.high if p else None}
+
+
+def _recovered(
+    arm: SeedGroup, none: SeedGroup, fresh: SeedGroup, key: str, confidence: float
+) -> dict[str, Any]:
+    """The fraction of the plasticity gap the arm recovers, over the seeds all three ran: mean(none - arm) /
+    mean(none - fresh start) (1: as good as a fresh start, 0: as the arm that trains on), with Fieller's interval
+    (None for fewer than 2 seeds, or unbounded when the gap is not told apart from 0)."""
+    va, vn, vf = arm.values_by_seed(key), none.values_by_seed(key), fresh.values_by_seed(key)
+    shared = [s for s in va if s in vn and s in vf]
+    recovered = [vn[s] - va[s] for s in shared]
+    gap = [vn[s] - vf[s] for s in shared]
+    mean_gap = math.fsum(gap) / len(gap) if gap else 0.0
+    fraction = math.fsum(recovered) / len(recovered) / mean_gap if mean_gap else None
+    interval = paired_ratio_interval(recovered, gap, confidence)
+    return {
+        "n": len(shared),
+        "fraction": fraction,
+        "low": interval[0] if interval else None,
+        "high": interval[1] if interval else None,
+        "bounded": interval is not None,
+    }
+
+
+def plasticity(groups: Sequence[SeedGroup], confidence: float = 0.95) -> dict[str, Any] | None:
+    """The plasticity numbers of the arms with task sequences, None when no run has task ends.
+
+    Per arm (`"arms"`): its revival method, n, seeds, the tasks its runs ended, and for `train` and `val` (the
+    last-half means of `PLASTICITY_METRIC`) the mean and sd over seeds; the paired difference (by seed) to the
+    trains-on arm (`"to_none"`, revival.method none) and to the fresh-start arm (`"to_fresh_start"`) of the same
+    settings but the revival method, with its paired t interval; and `"recovered"`: the fraction of the gap
+    recovered, with Fieller's interval. `"gaps"`: per pair of trains-on and fresh-start arms, the plasticity gap
+    (trains on - fresh start) with its paired interval. A difference is None when its reference arm is not
+    among the runs."""
+    tasked = [g for g in groups if any(row.get(TASKS) for row in g.rows)]
+    if not tasked:
+        return None
+    refs: dict[str, dict[str, SeedGroup]] = {TRAINS_ON: {}, FRESH_START: {}}
+    for g in tasked:
+        if (method := _method(g)) in refs:
+            refs[method].setdefault(_without_revival(g), g)
+    arms = []
+    for g in tasked:
+        none = refs[TRAINS_ON].get(_without_revival(g))
+        fresh = refs[FRESH_START].get(_without_revival(g))
+        arm: dict[str, Any] = {
+            "arm": g.label,
+            "method": _method(g),
+            "n": len(g.runs),
+            "seeds": g.seeds,
+            "tasks": sorted({row[TASKS] for row in g.rows if row.get(TASKS) is not None}),
+        }
+        for name, key in _TASK_METRICS.items():
+            values = g.values(key)
+            mean, sd, n = mean_sd(values) if values else (None, None, 0)
+            arm[name] = {"mean": mean, "sd": sd, "n": n}
+        for field, ref in (("to_none", none), ("to_fresh_start", fresh)):
+            arm[field] = (
+                None
+                if ref is None or ref is g
+                else {
+                    "reference": ref.label,
+                    **{n: _paired(g, ref, k, confidence) for n, k in _TASK_METRICS.items()},
+                }
+            )
+        arm["recovered"] = (
+            None
+            if none is None or fresh is None or g in (none, fresh)
+            else {n: _recovered(g, none, fresh, k, confidence) for n, k in _TASK_METRICS.items()}
+        )
+        arms.append(arm)
+    gaps = [
+        {
+            "none": none.label,
+            "fresh_start": fresh.label,
+            **{n: _paired(none, fresh, k, confidence) for n, k in _TASK_METRICS.items()},
+        }
+        for base, none in refs[TRAINS_ON].items()
+        if (fresh := refs[FRESH_START].get(base)) is not None
+    ]
+    return {
+        "metric": PLASTICITY_METRIC,
+        "confidence": confidence,
+        "method": PAIRED_METHOD,
+        "recovered_method": FIELLER_METHOD,
+        "arms": arms,
+        "gaps": gaps,
     }

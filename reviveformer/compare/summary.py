@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from reviveformer import metric_keys
+from reviveformer import metric_keys, plots
 from reviveformer.compare.runs import RunData, _number
 from reviveformer.plugins import names_code
 from reviveformer.sites import site_order
@@ -15,6 +16,12 @@ from reviveformer.sites import site_order
 DEFAULT_ACTIVATION = "gelu_new"
 # The status cell of a W&B run: its run folder's status.json is not read from W&B.
 UNKNOWN_STATUS = "unknown (W&B)"
+# Columns of runs with a task sequence: the tasks ended, and the mean end-of-task training loss and held-out loss
+# over the last half of them (plots.last_half), the plasticity metric.
+TASKS = "tasks"
+TASK_TRAIN_LAST_HALF = "task_train_loss_last_half"
+TASK_VAL_LAST_HALF = "task_val_loss_last_half"
+TASK_COLUMNS = (TASKS, TASK_TRAIN_LAST_HALF, TASK_VAL_LAST_HALF)
 
 
 def _series(rows: Iterable[Mapping[str, Any]], key: str) -> list[tuple[int, float]]:
@@ -100,6 +107,28 @@ def site_dead_ratio(run: RunData, site: str) -> float | None:
     return sum(ratios) / len(ratios) if ratios else None
 
 
+def has_tasks(run: RunData) -> bool:
+    """Whether the run logged the end of a task (a `task/index` row)."""
+    return any(_number(row.get(metric_keys.TASK_INDEX)) is not None for row in run.metrics)
+
+
+def task_numbers(run: RunData) -> dict[str, Any]:
+    """The task columns of a run: `tasks` (the tasks it ended: the highest task index + 1), and the mean of
+    `task/train_loss` and of `task/val_loss` over the last half of them; a mean is None when a task of that half
+    lacks the value (a mean over fewer tasks would not be the same metric)."""
+    ends = plots.task_ends(run.metrics)
+    n_tasks = max(ends) + 1 if ends else 0
+    row: dict[str, Any] = {TASKS: n_tasks}
+    half = plots.last_half(n_tasks)
+    for column, key in (
+        (TASK_TRAIN_LAST_HALF, metric_keys.TASK_TRAIN_LOSS),
+        (TASK_VAL_LAST_HALF, metric_keys.TASK_VAL_LOSS),
+    ):
+        values = [ends[k][key] for k in half if key in ends.get(k, {})]
+        row[column] = math.fsum(values) / len(values) if values and len(values) == len(half) else None
+    return row
+
+
 def _capacity(run: RunData, key: str) -> float | None:
     # The metric at the highest step is logged after any revival at that step, so it counts newly pruned
     # weights; the liveness file is written before revival, so it is only the fallback.
@@ -108,13 +137,14 @@ def _capacity(run: RunData, key: str) -> float | None:
     return _number(((run.liveness or {}).get("capacity") or {}).get(key))
 
 
-def summarise(run: RunData, sites: Sequence[str] | None = None) -> dict[str, Any]:
+def summarise(run: RunData, sites: Sequence[str] | None = None, tasks: bool | None = None) -> dict[str, Any]:
     """One row of the comparison table; a value the run does not have is None.
 
     Keys: run, status (status.json's state and step, `legacy (...)` for a folder without one), complete (the
-    run reached its planned end; None for a W&B run: not known), arm, activation, final_val_loss, best_val_loss, `dead_ratio/<site>` for each site (`sites`,
-    default the run's own), alive_fraction, effective_params, effective_param_fraction, revived_units
-    (summed over revivals), pruned_weights (last revival/pruned_total), tokens_per_s (median).
+    run reached its planned end; None for a W&B run: not known), arm, activation, final_val_loss, best_val_loss,
+    with `tasks` (default: when the run has task ends) the `TASK_COLUMNS` (`task_numbers`), `dead_ratio/<site>`
+    for each site (`sites`, default the run's own), alive_fraction, effective_params, effective_param_fraction,
+    revived_units (summed over revivals), pruned_weights (last revival/pruned_total), tokens_per_s (median).
     """
     val = [v for _, v in _series(run.metrics, "val/loss")]
     revived = _series(run.metrics, metric_keys.revival_key("revived_units"))
@@ -131,6 +161,8 @@ def summarise(run: RunData, sites: Sequence[str] | None = None) -> dict[str, Any
         "final_val_loss": val[-1] if val else None,
         "best_val_loss": min(val) if val else None,
     }
+    if has_tasks(run) if tasks is None else tasks:
+        row.update(task_numbers(run) if has_tasks(run) else dict.fromkeys(TASK_COLUMNS))
     for site in sites_of(run) if sites is None else sites:
         row[f"dead_ratio/{site}"] = site_dead_ratio(run, site)
     row.update(
@@ -147,6 +179,8 @@ def summarise(run: RunData, sites: Sequence[str] | None = None) -> dict[str, Any
 
 
 def summarise_all(runs: Sequence[RunData]) -> list[dict[str, Any]]:
-    """Rows for all runs with the same columns: every site any run has (None where a run lacks it)."""
+    """Rows for all runs with the same columns: every site any run has, and the task columns when any run has
+    task ends (None where a run lacks it)."""
     sites = _site_order({s for run in runs for s in sites_of(run)})
-    return [summarise(run, sites) for run in runs]
+    tasks = any(has_tasks(run) for run in runs)
+    return [summarise(run, sites, tasks) for run in runs]

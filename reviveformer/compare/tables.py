@@ -26,6 +26,9 @@ _COLUMNS: dict[str, tuple[str, Any, bool]] = {
     "activation": ("activation", str, False),
     "final_val_loss": ("final val loss", lambda v: f"{v:.4f}", True),
     "best_val_loss": ("best val loss", lambda v: f"{v:.4f}", True),
+    "tasks": ("tasks", _int, True),
+    "task_train_loss_last_half": ("task loss, last half", lambda v: f"{v:.4f}", True),
+    "task_val_loss_last_half": ("task held-out loss, last half", lambda v: f"{v:.4f}", True),
     "alive_fraction": ("alive MLP", _pct, True),
     "effective_params": ("effective params", _int, True),
     "effective_param_fraction": ("effective %", _pct, True),
@@ -139,3 +142,95 @@ def difference_cells(diffs: Sequence[Mapping[str, Any]]) -> tuple[list[str], lis
             ]
         )
     return headers, cells, [False, True, True, True, True, True, True, True, True]
+
+
+# ---------------------------------------------------------------------------------------------- plasticity
+
+_TASK_METRIC_NAMES = {"train": "training loss", "val": "held-out loss"}
+
+
+def _signed(d: Mapping[str, Any] | None) -> tuple[str, str]:
+    """(difference, interval) cells of a `_paired` result."""
+    if d is None or d["diff"] is None:
+        return MISSING, MISSING
+    interval = MISSING if d["low"] is None else f"[{d['low']:+.4f}, {d['high']:+.4f}]"
+    return f"{d['diff']:+.4f}", interval
+
+
+def plasticity_arm_cells(p: Mapping[str, Any]) -> tuple[list[str], list[list[str]], list[bool]]:
+    """(headers, cells, numeric flags) of the arms of a `plasticity` result: the last-half means, mean +- sd."""
+    headers = ["arm", "method", "n", "tasks", "training loss (mean ± sd)", "held-out loss (mean ± sd)"]
+    cells = [
+        [
+            str(a["arm"]),
+            str(a["method"] or MISSING),
+            str(a["n"]),
+            ", ".join(map(str, a["tasks"])) or MISSING,
+            *(_stat("task_train_loss_last_half", a[m] if a[m]["n"] else None) for m in _TASK_METRIC_NAMES),
+        ]
+        for a in p["arms"]
+    ]
+    return headers, cells, [False, False, True, True, True, True]
+
+
+def plasticity_difference_cells(
+    p: Mapping[str, Any], metric: str
+) -> tuple[list[str], list[list[str]], list[bool]]:
+    """(headers, cells, numeric flags) for one metric (`train` or `val`) of a `plasticity` result: per arm the
+    paired differences to the trains-on and the fresh-start arm, and the fraction of the gap recovered."""
+    pct = f"{p['confidence']:.0%}"
+    headers = [
+        "arm",
+        "minus trains on",
+        f"{pct} interval",
+        "minus fresh start",
+        f"{pct} interval",
+        "recovered fraction of the gap",
+        f"{pct} interval (Fieller)",
+        "paired n",
+    ]
+    cells = []
+    for a in p["arms"]:
+        rec = (a["recovered"] or {}).get(metric)
+        if rec is None or rec["fraction"] is None:
+            fraction, interval = MISSING, MISSING
+        else:
+            fraction = f"{rec['fraction']:.1%}"
+            interval = (
+                f"[{rec['low']:.1%}, {rec['high']:.1%}]"
+                if rec["bounded"]
+                else ("unbounded" if rec["n"] >= 2 else MISSING)
+            )
+        to_none = (a["to_none"] or {}).get(metric)
+        to_fresh = (a["to_fresh_start"] or {}).get(metric)
+        n = max((d["n"] for d in (to_none, to_fresh) if d is not None), default=None)
+        cells.append(
+            [
+                str(a["arm"]),
+                *_signed(to_none),
+                *_signed(to_fresh),
+                fraction,
+                interval,
+                MISSING if n is None else str(n),
+            ]
+        )
+    return headers, cells, [False, *([True] * 7)]
+
+
+def plasticity_gap_cells(p: Mapping[str, Any]) -> tuple[list[str], list[list[str]], list[bool]]:
+    """(headers, cells, numeric flags) of the plasticity gaps (trains on - fresh start) of a `plasticity` result."""
+    pct = f"{p['confidence']:.0%}"
+    headers = ["trains on", "fresh start", "paired n"]
+    for name in _TASK_METRIC_NAMES.values():
+        headers += [f"gap, {name}", f"{pct} interval"]
+    cells = [
+        [
+            str(g["none"]),
+            str(g["fresh_start"]),
+            str(g["train"]["n"]),
+            *_signed(g["train"]),
+            *_signed(g["val"]),
+        ]
+        for g in p["gaps"]
+    ]
+    return headers, cells, [False, False, True, True, True, True, True]
