@@ -183,27 +183,34 @@ def test_cbp_two_processes_stay_identical(tmp_path) -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cbp_step_never_syncs_with_the_host() -> None:
+def test_cbp_step_without_replacement_never_syncs_with_the_host() -> None:
+    """The common step (nothing to replace: n is known on the host) is device work only. A step that
+    replaces units copies their fresh incoming weights from the host (drawn on the CPU, the same on any
+    device)."""
     model = build(gpt2_config(n_embd=64, n_inner=256)).cuda()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    cbp = ContinualBackprop(replacement_rate=0.05, decay_rate=0.9, maturity_threshold=1, seed=0)
+    cbp = ContinualBackprop(replacement_rate=0.05, decay_rate=0.9, maturity_threshold=2, seed=0)
     cbp.attach(model, opt)
     batch = ids(0).cuda()
-    for _ in range(2):  # state created, nothing mature yet
+
+    def one_step() -> None:
         model(input_ids=batch, labels=batch).loss.backward()
         opt.step()
         opt.zero_grad()
-        cbp.after_optimizer_step(model)
+
+    one_step()
     torch.cuda.synchronize()
-    model(input_ids=batch, labels=batch).loss.backward()
-    opt.step()
-    opt.zero_grad()
     torch.cuda.set_sync_debug_mode("error")  # any device-to-host synchronisation now raises
     try:
-        cbp.after_optimizer_step(model)  # 256 mature * 0.05: 12 units replaced
+        cbp.after_optimizer_step(model)  # step 1: state created on the device, no unit mature
+        one_step()
+        cbp.after_optimizer_step(model)  # step 2: ages 2, none above the threshold 2
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert cbp.replaced_total == 12 and cbp.utility[0].device.type == "cuda"
+    assert cbp.replaced_total == 0 and cbp.utility[0].device.type == "cuda"
+    one_step()
+    cbp.after_optimizer_step(model)  # step 3: 256 mature * 0.05 = 12.8 -> 12 replaced
+    assert cbp.replaced_total == 12
 
 
 # ------------------------------------------------------------------------------------- shrink and perturb

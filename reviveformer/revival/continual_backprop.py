@@ -24,7 +24,9 @@ the first forward; a reviver used without it attaches at its first step and scor
 activations: utility unchanged, ages counted). Only training-mode forwards count (not evaluation or liveness
 passes). Utility, ages and the running sums live on the device; n is known on the host without a sync (how
 many units are mature depends only on the step count and the past n, tracked by `_young`/`_mature`), so a step
-with nothing to replace is a few element-wise kernels, and the choice of units is a device topk. A step the
+with nothing to replace is a few element-wise kernels with no host sync, and the choice of units is a device
+topk; a step that replaces units copies their fresh incoming weights from the host (drawn on the CPU so that
+every device draws the same), a small blocking copy on those steps only. A step the
 trainer skips (non-finite) is not seen: its activations count toward the next step's mean.
 
 It acts every step; `revive` (epoch ends, task boundaries) edits nothing and returns its metrics:
@@ -240,7 +242,7 @@ class ContinualBackprop(Reviver):
             age.add_(1)
             n = self._how_many(i)
             if n:
-                corrected = u / (1 - torch.pow(torch.tensor(self.decay_rate, device=device), age.float()))
+                corrected = u / (1 - torch.pow(self.decay_rate, age.float()))
                 ranked = torch.where(age > self.maturity_threshold, corrected, torch.inf)
                 idx = torch.topk(ranked, n, largest=False).indices.sort().values
                 reinitialise_units(mlp, idx, gen, std, self._optimizer)
