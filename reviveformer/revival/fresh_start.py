@@ -48,20 +48,47 @@ def dead_details(model: nn.Module, report: LivenessReport) -> list[dict[str, Any
     return [{"layer": i, "dead_units": dead.get(i, 0)} for i in range(len(mlp_layers(model)))]
 
 
-class FreshStart(Reviver):
-    """Re-initialise every weight and drop all optimizer state at each revival."""
+class WholeModelReviver(Reviver):
+    """A method that edits every parameter at each revival from a fresh init drawn under (seed, revival index):
+    fresh start, shrink and perturb. It keeps the seed and the revival count, and logs the report's dead units
+    per layer beside the event."""
 
-    name = "fresh_start"
-    arm = "fresh_start"
-    Options = None
     acts = "always"
     layer_metrics = ("dead_units",)
-    run_metrics = ("reset_parameters", "count")
 
     def __init__(self, seed: int = 0) -> None:
         super().__init__()
         self.seed = seed
         self.revivals = 0
+
+    def _fresh(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """This revival's fresh init: `fresh_parameters` under `seed * SEED_STRIDE + revivals`."""
+        return fresh_parameters(model, self.seed * SEED_STRIDE + self.revivals)
+
+    def _done(self, details: list[dict[str, Any]], run: dict[str, float]) -> dict[str, float]:
+        """Count the revival; `revive`'s metrics (`run` without `count`)."""
+        self.revivals += 1
+        self._details = details
+        return self._metrics(details, {**run, "count": self.revivals})
+
+    def state_dict(self) -> dict[str, Any]:
+        """The seed and the revival count (which seeds the next draw)."""
+        return {"method": self.name, "seed": self.seed, "revivals": self.revivals}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict()`."""
+        self._check_method(state)
+        self.seed = int(state["seed"])
+        self.revivals = int(state["revivals"])
+
+
+class FreshStart(WholeModelReviver):
+    """Re-initialise every weight and drop all optimizer state at each revival."""
+
+    name = "fresh_start"
+    arm = "fresh_start"
+    Options = None
+    run_metrics = ("reset_parameters", "count")
 
     @classmethod
     def from_config(cls, options: None, *, seed: int = 0) -> FreshStart:
@@ -73,7 +100,7 @@ class FreshStart(Reviver):
         """Overwrite every parameter with `fresh_parameters(model, seed * SEED_STRIDE + k)` and clear the
         optimizer's state."""
         details = dead_details(model, report)
-        fresh = fresh_parameters(model, self.seed * SEED_STRIDE + self.revivals)
+        fresh = self._fresh(model)
         reset = 0
         for name, param in architecture.unwrap(model).named_parameters():
             if name in fresh:
@@ -83,16 +110,4 @@ class FreshStart(Reviver):
         if opt is not None:
             # torch's AdamW builds a parameter's state afresh (step 0, zero moments) when it has none
             opt.state.clear()
-        self.revivals += 1
-        self._details = details
-        return self._metrics(details, {"reset_parameters": reset, "count": self.revivals})
-
-    def state_dict(self) -> dict[str, Any]:
-        """The seed and the revival count (which seeds the next draw)."""
-        return {"method": self.name, "seed": self.seed, "revivals": self.revivals}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore `state_dict()`."""
-        self._check_method(state)
-        self.seed = int(state["seed"])
-        self.revivals = int(state["revivals"])
+        return self._done(details, {"reset_parameters": reset})

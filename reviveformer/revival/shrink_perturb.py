@@ -31,9 +31,7 @@ from torch import nn
 
 from reviveformer import architecture
 from reviveformer.liveness import LivenessReport
-from reviveformer.revival.base import Reviver
-from reviveformer.revival.fresh_start import dead_details, fresh_parameters
-from reviveformer.revival.reinit import SEED_STRIDE
+from reviveformer.revival.fresh_start import WholeModelReviver, dead_details
 
 
 @dataclass
@@ -55,23 +53,19 @@ class ShrinkPerturbOptions:
             raise ValueError("; ".join(problems))
 
 
-class ShrinkPerturb(Reviver):
+class ShrinkPerturb(WholeModelReviver):
     """Shrink every weight and perturb it with init noise at each revival (Ash & Adams 2020)."""
 
     name = "shrink_perturb"
     arm = "shrink_perturb"
     Options = ShrinkPerturbOptions
-    acts = "always"
-    layer_metrics = ("dead_units",)
     run_metrics = ("weight_norm_before", "weight_norm_after", "count")
 
     def __init__(self, shrink: float = 0.8, perturb: float = 0.01, seed: int = 0) -> None:
-        super().__init__()
+        super().__init__(seed=seed)
         ShrinkPerturbOptions(shrink, perturb)  # the same checks as the config's
         self.shrink = shrink
         self.perturb = perturb
-        self.seed = seed
-        self.revivals = 0
 
     @classmethod
     def from_config(cls, options: ShrinkPerturbOptions, *, seed: int = 0) -> ShrinkPerturb:
@@ -82,30 +76,16 @@ class ShrinkPerturb(Reviver):
     def revive(self, model: nn.Module, report: LivenessReport, optimizer: Any) -> dict[str, float]:
         """w <- shrink * w + perturb * n for every parameter; the optimizer state is kept."""
         details = dead_details(model, report)
-        noise = fresh_parameters(model, self.seed * SEED_STRIDE + self.revivals)
+        noise = self._fresh(model)
         before = after = 0.0
         for name, param in architecture.unwrap(model).named_parameters():
             if name not in noise:  # a parameter the HF model does not build (a custom activation's own)
                 continue
             before += float(param.detach().float().pow(2).sum())
-            n = noise[name].to(device=param.device, dtype=param.dtype)
-            param.mul_(self.shrink).add_(n, alpha=self.perturb)
+            param.mul_(self.shrink).add_(
+                noise[name].to(device=param.device, dtype=param.dtype), alpha=self.perturb
+            )
             after += float(param.detach().float().pow(2).sum())
-        self.revivals += 1
-        self._details = details
-        run = {
-            "weight_norm_before": math.sqrt(before),
-            "weight_norm_after": math.sqrt(after),
-            "count": self.revivals,
-        }
-        return self._metrics(details, run)
-
-    def state_dict(self) -> dict[str, Any]:
-        """The seed and the revival count (which seeds the next draw)."""
-        return {"method": self.name, "seed": self.seed, "revivals": self.revivals}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore `state_dict()`."""
-        self._check_method(state)
-        self.seed = int(state["seed"])
-        self.revivals = int(state["revivals"])
+        return self._done(
+            details, {"weight_norm_before": math.sqrt(before), "weight_norm_after": math.sqrt(after)}
+        )
