@@ -9,9 +9,12 @@ where n is that parameter's value in a freshly initialised copy of the model bui
 `seed * SEED_STRIDE + k` (`reviveformer.revival.fresh_start.fresh_parameters`: the model's own init, drawn on
 the CPU, the same on every process). So n has the init's distribution per parameter: normal(0,
 initializer_range) for GPT-2's matrices and embeddings, 1 for a LayerNorm weight, 0 for a bias. shrink=1,
-perturb=0 leaves the model as it is; shrink=0, perturb=1 is a fresh start of the weights. The optimizer state
-is kept (the paper shrinks a warm-started network and trains on with the same optimizer): AdamW's moments are
-those of the weights before the shrink.
+perturb=0 leaves the model as it is; shrink=0, perturb=1 is a fresh start of the weights. This is the
+authors' own procedure (JordanAsh/warm_start, `run.py`: a newly built model is the noise source, "using a
+randomly-initialized model as a noise source respects how different kinds of parameters are often initialized
+differently"; defaults shrink 0.4, perturb 0.1). The optimizer state is kept, so the method changes the weights
+only (the authors build a new optimizer each round; `fresh_start` shows what dropping the state does): AdamW's
+moments are those of the weights before the shrink.
 
 Meant for task boundaries (`revival.every: task`); `revival.every_steps` also drives it.
 
@@ -38,10 +41,10 @@ from reviveformer.revival.fresh_start import WholeModelReviver, dead_details
 class ShrinkPerturbOptions:
     """The config section `revival.shrink_perturb` (Ash & Adams 2020: lambda and the noise scale)."""
 
-    shrink: float = 0.8
-    """lambda: every weight is multiplied by this (in [0, 1])."""
-    perturb: float = 0.01
-    """sigma: the scale of the added noise, a fresh init's value of the weight (>= 0)."""
+    shrink: float = 0.4
+    """lambda: every weight is multiplied by this (in [0, 1]; the authors' code defaults to 0.4)."""
+    perturb: float = 0.1
+    """sigma: the scale of the added noise, a fresh init's value of the weight (>= 0; the authors' code: 0.1)."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -61,7 +64,7 @@ class ShrinkPerturb(WholeModelReviver):
     Options = ShrinkPerturbOptions
     run_metrics = ("weight_norm_before", "weight_norm_after", "count")
 
-    def __init__(self, shrink: float = 0.8, perturb: float = 0.01, seed: int = 0) -> None:
+    def __init__(self, shrink: float = 0.4, perturb: float = 0.1, seed: int = 0) -> None:
         super().__init__(seed=seed)
         ShrinkPerturbOptions(shrink, perturb)  # the same checks as the config's
         self.shrink = shrink
