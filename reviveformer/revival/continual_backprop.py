@@ -53,7 +53,8 @@ from reviveformer.revival.reinit import SEED_STRIDE, reinitialise_units
 
 @dataclass
 class ContinualBackpropOptions:
-    """The config section `revival.continual_backprop` (Dohare et al. 2024's values as defaults)."""
+    """The config section `revival.continual_backprop`. Defaults: the reference code's (`cbp_linear.py`:
+    replacement_rate 1e-4, maturity_threshold 100; `gnt.py`: decay_rate 0.99)."""
 
     replacement_rate: float = 1e-4
     """Fraction of the mature units replaced per optimizer step (accumulated while below one unit)."""
