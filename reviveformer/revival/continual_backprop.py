@@ -16,8 +16,11 @@ The n mature units of lowest bias-corrected utility u / (1 - decay_rate ** age) 
 are replaced: fresh incoming weights normal(0, initializer_range) (the model's init; a gated unit's gate and
 up rows both) drawn on the CPU from a generator seeded by (seed, step), a zero incoming bias, zero outgoing
 weights (the unit starts with no effect on the output), the AdamW state of those entries zeroed, utility 0 and
-age 0 (`reviveformer.revival.reinit.reinitialise_units`, shared with ReDo). The reference also moves the
-replaced unit's mean contribution into the next layer's bias; here, as in `cbp_linear.py`, it does not.
+age 0 (`reviveformer.revival.reinit.reinitialise_units`, shared with ReDo). Two differences from `gnt.py`:
+it also moves the replaced unit's mean contribution into the next layer's bias (here, as in `cbp_linear.py`,
+not), and its Adam keeps a step count per entry, which it resets too; torch's AdamW has one `step` per
+parameter, which is kept (the replaced entries restart from zero moments under the parameter's bias
+correction, as ReDo's do).
 
 The activations are read by forward hooks at `mlp_post` (registered by `attach`, which the builder calls before
 the first forward; a reviver used without it attaches at its first step and scores that step without
