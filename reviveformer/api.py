@@ -9,8 +9,9 @@ from reviveformer.revival import REVIVERS, Reviver, reviver_class
 
 
 def make_reviver(method: str, *, seed: int = 0, **options: Any) -> Reviver:
-    """The revival method `method` ready to use: `synaptic_stripping`, `redo`, `grama` (the built-ins, keys of
-    `reviveformer.revival.REVIVERS`) or a user's own `package.module:Class`, built with its options as keyword
+    """The revival method `method` ready to use: `synaptic_stripping`, `redo`, `grama`, `continual_backprop`,
+    `shrink_perturb`, `l2_init`, `fresh_start` (the built-ins, keys of `reviveformer.revival.REVIVERS`) or a
+    user's own `package.module:Class`, built with its options as keyword
     arguments (e.g. `make_reviver("redo", tau=0.05)`; the method's defaults otherwise) and `seed` for the
     weights it draws.
 
@@ -19,8 +20,10 @@ def make_reviver(method: str, *, seed: int = 0, **options: Any) -> Reviver:
     optimizer, or None when there is none), and returns its `revival/...` metrics. Keep the object for the whole
     run: it remembers the previous revival (units revived since), its pruning masks (persistent stripping: call
     `after_optimizer_step(model)` after each optimizer step) and its gradient window (GraMa: call
-    `before_optimizer_step(model)` before each). An unknown method or option is a ValueError naming the valid
-    ones."""
+    `before_optimizer_step(model)` before each). The methods that act every step (`acts == "step"`: Continual
+    Backprop, L2 toward init) need both step hooks, and Continual Backprop `attach(model, optimizer)` before the
+    first forward (its activation hooks; `close()` removes them). An unknown method or option is a ValueError
+    naming the valid ones."""
     try:
         cls = reviver_class(method)
     except Exception as e:  # ConfigError names the valid methods; a library caller expects a ValueError

@@ -241,6 +241,8 @@ def build_run(cfg: Config, accelerator, run_dir: Path) -> Run:
     monitor = build_monitor(model, cfg.liveness)
     reviver = build_run_reviver(cfg, str(accelerator.distributed_type))
     loader, optimizer = train_loader(data.train, cfg.train), build_optimizer(model, cfg.train)
+    if reviver is not None:  # before the first forward: a per-step method hooks the activations it reads
+        reviver.attach(model, optimizer)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     if len(loader) == 0:  # whole batches, dealt over the processes: none for some of them
         raise UserError(

@@ -341,8 +341,9 @@ class RevivalConfig:
     (`revival_config_class` builds the full section; docs/design.md, Revival)."""
 
     method: str = "none"
-    """none, synaptic_stripping, redo, grama (gradient-magnitude dormancy, Liu et al. 2025), or your own
-    Reviver as package.module:Class (imported only when named here)."""
+    """none, synaptic_stripping, redo, grama (gradient-magnitude dormancy, Liu et al. 2025),
+    continual_backprop (Dohare et al. 2024), shrink_perturb (Ash & Adams 2020), l2_init (Kumar et al. 2023),
+    fresh_start, or your own Reviver as package.module:Class (imported only when named here)."""
     every_steps: int = 0
     """Revive every this many optimizer steps instead of at epoch end (0: epoch end)."""
 

@@ -33,7 +33,15 @@ log = logging.getLogger("reviveformer")
 REPORT_FILE = "report.html"
 COMPARE_FILE = "compare.html"
 HISTOGRAM_FILE = re.compile(r"^activations_epoch_(\d+)\.json$")
-METHOD_NAMES = {"synaptic_stripping": "synaptic stripping", "redo": "ReDo", "grama": "GraMa"}
+METHOD_NAMES = {
+    "synaptic_stripping": "synaptic stripping",
+    "redo": "ReDo",
+    "grama": "GraMa",
+    "continual_backprop": "Continual Backprop",
+    "shrink_perturb": "shrink and perturb",
+    "l2_init": "L2 toward init",
+    "fresh_start": "fresh start",
+}
 """How the console and the pages name the built-in methods; another method (a plug-in) is named as written."""
 
 

@@ -48,6 +48,9 @@ ALLOWED = (
     "revival.synaptic_stripping.strip_bias",
     "revival.redo.tau",
     "revival.grama.tau",
+    "revival.continual_backprop.",  # read at every step; the host's mature count is rebuilt at load
+    "revival.shrink_perturb.",
+    "revival.l2_init.strength",
     "data.cache_dir",
 )
 # Allowed silently: where the output goes and how it is shown.

@@ -133,6 +133,8 @@ class ReviveformerCallback(TrainerCallback):
         self._model = gpt2.unwrap(model)
         self._optimizer = torch_optimizer(optimizer)
         self.monitor = LivenessMonitor(self._model, self.liveness)
+        if self.reviver is not None:
+            self.reviver.attach(self._model, self._optimizer)
         self.alerts = AlertManager(self.alerts_config, [console_sink] if state.is_world_process_zero else [])
 
     def on_step_begin(self, args, state, control, **kwargs):
@@ -207,8 +209,10 @@ class ReviveformerCallback(TrainerCallback):
         return self.reviver.pruned_masks() if self.reviver is not None else None
 
     def close(self) -> None:
-        """Detach the monitor: the model is left exactly as it was given."""
+        """Detach the monitor and the reviver's hooks: the model is left exactly as it was given."""
         self._between_steps.close()
+        if self.reviver is not None:
+            self.reviver.close()
         if self.monitor is not None:
             self.monitor.close()
             self.monitor = None

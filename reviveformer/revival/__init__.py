@@ -1,5 +1,7 @@
 """Neuron revival: synaptic stripping (Whitaker & Whitley 2023), ReDo (Sokar et al. 2023) and GraMa (Liu et al.
-2025), and a user's own `Reviver` named `package.module:Class`.
+2025); the continual-learning methods Continual Backprop (Dohare et al. 2024), shrink and perturb (Ash & Adams
+2020), L2 toward the initial weights (Kumar et al. 2023) and a fresh start (the ceiling); and a user's own
+`Reviver` named `package.module:Class`.
 
 `build_reviver(cfg.revival, seed=cfg.train.seed)` gives the configured `Reviver` (None for method none). A new
 built-in method is one module with a `Reviver` subclass (its `name`, `arm`, `Options` and metric names) and one
@@ -13,12 +15,19 @@ from typing import Any
 from reviveformer.errors import ConfigError
 from reviveformer.plugins import import_spec
 from reviveformer.revival.base import Reviver, check_supported
+from reviveformer.revival.continual_backprop import ContinualBackprop
+from reviveformer.revival.fresh_start import FreshStart
 from reviveformer.revival.grama import GraMa
+from reviveformer.revival.l2_init import L2Init
 from reviveformer.revival.optim import reset_adam_state
 from reviveformer.revival.redo import ReDo
+from reviveformer.revival.shrink_perturb import ShrinkPerturb
 from reviveformer.revival.stripping import SynapticStripping, strip_layer
 
-REVIVERS: dict[str, type[Reviver]] = {cls.name: cls for cls in (SynapticStripping, ReDo, GraMa)}
+REVIVERS: dict[str, type[Reviver]] = {
+    cls.name: cls
+    for cls in (SynapticStripping, ReDo, GraMa, ContinualBackprop, ShrinkPerturb, L2Init, FreshStart)
+}
 # The arm of a run without revival.
 BASELINE_ARM = "baseline"
 # Keys of the revival section shared by every method: a method's section may not take these names.
@@ -93,9 +102,13 @@ def build_reviver(cfg: Any, *, seed: int = 0) -> Reviver | None:
 __all__ = [
     "BASELINE_ARM",
     "REVIVERS",
+    "ContinualBackprop",
+    "FreshStart",
     "GraMa",
+    "L2Init",
     "ReDo",
     "Reviver",
+    "ShrinkPerturb",
     "SynapticStripping",
     "arm_of_method",
     "build_reviver",

@@ -12,6 +12,9 @@ Lifecycle, driven by the trainer:
 3. `after_optimizer_step(model)` after every optimizer step (right after `optimizer.step()`), to keep
    persistently pruned weights at zero.
 4. `state_dict()` / `load_state_dict()` with the checkpoint (masks, previous dead set, counters).
+5. `attach(model, optimizer)` once before training's first forward (the builder; the transformers callback at
+   train begin), for methods that act every step (Continual Backprop reads activations through forward hooks
+   and resets optimizer state between revivals); `close()` removes what it registered.
 
 A method is one class that carries everything the rest of the package asks of it: `name` (the
 `revival.method` value), `arm` (the W&B job_type and comparison label of its runs), `Options` (the dataclass of
@@ -108,6 +111,10 @@ class Reviver(ABC):
     """Names logged per layer (`revival/layer_<i>/<name>`) and summed over layers (`revival/<name>`)."""
     run_metrics: ClassVar[tuple[str, ...]] = ("count",)
     """Names logged once per revival (`revival/<name>`): running totals such as `count`."""
+    acts: ClassVar[str] = "report"
+    """When it edits the model: `report` (`revive` edits the units its report, or its own window, singles out;
+    an empty report edits nothing), `always` (`revive` edits every weight whatever the report: shrink and
+    perturb, fresh start) or `step` (the per-step hooks edit or steer the weights; `revive` only reports)."""
 
     def __init__(self) -> None:
         self._details: list[dict[str, Any]] = []
@@ -147,6 +154,15 @@ class Reviver(ABC):
 
     def after_optimizer_step(self, model: nn.Module) -> None:
         """Re-apply persistent masks after an optimizer step (cheap, in place, no host sync). Default: none."""
+        return None
+
+    def attach(self, model: nn.Module, optimizer: Any) -> None:
+        """Called once before the first training forward with the plain model and its optimizer (None: none).
+        Default: nothing."""
+        return None
+
+    def close(self) -> None:
+        """Remove whatever `attach` registered (hooks). Default: nothing."""
         return None
 
     def pruned_masks(self) -> dict[int, torch.Tensor] | None:
