@@ -154,8 +154,8 @@ def _device():
 
 
 def _trainer_ms_per_step(args, shape, batch: int, compiled: bool, clock: Clock) -> tuple[list[float], int]:
-    """The reviveformer Trainer at the bench's shape (its own stdlib data, tokenized to the same vocabulary,
-    so its model has the same parameters), monitor off: ms/step per log window of `gpu_steps` steps, the first
+    """The reviveformer Trainer at the bench's shape (its own stdlib data, through `_tokenizer_of_size`, so that
+    its model has the same parameters as the other arms'), monitor off: ms/step per log window of `gpu_steps` steps, the first
     window (warm-up, compile) left out; and its parameter count. Its log (`loss.item()`, the metrics) and
     clipping are in its windows, as they are in every real run."""
     from .trainer_arms import run_trainer_arm
@@ -171,7 +171,7 @@ def _trainer_ms_per_step(args, shape, batch: int, compiled: bool, clock: Clock) 
         f"model.n_head={max(1, n_embd // 64)}",
         f"model.n_positions={block}",
         "model.activation=gelu_new",
-        f"data.vocab_size={vocab}",
+        f"data.tokenizer={_tokenizer_of_size(vocab, Path(args.tmp) / 'tokenizer')}",
         f"data.block_size={block}",
         f"data.max_tokens={int(tokens * 1.25) + 50 * block}",  # one epoch holds every step
         f"train.batch_size={batch}",
@@ -183,6 +183,19 @@ def _trainer_ms_per_step(args, shape, batch: int, compiled: bool, clock: Clock) 
     res = run_trainer_arm(arm, Path(args.tmp) / f"trainer-{arm}", steps, extra, clock)
     ms = [batch * block / r * 1000 for r in res["window_rates"]]
     return ms, res["params"]
+
+
+def _tokenizer_of_size(vocab: int, out: Path) -> Path:
+    """A byte-level BPE tokenizer of exactly `vocab` entries, saved in `out`: a few merges learnt from this file,
+    the rest unused added tokens. A BPE trained on the stdlib corpus stops short of GPT-2's 50,257 (about
+    38,000), and the Trainer sizes its model's vocabulary by its tokenizer."""
+    from reviveformer.data import train_bpe_tokenizer
+
+    tok = train_bpe_tokenizer([Path(__file__).read_text()], min(vocab, 512))
+    tok.add_tokens([f"<unused{i}>" for i in range(vocab - len(tok))])
+    assert len(tok) == vocab, (len(tok), vocab)
+    tok.save_pretrained(out)
+    return out
 
 
 def worker_gpu_alone(args) -> dict:
@@ -224,24 +237,30 @@ def worker_gpu_counts(args) -> dict:
 
 
 def run_gpu_alone(args) -> dict:
-    """Every --gpu arm (ALONE_ARMS, or those `args.arms` names) alone in a fresh process per arm and kind (eager,
-    compiled), as in a real run: one model and one compiled graph per process; `args.alone_repeats` times, the
-    arms in turn. First the monitor's counts on this device against counts by hand. Per arm and kind: the
-    median ms/step with its min and max over all chunks, and MFU (`flops_per_token`; the peak by card name)."""
+    """Every --gpu arm (ALONE_ARMS, or those `args.arms` names) alone in a fresh process per arm and kind (compiled
+    first, then eager), as in a real run: one model and one compiled graph per process; `args.alone_repeats`
+    times, the arms in turn. First the monitor's counts on this device against counts by hand. Per arm and kind:
+    the median ms/step with its min and max over all chunks, and MFU (`flops_per_token`; the peak by card name).
+    The figures and the JSON are renewed after every process, so a run cut short keeps what it measured."""
     import torch
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     shape, batch = _gpu_shape(args)
     arms = args.arms.split(",") if args.arms else list(ALONE_ARMS)
     tiny = {"tiny": ""} if args.tiny else {}
-    res: dict = {"device": device, "torch": torch.__version__, "shape": shape, "batch": batch}
-    save = lambda: Path(args.json).write_text(json.dumps(res, indent=1))  # noqa: E731
+    res: dict = {
+        "device": device,
+        "torch": torch.__version__,
+        "shape": shape,
+        "batch": batch,
+        "flops_per_token": "6 N + 12 L T d (PaLM appendix B; N all parameters, the tied embedding once)",
+        "runs": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         res["counts_check"] = run_worker("gpu-counts", tmp, batch=args.batch, **tiny)
         print(f"counts on {device} vs by hand: {res['counts_check']}", flush=True)
-        runs: dict[str, list[dict]] = {f"{kind}/{a}": [] for kind in ("eager", "compiled") for a in arms}
         for rep in range(args.alone_repeats):
-            for kind in ("eager", "compiled"):
+            for kind in ("compiled", "eager"):
                 for arm in arms:
                     kw = {
                         "arms": arm,
@@ -252,34 +271,41 @@ def run_gpu_alone(args) -> dict:
                     }
                     t0 = time.perf_counter()
                     r = run_worker("gpu-alone", tmp, **kw, batch=args.batch, **tiny)
-                    runs[f"{kind}/{arm}"].append(r)
+                    res["runs"].setdefault(f"{kind}/{arm}", []).append(r)
                     print(
                         f"  {kind} {arm}, process {rep + 1} ({time.perf_counter() - t0:.0f} s): ms/step "
                         + " ".join(f"{x:.2f}" for x in r["ms_per_step"]),
                         flush=True,
                     )
-                    res["runs"] = runs
-                    save()
-    peak = next((v for k, v in PEAK_BF16.items() if k in device), None)
-    n_layer, n_embd, block, _ = shape
-    res["flops_per_token"] = "6 N + 12 L T d (PaLM appendix B; N all parameters, the tied embedding once)"
-    for key, rs in runs.items():
+                    _summarize(res)
+                    Path(args.json).write_text(json.dumps(res, indent=1))
+    return res
+
+
+def _summarize(res: dict) -> None:
+    """Per arm and kind in `res["runs"]`: ms/step spread, tokens/s, MFU; the ratios of the issue's targets."""
+    peak = next((v for k, v in PEAK_BF16.items() if k in res["device"]), None)
+    n_layer, n_embd, block, _ = res["shape"]
+    for key, rs in res["runs"].items():
         ms = _spread([x for r in rs for x in r["ms_per_step"]])
         params = rs[0]["params"]
-        rate = batch * block / (ms["median"] / 1000)
+        rate = res["batch"] * block / (ms["median"] / 1000)
         res[f"{key}/ms_per_step"] = ms
         res[f"{key}/params"] = params
         res[f"{key}/tokens_per_s"] = rate
         res[f"{key}/mfu"] = rate * flops_per_token(params, n_layer, n_embd, block) / peak if peak else None
     for kind in ("eager", "compiled"):
-        med = lambda a, kind=kind: res[f"{kind}/{a}/ms_per_step"]["median"] if f"{kind}/{a}" in runs else None  # noqa: E731
-        if med("plain") and med("monitor"):
-            res[f"{kind}/monitor_overhead"] = med("monitor") / med("plain") - 1
-        if med("plain") and med("trainer"):
-            res[f"{kind}/trainer_off_vs_plain"] = med("plain") / med(
-                "trainer"
-            )  # a rate ratio: >= 0.98 the target
-    return res
+        med = {
+            a: res[f"{kind}/{a}/ms_per_step"]["median"] for a in ALONE_ARMS if f"{kind}/{a}" in res["runs"]
+        }
+        if "plain" in med and "monitor" in med:
+            res[f"{kind}/monitor_overhead"] = med["monitor"] / med["plain"] - 1
+        if "plain" in med and "trainer" in med:
+            res[f"{kind}/trainer_off_vs_plain"] = (
+                med["plain"] / med["trainer"]
+            )  # a rate ratio (target >= 0.98)
+        if "plain" in med and "reference" in med:
+            res[f"{kind}/hf_vs_reference"] = med["reference"] / med["plain"]  # HF's rate / the reference's
 
 
 def print_alone(res: dict) -> None:
@@ -295,12 +321,16 @@ def print_alone(res: dict) -> None:
             f"{res[f'{key}/tokens_per_s']:>12,.0f} tokens/s  MFU {'-' if mfu is None else f'{mfu:.1%}'}  "
             f"{res[f'{key}/params']:,} params"
         )
-    for kind in ("eager", "compiled"):
-        if f"{kind}/monitor_overhead" in res:
-            print(f"  {kind}: monitor on vs off {res[f'{kind}/monitor_overhead']:+.2%}", end="")
-        if f"{kind}/trainer_off_vs_plain" in res:
-            print(
-                f", reviveformer step (monitor off) / plain loop {res[f'{kind}/trainer_off_vs_plain']:.3f}",
-                end="",
-            )
-        print()
+    figures = (
+        ("monitor_overhead", "monitor on vs off", "{:+.2%}"),
+        ("trainer_off_vs_plain", "reviveformer step (monitor off) / plain loop, rate", "{:.3f}"),
+        ("hf_vs_reference", "HF GPT-2 / reference GPT, rate", "{:.3f}"),
+    )
+    for kind in ("compiled", "eager"):
+        parts = [
+            f"{name} {fmt.format(res[f'{kind}/{key}'])}"
+            for key, name, fmt in figures
+            if f"{kind}/{key}" in res
+        ]
+        if parts:
+            print(f"  {kind}: " + "; ".join(parts))
