@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -108,3 +110,13 @@ def test_reference_arm_trains_in_the_bench_loop(tmp_path):
 def test_flops_per_token_is_palms_formula():
     # GPT-2 124M at T=1024: 6 N + 12 L T d, by hand
     assert common.flops_per_token(124_439_808, 12, 768, 1024) == 746_638_848 + 113_246_208
+
+
+def test_an_unknown_arm_exits_2_naming_the_valid_ones(tmp_path):
+    p = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench.py"), "--gpu", "--alone", "--tiny", "--arms", "plain,fast"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert p.returncode == 2
+    assert p.stderr.strip() == "--arms=plain,fast: each must be one of plain, monitor, trainer, reference"
+    assert list(tmp_path.iterdir()) == []  # no bench.json half-written

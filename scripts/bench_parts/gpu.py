@@ -155,15 +155,16 @@ def _device():
 
 def _trainer_ms_per_step(args, shape, batch: int, compiled: bool, clock: Clock) -> tuple[list[float], int]:
     """The reviveformer Trainer at the bench's shape (its own stdlib data, through `_tokenizer_of_size`, so that
-    its model has the same parameters as the other arms'), monitor off: ms/step per log window of `gpu_steps` steps, the first
-    window (warm-up, compile) left out; and its parameter count. Its log (`loss.item()`, the metrics) and
+    its model has the same parameters as the other arms'), monitor off, for 1 + `gpu_rounds` chunks of
+    `gpu_steps` steps: ms/step per log window (`gpu_log_every` steps, at most `gpu_steps`), the first window
+    (warm-up, compile) left out; and its parameter count. Its log (`loss.item()`, the metrics) and
     clipping are in its windows, as they are in every real run."""
     from .trainer_arms import run_trainer_arm
 
     n_layer, n_embd, block, vocab = shape
-    steps = (
-        1 + args.gpu_rounds
-    ) * args.gpu_steps  # a log every gpu_steps: a warm-up window, then the timed ones
+    steps = (1 + args.gpu_rounds) * args.gpu_steps
+    # its log as often as the loop arms' (a window needs a log at each end: at most gpu_steps apart)
+    log_every = min(args.gpu_log_every, args.gpu_steps)
     tokens = steps * batch * block
     extra = [
         f"model.n_layer={n_layer}",
@@ -176,7 +177,7 @@ def _trainer_ms_per_step(args, shape, batch: int, compiled: bool, clock: Clock) 
         f"data.max_tokens={int(tokens * 1.25) + 50 * block}",  # one epoch holds every step
         f"train.batch_size={batch}",
         "train.lr=1e-4",
-        f"train.log_every={args.gpu_steps}",
+        f"train.log_every={log_every}",
         "train.eval_batches=1",
     ]
     arm = "compiled-off" if compiled else "off"
