@@ -46,6 +46,9 @@ def test_no_recompiles_after_warmup_with_sampling(measured) -> None:
     # a sampled and an unsampled variant at most, both compiled in the first window (steps 1 and 2)
     assert 1 <= on["graphs_in_warmup"] <= 2
     assert on["recompiles_after_warmup"] == 0 and off["recompiles_after_warmup"] == 0
+    # dynamo's own graph count, window by window, agrees: the warm-up's graphs and not one more
+    assert on["dynamo_unique_graphs"] == [on["graphs_in_warmup"]] * (1 + WINDOWS)
+    assert off["dynamo_unique_graphs"] == [1] * (1 + WINDOWS)
     assert on["kernels_after_warmup"] == 0  # nothing compiled after warm-up, by Inductor's own count either
     assert (
         on["kernels"] > 0 and off["kernels"] > 0

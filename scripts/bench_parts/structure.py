@@ -130,7 +130,12 @@ def _compile_run(shape, batch: int, monitor: bool, sample_every: int, log_every:
                         mon.reset()
                     copies_log.append({k: v - before[k] for k, v in hc.calls.items() if v > before[k]})
                     marks.append(
-                        {"graphs": backend.frame_count, "breaks": _graph_breaks(), "kernels": _kernels()}
+                        {
+                            "graphs": backend.frame_count,
+                            "unique_graphs": torch._dynamo.utils.counters["stats"]["unique_graphs"],
+                            "breaks": _graph_breaks(),
+                            "kernels": _kernels(),
+                        }
                     )
         if mon is not None:
             mon.close()
@@ -141,6 +146,8 @@ def _compile_run(shape, batch: int, monitor: bool, sample_every: int, log_every:
         "kernels": warm["kernels"],
         "kernels_by_warmup_step": kernels_by_step,
         "recompiles_after_warmup": marks[-1]["graphs"] - warm["graphs"],
+        # dynamo's own count of the graphs it made, beside the backend's count of the graphs it was given
+        "dynamo_unique_graphs": [m["unique_graphs"] for m in marks],
         "graph_breaks_after_warmup": marks[-1]["breaks"] - warm["breaks"],
         "kernels_after_warmup": marks[-1]["kernels"] - warm["kernels"],
         "windows_after_warmup": len(marks) - 1,
