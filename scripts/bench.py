@@ -4,7 +4,8 @@
     .venv/bin/python scripts/bench.py --scaling        # eager and compiled overhead at widths 128/256/512, 4 vs 8 layers
     .venv/bin/python scripts/bench.py --gpu            # GPT-2 124M, bf16, on one GPU (<= 8 min on an H100)
     .venv/bin/python scripts/bench.py --gpu --tiny     # the same code at a tiny size, runnable on CPU
-    .venv/bin/python scripts/bench.py --gpu --alone    # plain and monitor arms each alone in its own process
+    .venv/bin/python scripts/bench.py --gpu --alone    # every GPU arm alone in a fresh process (issue 21)
+    .venv/bin/python scripts/bench.py --structure      # graph breaks, recompiles, kernels with/without monitor
 
 Default mode: `--processes` worker processes each run the real trainer in every arm (monitor on, off,
 `liveness.sample_every=4`, `liveness.counting=compiled` (the counting kernel in the eager model; compiled on
@@ -38,8 +39,16 @@ if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_parts.common import RECIPE, _fmt  # noqa: E402
-from bench_parts.gpu import run_gpu, run_gpu_alone, worker_gpu_alone  # noqa: E402
+from bench_parts.gpu import (  # noqa: E402
+    ALONE_ARMS,
+    print_alone,
+    run_gpu,
+    run_gpu_alone,
+    worker_gpu_alone,
+    worker_gpu_counts,
+)
 from bench_parts.scaling import run_scaling  # noqa: E402
+from bench_parts.structure import measure, print_structure  # noqa: E402
 from bench_parts.trainer_arms import (  # noqa: E402
     COMPILED_ARMS,
     TRAIN_ARMS,
@@ -51,7 +60,7 @@ from bench_parts.trainer_arms import (  # noqa: E402
 )
 
 # read by tests/test_bench.py through this module
-__all__ = ["COMPILED_ARMS", "RECIPE", "TRAIN_ARMS", "_overrides"]
+__all__ = ["ALONE_ARMS", "COMPILED_ARMS", "RECIPE", "TRAIN_ARMS", "_overrides"]
 
 
 def main() -> None:
@@ -87,9 +96,18 @@ def main() -> None:
     ap.add_argument(
         "--alone",
         action="store_true",
-        help="--gpu: the plain and monitor arms each alone in a process of its own instead",
+        help=f"--gpu: every arm ({', '.join(ALONE_ARMS)}; --arms to choose) alone in a fresh process per arm "
+        "and kind (eager, compiled) instead",
     )
-    ap.add_argument("--worker", choices=["arms", "peak", "audit", "gpu-alone"])
+    ap.add_argument("--alone-repeats", type=int, default=1, help="--gpu --alone: processes per arm and kind")
+    ap.add_argument(
+        "--structure",
+        action="store_true",
+        help="graph breaks, recompiles, Inductor kernels with and without the monitor, host copies (on CUDA "
+        "if there is one), instead",
+    )
+    ap.add_argument("--worker", choices=["arms", "peak", "audit", "gpu-alone", "gpu-counts"])
+    ap.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)  # a gpu-alone worker's kind
     ap.add_argument("--tmp")
     ap.add_argument("--arms")
     ap.add_argument("--final")
@@ -100,6 +118,7 @@ def main() -> None:
             "peak": worker_peak,
             "audit": worker_audit,
             "gpu-alone": worker_gpu_alone,
+            "gpu-counts": worker_gpu_counts,
         }[args.worker]
         print(json.dumps(worker(args)))
         return
@@ -110,14 +129,15 @@ def main() -> None:
         if not torch.cuda.is_available():
             print("--gpu needs a CUDA device (or --tiny, a small size that runs on CPU)", file=sys.stderr)
             sys.exit(2)
-    if args.gpu and args.alone:
+    if args.arms and not set(args.arms.split(",")) <= set(ALONE_ARMS):
+        print(f"--arms={args.arms}: each must be one of {', '.join(ALONE_ARMS)}", file=sys.stderr)
+        sys.exit(2)
+    if args.structure:
+        res = measure()
+        print_structure(res)
+    elif args.gpu and args.alone:
         res = run_gpu_alone(args)
-        for kind in ("eager", "compiled"):
-            med = res[f"{kind}/ms_per_step"]
-            print(
-                f"{kind}, each arm alone: plain {med['plain']:.2f} ms/step, monitor {med['monitor']:.2f} ms/step, "
-                f"overhead {res[f'{kind}/monitor_overhead']:+.2%}"
-            )
+        print_alone(res)
     elif args.gpu:
         res = run_gpu(args)
         for kind in ("eager", "compiled"):

@@ -115,6 +115,14 @@ def run_worker(kind: str, tmp: str, **kw) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+def flops_per_token(n_params: int, n_layer: int, n_embd: int, block: int) -> int:
+    """Training FLOPs per token, PaLM (Chowdhery et al. 2022) appendix B: 6 N (forward 2N, backward 4N; N every
+    parameter, the tied embedding once, as the LM head's matmul; the position table is a lookup but counted, as
+    the bench always has: 0.6% of N at 124M) plus 12 L T d for the attention scores and their use over the full
+    T x T square (the causal half is not discounted)."""
+    return 6 * n_params + 12 * n_layer * n_embd * block
+
+
 def _fmt(s: dict, kind: str = "pct") -> str:
     f = (lambda v: f"{v:+.2%}") if kind == "pct" else (lambda v: f"{v:.3f}")
     return f"{f(s['median'])} [{f(s['min'])}, {f(s['max'])}]"

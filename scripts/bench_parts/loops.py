@@ -29,7 +29,8 @@ def _gpt2(n_layer: int, n_embd: int, block: int, vocab: int, dev):
 
 
 class LoopArm:
-    """One arm of an in-process loop: its own model (same seed), AdamW, optionally a monitor and compile."""
+    """One arm of an in-process loop: its own model (same seed), AdamW, optionally a monitor and compile. The arm
+    named `reference` trains the bench's own plain PyTorch GPT (reference_gpt.py) at the same shape instead."""
 
     def __init__(
         self,
@@ -46,9 +47,12 @@ class LoopArm:
         from reviveformer.config import LivenessConfig
         from reviveformer.liveness import LivenessMonitor
 
+        from .reference_gpt import reference_gpt
+
         self.name, self.log_every, self.steps, self.bf16 = name, log_every, 0, bf16
         torch.manual_seed(0)
-        self.model = _gpt2(*shape, dev)
+        self.reference = name == "reference"
+        self.model = reference_gpt(*shape, dev) if self.reference else _gpt2(*shape, dev)
         self.monitor = LivenessMonitor(self.model, LivenessConfig(counting=monitor)) if monitor else None
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=dev.type == "cuda")
         self.forward = torch.compile(self.model) if compiled else self.model
@@ -61,7 +65,10 @@ class LoopArm:
         import torch
 
         with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            loss = self.forward(input_ids=ids, labels=ids).loss
+            if self.reference:
+                loss = self.forward(ids, ids)
+            else:  # no KV cache: a training forward never reads it, and it adds outputs to every graph
+                loss = self.forward(input_ids=ids, labels=ids, use_cache=False).loss
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)

@@ -4,6 +4,7 @@ table of targets."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import statistics
 import tempfile
@@ -56,6 +57,7 @@ def run_trainer_arm(arm: str, out: Path, steps: int, extra: list[str], clock: Cl
     peak: dict = {}
 
     def mark(t) -> None:
+        peak.setdefault("params", sum(p.numel() for p in t.model.parameters()))
         marks.append(clock())
         monitor_at.append(MonitorTime.total)
 
@@ -66,6 +68,7 @@ def run_trainer_arm(arm: str, out: Path, steps: int, extra: list[str], clock: Cl
     peak.setdefault("mb", _peak_memory_mb())
     tokens = cfg.train.log_every * cfg.train.batch_size * cfg.data.block_size
     rate, wall = _rates(marks, tokens)
+    window_rates = [tokens / (b[0] - a[0]) for a, b in itertools.pairwise(marks)]
     share = None
     # host time means nothing on CUDA, and counting inside a compiled graph is not timed
     if not clock.cuda and cfg.liveness.enabled and not cfg.train.compile and len(marks) > 1:
@@ -76,6 +79,8 @@ def run_trainer_arm(arm: str, out: Path, steps: int, extra: list[str], clock: Cl
         "monitor_share": share,
         "peak_mb": peak.get("mb"),
         "final": str(out / "final"),
+        "window_rates": window_rates,
+        "params": peak.get("params"),
     }
 
 
