@@ -13,9 +13,15 @@
 #   5. finetune-relu/-gelu  recipes/finetune-revival.yaml from the ReLU quickstart model (runs/quickstart/
 #                        baseline, trained here if missing; seeds 0-2) and from the GELU one of block 3
 #                        (seeds 0-1), each method
+#   6. continual-relu/-gelu  "Does revival pay when the data changes?": recipes/continual-permuted.yaml (8
+#                        permuted-vocabulary tasks), every method at each task boundary, seeds 0-4; ReLU:
+#                        none, fresh_start, synaptic_stripping, redo, grama, continual_backprop,
+#                        shrink_perturb, l2_init; GELU: the same but synaptic_stripping (by |a| no GELU unit
+#                        is ever dead). The two sweeps run side by side (one core each).
 #
-#   bash scripts/study.sh            # trains what is missing, then prints the tables
-#   bash scripts/study.sh --table    # only the tables of what has finished
+#   bash scripts/study.sh               # trains what is missing, then prints the tables
+#   bash scripts/study.sh --table       # only the tables of what has finished
+#   bash scripts/study.sh --continual   # block 6 alone (about 75 runs of 1-3 minutes each on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export TOKENIZERS_PARALLELISM=false
@@ -35,6 +41,29 @@ sweep_seeds() {  # sweep_seeds LAST_SEED sweep-arguments...
     seeds="$seeds,$k"
   done
 }
+
+# 6: continual training (its tables: compare's plasticity section, written by each sweep and by the
+# comparison of both; printed at the end)
+continual() {
+  local c="revival.every=task train.progress=false wandb.mode=offline"
+  local methods="continual_backprop,shrink_perturb,l2_init,redo,grama"
+  # shellcheck disable=SC2086
+  OMP_NUM_THREADS=1 sweep_seeds 4 recipes/continual-permuted.yaml \
+    --grid revival.method=none,fresh_start,synaptic_stripping,$methods --out "$OUT/continual-relu" $c &
+  local relu=$!
+  # shellcheck disable=SC2086
+  OMP_NUM_THREADS=1 sweep_seeds 4 recipes/continual-permuted.yaml model.activation=gelu \
+    --grid revival.method=none,fresh_start,$methods --out "$OUT/continual-gelu" $c
+  wait "$relu"
+  "$RF" compare "$OUT"/continual-relu/*__seed-* "$OUT"/continual-gelu/*__seed-* \
+    --out "$OUT/continual-compare" > /dev/null
+}
+
+if [[ "${1:-}" == "--continual" ]]; then
+  continual
+  cat "$OUT/continual-compare/compare.md"
+  exit 0
+fi
 
 if [[ "${1:-}" != "--table" ]]; then
   # 1 and 2: the dying regime
@@ -81,6 +110,7 @@ if [[ "${1:-}" != "--table" ]]; then
   # shellcheck disable=SC2086
   sweep_seeds 1 recipes/finetune-revival.yaml model.init_from="$OUT/gelu-quickstart/method-none__seed-0/final" \
     data.max_tokens=200000 --grid revival.method=none,redo,grama --out "$OUT/finetune-gelu" $W
+  continual
 fi
 
 # What the sweeps' compare/ tables do not hold: per arm, the revival's own time (the sum of revival/seconds in
