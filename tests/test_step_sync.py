@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from conftest import REPO, tiny_overrides
 from reviveformer.cli import main
@@ -22,31 +21,6 @@ SHORT = {"data.max_tokens": 32 * 8 * 12, "train.epochs": 2, "train.log_every": 4
 # The Tensor methods that copy a value to the host (a sync on an accelerator). On the CPU they cost nothing,
 # so they are counted by name: what a GPU would wait on.
 READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
-
-
-class InfGradOnFifthTrainingCall(nn.Module):
-    """ReLU whose gradient is +inf on its fifth call in training mode (the loss stays finite)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            self.calls += 1
-            if self.calls == 5:
-                return _ReluInfGrad.apply(x)
-        return torch.relu(x)
-
-
-class _ReluInfGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return grad + float("inf")
 
 
 def _trainer(run_dir, corpus, recipe: str = RECIPE, **extra) -> Trainer:
@@ -121,7 +95,7 @@ def _optimizer_state(trainer: Trainer) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize(
-    "activation", ["custom_act:NanOnFifthTrainingCall", "test_step_sync:InfGradOnFifthTrainingCall"]
+    "activation", ["custom_act:NanOnFifthTrainingCall", "custom_act:InfGradOnFifthTrainingCall"]
 )
 def test_a_skipped_step_leaves_weights_and_adamw_state_bit_identical(
     tmp_path, corpus_file, monkeypatch, activation
