@@ -5,7 +5,10 @@ tracking and alerts); `resume` decides where a run continues; the parts under `r
 timing and state. This module calls them at the right moments:
 
 - `train_step`, every micro-batch: forward/backward inside `accelerator.accumulate`; on the step's last one
-  (`sync_gradients`) the non-finite check (`BadSteps`), clip, optimizer step, revival masks, step counter;
+  (`sync_gradients`) clip, the non-finite verdict (`BadSteps`, on the device), optimizer step (a no-op on the
+  device when non-finite), revival masks, step counter: no host sync;
+- `_read`, at the train log, a checkpoint, a revival, an epoch end and the finish: the one host read of what
+  the steps since the last left on the device (non-finite verdicts, the agreed stop vote, the log's values);
 - `_after_step`, once per optimizer step, asks each part whether its moment has come, in a fixed order:
   activation histograms (the monitor's `histogram_every`), the train log with the liveness window and alerts
   (`TrainWindow`, `log_every`), validation (`Validator`, `eval_every`), revival (`RevivalTiming`,
@@ -58,7 +61,7 @@ from reviveformer.loop import (
 from reviveformer.loop.epoch_end import write_json
 from reviveformer.loop.liveness_log import dead_ratios
 from reviveformer.loop.window import reaches_multiple
-from reviveformer.revival import arm_of_method
+from reviveformer.revival import Reviver, arm_of_method
 from reviveformer.summary import Summary, write_final
 from reviveformer.tracking import Tracking
 
@@ -174,6 +177,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- state
     def _state(self) -> dict:
+        self._read()  # a checkpoint holds the position with every skipped step accounted for
         return resume.training_state(
             self.pos, self.batches_per_epoch, self.cfg, self.accelerator, self.monitor, self.reviver, self.alerts,
             stopped_by=self.stopped_by,
@@ -199,6 +203,7 @@ class Trainer:
         """One revival pass (measured on the validation split unless a fresh report is given)."""
         if self.revival is None:
             return {}
+        self._read()  # a reviver that counts steps (GraMa) has its skipped steps taken out before it decides
         # batches_in_epoch is reset when an epoch ends, before its epoch-end work
         pos = self.pos
         when = f"end of epoch {pos.epoch}" if pos.batches_in_epoch == 0 else f"during epoch {pos.epoch + 1}"
@@ -230,7 +235,9 @@ class Trainer:
                 self.tracking.finish()
             if self.monitor is not None:
                 self.monitor.close()
-            for attr in ("model", "optimizer", "scheduler", "train_loader", "val_loader", "checkpointer"):
+            for attr in (
+                "model", "optimizer", "_inner_optimizer", "scheduler", "train_loader", "val_loader", "checkpointer"
+            ):  # fmt: skip
                 self.__dict__.pop(attr, None)
             for part in ("revival", "epoch_end", "run_parts"):  # they hold the model or the optimizer too
                 self.__dict__.pop(part, None)
@@ -257,10 +264,19 @@ class Trainer:
         self.window = TrainWindow(tc.log_every, acc.device)
         self._epoch_t0 = self.window.started
         self._params = [p for p in self.model.parameters() if p.requires_grad]
+        inner = self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
+        self._inner_optimizer = inner
+        self._fused = bool(inner.defaults.get("fused"))
+        # a reviver that reads gradients (GraMa) is shown zeros on a skipped step, not the NaN
+        self._mask_grads = self.reviver is not None and (
+            type(self.reviver).before_optimizer_step is not Reviver.before_optimizer_step
+        )
         self._tokens_per_step = tc.batch_size * self.cfg.data.block_size * tc.grad_accum * acc.num_processes
         stopped_by = None
         self.model.train()
         while stopped_by is None and pos.epoch < tc.epochs:
+            if self.control.stop_now:  # agreed at the last epoch end's read
+                self._preempt()
             if pos.batches_in_epoch < self.batches_per_epoch:
                 if pos.step < self.total_steps:
                     stopped_by = self._train_epoch()
@@ -287,12 +303,12 @@ class Trainer:
         self._step_loss = torch.zeros((), device=self.accelerator.device)
         for batch in loader:
             grad_norm = self.train_step(batch)
-            if grad_norm is not None:  # None: accumulating, or a non-finite step skipped
+            if grad_norm is not None:  # None: accumulating
                 stopped_by = self._after_step(grad_norm)
                 if stopped_by or self.pos.step >= self.total_steps:
                     return stopped_by
-            if self.control.stop_now:  # at a step boundary, every process agreeing
-                return PREEMPTED
+                if self.control.stop_now:  # agreed at a read of this step, by every process
+                    return PREEMPTED
         return None
 
     def _preempt(self) -> None:
@@ -306,8 +322,9 @@ class Trainer:
 
     def train_step(self, batch: dict) -> torch.Tensor | None:
         """One micro-batch: forward and backward; on the step's last micro-batch the optimizer step and the step
-        counter. Returns the step's gradient norm once an optimizer step is taken; None while accumulating or
-        when a non-finite step was skipped."""
+        counter. Returns the step's gradient norm once an optimizer step is taken (a device scalar); None while
+        accumulating. No host sync: a non-finite step is skipped on the device and still counts as a step (its
+        update skipped); its verdict is read at the next `_read`."""
         tc, acc, pos = self.cfg.train, self.accelerator, self.pos
         model, optimizer = self.model, self.optimizer
         if self.monitor is not None:
@@ -324,30 +341,72 @@ class Trainer:
             max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
             grad_norm = acc.clip_grad_norm_(self._params, max_norm)
             mean_loss = self.control.agree(self._step_loss)
-            finite = torch.isfinite(mean_loss)
             # a gradient scaler skips an inf-gradient step by itself; without one (fp16 on CPU, bf16, fp32) the
-            # gradient norm must be finite
-            if acc.scaler is None:
-                finite = finite & torch.isfinite(grad_norm)
-            if not bool(finite):  # the one host sync per optimizer step: a NaN must never reach the weights
-                # counted (and worded, from the loss) before the loss is cleared: it may be the same tensor
-                pos.bad_steps = self.nonfinite.skip(pos.step + 1, pos.bad_steps, mean_loss, grad_norm)
-                optimizer.zero_grad(set_to_none=True)
-                self._step_loss.zero_()
-                return None
-            if self.reviver is not None:  # GraMa reads the step's gradients here (clipped, finite)
-                self.reviver.before_optimizer_step(acc.unwrap_model(model))
-            optimizer.step()
+            # gradient norm must be finite too
+            bad = self.nonfinite.check(pos.step + 1, mean_loss, grad_norm, check_norm=acc.scaler is None)
+            if self._skip_update_if(bad):
+                if (
+                    self.reviver is not None
+                ):  # GraMa reads the step's gradients here (clipped; zeros if skipped)
+                    self.reviver.before_optimizer_step(acc.unwrap_model(model))
+                optimizer.step()
             self.scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         pos.step += 1
         if self.reviver is not None:
             self.reviver.after_optimizer_step(acc.unwrap_model(model))
-        self.window.add(mean_loss, self._tokens_per_step)
+        self.window.add(mean_loss.masked_fill(bad, 0.0), self._tokens_per_step)
         self._step_loss = torch.zeros((), device=acc.device)
-        pos.tokens_seen += self._tokens_per_step
+        pos.tokens_seen += self._tokens_per_step  # a skipped step's tokens are taken out at the read
         self._bar.update(1)
         return grad_norm
+
+    def _skip_update_if(self, bad: torch.Tensor) -> bool:
+        """Make this step's update a no-op on the device when `bad` (a 0-dim bool device tensor) holds; returns
+        whether to call the optimizer step. The fused AdamW's `found_inf` (the flag a GradScaler hands it)
+        skips inside the kernel: parameters, exp_avg, exp_avg_sq and the step count untouched, at no cost and
+        with no copy (a snapshot restored with torch.where would cost a copy of weights and state per step;
+        a zero gradient or zero lr still moves AdamW's weights through momentum and decay)."""
+        if self._mask_grads:  # masked_fill_, not a multiply: NaN * 0 is NaN
+            for p in self._params:
+                if p.grad is not None:
+                    p.grad.masked_fill_(bad, 0.0)
+        if not self._fused:  # no fused kernel on this device: the host decides (one sync per step)
+            return not bool(bad)
+        found_inf = bad.float()  # the kernel skips when it is exactly 1.0
+        scaler = self.accelerator.scaler
+        if scaler is None:
+            self._inner_optimizer.found_inf = found_inf  # read by AdamW.step (torch.optim.adam, `found_inf`)
+        else:
+            # fp16 on CUDA: GradScaler sets the kernel's found_inf from its own per-device flags (filled by
+            # unscale_ in clip_grad_norm_), overwriting ours: the loss's verdict joins those flags
+            state = scaler._per_optimizer_states[id(self._inner_optimizer)]
+            for flag in state["found_inf_per_device"].values():
+                torch.maximum(flag, found_inf.to(flag.device), out=flag)
+        return True
+
+    def _read(self, *scalars: torch.Tensor) -> list[float]:
+        """The one host read of what the optimizer steps since the last read left on the device, in one copy:
+        their non-finite verdicts (`BadSteps`: warnings, the halt past train.max_bad_steps; skipped steps taken
+        out of the window, the tokens seen and the reviver's count), the stop vote agreed over processes
+        (`RunControl.stop_now`), and `scalars` (the train log's), returned as floats. Called at the train log, a
+        checkpoint, a revival, an epoch end and the finish: steps every process reaches together."""
+        rows, votes = self.nonfinite.rows(), self.control.votes()
+        parts = [t for t in (rows, votes) if t is not None]
+        parts += [s.detach().float().reshape(1) for s in scalars]
+        values = torch.cat(parts).tolist() if parts else []
+        n_rows = 0 if rows is None else rows.numel()
+        before = self.pos.bad_steps
+        self.pos.bad_steps = self.nonfinite.settle(
+            values[:n_rows], before, check_norm=self.accelerator.scaler is None
+        )
+        if skipped := self.pos.bad_steps - before:
+            self.pos.tokens_seen -= skipped * self._tokens_per_step
+            self.window.drop_skipped(skipped, self._tokens_per_step)
+            if self.reviver is not None:
+                self.reviver.on_skipped_steps(skipped)
+        self.control.read_votes(values[n_rows] if votes is not None else None)
+        return values[len(values) - len(scalars) :]
 
     def _after_step(self, grad_norm: torch.Tensor) -> str | None:
         """Step-level work, once per optimizer step: each part at its own cadence, in this order. Returns an
@@ -357,12 +416,15 @@ class Trainer:
         if self.monitor is not None and self.monitor.histogram_due(step):
             self.liveness_log.log_activation_histograms(self.monitor.histograms(), step)
         if self.window.due(step):
-            window = self.window.take()
+            loss_sum, norm = self._read(self.window.loss, grad_norm)
+            _, steps, tokens_per_s = self.window.take()
+            # host tensors of the values read: TrainLog's .item() and float() cost no further sync
+            window = (torch.tensor(loss_sum), steps, tokens_per_s)
             lr = self.scheduler.get_last_lr()[0]
-            actions = self.train_log.log(step, self.pos.epoch, window, grad_norm, lr)
+            actions = self.train_log.log(step, self.pos.epoch, window, torch.tensor(norm), lr)
             for hook in self.after_train_log:
                 hook(self)
-            self._bar.set_postfix(loss=f"{window[0].item() / max(window[1], 1):.3f}")
+            self._bar.set_postfix(loss=f"{loss_sum / max(steps, 1):.3f}")
             stopped_by = self._act_on_alerts(actions)
         if self.validator.should_validate(step):
             self.validator.validate(step)
@@ -374,6 +436,7 @@ class Trainer:
     def _complete_epoch(self) -> str | None:
         """The end of the epoch whose data is done: the epoch counter moves on, then its measurement, liveness
         json, plots and revival (`EpochEnd`), then a checkpoint. Returns an alert's stop reason, if any."""
+        self._read()  # the epoch's last steps accounted for (a halt comes before its epoch end)
         epoch = self.pos.epoch
         self.pos.epoch += 1
         self.pos.batches_in_epoch = 0
@@ -392,6 +455,7 @@ class Trainer:
 
     def _finish(self, stopped_by: str | None) -> Summary:
         acc, pos, sites = self.accelerator, self.pos, self.cfg.liveness.sites
+        self._read()  # a non-finite last step halts before final/ is written
         report = self._measure_final()
         ckpt.check_finite_weights(self.model, "final/")
         acc.wait_for_everyone()

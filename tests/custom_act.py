@@ -69,8 +69,18 @@ class _ReluNanGrad(torch.autograd.Function):
         return grad * float("nan")
 
 
+class _ReluInfGrad(_ReluNanGrad):
+    """ReLU forward, +inf backward."""
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad + float("inf")
+
+
 class NanGradOnFifthTrainingCall(nn.Module):
     """ReLU whose gradient is NaN on its fifth call in training mode (the loss stays finite)."""
+
+    bad_grad = _ReluNanGrad
 
     def __init__(self) -> None:
         super().__init__()
@@ -80,8 +90,14 @@ class NanGradOnFifthTrainingCall(nn.Module):
         if self.training:
             self.calls += 1
             if self.calls == 5:
-                return _ReluNanGrad.apply(x)
+                return self.bad_grad.apply(x)
         return torch.relu(x)
+
+
+class InfGradOnFifthTrainingCall(NanGradOnFifthTrainingCall):
+    """ReLU whose gradient is +inf on its fifth call in training mode (the loss stays finite)."""
+
+    bad_grad = _ReluInfGrad
 
 
 def halve_width(x: torch.Tensor) -> torch.Tensor:

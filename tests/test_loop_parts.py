@@ -27,6 +27,10 @@ def test_train_window_sums_and_restarts():
     assert float(loss) == 15.0  # and the taken sum is not zeroed under the caller
     w.add(torch.tensor(1.5), tokens=7)
     assert (float(w.loss), w.steps, w.tokens) == (1.5, 1, 7)
+    # a skipped step adds a zero loss; its verdict, read later, takes it out of the steps and tokens
+    w.add(torch.tensor(0.0), tokens=7)
+    w.drop_skipped(1, tokens_per_step=7)
+    assert (float(w.loss), w.steps, w.tokens) == (1.5, 1, 7)
 
 
 def test_validator_cadence_and_last_measurement():

@@ -107,9 +107,10 @@ def test_resume_auto_refuses_a_folder_with_a_run_but_no_checkpoint(tmp_path, cor
 @pytest.mark.slow
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
 def test_a_stop_signal_saves_at_the_step_boundary_and_the_resume_is_exact(tmp_path, corpus_file, signal_name):
-    """The signal arrives inside step 3 (after its backward pass): step 3 is finished, checkpointed, and the
-    run exits 75; resumed, it ends with the weights of a run that was never interrupted (dropout 0.1: the
-    random streams must be restored too)."""
+    """The signal arrives inside step 3 (after its backward pass): the run goes on to the next train log (step 5,
+    where the trainer reads the device; no host sync per step), saves step 5 and exits 75; resumed, it ends
+    with the weights of a run that was never interrupted (dropout 0.1: the random streams must be restored
+    too)."""
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     args = _args(RECIPE, straight, corpus_file)
     p = launch("reviveformer", args, 1, accelerate=False, env={"REVIVEFORMER_FAULT": ""})
@@ -118,8 +119,8 @@ def test_a_stop_signal_saves_at_the_step_boundary_and_the_resume_is_exact(tmp_pa
     fault = {"REVIVEFORMER_FAULT": f"mid_step:3:{signal_name}"}
     p = launch("reviveformer", _args(RECIPE, stopped, corpus_file), 1, accelerate=False, env=fault)
     assert p.returncode == 75, p.stderr[-3000:]
-    assert f"preempted: {signal_name} at step 3" in p.stderr and "Traceback" not in p.stderr
-    assert ckpt.find_resume_point(stopped / "checkpoints").name == "step_00000003"
+    assert f"preempted: {signal_name} at step 5" in p.stderr and "Traceback" not in p.stderr
+    assert ckpt.find_resume_point(stopped / "checkpoints").name == "step_00000005"
     assert not (stopped / "final").exists()
     assert read_status(stopped).state == "preempted"
 
@@ -133,8 +134,9 @@ def test_a_stop_signal_saves_at_the_step_boundary_and_the_resume_is_exact(tmp_pa
 
 @pytest.mark.slow
 def test_two_processes_stop_together_when_only_one_is_signalled(tmp_path, corpus_file):
-    """SIGTERM reaches rank 1 alone: the request rides on the step's loss all-reduce, so both processes save
-    step 3 together (a process that went on alone would hang the other in a collective)."""
+    """SIGTERM reaches rank 1 alone, inside step 3: the request rides on the step's loss all-reduce and is read
+    at the next train log, so both processes save step 5 together (a process that went on alone would hang the
+    other in a collective): the step one process stops at (the test above), whatever the process count."""
     run_dir = tmp_path / "run"
     p = launch(
         "reviveformer",
@@ -143,8 +145,8 @@ def test_two_processes_stop_together_when_only_one_is_signalled(tmp_path, corpus
         env={"REVIVEFORMER_FAULT": "mid_step:3:SIGTERM@1"},
     )
     assert p.returncode != 0
-    assert "preempted: SIGTERM at step 3" in p.stderr or "preempted: a stop signal at step 3" in p.stderr
-    assert ckpt.find_resume_point(run_dir / "checkpoints").name == "step_00000003"
+    assert "preempted: SIGTERM at step 5" in p.stderr or "preempted: a stop signal at step 5" in p.stderr
+    assert ckpt.find_resume_point(run_dir / "checkpoints").name == "step_00000005"
     assert read_status(run_dir).state == "preempted"
 
 

@@ -11,7 +11,7 @@ each epoch end, and each decides whether its moment has come (as torchtitan's `t
 - `LivenessLog`: a liveness window's metrics, alerts and histograms to tracking;
 - `EpochEnd`: the epoch end's measurement, liveness json, figures and revival;
 - `Checkpointer`: when and what to checkpoint;
-- `Preemption`: SIGTERM/SIGINT turned into a checkpoint at the next step boundary; `RunControl`: the run's
+- `Preemption`: SIGTERM/SIGINT turned into a checkpoint at the next train log; `RunControl`: the run's
   hold on its folder (lock, status.json) and the stop signals agreed over processes.
 
 The contract: docs/design.md, "Training loop".

@@ -1,8 +1,10 @@
 """Preemption: SIGTERM (what SLURM and Kubernetes send before a kill) and SIGINT (Ctrl-C) ask the run to stop
-at the next optimizer step boundary, where it saves a checkpoint, says so, and exits with status 75
+at the next train log (or checkpoint, revival, epoch end: the trainer's next read of the device, at most
+`train.log_every` optimizer steps away), where it saves a checkpoint, says so, and exits with status 75
 (`errors.EXIT_PREEMPTED`, EX_TEMPFAIL: a job script requeues on it); `train.resume=auto` then continues bit-identically. A second
-SIGINT stops at once (KeyboardInterrupt). With several processes the request rides on the step's loss
-all-reduce, so every process stops at the same step even when only one was signalled."""
+SIGINT stops at once (KeyboardInterrupt). With several processes the request rides on each step's loss
+all-reduce and is read with the rest at that read, so every process stops at the same step even when only one
+was signalled, and at the step one process would stop at (`RunControl`)."""
 
 from __future__ import annotations
 
@@ -48,6 +50,6 @@ class Preemption:
         if self.signal is None:
             self.signal = signum
             log.warning(
-                "%s received: stopping at the next step boundary with a checkpoint (Ctrl-C again stops at once)",
+                "%s received: stopping at the next train log with a checkpoint (Ctrl-C again stops at once)",
                 signal.Signals(signum).name,
             )

@@ -1,6 +1,11 @@
 """The run's hold on its folder and how a session ends: the folder's lock (one run per folder, on the main
 process), `status.json` at the start and at every end, and stop signals (`Preemption`), agreed by every process
-at a step boundary (docs/design.md, "Where it must not break")."""
+at the same step boundary (docs/design.md, "Where it must not break").
+
+The agreement costs no host sync per step: each step's vote rides on the loss all-reduce and stays on the
+device; the trainer reads the last vote with its other device values at its next read (the train log, a
+checkpoint, a revival, an epoch end), a step every process reaches together, and stops there. One process
+waits for the same read, so that a run stops at the same step whatever its process count."""
 
 from __future__ import annotations
 
@@ -26,7 +31,13 @@ class RunControl:
         self.started = False
         """Whether the run has begun writing its folder (status.json is written from then on)."""
         self.stop_now = False
-        """A stop signal, agreed by every process at the last step boundary."""
+        """A stop signal, agreed by every process at the last read."""
+        self._vote: torch.Tensor | None = None
+        """This process's stop vote, a device scalar refilled each step (no host-to-device copy)."""
+        self._agreed: torch.Tensor | None = None
+        """The last step's votes averaged over processes, on the device until the next read."""
+        self._asked = False
+        """One process: whether it had been signalled by the last step's `agree`."""
 
     def acquire(self, check_output_dir) -> None:
         """Take the folder's lock, or refuse on every process when another run holds it; `check_output_dir`
@@ -53,16 +64,32 @@ class RunControl:
             write_status(self.run_dir, state, pos.step, pos.epoch, reason, final_step)
 
     def agree(self, step_loss: torch.Tensor) -> torch.Tensor:
-        """The step's loss averaged over processes; a stop signal any process received rides on the same
-        all-reduce (no extra collective), so that all stop at this step (`stop_now`). One process: its own."""
+        """The step's loss averaged over processes; this process's stop vote rides on the same all-reduce (no
+        extra collective) and is kept on the device for `read_votes`. One process: its own loss, no vote."""
         acc = self.accelerator
         if acc.num_processes == 1:
-            self.stop_now = self.preemption.requested
+            self._asked = self.preemption.requested  # as of this step, as the vote would be
             return step_loss
-        stop = torch.tensor(float(self.preemption.requested), device=acc.device, dtype=step_loss.dtype)
-        both = acc.reduce(torch.stack([step_loss, stop]), "mean")
-        self.stop_now = bool(both[1] > 0)
+        if self._vote is None:
+            self._vote = torch.zeros((), device=acc.device, dtype=step_loss.dtype)
+        self._vote.fill_(float(self.preemption.requested))  # a kernel's argument, not a copy: no sync
+        both = acc.reduce(torch.stack([step_loss, self._vote]), "mean")
+        self._agreed = both[1]
         return both[0]
+
+    def votes(self) -> torch.Tensor | None:
+        """The last agreed vote for the caller's single read (None: one process, nothing to read)."""
+        return None if self._agreed is None else self._agreed.reshape(1)
+
+    def read_votes(self, agreed: float | None) -> None:
+        """At a read, every process at the same step: stop when a process had asked by the last step (`agreed`,
+        the value of `votes()`; one process: its own signal as of that step). A read with no step since the
+        last one leaves the verdict as it was."""
+        if agreed is not None:
+            self.stop_now = self.stop_now or agreed > 0
+        elif self.accelerator.num_processes == 1:
+            self.stop_now = self._asked
+        self._agreed = None
 
     def end(self) -> None:
         """Signals back to their handlers, the lock released (every exit path)."""

@@ -20,10 +20,17 @@ class TrainWindow:
         self.started = time.perf_counter()
 
     def add(self, step_loss: torch.Tensor, tokens: int) -> None:
-        """One optimizer step: its mean loss (a device scalar) and the tokens it trained on, all processes."""
+        """One optimizer step: its mean loss (a device scalar; 0 for a skipped step, whose verdict is still on
+        the device) and the tokens it trained on, all processes."""
         self.loss += step_loss.detach()
         self.steps += 1
         self.tokens += tokens
+
+    def drop_skipped(self, count: int, tokens_per_step: int) -> None:
+        """Take out `count` steps added before their non-finite verdict was read (at the latest at this
+        window's log): the window's mean loss and throughput are those of the steps that trained, as before."""
+        self.steps -= count
+        self.tokens -= count * tokens_per_step
 
     def due(self, step: int) -> bool:
         """Whether the train log (and the end of this window) falls at optimizer step `step`."""

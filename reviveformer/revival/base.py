@@ -5,10 +5,12 @@ Lifecycle, driven by the trainer:
 1. `revive(model, report, optimizer)` at each revival point (epoch end, or every `revival.every_steps`
    optimizer steps), after the validation liveness pass, with the typed `LivenessReport`. Returns the
    `revival/...` metrics to log: exactly `metric_keys(layers)`.
-2. `before_optimizer_step(model)` once per optimizer step, after backward, gradient clipping and the
-   non-finite check, right before `optimizer.step()`: the gradients of the step are there (reduced over
-   processes by DDP), unscaled (fp16's scaler unscales them in `clip_grad_norm_`) and finite (a skipped step
-   never reaches it). For methods that measure gradients (GraMa).
+2. `before_optimizer_step(model)` once per optimizer step, after backward and gradient clipping, right before
+   `optimizer.step()`: the gradients of the step are there (reduced over processes by DDP), unscaled (fp16's
+   scaler unscales them in `clip_grad_norm_`) and finite: a step whose update is skipped for a non-finite loss
+   or gradient shows all-zero gradients (the verdict stays on the device, no host sync), and
+   `on_skipped_steps(count)` tells the method at the trainer's next read, before any revival or checkpoint,
+   so that it can take those steps out of its own counts. For methods that measure gradients (GraMa).
 3. `after_optimizer_step(model)` after every optimizer step (right after `optimizer.step()`), to keep
    persistently pruned weights at zero.
 4. `state_dict()` / `load_state_dict()` with the checkpoint (masks, previous dead set, counters).
@@ -150,6 +152,11 @@ class Reviver(ABC):
 
     def before_optimizer_step(self, model: nn.Module) -> None:
         """Read the step's gradients before the update (on the device, no host sync). Default: nothing."""
+        return None
+
+    def on_skipped_steps(self, count: int) -> None:
+        """`count` of the steps `before_optimizer_step` saw since the trainer's last read had their update
+        skipped (their gradients read as zeros). Default: nothing."""
         return None
 
     def after_optimizer_step(self, model: nn.Module) -> None:

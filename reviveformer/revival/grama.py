@@ -147,6 +147,11 @@ class GraMa(ReinitReviver):
             total.add_(score)
         self.steps += 1
 
+    def on_skipped_steps(self, count: int) -> None:
+        """A skipped step added zero scores (its gradients were zeroed): out of the mean's count too, so that
+        the window is the one of the steps that trained."""
+        self.steps -= count
+
     def window_scores(self, model: nn.Module) -> dict[int, torch.Tensor]:
         """Per layer, the mean step score over the window so far (process 0's, on every process)."""
         out = {}
