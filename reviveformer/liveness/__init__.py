@@ -30,7 +30,7 @@ from reviveformer.liveness.counting import (
     histogram_edges,
 )
 from reviveformer.liveness.effective_capacity import capacity
-from reviveformer.liveness.monitor import STATE_VERSION, LivenessMonitor, Reduce
+from reviveformer.liveness.monitor import STATE_VERSION, LivenessMonitor, PendingCounts, Reduce
 from reviveformer.liveness.options import COUNTING, CRITERIA, LivenessConfig
 from reviveformer.liveness.report import LayerLiveness, LivenessCounts, LivenessReport, layer_liveness
 
@@ -45,6 +45,7 @@ __all__ = [
     "LivenessCounts",
     "LivenessMonitor",
     "LivenessReport",
+    "PendingCounts",
     "Reduce",
     "capacity",
     "fused_counting",
