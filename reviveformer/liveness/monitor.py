@@ -40,13 +40,15 @@ class LivenessMonitor:
     `reviveformer.liveness` and `reviveformer.liveness.counting`).
 
     Install on the model before or after wrapping it (DDP, torch.compile: the wrapped model is unwrapped);
-    `close()` removes everything. `report()` is a collective when given a `reduce`: call it on every process.
+    `close()` removes everything. `report()` is a collective when given a `reduce`, and `snapshot()` when asked
+    to sum over processes: call them on every process.
 
     What the caller does: `set_attention_mask` for every batch that has padding (None, the default, counts every
     position); `reset()` (or `fresh_window()`) to start a window; `begin_step(step)` before the forwards of each
     training step, which applies the monitor's own sampling (`liveness.sample_every`) and histogram cadence
     (`liveness.histogram_every`); `paused()` around forwards that must not count (a validation loss inside a
-    training window), `counting()` around a measurement; `request_histogram()` for one histogram. Every forward
+    training window), `counting()` around a measurement; `request_histogram()` for one histogram; `counts()`
+    to read a window now (a host sync), or `snapshot()` to close it and read it later. Every forward
     of the model counts while `active`, so activation checkpointing (which re-runs forwards in backward) would
     count its blocks twice."""
 
