@@ -111,7 +111,8 @@ class LivenessMonitor:
         """site -> (offset, layers, units)."""
         at = 0
         for s in self.sites:
-            layers, units = len(self._probes[s]), self._units(s, 0)
+            layers = len(self._probes[s])
+            units = self._units(s, 0) if layers else 0
             self._layout[s] = (at, layers, units)
             at += layers * (2 * units + 1)
         self._counters = torch.zeros(at, dtype=torch.float64, device=device)
