@@ -307,9 +307,8 @@ def test_alert_actions_stop_and_revive(tmp_path, corpus_file):
     rows = metrics_rows(run_dir)
     trips = [r["step"] for r in rows if r.get("alerts/any_dead", 0) > 0]
     revivals = [r["step"] for r in rows if "revival/dead_units" in r]
-    assert (
-        trips and min(trips[0] + 5, 20) in revivals
-    )  # revived at the log after the first trip (or epoch end)
+    # revived at the log after the first trip (or at the epoch end, if that comes first)
+    assert trips and min(trips[0] + 5, 20) in revivals
     assert revivals[-1] == 20  # and at the epoch end, as always
 
 
