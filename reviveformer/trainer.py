@@ -42,7 +42,7 @@ from reviveformer import checkpoint as ckpt
 from reviveformer.builder import param_groups, warmup_cosine
 from reviveformer.config import Config, check_training_config, to_dict
 from reviveformer.errors import Preempted, TrainingHalted
-from reviveformer.evaluation import evaluate, measure, reduce_sum
+from reviveformer.evaluation import evaluate, measure
 from reviveformer.faults import fault_point
 from reviveformer.liveness import LivenessMonitor, LivenessReport
 from reviveformer.loop import (
@@ -151,15 +151,17 @@ class Trainer:
         self.alerts = builder.build_alerts(cfg.alerts, self.tracking, self.run_dir, self.is_main)
         if saved is not None:
             self.alerts.load_state_dict(saved["alerts"])
-        self.liveness_log = LivenessLog(self.alerts, self.tracking, self.is_main)
-        counts = lambda: self.monitor.counts(reduce=self._reduce_sum, pruned_masks=self._pruned_masks())  # noqa: E731
+        # a train log's liveness window is read (and logged under its step) at the next moment that syncs anyway:
+        # each measurement below settles it first, and so do the next train log and a checkpoint (`_state`)
+        live = self.liveness_log = LivenessLog(self.alerts, self.tracking, self.is_main)
+        snapshot = lambda: self.monitor.snapshot(sum_processes=True, pruned_masks=self._pruned_masks())  # noqa: E731
         lc = cfg.liveness
         self.train_log = TrainLog(
-            self.tracking, self.liveness_log, self.monitor, counts, tc.log_every, lc.frequency_histogram_every
+            self.tracking, live, self.monitor, snapshot, tc.log_every, lc.frequency_histogram_every
         )
         self.validator = Validator(
             tc.eval_every,
-            evaluate=lambda: self.evaluate(tc.eval_batches),
+            evaluate=live.settling(lambda: self.evaluate(tc.eval_batches)),
             log=lambda val, step: self.tracking.log(val, step=step),
         )
         self.revival_timing = RevivalTiming(self.reviver is not None, cfg.revival.every_steps)
@@ -167,10 +169,10 @@ class Trainer:
         if self.reviver is not None:
             self.revival = RevivalPass(
                 self.reviver, cfg.revival.method, cfg.liveness.sites, lambda: acc.unwrap_model(self.model),
-                self.optimizer, lambda: self.measure(tc.eval_batches), self.tracking, self.run_dir, self.is_main,
+                self.optimizer, live.settling(lambda: self.measure(tc.eval_batches)), self.tracking, self.run_dir, self.is_main,
             )  # fmt: skip
         self.epoch_end = EpochEnd(
-            self.run_dir, self.is_main, self.monitor, lambda: self.measure(tc.eval_batches), self.validator,
+            self.run_dir, self.is_main, self.monitor, live.settling(lambda: self.measure(tc.eval_batches)), self.validator,
             self.tracking, self.liveness_log, self.revive if self.revival_timing.at_epoch_end else None,
         )  # fmt: skip
         self.nonfinite = BadSteps(tc.max_bad_steps, self.run_dir / "checkpoints")
@@ -178,15 +180,15 @@ class Trainer:
     # ---------------------------------------------------------------- state
     def _state(self) -> dict:
         self._read()  # a checkpoint holds the position with every skipped step accounted for
+        # the pending liveness window too: logged (and its alerts' state updated) before the checkpoint holds
+        # the alerts and a resume could not log it any more
+        self.liveness_log.settle()
         return resume.training_state(
             self.pos, self.batches_per_epoch, self.cfg, self.accelerator, self.monitor, self.reviver, self.alerts,
             stopped_by=self.stopped_by,
         )  # fmt: skip
 
     # ---------------------------------------------------------------- measurement and revival
-    def _reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
-        return reduce_sum(self.accelerator, t)
-
     def _pruned_masks(self):
         return self.reviver.pruned_masks() if self.reviver else None
 

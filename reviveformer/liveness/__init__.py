@@ -1,9 +1,11 @@
 """Neuron liveness: per-unit firing counts at three sites of every GPT-2 block, and the report built from them.
 
 `LivenessMonitor` counts, on the model's device and with no host sync, for each watched site and layer:
-how many observed token positions each unit fired on (`fire_count`, int64), the sum of |a| per unit (`abs_sum`,
-float64, for the ReDo dormancy score) and the number of observed positions (`tokens`, int64). `report()` sums
-the counts over processes and turns them into the design.md `liveness.json` numbers.
+how many observed token positions each unit fired on (`fire_count`), the sum of |a| per unit (`abs_sum`, for
+the ReDo dormancy score) and the number of observed positions (`tokens`), all in one flat float64 tensor per
+monitor (exact integers below 2**53; int64 again on the host). `report()` sums the counts over processes and
+turns them into the design.md `liveness.json` numbers; `snapshot()` closes a window without a host sync and
+`PendingCounts.result()` reads it later.
 
 One module per job:
 - `counting`: what runs in the forward: the counters of one watched module (`_Probe`), the counting subclasses
@@ -30,7 +32,7 @@ from reviveformer.liveness.counting import (
     histogram_edges,
 )
 from reviveformer.liveness.effective_capacity import capacity
-from reviveformer.liveness.monitor import STATE_VERSION, LivenessMonitor, Reduce
+from reviveformer.liveness.monitor import STATE_VERSION, LivenessMonitor, PendingCounts, Reduce
 from reviveformer.liveness.options import COUNTING, CRITERIA, LivenessConfig
 from reviveformer.liveness.report import LayerLiveness, LivenessCounts, LivenessReport, layer_liveness
 
@@ -45,6 +47,7 @@ __all__ = [
     "LivenessCounts",
     "LivenessMonitor",
     "LivenessReport",
+    "PendingCounts",
     "Reduce",
     "capacity",
     "fused_counting",

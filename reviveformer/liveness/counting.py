@@ -7,10 +7,13 @@ each watched module keeps its identity and gets its class swapped for a counting
 output, `mlp_post`; `block.attn.c_proj` -> counts its output, `attn_out`, before the residual add and dropout).
 The subclass only adds a `forward` that calls the original one and counts, so any activation module works,
 including a user's own with parameters (a wrapper module would have renamed those parameters).
-`LivenessMonitor.close()` swaps the original classes back. The counters are plain tensor attributes,
-deliberately not buffers: DDP broadcasts buffers from rank 0 on every forward, which would overwrite each
-process's own counts, and buffers would end up in saved checkpoints. They follow the model
-through `model.to(...)`/`accelerator.prepare` (the counting subclass hooks `_apply`), keeping their dtypes.
+`LivenessMonitor.close()` swaps the original classes back. The counters live in one flat float64 tensor per
+monitor (the layout `LivenessMonitor.counts` ships: one snapshot, reduce and copy per log whatever the model
+size), and a probe holds views into it that the forward updates in place (and views into a second flat int64
+tensor for the activation histograms). Both are plain tensor attributes, deliberately not buffers: DDP
+broadcasts buffers from rank 0 on every forward, which would overwrite each process's own counts, and buffers
+would end up in saved checkpoints. They follow the model through `model.to(...)`/`accelerator.prepare` (the
+counting subclass hooks `_apply`, and the monitor moves its flat tensors and rebuilds the views).
 """
 
 from __future__ import annotations
@@ -63,7 +66,8 @@ def histogram_edges(bins: int, threshold: float) -> np.ndarray:
 
 class _Probe:
     """The counters of one watched module (one layer; the sites read at that module, e.g. its input and its
-    output), and the code that updates them."""
+    output), and the code that updates them. The counters are views into the monitor's flat tensors, bound by
+    `LivenessMonitor._bind` (again after every move); the forward adds into them in place."""
 
     def __init__(
         self,
@@ -73,7 +77,6 @@ class _Probe:
         sites: tuple[str, ...],
         reads: tuple[str, ...],
         units: tuple[int, ...],
-        device: torch.device,
     ) -> None:
         self.monitor = monitor
         self.layer = layer
@@ -84,25 +87,14 @@ class _Probe:
         """Per site, "input" or "output" of the module."""
         self.units = units
         """Per site, its width."""
-        self.tokens = torch.zeros(len(sites), dtype=torch.int64, device=device)
-        self.fire_count = [torch.zeros(u, dtype=torch.int64, device=device) for u in units]
-        self.abs_sum = [torch.zeros(u, dtype=torch.float64, device=device) for u in units]
-        bins = monitor.cfg.histogram_bins
-        # positive edges of the zero bin and the log-spaced bins (histogram_edges), float32 on the device
-        side = histogram_edges(bins, monitor.cfg.threshold)[bins // 2 + 1 :]
-        self.hist_edges = torch.tensor(side, dtype=torch.float32, device=device)
-        self.hist = [torch.zeros(2 * (bins // 2) + 1, dtype=torch.int64, device=device) for _ in sites]
+        # per site: observed positions (1,), fires per unit (units,), sum of |a| per unit (units,), all float64
+        # (every integer below 2**53 is exact), and the activation histogram (bins,) int64
+        self.tokens: list[Tensor] = []
+        self.fire_count: list[Tensor] = []
+        self.abs_sum: list[Tensor] = []
+        self.hist: list[Tensor] = []
         self.hist_pending = False  # take a histogram on the next counted forward
         self.hist_taken = False
-
-    def move(self, device: torch.device) -> None:
-        if self.tokens.device == device:
-            return
-        self.tokens = self.tokens.to(device)
-        self.fire_count = [t.to(device) for t in self.fire_count]
-        self.abs_sum = [t.to(device) for t in self.abs_sum]
-        self.hist = [t.to(device) for t in self.hist]
-        self.hist_edges = self.hist_edges.to(device)
 
     @torch.no_grad()
     def count(self, acts: tuple[Tensor, ...]) -> None:
@@ -117,9 +109,11 @@ class _Probe:
                     f"activations of shape {tuple(acts[0].shape)}: call monitor.set_attention_mask with the "
                     "(batch, seq) mask of this batch, or None"
                 )
-            self.tokens.add_(mon._mask_tokens)
+            seen: Tensor | int = mon._mask_tokens
         else:
-            self.tokens.add_(positions)
+            seen = positions
+        for tokens in self.tokens:
+            tokens.add_(seen)
         float_sums = positions < _FLOAT_EXACT
         if float_sums and mon._fused(acts[0]) and not torch.compiler.is_compiling():
             self._count_fused(acts, mask)
@@ -144,7 +138,7 @@ class _Probe:
                 # the comparison written as 1.0/0.0 into absa's memory (no new buffer; abs_sum is taken): on CPU
                 # several times faster than a bool result; float32 sums of it are exact below 2**24 positions
                 fires = torch.gt(score, thr, out=absa)
-                self.fire_count[k].add_(fires.sum(dim=0, dtype=torch.float32).to(torch.int64))
+                self.fire_count[k].add_(fires.sum(dim=0, dtype=torch.float32))  # into float64: exact
             else:
                 self.fire_count[k].add_((score > thr).sum(dim=0, dtype=torch.int32))  # exact below 2**31
         if self.hist_pending:
@@ -161,7 +155,7 @@ class _Probe:
                 self._histogram(k, a, mask)
             fires, abs_sum = kernel(a, mon._mask_col, mon._threshold(a.dtype), mon._criterion_abs)
             self.abs_sum[k].add_(abs_sum)
-            self.fire_count[k].add_(fires.to(torch.int64))
+            self.fire_count[k].add_(fires)
         if self.hist_pending:
             self.hist_pending = False
             self.hist_taken = True
@@ -169,9 +163,10 @@ class _Probe:
     def _histogram(self, k: int, a: Tensor, mask: Tensor | None) -> None:
         # fixed-bin histogram by bucketize and index_add_ (no data-dependent sizes, so no host sync; masked
         # positions weigh 0). |v| is binned on the positive edges, then mirrored by sign around the zero bin.
-        side = self.hist_edges.numel() - 1  # bins on each side of the zero bin
+        edges = self.monitor._hist_edges
+        side = edges.numel() - 1  # bins on each side of the zero bin
         v = a.float().flatten()
-        ring = torch.bucketize(v.abs(), self.hist_edges).clamp_(max=side)  # 0: |v| <= threshold
+        ring = torch.bucketize(v.abs(), edges).clamp_(max=side)  # 0: |v| <= threshold
         idx = torch.where(v < 0, side - ring, side + ring)
         if mask is None:
             w = torch.ones_like(idx)
@@ -224,11 +219,12 @@ class _Counting(nn.Module):
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> nn.Module:
         out = super()._apply(fn, recurse)
         # learn the target device from an integer probe tensor, which no dtype cast (half, bf16) touches
+        monitor = self._rf_probe.monitor
         try:
-            device = fn(torch.empty(0, dtype=torch.int64, device=self._rf_probe.tokens.device)).device
+            device = fn(torch.empty(0, dtype=torch.int64, device=monitor._device())).device
         except Exception:  # an _apply function that is not a move (none in torch today): keep the counters
             return out
-        self._rf_probe.move(device)
+        monitor._move(device)  # the first watched module moves the flat tensors; the others find them there
         return out
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Any:

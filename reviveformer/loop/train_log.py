@@ -1,6 +1,10 @@
 """The train log, at the end of each `TrainWindow`: the window's loss, learning rate, gradient norm and
-throughput, then the liveness monitor's counts of the same window (metrics and alerts through `LivenessLog`,
-per-unit frequency histograms at their own lower cadence), after which the monitor counts a new window."""
+throughput, and the liveness monitor's counts of the same window, after which the monitor counts a new window.
+
+The counts leave without a host sync: the monitor snapshots and zeroes them on the device, starts their sum
+over processes and their copy to the host (`LivenessMonitor.snapshot`), and `LivenessLog` logs them under this
+log's step when they are read, at the next moment that syncs anyway (the next train log at the latest; see
+`reviveformer.loop.liveness_log`). Their alerts act then: one window late."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from reviveformer.liveness import LivenessCounts, LivenessMonitor
+from reviveformer.liveness import LivenessMonitor, PendingCounts
 from reviveformer.loop.liveness_log import LivenessLog
 from reviveformer.loop.window import reaches_multiple
 from reviveformer.tracking import Tracking
@@ -20,15 +24,16 @@ class TrainLog:
         tracking: Tracking,
         liveness_log: LivenessLog,
         monitor: LivenessMonitor | None,
-        counts: Callable[[], LivenessCounts],
+        snapshot: Callable[[], PendingCounts],
         log_every: int,
         frequency_histogram_every: int,
     ) -> None:
         self.tracking = tracking
         self.liveness_log = liveness_log
         self.monitor = monitor
-        self._counts = counts
-        """The monitor's window summed over processes, with the reviver's pruned weights masked."""
+        self._snapshot = snapshot
+        """The monitor's window, closed and on its way to the host, summed over processes, with the reviver's
+        pruned weights."""
         self.log_every = log_every
         self.frequency_histogram_every = frequency_histogram_every
 
@@ -40,7 +45,9 @@ class TrainLog:
         grad_norm: torch.Tensor,
         lr: float,
     ) -> set[str]:
-        """Log the closed `window` (TrainWindow.take()) at `step`; returns the alerts' actions."""
+        """Log the closed `window` (TrainWindow.take()) at `step` and close the monitor's; returns the actions
+        of the alerts on the liveness windows read since the last log (the previous one's, at the latest)."""
+        self.liveness_log.settle()  # the previous window's liveness row (an earlier step) goes first
         window_loss, window_steps, tokens_per_s = window
         metrics = {
             "train/loss": window_loss.item() / max(window_steps, 1),
@@ -50,12 +57,8 @@ class TrainLog:
             "train/epoch": epoch,
         }
         self.tracking.log(metrics, step=step)
-        if self.monitor is None:
-            return set()
-        # arrays, not the per-unit report: that is built only where it is written (epoch end)
-        counts = self._counts()
-        self.monitor.reset()
-        if counts.max_tokens == 0:  # a window with no counted tokens (liveness.sample_every) says nothing
-            return set()
-        due = reaches_multiple(step, self.log_every, self.frequency_histogram_every)
-        return self.liveness_log.log(counts, step, when="train", histograms=due)
+        if self.monitor is not None:
+            # arrays, not the per-unit report: that is built only where it is written (epoch end)
+            due = reaches_multiple(step, self.log_every, self.frequency_histogram_every)
+            self.liveness_log.defer(self._snapshot(), step, histograms=due)
+        return self.liveness_log.take_actions()
