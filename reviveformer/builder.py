@@ -40,6 +40,7 @@ from reviveformer.memory import check_fits
 from reviveformer.model import DEFAULT_ACTIVATION, build_model, describe, init_from_checkpoint, model_summary
 from reviveformer.resume import check_resume, restore_position, resume_path
 from reviveformer.revival import Reviver, build_reviver, check_supported
+from reviveformer.tasks import TaskBatches, TaskSequence, steps_per_epoch
 from reviveformer.tracking import Tracking
 
 log = logging.getLogger("reviveformer")
@@ -177,12 +178,16 @@ def warmup_cosine(warmup: int, total: int, min_ratio: float):
     return fn
 
 
-def build_scheduler(optimizer, tc: TrainConfig, total_steps: Callable[[], int]):
+def build_scheduler(optimizer, tc: TrainConfig, total_steps: Callable[[], int], restart_every: int = 0):
     """Warm-up then cosine to `train.min_lr_ratio` at the run's last step, read at each step (a resume or a step
-    budget moves it). `optimizer` may be Accelerate's wrapper."""
+    budget moves it); with `restart_every` (a task's steps, tasks.restart_schedule) the same over each task, a
+    function of the step alone, so that a resume needs nothing more. `optimizer` may be Accelerate's wrapper."""
+    if restart_every:
+        schedule = lambda s: warmup_cosine(tc.warmup_steps, restart_every, tc.min_lr_ratio)(s % restart_every)  # noqa: E731
+    else:
+        schedule = lambda s: warmup_cosine(tc.warmup_steps, total_steps(), tc.min_lr_ratio)(s)  # noqa: E731
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
-        lambda s: warmup_cosine(tc.warmup_steps, total_steps(), tc.min_lr_ratio)(s),
+        optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, schedule
     )
 
 
@@ -216,6 +221,8 @@ class Run:
     val_loader: Any
     monitor: LivenessMonitor | None
     reviver: Reviver | None
+    tasks: TaskSequence | None
+    """The task sequence (None without one: tasks.kind=none)."""
     batches_per_epoch: int
     """Micro-batches of one process in an epoch."""
     pos: Position
@@ -248,16 +255,30 @@ def build_run(cfg: Config, accelerator, run_dir: Path) -> Run:
             f"{len(data.train)} training blocks give each process no whole batch; lower train.batch_size, use "
             "fewer processes, or add data (nothing was trained)"
         )
+    tasks = None
+    if cfg.tasks.kind != "none":
+        tasks = TaskSequence(
+            cfg.tasks, len(data.tokenizer), steps_per_epoch(len(loader), cfg.train.grad_accum),
+            cfg.train.log_every, accelerator.device,
+        )  # fmt: skip
     run = Run(
         data, model, optimizer, None, loader, val_loader(accelerator, data.val, cfg.train.batch_size),
-        monitor, reviver, batches_per_epoch=len(loader), pos=Position(step_budget=cfg.train.max_steps),
+        monitor, reviver, tasks, batches_per_epoch=len(loader), pos=Position(step_budget=cfg.train.max_steps),
         resumed_from=resume_from, saved=saved,
     )  # fmt: skip
+    if tasks is not None:  # validation measures the current task's held-out data
+        run.val_loader = TaskBatches(run.val_loader, tasks, lambda: run.pos)
+    restart = tasks.steps_per_task if tasks is not None and cfg.tasks.restart_schedule else 0
     # prepared before a checkpoint is loaded: Accelerate restores the state of what it has prepared
-    run.scheduler = accelerator.prepare(build_scheduler(optimizer, cfg.train, lambda: run.total_steps))
+    run.scheduler = accelerator.prepare(
+        build_scheduler(optimizer, cfg.train, lambda: run.total_steps, restart)
+    )
     if saved is not None:
         restore(run, cfg, accelerator)
-    run.total_steps = run.pos.total_steps(run.batches_per_epoch, cfg.train.grad_accum, cfg.train.epochs)
+    run.total_steps = run.pos.total_steps(
+        run.batches_per_epoch, cfg.train.grad_accum, cfg.train.epochs,
+        tasks.total_steps if tasks is not None else None,
+    )  # fmt: skip
     return run
 
 
@@ -273,7 +294,10 @@ def restore(run: Run, cfg: Config, accelerator) -> None:
     if run.reviver and state.get("reviver") is not None:
         run.reviver.load_state_dict(state["reviver"])
     pos = run.pos
-    log.info("resumed from %s (step %d, epoch %d, batch %d)", path, pos.step, pos.epoch, pos.batches_in_epoch)
+    log.info(
+        "resumed from %s (step %d, epoch %d, batch %d, task %d)",
+        path, pos.step, pos.epoch, pos.batches_in_epoch, pos.task,
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- outputs

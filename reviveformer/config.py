@@ -33,6 +33,8 @@ ALERT_ACTIONS = ("none", "revive", "stop")
 DATA_SOURCES = ("stdlib", "text", "hub")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+TASK_KINDS = ("none", "permuted_vocab")
+REVIVAL_EVERY = ("epoch", "task")
 # The flat revival keys of configs saved before each method had its own section, and where they live now.
 LEGACY_REVIVAL_KEYS = {
     "fraction": ("synaptic_stripping",),
@@ -264,6 +266,54 @@ class TrainConfig:
 
 
 @dataclass
+class TasksConfig:
+    """A sequence of tasks trained one after another in one run, with one model and one optimizer (continual
+    training; docs/design.md, "Training loop"). A section of its own, not under `data`: a task sequence sets
+    the run's length and its schedule as well as the data each step sees."""
+
+    kind: str = "none"
+    """none (one task: the data as it is), or permuted_vocab (task k applies a fixed bijection of the
+    vocabulary to every training and validation token id; task 0 is the identity)."""
+    count: int = 2
+    """Number of tasks."""
+    steps: int | None = None
+    """Optimizer steps per task; a multiple of train.log_every (the end-of-task training loss is then the mean
+    of a log window of that task alone). Give this or epochs."""
+    epochs: int | None = None
+    """Passes over the training split per task, instead of steps."""
+    seed: int = 0
+    """Seed of the permutations: task k's depends only on this and k, so every arm sees the same tasks."""
+    restart_schedule: bool = False
+    """Restart the learning-rate schedule (warm-up, cosine) at each task; false spans it over the whole run.
+    Continual training usually keeps a constant rate (train.warmup_steps=0, train.min_lr_ratio=1): a decaying
+    one hides the loss of plasticity."""
+
+    def __post_init__(self) -> None:
+        if self.kind == "none":
+            return  # the other keys are read only with a task sequence
+        _raise(
+            "tasks",
+            _problems(
+                [
+                    (self.kind in TASK_KINDS, f"kind={self.kind!r} must be one of {', '.join(TASK_KINDS)}"),
+                    (self.count >= 1, f"count={self.count} must be >= 1"),
+                    (
+                        (self.steps is None) != (self.epochs is None),
+                        f"steps={_show(self.steps)} and epochs={_show(self.epochs)}: give exactly one of them "
+                        "(optimizer steps or passes over the training split per task)",
+                    ),
+                    (self.steps is None or self.steps >= 1, f"steps={self.steps} must be >= 1"),
+                    (self.epochs is None or self.epochs >= 1, f"epochs={self.epochs} must be >= 1"),
+                    (
+                        isinstance(self.restart_schedule, bool),
+                        f"restart_schedule={self.restart_schedule!r} must be true or false",
+                    ),
+                ]
+            ),
+        )
+
+
+@dataclass
 class AlertRule:
     """One alert rule: fire when a layer's `metric` at `site` rises above `above` (once per crossing; it re-arms
     when the layer falls back), optionally only for `layers`, and ask for `action` (none, revive, stop)."""
@@ -344,7 +394,10 @@ class RevivalConfig:
     """none, synaptic_stripping, redo, grama (gradient-magnitude dormancy, Liu et al. 2025), or your own
     Reviver as package.module:Class (imported only when named here)."""
     every_steps: int = 0
-    """Revive every this many optimizer steps instead of at epoch end (0: epoch end)."""
+    """Revive every this many optimizer steps instead of at epoch end (0: at `every`)."""
+    every: str = "epoch"
+    """When revival runs while every_steps is 0: at each epoch end (epoch) or at each task boundary (task,
+    with a task sequence: tasks.kind)."""
 
     def __post_init__(self) -> None:
         _raise(
@@ -353,6 +406,10 @@ class RevivalConfig:
                 [
                     (bool(self.method), "method must be none, a method name or package.module:Class"),
                     (self.every_steps >= 0, f"every_steps={self.every_steps} must be >= 0"),
+                    (
+                        self.every in REVIVAL_EVERY,
+                        f"every={self.every!r} must be one of {', '.join(REVIVAL_EVERY)}",
+                    ),
                 ]
             ),
         )
@@ -418,6 +475,7 @@ class Config:
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     revival: RevivalConfig = field(default_factory=_revival_config)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    tasks: TasksConfig = field(default_factory=TasksConfig)
 
     def __post_init__(self) -> None:
         if self.data.block_size > self.model.n_positions:
@@ -498,8 +556,38 @@ def training_problems(cfg: Config) -> list[str]:
             "a logged liveness window would hold no counted step (and read as all dead); give "
             f"liveness.sample_every <= {cfg.train.log_every} or a larger train.log_every"
         )
+    problems += _task_problems(cfg)
     if saved:
         problems += _checkpoint_problems(cfg, saved)
+    return problems
+
+
+def _task_problems(cfg: Config) -> list[str]:
+    """What a task sequence needs of the other sections, and what only a task sequence allows."""
+    tasks, revival, tc = cfg.tasks, cfg.revival, cfg.train
+    if tasks.kind == "none":
+        if revival.every == "task":
+            return [
+                "revival.every=task needs a task sequence (tasks.kind, one of "
+                f"{', '.join(k for k in TASK_KINDS if k != 'none')}); set revival.every=epoch"
+            ]
+        return []
+    problems = []
+    if revival.every == "task" and revival.every_steps:
+        problems.append(
+            f"revival.every=task and revival.every_steps={revival.every_steps} both say when to revive; give "
+            "revival.every_steps=0 to revive at task boundaries, or revival.every=epoch"
+        )
+    if tasks.steps is not None and tasks.steps % tc.log_every:
+        problems.append(
+            f"tasks.steps={tasks.steps} must be a multiple of train.log_every={tc.log_every} (the end-of-task "
+            "training loss is the mean of the task's last log window)"
+        )
+    if tc.epochs != 1:
+        problems.append(
+            f"train.epochs={tc.epochs} does not apply with tasks.kind={tasks.kind}: the run is tasks.count "
+            "tasks of tasks.steps (or tasks.epochs) each; leave train.epochs at 1"
+        )
     return problems
 
 

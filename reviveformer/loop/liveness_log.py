@@ -17,6 +17,16 @@ def dead_ratios(report: LivenessReport, sites: list[str]) -> dict[str, float]:
     }
 
 
+def site_dormant_ratios(report: LivenessReport) -> dict[str, float]:
+    """`liveness/<site>/dormant_ratio` of every site in `report`: dormant units over all its layers' units."""
+    out = {}
+    for site, layers in report.sites.items():
+        units = sum(e.units for e in layers)
+        dormant = sum(e.dormant_ratio * e.units for e in layers)
+        out[metric_keys.dormant_ratio_key(site)] = dormant / units if units else 0.0
+    return out
+
+
 class LivenessLog:
     def __init__(self, alerts: AlertManager, tracking: Tracking, is_main: bool) -> None:
         self.alerts = alerts
@@ -24,12 +34,19 @@ class LivenessLog:
         self.is_main = is_main
 
     def log(
-        self, window: LivenessReport | LivenessCounts, step: int, when: str, histograms: bool = True
+        self,
+        window: LivenessReport | LivenessCounts,
+        step: int,
+        when: str,
+        histograms: bool = True,
+        extra: dict[str, float] | None = None,
     ) -> set[str]:
-        """Log the window's metrics with the alerts they trip; returns the alerts' actions (revive, stop)."""
+        """Log the window's metrics with the alerts they trip, and `extra` in the same row (a task boundary's
+        numbers); returns the alerts' actions (revive, stop)."""
         metrics = window.metrics()
         outcome = self.alerts.check(metrics, step=step, when=when)
         metrics.update(outcome.metrics)
+        metrics.update(extra or {})
         self.tracking.log(metrics, step=step)
         if histograms and self.is_main and self.tracking.wandb_run is not None:
             freqs = {
