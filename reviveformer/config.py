@@ -33,7 +33,7 @@ ALERT_ACTIONS = ("none", "revive", "stop")
 DATA_SOURCES = ("stdlib", "text", "hub")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
-TASK_KINDS = ("none", "permuted_vocab")
+TASK_KINDS = ("none", "permuted_vocab", "corpora")
 REVIVAL_EVERY = ("epoch", "task")
 # The flat revival keys of configs saved before each method had its own section, and where they live now.
 LEGACY_REVIVAL_KEYS = {
@@ -144,29 +144,54 @@ class DataConfig:
             "data",
             _problems(
                 [
-                    (
-                        self.source in DATA_SOURCES,
-                        f"source={self.source!r} must be one of {', '.join(DATA_SOURCES)}",
-                    ),
-                    (self.source != "text" or bool(self.path), "path must be set when source=text"),
-                    (self.source != "hub" or bool(self.name), "name must be set when source=hub"),
+                    *_source_checks(self),
                     (
                         self.vocab_size >= 300,
                         f"vocab_size={self.vocab_size} must be >= 300 (256 bytes + specials)",
                     ),
                     (self.block_size >= 2, f"block_size={self.block_size} must be >= 2"),
-                    (0.0 < self.val_fraction < 1.0, f"val_fraction={self.val_fraction} must be in (0, 1)"),
-                    (
-                        self.max_tokens is None or self.max_tokens > 0,
-                        f"max_tokens={self.max_tokens} must be > 0 or null",
-                    ),
-                    (
-                        self.max_files is None or self.max_files > 0,
-                        f"max_files={self.max_files} must be > 0 or null",
-                    ),
                 ]
             ),
         )
+
+
+def _source_checks(c: DataConfig | CorpusConfig) -> list[tuple[bool, str]]:
+    """The checks of the keys that choose a text source (the data section's and each task corpus's)."""
+    return [
+        (c.source in DATA_SOURCES, f"source={c.source!r} must be one of {', '.join(DATA_SOURCES)}"),
+        (c.source != "text" or bool(c.path), "path must be set when source=text"),
+        (c.source != "hub" or bool(c.name), "name must be set when source=hub"),
+        (0.0 < c.val_fraction < 1.0, f"val_fraction={c.val_fraction} must be in (0, 1)"),
+        (c.max_tokens is None or c.max_tokens > 0, f"max_tokens={c.max_tokens} must be > 0 or null"),
+        (c.max_files is None or c.max_files > 0, f"max_files={c.max_files} must be > 0 or null"),
+    ]
+
+
+@dataclass
+class CorpusConfig:
+    """One later task's text for tasks.kind=corpora: the keys of the data section that choose a source (each
+    means what it means there). Tokenizer, block size and cache are the data section's: one vocabulary for
+    every task."""
+
+    source: str = "stdlib"
+    """stdlib, text or hub."""
+    path: str | None = None
+    """For source=text: a text file or a folder of text files."""
+    name: str | None = None
+    """For source=hub: the datasets name."""
+    config: str | None = None
+    """For source=hub: the dataset config."""
+    text_column: str = "text"
+    """For source=hub: the column holding the text."""
+    val_fraction: float = 0.05
+    """Share of documents held out for this task's validation split."""
+    max_tokens: int | None = None
+    """Cap on this task's training tokens (validation in proportion); None uses everything."""
+    max_files: int | None = 400
+    """For source=stdlib/text folders: at most this many files, None for all."""
+
+    def __post_init__(self) -> None:
+        _raise("tasks.corpora[]", _problems(_source_checks(self)))
 
 
 @dataclass
@@ -272,10 +297,11 @@ class TasksConfig:
     the run's length and its schedule as well as the data each step sees."""
 
     kind: str = "none"
-    """none (one task: the data as it is), or permuted_vocab (task k applies a fixed bijection of the
-    vocabulary to every training and validation token id; task 0 is the identity)."""
+    """none (one task: the data as it is), permuted_vocab (task k applies a fixed bijection of the vocabulary
+    to every training and validation token id; task 0 is the identity), or corpora (task 0 trains on the data
+    section's source, task k on tasks.corpora[k - 1], each with its own validation split)."""
     count: int = 2
-    """Number of tasks."""
+    """Number of tasks (with corpora: 1 + the number of tasks.corpora)."""
     steps: int | None = None
     """Optimizer steps per task; a multiple of train.log_every (the end-of-task training loss is then the mean
     of a log window of that task alone). Give this or epochs."""
@@ -283,14 +309,19 @@ class TasksConfig:
     """Passes over the training split per task, instead of steps."""
     seed: int = 0
     """Seed of the permutations: task k's depends only on this and k, so every arm sees the same tasks."""
+    corpora: list[CorpusConfig] = field(default_factory=list)
+    """For kind=corpora: the sources of tasks 1, 2, ... (task 0 is the data section's)."""
     restart_schedule: bool = False
     """Restart the learning-rate schedule (warm-up, cosine) at each task; false spans it over the whole run.
     Continual training usually keeps a constant rate (train.warmup_steps=0, train.min_lr_ratio=1): a decaying
     one hides the loss of plasticity."""
 
     def __post_init__(self) -> None:
-        if self.kind == "none":
-            return  # the other keys are read only with a task sequence
+        if self.kind == "none":  # the other keys are read only with a task sequence
+            _raise(
+                "tasks", _problems([(not self.corpora, "corpora is read only with kind=corpora (kind=none)")])
+            )
+            return
         _raise(
             "tasks",
             _problems(
@@ -304,6 +335,15 @@ class TasksConfig:
                     ),
                     (self.steps is None or self.steps >= 1, f"steps={self.steps} must be >= 1"),
                     (self.epochs is None or self.epochs >= 1, f"epochs={self.epochs} must be >= 1"),
+                    (
+                        self.kind != "corpora" or self.count == len(self.corpora) + 1,
+                        f"count={self.count} must be 1 + the {len(self.corpora)} tasks.corpora with kind=corpora "
+                        "(task 0 trains on the data section's source)",
+                    ),
+                    (
+                        self.kind == "corpora" or not self.corpora,
+                        f"corpora is read only with kind=corpora (kind={self.kind})",
+                    ),
                     (
                         isinstance(self.restart_schedule, bool),
                         f"restart_schedule={self.restart_schedule!r} must be true or false",

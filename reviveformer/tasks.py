@@ -6,6 +6,10 @@ through a fixed bijection perm_k of the vocabulary, on training and validation d
 identity. perm_k depends only on `tasks.seed` and k (a CPU `torch.Generator`), so every arm, process and resume
 at one seed sees exactly the same tasks. The bijection is applied per batch, one gather on the device.
 
+`corpora`: task 0 trains on the data section's source, task k on `tasks.corpora[k - 1]`, each with its own
+training and validation splits (prepared up front by the builder, one tokenizer for all); the trainer switches
+loaders at each boundary.
+
 The loop asks `due` after each step; the boundary itself (measure, log, revive, switch, checkpoint) is the
 trainer's (docs/design.md, "Training loop")."""
 
@@ -51,29 +55,40 @@ class TaskSequence:
     """The tasks of a run: their lengths in optimizer steps, and the data transform of each."""
 
     def __init__(
-        self, tc: TasksConfig, vocab_size: int, steps_per_epoch: int, log_every: int, device
+        self, tc: TasksConfig, vocab_size: int, steps_per_epoch: list[int], log_every: int, device
     ) -> None:
+        """`steps_per_epoch`: of each task's training data (one entry: the same data for all)."""
         self.kind = tc.kind
         self.count = tc.count
         self.seed = tc.seed
         self.vocab_size = vocab_size
         self.device = device
-        self.steps_per_task = tc.steps if tc.steps is not None else tc.epochs * steps_per_epoch
-        if self.steps_per_task % log_every:
-            raise UserError(
-                f"tasks.epochs={tc.epochs} makes tasks of {self.steps_per_task} optimizer steps ({steps_per_epoch} "
-                f"per epoch), not a multiple of train.log_every={log_every}: the end-of-task training loss is "
-                "the mean of the task's last log window; give tasks.steps, or a train.log_every that divides it"
-            )
+        per_epoch = steps_per_epoch if len(steps_per_epoch) == tc.count else steps_per_epoch[:1] * tc.count
+        self.steps = [tc.steps if tc.steps is not None else tc.epochs * n for n in per_epoch]
+        """Optimizer steps of each task."""
+        for k, (steps, n) in enumerate(zip(self.steps, per_epoch, strict=True)):
+            if steps % log_every:
+                raise UserError(
+                    f"tasks.epochs={tc.epochs} makes task {k} {steps} optimizer steps long ({n} per epoch), not a "
+                    f"multiple of train.log_every={log_every}: the end-of-task training loss is the mean of the "
+                    "task's last log window; give tasks.steps, or a train.log_every that divides it"
+                )
+        self._ends = [sum(self.steps[: k + 1]) for k in range(self.count)]
         self._perms: dict[int, torch.Tensor] = {}
 
     @property
     def total_steps(self) -> int:
-        return self.count * self.steps_per_task
+        return self._ends[-1]
 
     def end_step(self, task: int) -> int:
         """The optimizer step at which `task` (0-based) ends."""
-        return (task + 1) * self.steps_per_task
+        return self._ends[task]
+
+    def schedule_point(self, step: int) -> tuple[int, int]:
+        """(steps into its task, the task's length) of the optimizer step `step` (0-based): where a schedule
+        restarted at each task stands."""
+        task = next((k for k, end in enumerate(self._ends) if step < end), self.count - 1)
+        return step - (self._ends[task] - self.steps[task]), self.steps[task]
 
     def due(self, pos: Position) -> bool:
         """Whether the current task's boundary is due: its steps are done and its end has not run."""
@@ -91,18 +106,24 @@ class TaskSequence:
 
     def batch(self, batch: dict, task: int) -> dict:
         """`batch` as task `task` sees it."""
-        if task == 0:  # the identity: the batch itself, so that task 0 is a plain run's data exactly
+        if task == 0 or self.kind != "permuted_vocab":  # task 0 is a plain run's data exactly
             return batch
         return permute_batch(batch, self.permutation(task))
 
 
 class TaskBatches:
-    """A (validation) loader whose batches are those of the current task."""
+    """A (validation) loader whose batches are those of the current task: one of `loaders` per task, or one for
+    all (permuted through the task's bijection)."""
 
-    def __init__(self, loader, tasks: TaskSequence, pos: Callable[[], Position]) -> None:
-        self.loader = loader
+    def __init__(self, loaders: list, tasks: TaskSequence, pos: Callable[[], Position]) -> None:
+        self.loaders = loaders
         self.tasks = tasks
         self._pos = pos
+
+    @property
+    def loader(self):
+        """The current task's loader, its batches as they are stored."""
+        return self.loaders[min(self.tasks.current(self._pos()), len(self.loaders) - 1)]
 
     def __len__(self) -> int:
         return len(self.loader)

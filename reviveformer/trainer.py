@@ -447,6 +447,11 @@ class Trainer:
         fault_point("after_task_revival")
         stopped_by = self.stopped_by = self._act_on_alerts(actions - ({"revive"} if at_task_end else set()))
         pos.task += 1  # the switch: from here on every batch is task k + 1's
+        loaders = self.run_parts.task_loaders
+        if len(loaders) > 1 and not last:  # a corpus of its own: a first pass over it starts
+            self.train_loader = loaders[pos.task]
+            self.batches_per_epoch = len(self.train_loader)
+            pos.batches_in_epoch = 0
         self.checkpointer.save(pos.step)
         fault_point("task_start")
         return stopped_by

@@ -3,7 +3,10 @@ plain run, the boundary's revival, resume after a kill at each boundary phase, a
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -155,6 +158,8 @@ def test_each_task_ends_with_its_row_and_liveness_file(tasks_run):
         assert r[metric_keys.dead_ratio_key("mlp_post")] == pytest.approx(dead / units)
         dormant = sum(len(e["dormant_units"]) for e in data["sites"]["mlp_post"])
         assert r[metric_keys.dormant_ratio_key("mlp_post")] == pytest.approx(dormant / units)
+    unparsed = sorted({k for r in rows(tasks_run) for k in r} - {metric_keys.STEP})
+    assert [k for k in unparsed if metric_keys.parse_key(k) is None] == []  # every key a design name
     # a new task is new data: its start is worse than the end of the task before (a shuffled vocabulary)
     first_logs = {
         r["step"]: r[metric_keys.TRAIN_LOSS] for r in rows(tasks_run) if metric_keys.TRAIN_LOSS in r
@@ -292,3 +297,116 @@ def test_two_processes_train_the_tasks_as_one(tmp_path, corpus_file):
     wb = load_file(two / "final" / "model.safetensors")
     for k in wa:
         assert torch.allclose(wa[k], wb[k], atol=1e-4), k
+
+
+# ------------------------------------------------------------------------------------------ lengths and schedule
+
+
+def test_task_lengths_in_epochs_and_the_restarted_schedule():
+    from reviveformer.builder import build_scheduler
+    from reviveformer.config import TasksConfig, TrainConfig
+    from reviveformer.tasks import TaskSequence
+
+    tc = TasksConfig(kind="corpora", count=2, epochs=2, corpora=[{"source": "stdlib"}])
+    tasks = TaskSequence(tc, 10, [3, 5], log_every=2, device="cpu")
+    assert tasks.steps == [6, 10] and tasks.total_steps == 16
+    assert [tasks.end_step(k) for k in range(2)] == [6, 16]
+    assert [tasks.schedule_point(s) for s in (0, 5, 6, 15)] == [(0, 6), (5, 6), (0, 10), (9, 10)]
+    with pytest.raises(Exception, match="not a multiple of train.log_every=4"):
+        TaskSequence(tc, 10, [3, 5], log_every=4, device="cpu")
+    # warm-up 2 then cosine to 0.1 over each task: the rate at a task's first step is the warm-up's first
+    train_cfg = TrainConfig(lr=1.0, warmup_steps=2, min_lr_ratio=0.1)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler(opt, train_cfg, lambda: 16, tasks.schedule_point)
+    lrs = []
+    for _ in range(16):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[0] == lrs[6] == pytest.approx(0.5)  # (0 + 1) / 2
+    assert lrs[1] == lrs[7] == pytest.approx(1.0)
+    assert lrs[5] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 3 / 4)))  # 3 of 4 cosine steps
+    assert lrs[15] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 7 / 8)))
+
+
+# ------------------------------------------------------------------------------------------ corpora
+
+
+@pytest.fixture(scope="module")
+def second_corpus(tmp_path_factory) -> Path:
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    path = tmp_path_factory.mktemp("corpus2") / "corpus2.txt"
+    path.write_text("\n".join((stdlib / n).read_text() for n in ("calendar.py", "csv.py", "difflib.py")))
+    return path
+
+
+def _corpora(second: Path, **extra) -> dict:
+    return {
+        **TASKS,
+        "tasks.kind": "corpora",
+        "tasks.count": 2,
+        "tasks.corpora": f"[{{source: text, path: {second}}}]",
+        **extra,
+    }
+
+
+@pytest.mark.slow
+def test_sequential_corpora_measure_each_task_on_its_own_split(
+    tmp_path, corpus_file, second_corpus, no_figures
+):
+    from accelerate import Accelerator
+
+    from reviveformer.data import prepare_data
+    from reviveformer.evaluation import evaluate, val_loader
+
+    run_dir = tmp_path / "run"
+    cfg = load_config(RECIPE, tiny_overrides(run_dir, corpus_file, **_corpora(second_corpus)))
+    assert train(cfg).steps == 20
+    got = task_rows(run_dir)
+    assert [(r["step"], r[metric_keys.TASK_INDEX]) for r in got] == [(10, 0), (20, 1)]
+    # the held-out loss of each task's end, by hand: its checkpoint's weights on that task's own split
+    from transformers import GPT2LMHeadModel
+
+    tok = prepare_data(cfg.data, cfg.train.seed).tokenizer
+    # task 1: the corpus entry's own keys (its max_tokens unset: uncapped, not the data section's cap)
+    second = dataclasses.replace(cfg.data, source="text", path=str(second_corpus), max_tokens=None)
+    splits = [cfg.data, second]
+    acc = Accelerator(cpu=True)
+    model = GPT2LMHeadModel.from_pretrained(run_dir / "final")
+    losses = {}
+    for k, source in enumerate(splits):
+        data = prepare_data(source, cfg.train.seed, tokenizer=tok)
+        losses[k] = evaluate(model, val_loader(acc, data.val, cfg.train.batch_size), acc)[
+            metric_keys.VAL_LOSS
+        ]
+    assert got[1][metric_keys.TASK_VAL_LOSS] == pytest.approx(losses[1], rel=1e-6)
+    assert abs(losses[0] - losses[1]) > 1e-3  # the two splits are told apart
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["task_end:1", "task_start:1"])
+def test_corpora_resume_after_a_kill_at_the_switch(
+    fault, tmp_path, corpus_file, second_corpus, monkeypatch, no_figures
+):
+    extra = _corpora(second_corpus, **{k: v for k, v in RESUME.items() if k not in TASKS})
+
+    def run(run_dir: Path):
+        return train(load_config(RECIPE, tiny_overrides(run_dir, corpus_file, **extra)))
+
+    run(tmp_path / "straight")
+
+    def kill(message):
+        raise SimulatedKill(message)
+
+    monkeypatch.setattr(faults, "_kill", kill)
+    monkeypatch.setattr(faults, "_arrivals", {})
+    monkeypatch.setenv(faults.ENV, fault)
+    with pytest.raises(SimulatedKill, match=fault):
+        run(tmp_path / "resumed")
+    monkeypatch.delenv(faults.ENV)
+    assert run(tmp_path / "resumed").steps == 20
+    a = load_file(tmp_path / "straight" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "final" / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert task_rows(tmp_path / "straight") == task_rows(tmp_path / "resumed")

@@ -20,8 +20,3 @@ class RevivalTiming:
     @property
     def at_task_end(self) -> bool:
         return self.enabled and not self.every_steps and self.every == "task"
-
-    @property
-    def on_steps(self) -> bool:
-        """Revival runs on its step cadence only (an alert's `revive` action at epoch end is then its own)."""
-        return bool(self.every_steps)
