@@ -22,7 +22,7 @@ def main(out: str) -> None:
     acc = Accelerator()
     # each process's global RNG elsewhere: the permutations must not read it
     torch.manual_seed(acc.process_index)
-    tasks = TaskSequence(TasksConfig(kind="permuted_vocab", count=3, steps=10), 1000, 50, 5, acc.device)
+    tasks = TaskSequence(TasksConfig(kind="permuted_vocab", count=3, steps=10), 1000, [50], 5, acc.device)
     same = [same_everywhere(acc, tasks.permutation(k)) for k in range(3)]
     identity = torch.equal(tasks.permutation(0).cpu(), torch.arange(1000))
     if acc.is_main_process:
