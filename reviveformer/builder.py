@@ -8,6 +8,7 @@ calls them in order and wires what they return (docs/design.md, "Training loop")
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -40,6 +41,7 @@ from reviveformer.memory import check_fits
 from reviveformer.model import DEFAULT_ACTIVATION, build_model, describe, init_from_checkpoint, model_summary
 from reviveformer.resume import check_resume, restore_position, resume_path
 from reviveformer.revival import Reviver, build_reviver, check_supported
+from reviveformer.tasks import TaskBatches, TaskSequence, steps_per_epoch
 from reviveformer.tracking import Tracking
 
 log = logging.getLogger("reviveformer")
@@ -125,6 +127,18 @@ def build_model_and_data(cfg: Config, accelerator):
     return model, data
 
 
+def build_task_corpora(cfg: Config, accelerator, tokenizer) -> list[PackedData]:
+    """The data of tasks 1, 2, ... for tasks.kind=corpora (none otherwise): each of tasks.corpora prepared as
+    the data section would be with that source, with the data section's tokenizer and block size, up front so
+    that a bad source refuses the run before anything is written."""
+    out = []
+    for corpus in cfg.tasks.corpora if cfg.tasks.kind == "corpora" else []:
+        source = dataclasses.replace(cfg.data, **dataclasses.asdict(corpus))
+        with accelerator.main_process_first():
+            out.append(prepare_data(source, cfg.train.seed, tokenizer=tokenizer))
+    return out
+
+
 def train_loader(dataset, tc: TrainConfig) -> DataLoader:
     """Shuffled, whole batches only. Its own generator: creating an iterator must not draw from the global RNG
     that dropout uses, or a resumed run (which creates its iterator after restoring that RNG) would drift from
@@ -182,12 +196,26 @@ def warmup_cosine(warmup: int, total: int, min_ratio: float):
     return fn
 
 
-def build_scheduler(optimizer, tc: TrainConfig, total_steps: Callable[[], int]):
+def build_scheduler(
+    optimizer,
+    tc: TrainConfig,
+    total_steps: Callable[[], int],
+    restart: Callable[[int], tuple[int, int]] | None = None,
+):
     """Warm-up then cosine to `train.min_lr_ratio` at the run's last step, read at each step (a resume or a step
-    budget moves it). `optimizer` may be Accelerate's wrapper."""
+    budget moves it); with `restart` (tasks.restart_schedule: a step's (steps into its task, task length)) the
+    same over each task, a function of the step alone, so that a resume needs nothing more. `optimizer` may be
+    Accelerate's wrapper."""
+    if restart is not None:
+
+        def schedule(s: int) -> float:
+            into, length = restart(s)
+            return warmup_cosine(tc.warmup_steps, length, tc.min_lr_ratio)(into)
+
+    else:
+        schedule = lambda s: warmup_cosine(tc.warmup_steps, total_steps(), tc.min_lr_ratio)(s)  # noqa: E731
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
-        lambda s: warmup_cosine(tc.warmup_steps, total_steps(), tc.min_lr_ratio)(s),
+        optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, schedule
     )
 
 
@@ -221,6 +249,10 @@ class Run:
     val_loader: Any
     monitor: LivenessMonitor | None
     reviver: Reviver | None
+    tasks: TaskSequence | None
+    """The task sequence (None without one: tasks.kind=none)."""
+    task_loaders: list
+    """The training loader of each task (tasks.kind=corpora), else the one loader."""
     batches_per_epoch: int
     """Micro-batches of one process in an epoch."""
     pos: Position
@@ -242,6 +274,7 @@ def build_run(cfg: Config, accelerator, run_dir: Path) -> Run:
     set_seed(cfg.train.seed)
     model, data = build_model_and_data(cfg, accelerator)
     log.info("%s", model_summary(model))
+    task_data = [data, *build_task_corpora(cfg, accelerator, data.tokenizer)]
     saved = check_resume(resume_from, cfg, accelerator.num_processes) if resume_from is not None else None
     monitor = build_monitor(model, cfg.liveness)
     reviver = build_run_reviver(cfg, str(accelerator.distributed_type))
@@ -250,22 +283,41 @@ def build_run(cfg: Config, accelerator, run_dir: Path) -> Run:
     if reviver is not None:  # before the first forward: a per-step method hooks the activations it reads
         reviver.attach(model, optimizer)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    if len(loader) == 0:  # whole batches, dealt over the processes: none for some of them
-        raise UserError(
-            f"train.batch_size={cfg.train.batch_size} over {accelerator.num_processes} processes: the "
-            f"{len(data.train)} training blocks give each process no whole batch; lower train.batch_size, use "
-            "fewer processes, or add data (nothing was trained)"
-        )
+    loaders = [loader, *(accelerator.prepare(train_loader(d.train, cfg.train)) for d in task_data[1:])]
+    for k, (each, d) in enumerate(zip(loaders, task_data, strict=True)):
+        if len(each) == 0:  # whole batches, dealt over the processes: none for some of them
+            of = f" of task {k}" if len(task_data) > 1 else ""
+            raise UserError(
+                f"train.batch_size={cfg.train.batch_size} over {accelerator.num_processes} processes: the "
+                f"{len(d.train)} training blocks{of} give each process no whole batch; lower train.batch_size, "
+                "use fewer processes, or add data (nothing was trained)"
+            )
+    tasks, current = None, 0
+    if cfg.tasks.kind != "none":
+        tasks = TaskSequence(
+            cfg.tasks, len(data.tokenizer), [steps_per_epoch(len(each), cfg.train.grad_accum) for each in loaders],
+            cfg.train.log_every, accelerator.device,
+        )  # fmt: skip
+        current = min(saved.get("task", 0), tasks.count - 1) if saved is not None else 0
+    vals = [val_loader(accelerator, d.val, cfg.train.batch_size) for d in task_data]
     run = Run(
-        data, model, optimizer, None, loader, val_loader(accelerator, data.val, cfg.train.batch_size),
-        monitor, reviver, batches_per_epoch=len(loader), pos=Position(step_budget=cfg.train.max_steps),
+        data, model, optimizer, None, loaders[current], vals[0], monitor, reviver, tasks, loaders,
+        batches_per_epoch=len(loaders[current]), pos=Position(step_budget=cfg.train.max_steps),
         resumed_from=resume_from, saved=saved,
     )  # fmt: skip
+    if tasks is not None:  # validation measures the current task's held-out data
+        run.val_loader = TaskBatches(vals, tasks, lambda: run.pos)
+    restart = tasks.schedule_point if tasks is not None and cfg.tasks.restart_schedule else None
     # prepared before a checkpoint is loaded: Accelerate restores the state of what it has prepared
-    run.scheduler = accelerator.prepare(build_scheduler(optimizer, cfg.train, lambda: run.total_steps))
+    run.scheduler = accelerator.prepare(
+        build_scheduler(optimizer, cfg.train, lambda: run.total_steps, restart)
+    )
     if saved is not None:
         restore(run, cfg, accelerator)
-    run.total_steps = run.pos.total_steps(run.batches_per_epoch, cfg.train.grad_accum, cfg.train.epochs)
+    run.total_steps = run.pos.total_steps(
+        run.batches_per_epoch, cfg.train.grad_accum, cfg.train.epochs,
+        tasks.total_steps if tasks is not None else None,
+    )  # fmt: skip
     return run
 
 
@@ -281,7 +333,10 @@ def restore(run: Run, cfg: Config, accelerator) -> None:
     if run.reviver and state.get("reviver") is not None:
         run.reviver.load_state_dict(state["reviver"])
     pos = run.pos
-    log.info("resumed from %s (step %d, epoch %d, batch %d)", path, pos.step, pos.epoch, pos.batches_in_epoch)
+    log.info(
+        "resumed from %s (step %d, epoch %d, batch %d, task %d)",
+        path, pos.step, pos.epoch, pos.batches_in_epoch, pos.task,
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- outputs

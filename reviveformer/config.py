@@ -33,6 +33,8 @@ ALERT_ACTIONS = ("none", "revive", "stop")
 DATA_SOURCES = ("stdlib", "text", "hub")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+TASK_KINDS = ("none", "permuted_vocab", "corpora")
+REVIVAL_EVERY = ("epoch", "task")
 # The flat revival keys of configs saved before each method had its own section, and where they live now.
 LEGACY_REVIVAL_KEYS = {
     "fraction": ("synaptic_stripping",),
@@ -142,29 +144,54 @@ class DataConfig:
             "data",
             _problems(
                 [
-                    (
-                        self.source in DATA_SOURCES,
-                        f"source={self.source!r} must be one of {', '.join(DATA_SOURCES)}",
-                    ),
-                    (self.source != "text" or bool(self.path), "path must be set when source=text"),
-                    (self.source != "hub" or bool(self.name), "name must be set when source=hub"),
+                    *_source_checks(self),
                     (
                         self.vocab_size >= 300,
                         f"vocab_size={self.vocab_size} must be >= 300 (256 bytes + specials)",
                     ),
                     (self.block_size >= 2, f"block_size={self.block_size} must be >= 2"),
-                    (0.0 < self.val_fraction < 1.0, f"val_fraction={self.val_fraction} must be in (0, 1)"),
-                    (
-                        self.max_tokens is None or self.max_tokens > 0,
-                        f"max_tokens={self.max_tokens} must be > 0 or null",
-                    ),
-                    (
-                        self.max_files is None or self.max_files > 0,
-                        f"max_files={self.max_files} must be > 0 or null",
-                    ),
                 ]
             ),
         )
+
+
+def _source_checks(c: DataConfig | CorpusConfig) -> list[tuple[bool, str]]:
+    """The checks of the keys that choose a text source (the data section's and each task corpus's)."""
+    return [
+        (c.source in DATA_SOURCES, f"source={c.source!r} must be one of {', '.join(DATA_SOURCES)}"),
+        (c.source != "text" or bool(c.path), "path must be set when source=text"),
+        (c.source != "hub" or bool(c.name), "name must be set when source=hub"),
+        (0.0 < c.val_fraction < 1.0, f"val_fraction={c.val_fraction} must be in (0, 1)"),
+        (c.max_tokens is None or c.max_tokens > 0, f"max_tokens={c.max_tokens} must be > 0 or null"),
+        (c.max_files is None or c.max_files > 0, f"max_files={c.max_files} must be > 0 or null"),
+    ]
+
+
+@dataclass
+class CorpusConfig:
+    """One later task's text for tasks.kind=corpora: the keys of the data section that choose a source (each
+    means what it means there). Tokenizer, block size and cache are the data section's: one vocabulary for
+    every task."""
+
+    source: str = "stdlib"
+    """stdlib, text or hub."""
+    path: str | None = None
+    """For source=text: a text file or a folder of text files."""
+    name: str | None = None
+    """For source=hub: the datasets name."""
+    config: str | None = None
+    """For source=hub: the dataset config."""
+    text_column: str = "text"
+    """For source=hub: the column holding the text."""
+    val_fraction: float = 0.05
+    """Share of documents held out for this task's validation split."""
+    max_tokens: int | None = None
+    """Cap on this task's training tokens (validation in proportion); None uses everything."""
+    max_files: int | None = 400
+    """For source=stdlib/text folders: at most this many files, None for all."""
+
+    def __post_init__(self) -> None:
+        _raise("tasks.corpora[]", _problems(_source_checks(self)))
 
 
 @dataclass
@@ -264,6 +291,69 @@ class TrainConfig:
 
 
 @dataclass
+class TasksConfig:
+    """A sequence of tasks trained one after another in one run, with one model and one optimizer (continual
+    training; docs/design.md, "Training loop"). A section of its own, not under `data`: a task sequence sets
+    the run's length and its schedule as well as the data each step sees."""
+
+    kind: str = "none"
+    """none (one task: the data as it is), permuted_vocab (task k applies a fixed bijection of the vocabulary
+    to every training and validation token id; task 0 is the identity), or corpora (task 0 trains on the data
+    section's source, task k on tasks.corpora[k - 1], each with its own validation split)."""
+    count: int = 2
+    """Number of tasks (with corpora: 1 + the number of tasks.corpora)."""
+    steps: int | None = None
+    """Optimizer steps per task; a multiple of train.log_every (the end-of-task training loss is then the mean
+    of a log window of that task alone). Give this or epochs."""
+    epochs: int | None = None
+    """Passes over the training split per task, instead of steps."""
+    seed: int = 0
+    """Seed of the permutations: task k's depends only on this and k, so every arm sees the same tasks."""
+    corpora: list[CorpusConfig] = field(default_factory=list)
+    """For kind=corpora: the sources of tasks 1, 2, ... (task 0 is the data section's)."""
+    restart_schedule: bool = False
+    """Restart the learning-rate schedule (warm-up, cosine) at each task; false spans it over the whole run.
+    Continual training usually keeps a constant rate (train.warmup_steps=0, train.min_lr_ratio=1): a decaying
+    one hides the loss of plasticity."""
+
+    def __post_init__(self) -> None:
+        if self.kind == "none":  # the other keys are read only with a task sequence
+            _raise(
+                "tasks", _problems([(not self.corpora, "corpora is read only with kind=corpora (kind=none)")])
+            )
+            return
+        _raise(
+            "tasks",
+            _problems(
+                [
+                    (self.kind in TASK_KINDS, f"kind={self.kind!r} must be one of {', '.join(TASK_KINDS)}"),
+                    (self.count >= 1, f"count={self.count} must be >= 1"),
+                    (
+                        (self.steps is None) != (self.epochs is None),
+                        f"steps={_show(self.steps)} and epochs={_show(self.epochs)}: give exactly one of them "
+                        "(optimizer steps or passes over the training split per task)",
+                    ),
+                    (self.steps is None or self.steps >= 1, f"steps={self.steps} must be >= 1"),
+                    (self.epochs is None or self.epochs >= 1, f"epochs={self.epochs} must be >= 1"),
+                    (
+                        self.kind != "corpora" or self.count == len(self.corpora) + 1,
+                        f"count={self.count} must be 1 + the {len(self.corpora)} tasks.corpora with kind=corpora "
+                        "(task 0 trains on the data section's source)",
+                    ),
+                    (
+                        self.kind == "corpora" or not self.corpora,
+                        f"corpora is read only with kind=corpora (kind={self.kind})",
+                    ),
+                    (
+                        isinstance(self.restart_schedule, bool),
+                        f"restart_schedule={self.restart_schedule!r} must be true or false",
+                    ),
+                ]
+            ),
+        )
+
+
+@dataclass
 class AlertRule:
     """One alert rule: fire when a layer's `metric` at `site` rises above `above` (once per crossing; it re-arms
     when the layer falls back), optionally only for `layers`, and ask for `action` (none, revive, stop)."""
@@ -345,7 +435,10 @@ class RevivalConfig:
     continual_backprop (Dohare et al. 2024), shrink_perturb (Ash & Adams 2020), l2_init (Kumar et al. 2023),
     fresh_start, or your own Reviver as package.module:Class (imported only when named here)."""
     every_steps: int = 0
-    """Revive every this many optimizer steps instead of at epoch end (0: epoch end)."""
+    """Revive every this many optimizer steps instead of at epoch end (0: at `every`)."""
+    every: str = "epoch"
+    """When revival runs while every_steps is 0: at each epoch end (epoch) or at each task boundary (task,
+    with a task sequence: tasks.kind)."""
 
     def __post_init__(self) -> None:
         _raise(
@@ -354,6 +447,10 @@ class RevivalConfig:
                 [
                     (bool(self.method), "method must be none, a method name or package.module:Class"),
                     (self.every_steps >= 0, f"every_steps={self.every_steps} must be >= 0"),
+                    (
+                        self.every in REVIVAL_EVERY,
+                        f"every={self.every!r} must be one of {', '.join(REVIVAL_EVERY)}",
+                    ),
                 ]
             ),
         )
@@ -419,6 +516,7 @@ class Config:
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     revival: RevivalConfig = field(default_factory=_revival_config)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    tasks: TasksConfig = field(default_factory=TasksConfig)
 
     def __post_init__(self) -> None:
         if self.data.block_size > self.model.n_positions:
@@ -499,8 +597,38 @@ def training_problems(cfg: Config) -> list[str]:
             "a logged liveness window would hold no counted step (and read as all dead); give "
             f"liveness.sample_every <= {cfg.train.log_every} or a larger train.log_every"
         )
+    problems += _task_problems(cfg)
     if saved:
         problems += _checkpoint_problems(cfg, saved)
+    return problems
+
+
+def _task_problems(cfg: Config) -> list[str]:
+    """What a task sequence needs of the other sections, and what only a task sequence allows."""
+    tasks, revival, tc = cfg.tasks, cfg.revival, cfg.train
+    if tasks.kind == "none":
+        if revival.every == "task":
+            return [
+                "revival.every=task needs a task sequence (tasks.kind, one of "
+                f"{', '.join(k for k in TASK_KINDS if k != 'none')}); set revival.every=epoch"
+            ]
+        return []
+    problems = []
+    if revival.every == "task" and revival.every_steps:
+        problems.append(
+            f"revival.every=task and revival.every_steps={revival.every_steps} both say when to revive; give "
+            "revival.every_steps=0 to revive at task boundaries, or revival.every=epoch"
+        )
+    if tasks.steps is not None and tasks.steps % tc.log_every:
+        problems.append(
+            f"tasks.steps={tasks.steps} must be a multiple of train.log_every={tc.log_every} (the end-of-task "
+            "training loss is the mean of the task's last log window)"
+        )
+    if tc.epochs != 1:
+        problems.append(
+            f"train.epochs={tc.epochs} does not apply with tasks.kind={tasks.kind}: the run is tasks.count "
+            "tasks of tasks.steps (or tasks.epochs) each; leave train.epochs at 1"
+        )
     return problems
 
 

@@ -10,6 +10,9 @@ costs one dictionary lookup per call. Phases (where the trainer and checkpoint c
 - `after_periodic_checkpoint`: right after a `train.checkpoint_every` checkpoint is complete;
 - `epoch_end_measure`: inside the epoch-end measurement, before anything of it is logged or written;
 - `after_revival`: after the epoch-end revival, before the epoch-end checkpoint;
+- `task_end`: at a task boundary, before its measurement;
+- `after_task_revival`: after the task boundary's revival (if any), before the switch to the next task's data;
+- `task_start`: after the boundary's checkpoint, before the first step of the next task;
 - `checkpoint_write`: while a checkpoint is written (state saved, marker not yet written, not renamed);
 - `checkpoint_replace`: a step saved again (epoch end after a periodic save): the old folder removed, the
   complete new one not yet renamed;
@@ -28,6 +31,9 @@ PHASES = (
     "after_periodic_checkpoint",
     "epoch_end_measure",
     "after_revival",
+    "task_end",
+    "after_task_revival",
+    "task_start",
     "checkpoint_write",
     "checkpoint_replace",
     "final_write",

@@ -16,6 +16,16 @@ VAL_LOSS = "val/loss"
 VAL_PPL = "val/ppl"
 EPOCH = "epoch"
 """The epoch just ended, logged with the epoch end's validation (the row's `train/epoch` is the next one)."""
+TASK_INDEX = "task/index"
+"""The task just ended (0-based), logged at its boundary with the three numbers below and the boundary's
+liveness measurement in one row."""
+TASK_TRAIN_LOSS = "task/train_loss"
+"""Mean training loss of the ended task's last log window."""
+TASK_VAL_LOSS = "task/val_loss"
+"""The ended task's held-out loss at its end (before the boundary's revival)."""
+TASK_WEIGHT_NORM = "task/weight_norm"
+"""L2 norm of all trainable weights at the task's end (before the boundary's revival)."""
+TASK_KEYS = (TASK_INDEX, TASK_TRAIN_LOSS, TASK_VAL_LOSS, TASK_WEIGHT_NORM)
 STEP = "step"
 """Not a metric: metrics.jsonl's step of each row."""
 TASK_INDEX = "task/index"
@@ -97,6 +107,11 @@ def layer_key(site: str, layer: int, name: str) -> str:
 def dead_ratio_key(site: str, layer: int | None = None) -> str:
     """`liveness/<site>/dead_ratio` (all layers) or `liveness/<site>/layer_<i>/dead_ratio`."""
     return site_key(site, DEAD_RATIO) if layer is None else layer_key(site, layer, DEAD_RATIO)
+
+
+def dormant_ratio_key(site: str) -> str:
+    """`liveness/<site>/dormant_ratio`: the share of a site's units dormant, all layers (a task boundary's)."""
+    return site_key(site, DORMANT_RATIO)
 
 
 def capacity_key(name: str) -> str:

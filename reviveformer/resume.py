@@ -44,6 +44,7 @@ ALLOWED = (
     "liveness.counting",
     "alerts.",
     "revival.every_steps",
+    "revival.every",
     "revival.synaptic_stripping.fraction",
     "revival.synaptic_stripping.strip_bias",
     "revival.redo.tau",
@@ -166,6 +167,8 @@ def restore_position(state: dict, tc: TrainConfig, batches_per_epoch: int, num_p
         bad_steps=state["bad_steps"],
         tokens_seen=state["tokens_seen"],
         step_budget=tc.max_steps,
+        task=state.get("task", 0),  # a checkpoint from before task sequences: task 0, the only one
+        task_train_loss=state.get("task_train_loss", math.nan),
     )
     saved_np = state.get("num_processes", 1)
     saved_per_epoch = state.get("batches_per_epoch", batches_per_epoch)
@@ -223,6 +226,8 @@ def training_state(
         "step_budget": pos.step_budget,
         "bad_steps": pos.bad_steps,
         "tokens_seen": pos.tokens_seen,
+        "task": pos.task,
+        "task_train_loss": pos.task_train_loss,
         "config": to_dict(cfg),
         "monitor": monitor_state,
         "reviver": reviver.state_dict() if reviver else None,

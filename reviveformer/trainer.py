@@ -14,12 +14,15 @@ timing and state. This module calls them at the right moments:
   (`TrainWindow`, `log_every`), validation (`Validator`, `eval_every`), revival (`RevivalTiming`,
   `every_steps`), the periodic checkpoint (`Checkpointer`, `checkpoint_every`);
 - `_complete_epoch`: the epoch counter moves on, then `EpochEnd` (validation pass with a fresh liveness window,
-  liveness json, plots, revival), then a checkpoint.
+  liveness json, plots, revival), then a checkpoint;
+- `_complete_task`, with a task sequence (`tasks.TaskSequence`), at each task's last step: the task's held-out
+  loss with a fresh liveness window, the per-task row and `liveness/task_XXX.json`, the boundary's revival
+  (`revival.every=task`), the switch to the next task's data, then a checkpoint.
 
 Hooks for scripts (scripts/bench.py): `before_epoch_end` and `after_train_log`, lists of callables given the
 trainer.
 
-The position in training (`loop.Position`: step, epoch, batches_in_epoch) is saved in every checkpoint. The
+The position in training (`loop.Position`: step, epoch, batches_in_epoch, task) is saved in every checkpoint. The
 contract: docs/design.md, "Training loop", "Resuming".
 """
 
@@ -59,7 +62,7 @@ from reviveformer.loop import (
     Validator,
 )
 from reviveformer.loop.epoch_end import write_json
-from reviveformer.loop.liveness_log import dead_ratios
+from reviveformer.loop.liveness_log import dead_ratios, site_dormant_ratios
 from reviveformer.loop.window import reaches_multiple
 from reviveformer.revival import Reviver, arm_of_method
 from reviveformer.summary import Summary, write_final
@@ -127,6 +130,7 @@ class Trainer:
             "val_loader",
             "monitor",
             "reviver",
+            "tasks",
         ):
             setattr(self, name, getattr(run, name))
         self.pos, self.batches_per_epoch = run.pos, run.batches_per_epoch
@@ -164,7 +168,9 @@ class Trainer:
             evaluate=live.settling(lambda: self.evaluate(tc.eval_batches)),
             log=lambda val, step: self.tracking.log(val, step=step),
         )
-        self.revival_timing = RevivalTiming(self.reviver is not None, cfg.revival.every_steps)
+        self.revival_timing = RevivalTiming(
+            self.reviver is not None, cfg.revival.every_steps, cfg.revival.every
+        )
         self.revival = None
         if self.reviver is not None:
             self.revival = RevivalPass(
@@ -201,14 +207,18 @@ class Trainer:
         masks = self._pruned_masks()
         return measure(self.model, self.val_loader, self.accelerator, self.monitor, masks, max_batches)
 
-    def revive(self, report: LivenessReport | None = None) -> dict[str, float]:
-        """One revival pass (measured on the validation split unless a fresh report is given)."""
+    def revive(self, report: LivenessReport | None = None, when: str | None = None) -> dict[str, float]:
+        """One revival pass (measured on the validation split unless a fresh report is given); `when` words
+        the moment for the console line (by default the epoch's)."""
         if self.revival is None:
             return {}
         self._read()  # a reviver that counts steps (GraMa) has its skipped steps taken out before it decides
         # batches_in_epoch is reset when an epoch ends, before its epoch-end work
         pos = self.pos
-        when = f"end of epoch {pos.epoch}" if pos.batches_in_epoch == 0 else f"during epoch {pos.epoch + 1}"
+        if when is None:
+            when = (
+                f"end of epoch {pos.epoch}" if pos.batches_in_epoch == 0 else f"during epoch {pos.epoch + 1}"
+            )
         return self.revival(pos.step, when, report)
 
     def _act_on_alerts(self, actions: set[str]) -> str | None:
@@ -276,14 +286,21 @@ class Trainer:
         self._tokens_per_step = tc.batch_size * self.cfg.data.block_size * tc.grad_accum * acc.num_processes
         stopped_by = None
         self.model.train()
-        while stopped_by is None and pos.epoch < tc.epochs:
+        tasks = self.tasks
+        # with a task sequence the run's length is its tasks' (total_steps): epochs roll on until then
+        while stopped_by is None and (tasks is not None or pos.epoch < tc.epochs):
             if self.control.stop_now:  # agreed at the last epoch end's read
                 self._preempt()
+            if tasks is not None and tasks.due(pos):
+                stopped_by = self._complete_task()
+                continue
             if pos.batches_in_epoch < self.batches_per_epoch:
                 if pos.step < self.total_steps:
                     stopped_by = self._train_epoch()
                 if stopped_by == PREEMPTED:
                     self._preempt()
+                if stopped_by is None and tasks is not None and tasks.due(pos):
+                    continue  # the task's boundary first, then the rest of the epoch (or its end)
                 if pos.batches_in_epoch < self.batches_per_epoch:
                     # left mid-epoch (the step budget or an alert's stop): the epoch has not ended, and a
                     # checkpoint keeps the position within it for a later resume (and the stop, if any)
@@ -303,11 +320,18 @@ class Trainer:
         if self.pos.batches_in_epoch:
             loader = self.accelerator.skip_first_batches(self.train_loader, self.pos.batches_in_epoch)
         self._step_loss = torch.zeros((), device=self.accelerator.device)
+        tasks = self.tasks
         for batch in loader:
+            if tasks is not None:  # the current task's view of the data (one gather on the device)
+                batch = tasks.batch(batch, tasks.current(self.pos))
             grad_norm = self.train_step(batch)
             if grad_norm is not None:  # None: accumulating
                 stopped_by = self._after_step(grad_norm)
-                if stopped_by or self.pos.step >= self.total_steps:
+                if (
+                    stopped_by
+                    or self.pos.step >= self.total_steps
+                    or (tasks is not None and tasks.due(self.pos))
+                ):
                     return stopped_by
                 if self.control.stop_now:  # agreed at a read of this step, by every process
                     return PREEMPTED
@@ -426,7 +450,9 @@ class Trainer:
             actions = self.train_log.log(step, self.pos.epoch, window, torch.tensor(norm), lr)
             for hook in self.after_train_log:
                 hook(self)
-            self._bar.set_postfix(loss=f"{loss_sum / max(steps, 1):.3f}")
+            # kept in the position: a task boundary reports it, also one resumed from a checkpoint at its step
+            self.pos.task_train_loss = loss_sum / max(steps, 1)
+            self._bar.set_postfix(loss=f"{self.pos.task_train_loss:.3f}")
             stopped_by = self._act_on_alerts(actions)
         if self.validator.should_validate(step):
             self.validator.validate(step)
@@ -448,12 +474,57 @@ class Trainer:
         actions = self.epoch_end.run(epoch, self.pos.step, epoch_seconds)
         # the epoch end's own revival has just run: an alert's `revive` would only repeat it
         stopped_by = self.stopped_by = self._act_on_alerts(
-            actions - (set() if self.revival_timing.on_steps else {"revive"})
+            actions - ({"revive"} if self.revival_timing.at_epoch_end else set())
         )
         fault_point("after_revival")
         self.checkpointer.save(self.pos.step)
         self._epoch_t0 = time.perf_counter()
         return stopped_by
+
+    def _complete_task(self) -> str | None:
+        """The boundary of the task whose steps are done: its held-out loss with a fresh liveness window, the
+        per-task row (`task/*` and the liveness ratios) and `liveness/task_XXX.json`, the boundary's revival
+        (not after the last task: the final weights are the trained ones), the switch to the next task's data,
+        then a checkpoint. Returns an alert's stop reason, if any."""
+        pos, k = self.pos, self.pos.task
+        fault_point("task_end")
+        val, report = self.measure(self.cfg.train.eval_batches)  # still task k's data: pos.task is k
+        self.validator.record(val, pos.step)
+        row = {
+            metric_keys.TASK_INDEX: k,
+            metric_keys.TASK_TRAIN_LOSS: pos.task_train_loss,
+            metric_keys.TASK_VAL_LOSS: val[metric_keys.VAL_LOSS],
+            metric_keys.TASK_WEIGHT_NORM: self._weight_norm(),
+        }
+        actions: set[str] = set()
+        if report is not None:
+            self.epoch_end.last_report = report  # the summary's dead ratios: the latest measurement's
+            row.update(site_dormant_ratios(report))
+            actions = self.liveness_log.log(report, pos.step, when=f"end of task {k}", extra=row)
+            if self.is_main:
+                write_json(self.run_dir / "liveness" / f"task_{k:03d}.json", report.to_json())
+        else:
+            self.tracking.log(row, step=pos.step)
+        last = k + 1 >= self.tasks.count
+        at_task_end = self.revival_timing.at_task_end and not last
+        if at_task_end:
+            self.revive(report, when=f"end of task {k}")
+        fault_point("after_task_revival")
+        stopped_by = self.stopped_by = self._act_on_alerts(actions - ({"revive"} if at_task_end else set()))
+        pos.task += 1  # the switch: from here on every batch is task k + 1's
+        loaders = self.run_parts.task_loaders
+        if len(loaders) > 1 and not last:  # a corpus of its own: a first pass over it starts
+            self.train_loader = loaders[pos.task]
+            self.batches_per_epoch = len(self.train_loader)
+            pos.batches_in_epoch = 0
+        self.checkpointer.save(pos.step)
+        fault_point("task_start")
+        return stopped_by
+
+    def _weight_norm(self) -> float:
+        """L2 norm of all trainable weights (the same on every process)."""
+        squares = [p.detach().float().pow(2).sum() for p in self._params]
+        return float(torch.stack(squares).sum().sqrt()) if squares else 0.0
 
     def _finish(self, stopped_by: str | None) -> Summary:
         acc, pos, sites = self.accelerator, self.pos, self.cfg.liveness.sites

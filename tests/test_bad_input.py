@@ -202,6 +202,72 @@ def _cases(root: Path, corpus: Path):
             ["liveness.sample_every=7 is above train.log_every=5", "liveness.sample_every <= 5"],
             True,
         ),
+        # task sequences (issue 20)
+        (
+            "unknown task kind",
+            ["tasks.kind=shuffled"],
+            ["tasks.kind='shuffled' must be one of none, permuted_vocab, corpora"],
+            True,
+        ),
+        (
+            "task length given twice",
+            ["tasks.kind=permuted_vocab", "tasks.steps=10", "tasks.epochs=1"],
+            ["tasks.steps=10 and epochs=1: give exactly one of them"],
+            True,
+        ),
+        (
+            "no tasks",
+            ["tasks.kind=permuted_vocab", "tasks.steps=10", "tasks.count=0"],
+            ["tasks.count=0 must be >= 1"],
+            True,
+        ),
+        (
+            "revival every step",
+            ["revival.every=step"],
+            ["revival.every='step' must be one of epoch, task"],
+            True,
+        ),
+        (
+            "revival at task boundaries without tasks",
+            ["revival.every=task"],
+            ["revival.every=task needs a task sequence (tasks.kind, one of permuted_vocab, corpora)"],
+            True,
+        ),
+        (
+            "task steps across a log window",
+            ["tasks.kind=permuted_vocab", "tasks.steps=7", "train.epochs=1"],
+            ["tasks.steps=7 must be a multiple of train.log_every=5"],
+            True,
+        ),
+        (
+            "epochs beside tasks",
+            ["tasks.kind=permuted_vocab", "tasks.steps=10"],
+            ["train.epochs=3 does not apply with tasks.kind=permuted_vocab", "leave train.epochs at 1"],
+            True,
+        ),
+        (
+            "task epochs across a log window",
+            ["tasks.kind=permuted_vocab", "tasks.epochs=1", "train.epochs=1", "train.log_every=1000"],
+            ["tasks.epochs=1 makes task 0 ", "not a multiple of train.log_every=1000"],
+            False,
+        ),
+        (
+            "corpora and a count that disagree",
+            [
+                "tasks.kind=corpora",
+                "tasks.steps=10",
+                "tasks.count=3",
+                f"tasks.corpora=[{{source: text, path: {corpus}}}]",
+            ],
+            ["tasks.count=3 must be 1 + the 1 tasks.corpora with kind=corpora"],
+            True,
+        ),
+        (
+            "a task corpus without its path",
+            ["tasks.kind=corpora", "tasks.steps=10", "tasks.corpora=[{source: text}]"],
+            ["tasks.corpora[].path must be set when source=text"],
+            True,
+        ),
         (
             "init_from without its own tokenizer",
             [f"model.init_from={root / 'small-gpt2'}"],

@@ -51,12 +51,22 @@ def test_validator_cadence_and_last_measurement():
 
 def test_revival_timing():
     assert [s for s in range(1, 11) if RevivalTiming(True, 3).due_after_step(s)] == [3, 6, 9]
-    assert not RevivalTiming(True, 3).at_epoch_end and RevivalTiming(True, 3).on_steps
+    assert not RevivalTiming(True, 3).at_epoch_end and not RevivalTiming(True, 3, "task").at_task_end
+    at_tasks = RevivalTiming(True, 0, "task")
+    assert (
+        at_tasks.at_task_end
+        and not at_tasks.at_epoch_end
+        and not any(at_tasks.due_after_step(s) for s in range(9))
+    )
     assert RevivalTiming(True, 0).at_epoch_end and not any(
         RevivalTiming(True, 0).due_after_step(s) for s in range(9)
     )
     off = RevivalTiming(False, 3)
-    assert not off.at_epoch_end and not any(off.due_after_step(s) for s in range(1, 10))
+    assert (
+        not off.at_epoch_end
+        and not RevivalTiming(False, 0, "task").at_task_end
+        and not any(off.due_after_step(s) for s in range(1, 10))
+    )
 
 
 def test_checkpointer_saves_on_its_cadence_and_never_twice(tmp_path):

@@ -63,12 +63,15 @@ def test_arms_differ_only_in_their_arm(tmp_path):
         ("dying-relu", "dying-relu-stripping"),
         ("dying-relu", "dying-relu-redo"),
         ("dying-relu", "dying-relu-grama"),
+        ("continual-permuted", "continual-permuted-redo"),
     ]
     for base, arm in pairs:
         a = to_dict(load_config(REPO / "recipes" / f"{base}.yaml"))
         b = to_dict(load_config(REPO / "recipes" / f"{arm}.yaml"))
         diff = {(s, k) for s in a for k in a[s] if a[s][k] != b[s][k]}
-        assert diff == {("revival", "method"), ("train", "output_dir")}, diff
+        # a continual arm revives at its task boundaries
+        arm_keys = {("revival", "every")} if a["tasks"]["kind"] != "none" else set()
+        assert diff == {("revival", "method"), ("train", "output_dir"), *arm_keys}, diff
 
 
 def test_base_cycle_is_an_error(tmp_path):

@@ -29,6 +29,16 @@ def dead_ratios(report: LivenessReport, sites: list[str]) -> dict[str, float]:
     }
 
 
+def site_dormant_ratios(report: LivenessReport) -> dict[str, float]:
+    """`liveness/<site>/dormant_ratio` of every site in `report`: dormant units over all its layers' units."""
+    out = {}
+    for site, layers in report.sites.items():
+        units = sum(e.units for e in layers)
+        dormant = sum(e.dormant_ratio * e.units for e in layers)
+        out[metric_keys.dormant_ratio_key(site)] = dormant / units if units else 0.0
+    return out
+
+
 class LivenessLog:
     def __init__(self, alerts: AlertManager, tracking: Tracking, is_main: bool) -> None:
         self.alerts = alerts
@@ -71,19 +81,31 @@ class LivenessLog:
         return actions
 
     def log(
-        self, window: LivenessReport | LivenessCounts, step: int, when: str, histograms: bool = True
+        self,
+        window: LivenessReport | LivenessCounts,
+        step: int,
+        when: str,
+        histograms: bool = True,
+        extra: dict[str, float] | None = None,
     ) -> set[str]:
-        """Log the window's metrics with the alerts they trip, after the deferred window; returns the alerts'
-        actions (revive, stop), the deferred windows' included."""
+        """Log the window's metrics with the alerts they trip, and `extra` in the same row (a task boundary's
+        numbers), after the deferred window; returns the alerts' actions (revive, stop), the deferred windows'
+        included."""
         self.settle()
-        return self._log(window, step, when, histograms) | self.take_actions()
+        return self._log(window, step, when, histograms, extra) | self.take_actions()
 
     def _log(
-        self, window: LivenessReport | LivenessCounts, step: int, when: str, histograms: bool
+        self,
+        window: LivenessReport | LivenessCounts,
+        step: int,
+        when: str,
+        histograms: bool,
+        extra: dict[str, float] | None = None,
     ) -> set[str]:
         metrics = window.metrics()
         outcome = self.alerts.check(metrics, step=step, when=when)
         metrics.update(outcome.metrics)
+        metrics.update(extra or {})
         self.tracking.log(metrics, step=step)
         if histograms and self.is_main and self.tracking.wandb_run is not None:
             freqs = {
