@@ -246,6 +246,9 @@ class TrainConfig:
     """torch.use_deterministic_algorithms, for bit-exact resume tests."""
     progress: bool = True
     """Show a progress bar on the main process."""
+    plots: bool = True
+    """Draw the epoch-end figures (plots/ and W&B images). false skips them, and the seconds they take, in studies
+    of many small runs: metrics, liveness json and the report page are written all the same."""
 
     def __post_init__(self) -> None:
         # YAML reads a bare `no` as false, which reaches this str field as "False"

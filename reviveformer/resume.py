@@ -56,7 +56,14 @@ ALLOWED = (
 )
 # Allowed silently: where the output goes and how it is shown.
 # model.trust_remote_code is a permission for one load (init_from), not something the checkpoint holds.
-SILENT = ("train.output_dir", "train.resume", "train.progress", "wandb.", "model.trust_remote_code")
+SILENT = (
+    "train.output_dir",
+    "train.resume",
+    "train.progress",
+    "train.plots",
+    "wandb.",
+    "model.trust_remote_code",
+)
 # Everything else is refused (a setting added later is refused until it is placed in the table).
 
 

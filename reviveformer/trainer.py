@@ -179,7 +179,7 @@ class Trainer:
             )  # fmt: skip
         self.epoch_end = EpochEnd(
             self.run_dir, self.is_main, self.monitor, live.settling(lambda: self.measure(tc.eval_batches)), self.validator,
-            self.tracking, self.liveness_log, self.revive if self.revival_timing.at_epoch_end else None,
+            self.tracking, self.liveness_log, self.revive if self.revival_timing.at_epoch_end else None, tc.plots,
         )  # fmt: skip
         self.nonfinite = BadSteps(tc.max_bad_steps, self.run_dir / "checkpoints")
 

@@ -23,7 +23,7 @@ SETTINGS=(
 if [[ "${1:-}" != "--table" ]]; then
   for s in "${SETTINGS[@]}"; do
     # shellcheck disable=SC2086  # the overrides are words on purpose
-    "$RF" sweep recipes/continual-permuted.yaml ${s#*|} revival.every=task train.progress=false \
+    "$RF" sweep recipes/continual-permuted.yaml ${s#*|} revival.every=task train.progress=false train.plots=false \
       wandb.mode=offline --grid revival.method=none,fresh_start --seeds 0,1,2 --out "$OUT/${s%%|*}"
   done
 fi

@@ -45,7 +45,7 @@ sweep_seeds() {  # sweep_seeds LAST_SEED sweep-arguments...
 # 6: continual training (its tables: compare's plasticity section, written by each sweep and by the
 # comparison of both; printed at the end)
 continual() {
-  local c="revival.every=task train.progress=false wandb.mode=offline"
+  local c="revival.every=task train.progress=false train.plots=false wandb.mode=offline"
   local methods="continual_backprop,shrink_perturb,l2_init,redo,grama"
   # shellcheck disable=SC2086
   OMP_NUM_THREADS=1 sweep_seeds 4 recipes/continual-permuted.yaml \

@@ -229,7 +229,8 @@ def test_sweep_without_liveness_is_refused_on_every_process(tmp_path, corpus_fil
 @pytest.mark.slow
 def test_a_sweep_folder_refuses_a_sweep_of_other_settings(tmp_path, corpus_file, capsys):
     """sweep.json records what defines the sweep; a re-run with other overrides, seeds or grid is refused
-    (exit 2, naming what differs and the folder) with nothing changed; the same command again continues."""
+    (exit 2, naming what differs and the folder) with nothing changed; the same command again continues, and so
+    does one with more seeds (the earlier ones kept)."""
     out = tmp_path / "sweep"
     common = [
         "--out",
@@ -247,7 +248,7 @@ def test_a_sweep_folder_refuses_a_sweep_of_other_settings(tmp_path, corpus_file,
     for options, extra, says in [
         (["--seeds", "0"], ["train.lr=0.0123"], f"train.lr: {json.dumps(lr)} before, 0.0123 now"),
         (["--seeds", "0"], ["model.dropout=0.3"], "model.dropout: "),
-        (["--seeds", "0,1"], [], "seeds: [0] before, [0, 1] now"),
+        (["--seeds", "1"], [], "seeds: [0] before, [1] now"),
         (["--seeds", "0", "--grid", "model.activation=relu,gelu"], [], "grid: {} before"),
     ]:
         assert main(["sweep", str(RECIPE), *options, *common, *extra]) == 2, says
@@ -256,3 +257,7 @@ def test_a_sweep_folder_refuses_a_sweep_of_other_settings(tmp_path, corpus_file,
         assert _snapshot(out) == before
     assert main(["sweep", str(RECIPE), "--seeds", "0", *common]) == 0
     assert "sweep: seed-0 is finished; kept" in capsys.readouterr().out
+    assert main(["sweep", str(RECIPE), "--seeds", "0,1", *common]) == 0
+    assert "sweep: seed-0 is finished; kept" in capsys.readouterr().out
+    assert json.loads((out / "sweep.json").read_text())["definition"]["seeds"] == [0, 1]
+    assert (out / "seed-1" / "final").is_dir()

@@ -345,7 +345,7 @@ def test_fine_tune_swaps_the_activation_with_a_warning(trained, tmp_path, corpus
 @pytest.mark.slow
 def test_liveness_sample_every_counts_one_step_in_n(tmp_path, corpus_file):
     """liveness.sample_every=3: the training window holds only the sampled steps' tokens, while the epoch-end
-    measurement still sees every validation token."""
+    measurement still sees every validation token. (With train.plots=false: no figure, the json all the same.)"""
     from reviveformer import checkpoint as ckpt
     from reviveformer.data import prepare_data
 
@@ -360,10 +360,12 @@ def test_liveness_sample_every_counts_one_step_in_n(tmp_path, corpus_file):
                 "train.epochs": 1,
                 "train.log_every": 4,
                 "liveness.sample_every": 3,
+                "train.plots": False,
             },
         ),
     )
     train(cfg)
+    assert not list(run_dir.glob("plots/*.png"))
     # steps 5 and 6 are in the window after the log at step 4; of them only step 6 is sampled (6 % 3 == 0)
     state = ckpt.read_state(run_dir / "checkpoints" / "step_00000006")
     assert state["monitor"]["sites"]["mlp_post"]["tokens"].tolist() == [8 * 32, 8 * 32]

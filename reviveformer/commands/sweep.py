@@ -344,11 +344,15 @@ def _read_sweep_file(out: Path) -> dict[str, Any]:
 
 
 def definition_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """What differs between two sweep definitions, one phrase each (`train.lr: 0.001 before, 0.0005 now`)."""
+    """What differs between two sweep definitions, one phrase each (`train.lr: 0.001 before, 0.0005 now`).
+    More seeds than before, the earlier ones all kept, continue the same sweep (a study adds seeds as time
+    allows): not a difference."""
     found = []
     for part in ("grid", "seeds"):
-        if old.get(part) != new.get(part):
-            found.append(f"{part}: {json.dumps(old.get(part))} before, {json.dumps(new.get(part))} now")
+        was, now = old.get(part), new.get(part)
+        grown = part == "seeds" and isinstance(was, list) and isinstance(now, list) and set(was) <= set(now)
+        if was != now and not grown:
+            found.append(f"{part}: {json.dumps(was)} before, {json.dumps(now)} now")
     before, now = old.get("settings") or {}, new.get("settings") or {}
     for key in sorted(set(before) | set(now)):
         if before.get(key) != now.get(key):
@@ -359,8 +363,8 @@ def definition_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str
 
 def check_definition(out: Path, definition: dict[str, Any]) -> None:
     """Refuse to run into a sweep folder recorded for another sweep (other grid, seeds, or settings from the
-    recipe and overrides): its finished runs would be reported as this sweep's. The same sweep again, or a
-    folder without a record (new, or from before records), passes."""
+    recipe and overrides): its finished runs would be reported as this sweep's. The same sweep again, with
+    more seeds, or a folder without a record (new, or from before records), passes."""
     from reviveformer.errors import UserError
 
     old = _read_sweep_file(out).get("definition")

@@ -30,6 +30,7 @@ _NOT_SETTINGS = {
     ("train", "output_dir"),
     ("train", "resume"),
     ("train", "progress"),
+    ("train", "plots"),
     ("data", "cache_dir"),
 }
 # The columns a seed group summarises (numbers); the others are labels.

@@ -38,8 +38,11 @@ class EpochEnd:
         tracking: Tracking,
         liveness_log: LivenessLog,
         revive: Callable[[LivenessReport | None], object] | None,
+        plots: bool = True,
     ) -> None:
         self.run_dir = run_dir
+        self.plots = plots
+        """Whether the epoch end draws its figures (`train.plots`)."""
         self.is_main = is_main
         self.monitor = monitor
         self._measure = measure
@@ -73,7 +76,8 @@ class EpochEnd:
                 if hists:
                     path = self.run_dir / "liveness" / f"activations_epoch_{epoch:03d}.json"
                     write_json(path, run_report.histograms_json(hists))
-                self._plots(data, hists, step)
+                if self.plots:
+                    self._plots(data, hists, step)
         if self._revive is not None:
             self._revive(report)
         return actions
