@@ -298,7 +298,8 @@ def build_run(cfg: Config, accelerator, run_dir: Path) -> Run:
             cfg.tasks, len(data.tokenizer), [steps_per_epoch(len(each), cfg.train.grad_accum) for each in loaders],
             cfg.train.log_every, accelerator.device,
         )  # fmt: skip
-        current = min(saved.get("task", 0), tasks.count - 1) if saved is not None else 0
+        # the loader of the task a checkpoint stands in (permuted tasks share one)
+        current = min(saved.get("task", 0), len(loaders) - 1) if saved is not None else 0
     vals = [val_loader(accelerator, d.val, cfg.train.batch_size) for d in task_data]
     run = Run(
         data, model, optimizer, None, loaders[current], vals[0], monitor, reviver, tasks, loaders,

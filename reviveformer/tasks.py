@@ -4,7 +4,8 @@
 Resets", their permuted-Shakespeare benchmark): task k trains on the same corpus with every token id sent
 through a fixed bijection perm_k of the vocabulary, on training and validation data alike; task 0 is the
 identity. perm_k depends only on `tasks.seed` and k (a CPU `torch.Generator`), so every arm, process and resume
-at one seed sees exactly the same tasks. The bijection is applied per batch, one gather on the device.
+at one seed sees exactly the same tasks. The bijection is applied per batch on the device (a gather of input
+ids and of labels).
 
 `corpora`: task 0 trains on the data section's source, task k on `tasks.corpora[k - 1]`, each with its own
 training and validation splits (prepared up front by the builder, one tokenizer for all); the trainer switches

@@ -322,7 +322,7 @@ class Trainer:
         self._step_loss = torch.zeros((), device=self.accelerator.device)
         tasks = self.tasks
         for batch in loader:
-            if tasks is not None:  # the current task's view of the data (one gather on the device)
+            if tasks is not None:  # the current task's view of the data (a gather on the device)
                 batch = tasks.batch(batch, tasks.current(self.pos))
             grad_norm = self.train_step(batch)
             if grad_norm is not None:  # None: accumulating
