@@ -247,8 +247,9 @@ class TrainConfig:
     progress: bool = True
     """Show a progress bar on the main process."""
     plots: bool = True
-    """Draw the epoch-end figures (plots/ and W&B images). false skips them, and the seconds they take, in studies
-    of many small runs: metrics, liveness json and the report page are written all the same."""
+    """Draw the epoch-end figures (plots/ and W&B images; with a task sequence, at each task boundary instead).
+    false skips them, and the seconds they take, in studies of many small runs: metrics, liveness json and the
+    report page are written all the same."""
 
     def __post_init__(self) -> None:
         # YAML reads a bare `no` as false, which reaches this str field as "False"

@@ -179,7 +179,8 @@ class Trainer:
             )  # fmt: skip
         self.epoch_end = EpochEnd(
             self.run_dir, self.is_main, self.monitor, live.settling(lambda: self.measure(tc.eval_batches)), self.validator,
-            self.tracking, self.liveness_log, self.revive if self.revival_timing.at_epoch_end else None, tc.plots,
+            self.tracking, self.liveness_log, self.revive if self.revival_timing.at_epoch_end else None,
+            plots=tc.plots and self.tasks is None,  # a task sequence draws them at its boundaries instead
         )  # fmt: skip
         self.nonfinite = BadSteps(tc.max_bad_steps, self.run_dir / "checkpoints")
 
@@ -502,7 +503,10 @@ class Trainer:
             row.update(site_dormant_ratios(report))
             actions = self.liveness_log.log(report, pos.step, when=f"end of task {k}", extra=row)
             if self.is_main:
-                write_json(self.run_dir / "liveness" / f"task_{k:03d}.json", report.to_json())
+                data = report.to_json()
+                write_json(self.run_dir / "liveness" / f"task_{k:03d}.json", data)
+                if self.cfg.train.plots:
+                    self.epoch_end.draw(data, pos.step)
         else:
             self.tracking.log(row, step=pos.step)
         last = k + 1 >= self.tasks.count

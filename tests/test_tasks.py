@@ -30,6 +30,8 @@ TASKS = {
     "train.deterministic": True,
 }
 SITES = ("mlp_pre", "mlp_post", "attn_out")
+DRAWN: list[int] = []
+"""The steps at which `tasks_run` drew its figures."""
 
 
 def rows(run_dir: Path) -> list[dict]:
@@ -129,7 +131,7 @@ def test_the_permutation_is_the_same_in_every_process(tmp_path):
 def tasks_run(tmp_path_factory, corpus_file):
     run_dir = tmp_path_factory.mktemp("tasks") / "run"
     mp = pytest.MonkeyPatch()
-    mp.setattr(EpochEnd, "_plots", lambda self, liveness, hists, step: None)
+    mp.setattr(EpochEnd, "_plots", lambda self, liveness, hists, step: DRAWN.append(step))
     try:
         summary = train(load_config(RECIPE, tiny_overrides(run_dir, corpus_file, **TASKS)))
     finally:
@@ -165,6 +167,11 @@ def test_each_task_ends_with_its_row_and_liveness_file(tasks_run):
         r["step"]: r[metric_keys.TRAIN_LOSS] for r in rows(tasks_run) if metric_keys.TRAIN_LOSS in r
     }
     assert first_logs[15] > got[0][metric_keys.TASK_TRAIN_LOSS]
+
+
+@pytest.mark.slow
+def test_figures_are_drawn_at_each_task_end(tasks_run):
+    assert DRAWN == [10, 20, 30]
 
 
 @pytest.mark.slow

@@ -82,6 +82,10 @@ class EpochEnd:
             self._revive(report)
         return actions
 
+    def draw(self, liveness: dict, step: int) -> None:
+        """The figures of a measurement taken elsewhere (a task boundary's: epochs inside a task draw none)."""
+        self._plots(liveness, {}, step)
+
     def _plots(self, liveness: dict, hists: dict, step: int) -> None:
         pdir = self.run_dir / "plots"
         try:
