@@ -164,3 +164,27 @@ def launch_findings(script: str, out: Path, processes: int = 2, timeout: float =
     p = launch(script, [str(out)], processes, timeout=timeout)
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
     return json.loads(out.read_text())
+
+
+class SimulatedKill(BaseException):
+    """Raised where the fault hook would end the process; BaseException so that no `except Exception` eats it."""
+
+
+@contextlib.contextmanager
+def killed_at(fault: str):
+    """Inside, reviveformer/faults.py ends the run at `fault` (`phase[:occurrence]`) by raising SimulatedKill,
+    which the block must end with (the test then resumes in this process); the hook is off again after it."""
+    from reviveformer import faults
+
+    def kill(message):
+        raise SimulatedKill(message)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(faults, "_kill", kill)
+    mp.setattr(faults, "_arrivals", {})
+    mp.setenv(faults.ENV, fault)
+    try:
+        with pytest.raises(SimulatedKill, match=fault):
+            yield
+    finally:
+        mp.undo()

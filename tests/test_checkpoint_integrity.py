@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, tiny_overrides
+from conftest import REPO, killed_at, tiny_overrides
 from reviveformer import checkpoint as ckpt
 from reviveformer import faults
 from reviveformer.cli import main
@@ -38,10 +38,6 @@ EXTRA = {
     "model.dropout": 0.1,
     "train.resume": "auto",
 }
-
-
-class SimulatedKill(BaseException):
-    """Raised where the hook would end the process; BaseException so that no `except Exception` eats it."""
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -62,18 +58,8 @@ def _run(run_dir: Path, corpus: Path, **extra):
 
 
 def _run_killed(run_dir: Path, corpus: Path, fault: str, **extra) -> None:
-    def kill(message):
-        raise SimulatedKill(message)
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(faults, "_kill", kill)
-    mp.setattr(faults, "_arrivals", {})
-    mp.setenv(faults.ENV, fault)
-    try:
-        with pytest.raises(SimulatedKill, match=fault):
-            _run(run_dir, corpus, **extra)
-    finally:
-        mp.undo()
+    with killed_at(fault):
+        _run(run_dir, corpus, **extra)
 
 
 @pytest.fixture(scope="module")

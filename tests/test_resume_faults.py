@@ -23,7 +23,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, tiny_overrides
+from conftest import REPO, killed_at, tiny_overrides
 from reviveformer import faults
 from reviveformer.config import load_config
 from reviveformer.loop import EpochEnd
@@ -42,10 +42,6 @@ EXTRA = {
     "liveness.dead_frequency": 0.2,
     "train.resume": "auto",
 }
-
-
-class SimulatedKill(BaseException):
-    """Raised where the hook would end the process; BaseException so that no `except Exception` eats it."""
 
 
 @pytest.fixture
@@ -127,17 +123,10 @@ def assert_same_result(straight: Path, resumed: Path) -> None:
 def test_killed_at_a_phase_resumes_to_the_same_result(
     fault, straight, tmp_path, corpus_file, monkeypatch, no_figures
 ):
-    def kill(message):
-        raise SimulatedKill(message)
-
-    monkeypatch.setattr(faults, "_kill", kill)
-    monkeypatch.setattr(faults, "_arrivals", {})
-    monkeypatch.setenv(faults.ENV, fault)
     run_dir = tmp_path / "run"
-    with pytest.raises(SimulatedKill, match=fault):
+    with killed_at(fault):
         _run(run_dir, corpus_file)
     assert not (run_dir / "final").exists()
-    monkeypatch.delenv(faults.ENV)
     summary = _run(run_dir, corpus_file)
     assert (summary.steps, summary.epochs) == (12, 2)
     assert_same_result(straight, run_dir)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, launch, launch_findings, tiny_overrides
+from conftest import REPO, killed_at, launch, launch_findings, tiny_overrides
 from reviveformer import builder, faults, metric_keys
 from reviveformer.config import load_config
 from reviveformer.loop import EpochEnd
@@ -235,10 +235,6 @@ def straight(tmp_path_factory, corpus_file):
     return run_dir
 
 
-class SimulatedKill(BaseException):
-    pass
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "fault",
@@ -254,16 +250,9 @@ class SimulatedKill(BaseException):
 def test_killed_at_a_boundary_phase_resumes_to_the_same_result(
     fault, straight, tmp_path, corpus_file, monkeypatch, no_figures
 ):
-    def kill(message):
-        raise SimulatedKill(message)
-
-    monkeypatch.setattr(faults, "_kill", kill)
-    monkeypatch.setattr(faults, "_arrivals", {})
-    monkeypatch.setenv(faults.ENV, fault)
     run_dir = tmp_path / "run"
-    with pytest.raises(SimulatedKill, match=fault):
+    with killed_at(fault):
         _resume_run(run_dir, corpus_file)
-    monkeypatch.delenv(faults.ENV)
     assert _resume_run(run_dir, corpus_file).steps == 30
     a = load_file(straight / "final" / "model.safetensors")
     b = load_file(run_dir / "final" / "model.safetensors")
@@ -402,15 +391,8 @@ def test_corpora_resume_after_a_kill_at_the_switch(
 
     run(tmp_path / "straight")
 
-    def kill(message):
-        raise SimulatedKill(message)
-
-    monkeypatch.setattr(faults, "_kill", kill)
-    monkeypatch.setattr(faults, "_arrivals", {})
-    monkeypatch.setenv(faults.ENV, fault)
-    with pytest.raises(SimulatedKill, match=fault):
+    with killed_at(fault):
         run(tmp_path / "resumed")
-    monkeypatch.delenv(faults.ENV)
     assert run(tmp_path / "resumed").steps == 20
     a = load_file(tmp_path / "straight" / "final" / "model.safetensors")
     b = load_file(tmp_path / "resumed" / "final" / "model.safetensors")
