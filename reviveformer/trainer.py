@@ -248,6 +248,8 @@ class Trainer:
                 self.tracking.finish()
             if self.monitor is not None:
                 self.monitor.close()
+            if getattr(self, "reviver", None) is not None:
+                self.reviver.close()  # the hooks a per-step method attached (Continual Backprop)
             for attr in (
                 "model", "optimizer", "_inner_optimizer", "scheduler", "train_loader", "val_loader", "checkpointer"
             ):  # fmt: skip

@@ -345,7 +345,7 @@ RUNS = {
 def test_training_resumes_bit_identical(method, tmp_path, corpus_file) -> None:
     """A tiny run with the method, revival every 5 steps (at 5 and 10 of 12); the same run resumed from its
     step-8 checkpoint ends with the same weights."""
-    from reviveformer.trainer import train
+    from reviveformer.trainer import Trainer, train
 
     extra = {
         "data.max_tokens": 32 * 8 * 12,
@@ -360,8 +360,11 @@ def test_training_resumes_bit_identical(method, tmp_path, corpus_file) -> None:
         **RUNS[method],
     }
     straight = tmp_path / "straight"
-    summary = train(load_config(RECIPE, tiny_overrides(straight, corpus_file, **extra)))
+    trainer = Trainer(load_config(RECIPE, tiny_overrides(straight, corpus_file, **extra)))
+    summary = trainer.run()
     assert summary.steps == 12
+    if method == "continual_backprop":
+        assert trainer.reviver._hooks == []  # the run's end removed the hooks it attached
     rows = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
     revivals = [r for r in rows if "revival/count" in r]
     assert [(r["step"], r["revival/count"]) for r in revivals] == [(5, 1.0), (10, 2.0)]
