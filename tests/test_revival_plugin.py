@@ -81,7 +81,8 @@ def test_plugin_section_is_validated_at_load(custom_path) -> None:
         load_config(None, [f"revival.method={PLUGIN}", "revival.bias_kick.valu=1"])
     # a section of a method that is not named: unknown, with the valid keys
     with pytest.raises(
-        ConfigError, match=r"revival.bias_kick.*method, every_steps, synaptic_stripping, redo, grama"
+        ConfigError,
+        match=r"revival.bias_kick.*method, every_steps, every, synaptic_stripping, redo, grama, continual_backprop",
     ):
         load_config(None, ["revival.method=redo", "revival.bias_kick.value=1"])
 
@@ -94,7 +95,8 @@ def test_plugin_section_is_validated_at_load(custom_path) -> None:
         ("custom_reviver:NotAReviver", "'NotAReviver' is not a subclass of reviveformer.revival.Reviver"),
         (
             "prune",
-            "must be one of none, synaptic_stripping, redo, grama, or your own Reviver as package.module:Class",
+            "must be one of none, synaptic_stripping, redo, grama, continual_backprop, shrink_perturb, l2_init, "
+            "fresh_start, or your own Reviver as package.module:Class",
         ),
     ],
 )
@@ -186,9 +188,13 @@ def test_method_sections_replace_the_flat_keys() -> None:
     assert to_dict(cfg)["revival"] == {
         "method": "synaptic_stripping",
         "every_steps": 0,
+        "every": "epoch",
         "synaptic_stripping": {"fraction": 0.2, "persistent": True, "strip_bias": False},
         "redo": {"tau": 0.3},
         "grama": {"tau": 0.1},
+        "continual_backprop": {"replacement_rate": 0.0001, "decay_rate": 0.99, "maturity_threshold": 100},
+        "shrink_perturb": {"shrink": 0.4, "perturb": 0.1},
+        "l2_init": {"strength": 0.001},
     }
     with pytest.raises(ConfigError, match=r"revival.synaptic_stripping.fraction=1.5 must be in \(0, 1\]"):
         load_config(None, ["revival.synaptic_stripping.fraction=1.5"])
@@ -223,9 +229,13 @@ def test_old_flat_keys_are_read_in_their_section_with_a_warning(tmp_path, caplog
     assert to_dict(cfg)["revival"] == {
         "method": "redo",
         "every_steps": 0,
+        "every": "epoch",
         "synaptic_stripping": {"fraction": 0.3, "persistent": False, "strip_bias": True},
         "redo": {"tau": 0.25},
         "grama": {"tau": 0.25},
+        "continual_backprop": {"replacement_rate": 0.0001, "decay_rate": 0.99, "maturity_threshold": 100},
+        "shrink_perturb": {"shrink": 0.4, "perturb": 0.1},
+        "l2_init": {"strength": 0.001},
     }
     assert "revival.fraction as revival.synaptic_stripping.fraction" in caplog.text
     assert "revival.tau as revival.redo.tau and revival.grama.tau" in caplog.text
