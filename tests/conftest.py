@@ -4,6 +4,7 @@ way the tests run a script or the CLI under `accelerate launch` (or as a process
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -11,7 +12,8 @@ import socket
 import subprocess
 import sys
 import sysconfig
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.pop("WANDB_API_KEY", None)
+# One torch thread per test process: the suite runs two pytest-xdist workers on two cores, and every launched
+# process gets OMP_NUM_THREADS=1 too (launch below). Set before torch is first imported, so it holds everywhere.
+os.environ["OMP_NUM_THREADS"] = "1"
+os.environ["MKL_NUM_THREADS"] = "1"
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,11 +84,30 @@ def tiny_overrides(run_dir: Path, corpus: Path | None = None, **extra) -> list[s
     return [f"{k}={v}" for k, v in o.items()]
 
 
+def _worker_index() -> int:
+    """This pytest-xdist worker's number (gw0 -> 0); 0 without workers."""
+    name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return int(name[2:]) if name.startswith("gw") and name[2:].isdigit() else 0
+
+
+_PORTS_PER_WORKER = 1000
+_next_port = itertools.count()
+
+
 def free_port() -> int:
-    """A free local TCP port for an `accelerate launch` rendezvous."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free local TCP port for an `accelerate launch` rendezvous. Each xdist worker takes its ports from a range
+    of its own (from 20000, below the kernel's ephemeral range that port 0 and outgoing sockets draw from), so two
+    workers can never be handed the same port between the check here and the launcher's bind."""
+    base = 20000 + _PORTS_PER_WORKER * _worker_index()
+    for _ in range(_PORTS_PER_WORKER):
+        port = base + next(_next_port) % _PORTS_PER_WORKER
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # in use (a launch of this worker still shutting down, or another program)
+                continue
+            return port
+    raise RuntimeError(f"no free port in {base}..{base + _PORTS_PER_WORKER - 1}")
 
 
 def _descendants(pid: int) -> list[int]:
@@ -110,13 +135,16 @@ def launch(
     env: dict[str, str] | None = None,
     timeout: float = 300,
     accelerate: bool = True,
+    hung: Callable[[], bool] | None = None,
 ) -> subprocess.CompletedProcess:
     """Run `script` with `args` under `accelerate launch` on CPU (gloo) with `processes` processes. `script` is a
     file in tests/ (`"dist_grama_script.py"`) or a module to run with -m (`"reviveformer"`, the CLI).
     `accelerate=False`: one plain `python` process instead, whose exit status is the script's own (accelerate
     launch turns any failure into 1). One torch thread per process; the repository and tests/ are on PYTHONPATH
     (for the dist_*.py scripts); `env` adds or replaces variables. The launcher runs in a session of its own, so
-    that a hang past `timeout` is ended with every worker it started and fails the test with the output so far."""
+    that a hang past `timeout` is ended with every worker it started and fails the test with the output so far.
+    `hung`: polled twice a second while the launch runs; once it returns True the launch counts as hung at once
+    (a test whose script blocks on purpose says so instead of waiting the timeout out)."""
     target = [str(REPO / "tests" / script)] if script.endswith(".py") else ["-m", script]
     if accelerate:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes)]
@@ -142,20 +170,28 @@ def launch(
         text=True,
         start_new_session=True,
     )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        # torch's elastic agent starts each worker in a session of its own, out of reach of the launcher's
-        # group: its workers are found by parent pid (before the launcher dies and they are re-parented), and
-        # killed, or one would hold the output pipes open and the communicate() below would wait for ever
-        tree = _descendants(proc.pid)
-        os.killpg(proc.pid, signal.SIGKILL)
-        for pid in tree:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"launch of {[script, *args][:3]} did not finish in {timeout} s:\n{(out + err)[-4000:]}")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            out, err = proc.communicate(timeout=0.5 if hung else max(deadline - time.monotonic(), 0))
+            return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        except subprocess.TimeoutExpired:
+            if time.monotonic() >= deadline:
+                why = f"did not finish in {timeout} s"
+                break
+            if hung is not None and hung():
+                why = "hung"
+                break
+    # torch's elastic agent starts each worker in a session of its own, out of reach of the launcher's
+    # group: its workers are found by parent pid (before the launcher dies and they are re-parented), and
+    # killed, or one would hold the output pipes open and the communicate() below would wait for ever
+    tree = _descendants(proc.pid)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    out, err = proc.communicate()
+    pytest.fail(f"launch of {[script, *args][:3]} {why}:\n{(out + err)[-4000:]}")
 
 
 def launch_findings(script: str, out: Path, processes: int = 2, timeout: float = 300) -> dict:

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import launch
 
-TIMEOUT = 30  # s; the workers block for ever, so the launch always outlives it
+TIMEOUT = 120  # s; only a launch whose workers never start waits it out
 
 
 def _alive(pid: int) -> bool:
@@ -28,9 +28,13 @@ def _alive(pid: int) -> bool:
 
 def test_a_hung_launch_fails_and_leaves_no_worker(tmp_path):
     with ThreadPoolExecutor(1) as pool:
-        hung = pool.submit(launch, "dist_hang_script.py", [str(tmp_path)], timeout=TIMEOUT)
+        # the workers block for ever once they have written their pids: that moment is the hang, made explicit
+        def both_started() -> bool:  # a pid file is written in one write: not empty means complete
+            return [bool(p.read_text()) for p in tmp_path.glob("*.pid")] == [True, True]
+
+        hung = pool.submit(launch, "dist_hang_script.py", [str(tmp_path)], timeout=TIMEOUT, hung=both_started)
         try:
-            with pytest.raises(pytest.fail.Exception, match=f"did not finish in {TIMEOUT} s"):
+            with pytest.raises(pytest.fail.Exception, match="dist_hang_script.py.* hung:"):
                 hung.result(timeout=TIMEOUT + 60)  # without the tree kill, this waited for ever
         finally:
             pids = [int(p.read_text()) for p in tmp_path.glob("*.pid")]
