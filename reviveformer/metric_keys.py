@@ -46,6 +46,7 @@ CAPACITY = "capacity"
 REVIVAL = "revival"
 ALERTS = "alerts"
 PLOTS = "plots"
+SWEEP = "sweep"
 
 DEAD_RATIO = "dead_ratio"
 DORMANT_RATIO = "dormant_ratio"
@@ -133,6 +134,12 @@ def alert_key(rule: str) -> str:
 def plot_key(name: str) -> str:
     """`plots/<name>`: a W&B image."""
     return f"{PLOTS}/{_name(name, 'name')}"
+
+
+def sweep_key(name: str) -> str:
+    """`sweep/<name>`: a figure or table of a sweep's W&B summary run (not parsed: nothing reads that run
+    back)."""
+    return f"{SWEEP}/{_name(name, 'name')}"
 
 
 # ------------------------------------------------------------------------------------------------ parsers

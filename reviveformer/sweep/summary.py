@@ -111,16 +111,19 @@ def _dead_ratio_charts(per_cell: dict[str, dict], out: Path, threshold: float | 
 
 def _log_summary_run(wandb_cfg: Any, out: Path, group: str | None, result: dict, charts: list) -> None:
     """The comparison's figures and tables, and the charts, in one W&B run of the sweep's group."""
+    from reviveformer import metric_keys
     from reviveformer.compare import difference_cells, group_cells, table_cells
     from reviveformer.tracking import log_summary_run
 
-    figures = {f"sweep/{Path(path).stem}": path for path in result["figures"].values()}
-    figures.update({f"sweep/{Path(c).stem}": c for c in charts})
-    tables = {"sweep/runs": table_cells(result["rows"])[:2]}
+    figures = {metric_keys.sweep_key(Path(path).stem): path for path in result["figures"].values()}
+    figures.update({metric_keys.sweep_key(Path(c).stem): c for c in charts})
+    tables = {metric_keys.sweep_key("runs"): table_cells(result["rows"])[:2]}
     if result["seeds"]:
-        tables["sweep/arms_over_seeds"] = group_cells(result["seeds"]["groups"])[:2]
+        tables[metric_keys.sweep_key("arms_over_seeds")] = group_cells(result["seeds"]["groups"])[:2]
         if result["seeds"]["differences"]:
-            tables["sweep/differences"] = difference_cells(result["seeds"]["differences"])[:2]
+            tables[metric_keys.sweep_key("differences")] = difference_cells(result["seeds"]["differences"])[
+                :2
+            ]
     log_summary_run(wandb_cfg, out, f"{out.name}-summary", group or out.name, figures, tables)
 
 
