@@ -9,7 +9,7 @@ One module per job, each importing only the ones above it:
 - `runs`: the run folders: finished runs kept (if they are this sweep's), the others trained in order;
 - `summary`: the runs' liveness, the per-layer charts, the comparison and the W&B summary run.
 
-Callers import from `reviveformer.sweep`; the names below are its interface.
+Callers import from `reviveformer.sweep`; the names below are its interface (the rest is each module's own).
 
 The contract: docs/design.md, "Interfaces" (sweep folders).
 """
@@ -17,9 +17,7 @@ The contract: docs/design.md, "Interfaces" (sweep folders).
 from __future__ import annotations
 
 from reviveformer.sweep.grid import (
-    RESERVED_KEYS,
     PlannedRun,
-    cell_names,
     parse_grid,
     parse_seeds,
     plan_runs,
@@ -28,42 +26,29 @@ from reviveformer.sweep.grid import (
 from reviveformer.sweep.record import (
     SWEEP_FILE,
     check_definition,
-    definition_differences,
-    read_record,
     sweep_definition,
     write_definition,
-    write_summary,
 )
 from reviveformer.sweep.runs import (
     check_finished_run,
     finished_runs,
-    is_finished,
-    restart_unresumable,
     train_runs,
 )
-from reviveformer.sweep.summary import final_liveness, mean_liveness_per_cell, summarise_sweep
+from reviveformer.sweep.summary import final_liveness, summarise_sweep
 
 __all__ = [
-    "RESERVED_KEYS",
     "SWEEP_FILE",
     "PlannedRun",
-    "cell_names",
     "check_definition",
     "check_finished_run",
-    "definition_differences",
     "final_liveness",
     "finished_runs",
-    "is_finished",
-    "mean_liveness_per_cell",
     "parse_grid",
     "parse_seeds",
     "plan_runs",
-    "read_record",
-    "restart_unresumable",
     "run_configs",
     "summarise_sweep",
     "sweep_definition",
     "train_runs",
     "write_definition",
-    "write_summary",
 ]

@@ -66,7 +66,7 @@ def summarise_sweep(
     a summary run of the sweep's group."""
     from reviveformer.compare import compare_runs
 
-    per_cell = mean_liveness_per_cell(plan, liveness)
+    per_cell = _mean_liveness_per_cell(plan, liveness)
     out.mkdir(parents=True, exist_ok=True)
     charts = _dead_ratio_charts(per_cell, out, threshold)
     result = compare_runs([str(r.run_dir) for r in plan], out / "compare")
@@ -127,7 +127,7 @@ def _log_summary_run(wandb_cfg: Any, out: Path, group: str | None, result: dict,
     log_summary_run(wandb_cfg, out, f"{out.name}-summary", group or out.name, figures, tables)
 
 
-def mean_liveness_per_cell(plan: list[PlannedRun], liveness: dict[str, dict]) -> dict[str, dict]:
+def _mean_liveness_per_cell(plan: list[PlannedRun], liveness: dict[str, dict]) -> dict[str, dict]:
     """Per cell, each layer's dead ratio averaged over the cell's seeds, in the liveness.json shape."""
     out: dict[str, dict] = {}
     for cell in dict.fromkeys(r.cell for r in plan):
