@@ -9,6 +9,8 @@ import math
 
 import torch
 
+from reviveformer import metric_keys
+
 
 def val_loader(accelerator, dataset, batch_size: int):
     """A validation DataLoader split across processes without padding duplicates, so that liveness counts
@@ -68,7 +70,7 @@ def evaluate(model, loader, accelerator, max_batches: int | None = None, progres
     loss_sum, count = reduce_sum(accelerator, loss_sum), reduce_sum(accelerator, count)
     model.train(was_training)
     val_loss = (loss_sum / count.clamp(min=1)).item()
-    return {"val/loss": val_loss, "val/ppl": math.exp(min(val_loss, 50.0))}
+    return {metric_keys.VAL_LOSS: val_loss, metric_keys.VAL_PPL: math.exp(min(val_loss, 50.0))}
 
 
 def measure(

@@ -17,27 +17,17 @@ VAL_PPL = "val/ppl"
 EPOCH = "epoch"
 """The epoch just ended, logged with the epoch end's validation (the row's `train/epoch` is the next one)."""
 TASK_INDEX = "task/index"
-"""The task just ended (0-based), logged at its boundary with the three numbers below and the boundary's
-liveness measurement in one row."""
+"""The task just ended (0-based int), in the one row a run with a task sequence logs at each task's end: with
+the three numbers below and that boundary's `liveness/<site>/dead_ratio` and `liveness/<site>/dormant_ratio`."""
 TASK_TRAIN_LOSS = "task/train_loss"
 """Mean training loss of the ended task's last log window."""
 TASK_VAL_LOSS = "task/val_loss"
-"""The ended task's held-out loss at its end (before the boundary's revival)."""
+"""The ended task's own held-out loss at its end (before the boundary's revival)."""
 TASK_WEIGHT_NORM = "task/weight_norm"
 """L2 norm of all trainable weights at the task's end (before the boundary's revival)."""
 TASK_KEYS = (TASK_INDEX, TASK_TRAIN_LOSS, TASK_VAL_LOSS, TASK_WEIGHT_NORM)
 STEP = "step"
 """Not a metric: metrics.jsonl's step of each row."""
-TASK_INDEX = "task/index"
-"""The task just ended (0-based int), in the one row a run with a task sequence logs at each task's end; that row
-also holds the task's `liveness/<site>/dead_ratio` and `liveness/<site>/dormant_ratio`."""
-TASK_TRAIN_LOSS = "task/train_loss"
-"""Mean training loss of the task's last log window."""
-TASK_VAL_LOSS = "task/val_loss"
-"""The task's own held-out loss at its end."""
-TASK_WEIGHT_NORM = "task/weight_norm"
-"""The model's weight norm at the task's end."""
-TASK_KEYS = (TASK_INDEX, TASK_TRAIN_LOSS, TASK_VAL_LOSS, TASK_WEIGHT_NORM)
 PLAIN_KEYS = (
     TRAIN_LOSS,
     TRAIN_LR,
@@ -56,6 +46,7 @@ CAPACITY = "capacity"
 REVIVAL = "revival"
 ALERTS = "alerts"
 PLOTS = "plots"
+SWEEP = "sweep"
 
 DEAD_RATIO = "dead_ratio"
 DORMANT_RATIO = "dormant_ratio"
@@ -143,6 +134,12 @@ def alert_key(rule: str) -> str:
 def plot_key(name: str) -> str:
     """`plots/<name>`: a W&B image."""
     return f"{PLOTS}/{_name(name, 'name')}"
+
+
+def sweep_key(name: str) -> str:
+    """`sweep/<name>`: a figure or table of a sweep's W&B summary run (not parsed: nothing reads that run
+    back)."""
+    return f"{SWEEP}/{_name(name, 'name')}"
 
 
 # ------------------------------------------------------------------------------------------------ parsers

@@ -219,8 +219,8 @@ def loss_curves_figure(rows: Sequence[Mapping[str, Any]], title: str = "Loss") -
     ax = fig.add_subplot()
     drawn = 0
     for key, label, color in (
-        ("train/loss", "training", "tab:blue"),
-        ("val/loss", "validation", "tab:orange"),
+        (metric_keys.TRAIN_LOSS, "training", "tab:blue"),
+        (metric_keys.VAL_LOSS, "validation", "tab:orange"),
     ):
         series = _series(rows, key)
         if series:
@@ -583,12 +583,12 @@ def run_report_html(run_dir: str | Path) -> str:
     sites = compare.sites_of(run)
     figures = _run_figures(run, hists)
 
-    val = _last(rows, "val/loss")
+    val = _last(rows, metric_keys.VAL_LOSS)
     cards = [
         ("status", _run_status(path, rows)),
         ("final validation loss", _fmt(val, ".4f")),
         ("best validation loss", _fmt(summary["best_val_loss"], ".4f")),
-        ("last training loss", _fmt(_last(rows, "train/loss"), ".4f")),
+        ("last training loss", _fmt(_last(rows, metric_keys.TRAIN_LOSS), ".4f")),
         ("tokens/s (median)", _fmt(summary["tokens_per_s"], ",.0f")),
     ]
     cards += [(f"dead ratio {site}", _fmt(summary.get(f"dead_ratio/{site}"), ".1%")) for site in sites]

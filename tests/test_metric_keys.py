@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import json
+from pathlib import Path
 
 import pytest
 
-from conftest import tiny_overrides
+from conftest import REPO, tiny_overrides
 from reviveformer import metric_keys as mk
 from reviveformer.config import SITES, load_config
 from reviveformer.trainer import train
@@ -149,3 +151,63 @@ def test_every_key_of_a_tiny_run_parses(tmp_path, corpus_file):
     }
     layers = {mk.parse_key(k).layer for k in keys if mk.parse_key(k).kind == "liveness_layer"}
     assert layers == {0, 1}
+
+
+# Every namespace metric_keys names. The bare `step` and `epoch` are left out: as words they are also the
+# fields of status.json, checkpoints and the loop's position, so a literal of them is not a metric name.
+NAMESPACES = {k.split("/")[0] for k in mk.PLAIN_KEYS if "/" in k} | {
+    mk.LIVENESS,
+    mk.CAPACITY,
+    mk.REVIVAL,
+    mk.ALERTS,
+    mk.PLOTS,
+    mk.SWEEP,
+}
+
+
+def hand_spelled_keys(path: Path) -> list[tuple[int, str]]:
+    """(line, text) of each string constant and f-string head in `path` that starts with `<namespace>/`.
+    Docstrings and other bare string statements are prose, not keys: they do not count."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    prose = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            prose.add(id(node.value))
+        if isinstance(node, ast.JoinedStr):
+            prose |= {id(part) for part in node.values}  # an f-string counts by its head, below
+    found = []
+    for node in ast.walk(tree):
+        text = None
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in prose:
+            text = node.value
+        elif isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.Constant):
+            text = node.values[0].value
+        if text is not None and text.split("/")[0] in NAMESPACES and "/" in text:
+            found.append((node.lineno, text))
+    return sorted(found)
+
+
+def test_metric_names_are_spelled_only_in_metric_keys():
+    """A metric name is built through reviveformer.metric_keys, never spelled by hand elsewhere (design.md,
+    "Metric names"): the package's other modules hold no string starting with one of its namespaces."""
+    package = REPO / "reviveformer"
+    found = [
+        f"{path.relative_to(REPO)}:{line}: {text!r}"
+        for path in sorted(package.rglob("*.py"))
+        if path != package / "metric_keys.py"
+        for line, text in hand_spelled_keys(path)
+    ]
+    assert not found, "metric names spelled by hand (use reviveformer.metric_keys):\n" + "\n".join(found)
+
+
+def test_the_scan_finds_keys_but_not_prose(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text(
+        '"""Logs `revival/count` (a docstring)."""\n'
+        "# liveness/mlp_post/dead_ratio in a comment\n"
+        'a = {"val/loss": 1}\n'
+        'b = f"liveness/{site}/dead_ratio"\n'
+        'c = f"{x} revival/{y}"\n'
+        'd = "valid/x", "train"\n'
+    )
+    assert hand_spelled_keys(source) == [(3, "val/loss"), (4, "liveness/")]

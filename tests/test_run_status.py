@@ -19,9 +19,9 @@ import yaml
 
 from conftest import REPO, tiny_overrides
 from reviveformer.cli import main
-from reviveformer.commands.sweep import PlannedRun, check_finished_run
 from reviveformer.config import load_config
 from reviveformer.run_status import read_status, write_status
+from reviveformer.sweep import PlannedRun, check_finished_run
 
 RECIPE = REPO / "recipes" / "quickstart.yaml"
 STEPS_PER_EPOCH = 3

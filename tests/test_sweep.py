@@ -13,10 +13,10 @@ from safetensors.torch import load_file
 
 from conftest import REPO, launch, tiny_overrides
 from reviveformer.cli import main
-from reviveformer.commands.sweep import parse_grid, plan_runs
 from reviveformer.config import load_config
 from reviveformer.errors import UserError
 from reviveformer.run_status import write_status
+from reviveformer.sweep import parse_grid, plan_runs
 
 RECIPE = REPO / "recipes" / "quickstart.yaml"
 

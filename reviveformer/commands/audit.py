@@ -66,7 +66,7 @@ def table(liveness: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     from accelerate import Accelerator
 
-    from reviveformer import plots
+    from reviveformer import metric_keys, plots
     from reviveformer.errors import UserError
     from reviveformer.paths import check_out_dir
     from reviveformer.saved_model import measure_saved, measurement_data, open_saved_model, write_json
@@ -99,7 +99,9 @@ def run(args: argparse.Namespace) -> int:
         if hists:
             plots.plot_activation_histograms(hists, out / "activation_histograms.png")
         print(table(data))
-        print(f"tokens: {data['tokens']:,}  loss: {val['val/loss']:.4f}  perplexity: {val['val/ppl']:.2f}")
+        print(
+            f"tokens: {data['tokens']:,}  loss: {val[metric_keys.VAL_LOSS]:.4f}  perplexity: {val[metric_keys.VAL_PPL]:.2f}"
+        )
         print(f"liveness.json and plots: {out}")
     release(acc)
     acc.end_training()

@@ -73,6 +73,7 @@ def _save_stripped(out: Path, saved, model, stripper, metrics: dict, report) -> 
     import shutil
     import tempfile
 
+    from reviveformer import metric_keys
     from reviveformer.model import save_final
     from reviveformer.saved_model import write_json
 
@@ -90,8 +91,8 @@ def _save_stripped(out: Path, saved, model, stripper, metrics: dict, report) -> 
             "checkpoint": str(saved.path),
             "fraction": cfg.revival.synaptic_stripping.fraction,
             "strip_bias": cfg.revival.synaptic_stripping.strip_bias,
-            "dead_units": int(metrics.get("revival/dead_units", 0)),
-            "weights_stripped": int(metrics.get("revival/stripped_now", 0)),
+            "dead_units": int(metrics.get(metric_keys.revival_key("dead_units"), 0)),
+            "weights_stripped": int(metrics.get(metric_keys.revival_key("stripped_now"), 0)),
             "layers": layers,
         }
         write_json(tmp / "strip.json", result)

@@ -42,9 +42,13 @@ def write_figures(runs: Sequence[RunData], out_dir: Path) -> dict[str, Path]:
     # Non-finite values (a NaN loss) dropped: a NaN point would cut the line and hide the points after it.
     metrics = {run.name: [_finite_row(row) for row in run.metrics] for run in runs}
     figures: dict[str, Path] = {}
-    if _has_key(runs, "val/loss"):
+    if _has_key(runs, metric_keys.VAL_LOSS):
         figures["validation loss"] = plots.plot_runs_metric_over_training(
-            metrics, "val/loss", out_dir / "val_loss.png", ylabel="validation loss", title="Validation loss"
+            metrics,
+            metric_keys.VAL_LOSS,
+            out_dir / "val_loss.png",
+            ylabel="validation loss",
+            title="Validation loss",
         )
     sites = _site_order({s for run in runs for s in sites_of(run)})
     for site in sites:
@@ -78,10 +82,10 @@ def write_band_figures(groups: Sequence[SeedGroup], out_dir: Path) -> dict[str, 
     runs = [r for g in groups for r in g.runs]
     metrics = {g.label: [[_finite_row(row) for row in r.metrics] for r in g.runs] for g in groups}
     figures: dict[str, Path] = {}
-    if _has_key(runs, "val/loss"):
+    if _has_key(runs, metric_keys.VAL_LOSS):
         figures["validation loss over seeds"] = plots.plot_groups_band_over_training(
             metrics,
-            "val/loss",
+            metric_keys.VAL_LOSS,
             out_dir / "val_loss_seeds.png",
             ylabel="validation loss",
             title="Validation loss (mean and sd over seeds)",

@@ -146,9 +146,9 @@ def summarise(run: RunData, sites: Sequence[str] | None = None, tasks: bool | No
     for each site (`sites`, default the run's own), alive_fraction, effective_params, effective_param_fraction,
     revived_units (summed over revivals), pruned_weights (last revival/pruned_total), tokens_per_s (median).
     """
-    val = [v for _, v in _series(run.metrics, "val/loss")]
+    val = [v for _, v in _series(run.metrics, metric_keys.VAL_LOSS)]
     revived = _series(run.metrics, metric_keys.revival_key("revived_units"))
-    tokens = [v for _, v in _series(run.metrics, "train/tokens_per_s")]
+    tokens = [v for _, v in _series(run.metrics, metric_keys.TRAIN_TOKENS_PER_S)]
     effective = _capacity(run, "effective_params")
     pruned = _last(run.metrics, metric_keys.revival_key("pruned_total"))
     row: dict[str, Any] = {

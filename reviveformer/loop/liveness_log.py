@@ -109,7 +109,7 @@ class LivenessLog:
         self.tracking.log(metrics, step=step)
         if histograms and self.is_main and self.tracking.wandb_run is not None:
             freqs = {
-                metric_keys.layer_key(site, i, "frequency"): f
+                metric_keys.layer_key(site, i, metric_keys.FREQUENCY): f
                 for site, layers in window.frequencies().items()
                 for i, f in enumerate(layers)
             }

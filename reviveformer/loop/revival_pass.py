@@ -69,7 +69,7 @@ class RevivalPass:
                 f"{when}); training stopped, the checkpoints already written in {self.run_dir / 'checkpoints'} "
                 "are intact (resume from one with train.resume=auto once the method is fixed)"
             ) from None
-        metrics["revival/seconds"] = time.perf_counter() - t0
+        metrics[metric_keys.revival_key("seconds")] = time.perf_counter() - t0
         metrics.update(
             {metric_keys.dead_ratio_before_key(k): v for k, v in dead_ratios(report, self.sites).items()}
         )
@@ -88,7 +88,9 @@ class RevivalPass:
         if not details:
             return
         cols = list(details[0].keys())
-        self.tracking.log_table("revival/per_layer", cols, [[d[c] for c in cols] for d in details], step)
+        self.tracking.log_table(
+            metric_keys.revival_key("per_layer"), cols, [[d[c] for c in cols] for d in details], step
+        )
         try:
             fig = plots.plot_revived_per_layer(details, self.run_dir / "plots" / "revival_per_layer.png")
             self.tracking.log_images({metric_keys.plot_key("revival_per_layer"): fig}, step=step)

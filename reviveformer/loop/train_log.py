@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 
+from reviveformer import metric_keys
 from reviveformer.liveness import LivenessMonitor, PendingCounts
 from reviveformer.loop.liveness_log import LivenessLog
 from reviveformer.loop.window import reaches_multiple
@@ -50,11 +51,11 @@ class TrainLog:
         self.liveness_log.settle()  # the previous window's liveness row (an earlier step) goes first
         window_loss, window_steps, tokens_per_s = window
         metrics = {
-            "train/loss": window_loss.item() / max(window_steps, 1),
-            "train/lr": lr,
-            "train/grad_norm": float(grad_norm),
-            "train/tokens_per_s": tokens_per_s,
-            "train/epoch": epoch,
+            metric_keys.TRAIN_LOSS: window_loss.item() / max(window_steps, 1),
+            metric_keys.TRAIN_LR: lr,
+            metric_keys.TRAIN_GRAD_NORM: float(grad_norm),
+            metric_keys.TRAIN_TOKENS_PER_S: tokens_per_s,
+            metric_keys.TRAIN_EPOCH: epoch,
         }
         self.tracking.log(metrics, step=step)
         if self.monitor is not None:

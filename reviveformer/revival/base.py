@@ -36,6 +36,7 @@ from torch import nn
 from reviveformer import architecture
 from reviveformer.errors import ConfigError
 from reviveformer.liveness import LayerLiveness, LivenessReport
+from reviveformer.metric_keys import revival_key
 
 # The site whose units revival acts on: the output of the MLP activation (design.md, Revival).
 REVIVAL_SITE = "mlp_post"
@@ -130,16 +131,16 @@ class Reviver(ABC):
     @classmethod
     def metric_keys(cls, layers: list[int]) -> list[str]:
         """Every key `revive` returns for a model with these layers."""
-        keys = [f"revival/{k}" for k in (*cls.layer_metrics, *cls.run_metrics)]
-        return keys + [f"revival/layer_{i}/{k}" for i in layers for k in cls.layer_metrics]
+        keys = [revival_key(k) for k in (*cls.layer_metrics, *cls.run_metrics)]
+        return keys + [revival_key(k, i) for i in layers for k in cls.layer_metrics]
 
     def _metrics(self, details: list[dict[str, Any]], run: dict[str, float]) -> dict[str, float]:
         """`revive`'s metrics from per-layer details (keys `layer_metrics`) and the run totals (`run_metrics`)."""
-        metrics = {f"revival/{k}": float(sum(d[k] for d in details)) for k in self.layer_metrics}
-        metrics.update({f"revival/{k}": float(run[k]) for k in self.run_metrics})
+        metrics = {revival_key(k): float(sum(d[k] for d in details)) for k in self.layer_metrics}
+        metrics.update({revival_key(k): float(run[k]) for k in self.run_metrics})
         for d in details:
             for k in self.layer_metrics:
-                metrics[f"revival/layer_{d['layer']}/{k}"] = float(d[k])
+                metrics[revival_key(k, d["layer"])] = float(d[k])
         return metrics
 
     @abstractmethod
