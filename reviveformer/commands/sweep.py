@@ -237,12 +237,14 @@ def run(args: argparse.Namespace) -> int:
     from reviveformer.config import load_config
     from reviveformer.errors import UserError
     from reviveformer.paths import check_out_dir
+    from reviveformer.run_checks import check_run_inputs
     from reviveformer.trainer import train
 
     if args.threshold is not None and args.threshold < 0:
         raise UserError(f"--threshold={args.threshold} must be >= 0")
     axes = parse_grid(args.grid, args.activations)
     base = load_config(args.recipe, args.overrides)  # validates the recipe and overrides once, up front
+    check_run_inputs(base)
     if not base.liveness.enabled:
         # Refused here, on every process, before any training: the summary needs each run's liveness.
         raise UserError(
@@ -254,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
     group = base.wandb.group or f"sweep-{Path(args.recipe).stem}"
     user_keys = {o.split("=", 1)[0] for o in args.overrides}
     plan = plan_runs(axes, seeds, out, group)
-    # Every run's config is loaded (and so validated) before the first one trains.
+    # Every run's config is loaded and checked before the first one trains.
     configs = []
     for r in plan:
         extra = list(r.overrides)
@@ -263,6 +265,7 @@ def run(args: argparse.Namespace) -> int:
         if "train.resume" not in user_keys:
             extra.append("train.resume=auto")  # re-running a sweep finishes what is missing
         cfg = load_config(args.recipe, [*args.overrides, *extra])
+        check_run_inputs(cfg)
         cfg.wandb.tags = [*cfg.wandb.tags, *(f"{k}:{v}" for k, v in r.values), f"seed:{r.seed}"]
         configs.append(cfg)
     # A sweep folder holds one sweep: a re-run that would train other runs is refused before anything starts.
