@@ -266,7 +266,7 @@ class Run:
 def build_run(cfg: Config, accelerator, run_dir: Path) -> Run:
     """Check, seed, build and prepare every part, and restore a checkpoint when resuming: everything that can
     refuse the run happens here, before the first write (config.yaml, W&B, folders). The caller has checked the
-    config (`check_training_config`) and holds the run folder's lock (`loop.RunControl`)."""
+    config (`run_checks.check_run_inputs`) and holds the run folder's lock (`loop.RunControl`)."""
     resume_from = check_run(cfg, run_dir)
     accelerator.wait_for_everyone()
     if cfg.train.deterministic:

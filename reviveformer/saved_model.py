@@ -48,7 +48,7 @@ def resolve_checkpoint(path: str) -> Path:
 def _trust_override(overrides: list[str]) -> bool:
     """The user's own `model.trust_remote_code=...` among the overrides, parsed as load_config parses it."""
     given = [o for o in overrides if o.partition("=")[0].strip() == TRUST_KEY]
-    return bool(given) and load_config(None, given, training=False).model.trust_remote_code
+    return bool(given) and load_config(None, given).model.trust_remote_code
 
 
 def open_saved_model(path: str, overrides: list[str], *, trust_remote_code: bool = False) -> SavedModel:
@@ -75,11 +75,11 @@ def open_saved_model(path: str, overrides: list[str], *, trust_remote_code: bool
     model = load_model(str(where) if where.exists() else str(path), trust_remote_code=trusted, opt_in=opt_in)
     base = None
     if ours:
-        base = to_dict(load_config(where / RECIPE_NAME, training=False))
+        base = to_dict(load_config(where / RECIPE_NAME))
         base["train"]["output_dir"] = str(where.parent)
         base["model"]["init_from"] = None
         base["model"]["trust_remote_code"] = False  # only the user opts in, never a saved config
-    cfg = load_config(base, overrides, training=False)
+    cfg = load_config(base, overrides)
     tok_path = (
         str(where) if (where / "tokenizer.json").is_file() or (where / "vocab.json").is_file() else None
     )

@@ -43,7 +43,7 @@ from accelerate.utils import DataLoaderConfiguration
 from reviveformer import builder, metric_keys, resume
 from reviveformer import checkpoint as ckpt
 from reviveformer.builder import param_groups, warmup_cosine
-from reviveformer.config import Config, check_training_config, to_dict
+from reviveformer.config import Config, to_dict
 from reviveformer.errors import Preempted, TrainingHalted
 from reviveformer.evaluation import evaluate, measure
 from reviveformer.faults import fault_point
@@ -65,6 +65,7 @@ from reviveformer.loop.epoch_end import write_json
 from reviveformer.loop.liveness_log import dead_ratios, site_dormant_ratios
 from reviveformer.loop.window import reaches_multiple
 from reviveformer.revival import Reviver, arm_of_method
+from reviveformer.run_checks import check_run_inputs
 from reviveformer.summary import Summary, write_final
 from reviveformer.tracking import Tracking
 
@@ -118,7 +119,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- set-up
     def _setup(self) -> None:
-        check_training_config(self.cfg)  # cross-section checks (a Config built in code skips load_config's)
+        check_run_inputs(self.cfg)  # the checks across sections, once, before anything is built or written
         self.control.acquire(builder.check_output_dir)
         run = self.run_parts = builder.build_run(self.cfg, self.accelerator, self.run_dir)
         for name in (

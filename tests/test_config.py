@@ -8,6 +8,7 @@ import pytest
 
 from reviveformer.config import Config, load_config, save_config
 from reviveformer.errors import ConfigError
+from reviveformer.run_checks import check_run_inputs
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 
@@ -97,20 +98,21 @@ def test_bad_yaml_and_missing_recipe(tmp_path):
         load_config(listy)
 
 
-# --- checks across sections (issue 10 item 5): at load, all problems in one message --------------------------
+# --- checks across sections (issue 10 item 5): before the run, all problems in one message ------------------
 
 
 def test_cross_section_problems_are_gathered_and_name_both_keys():
+    cfg = load_config(
+        None,
+        [
+            "revival.method=redo",
+            "liveness.sites=[attn_out]",
+            "liveness.sample_every=20",
+            "alerts.rules=[{name: d, site: mlp_pre, action: stop, layers: [3]}]",
+        ],
+    )
     with pytest.raises(ConfigError) as e:
-        load_config(
-            None,
-            [
-                "revival.method=redo",
-                "liveness.sites=[attn_out]",
-                "liveness.sample_every=20",
-                "alerts.rules=[{name: d, site: mlp_pre, action: stop, layers: [3]}]",
-            ],
-        )
+        check_run_inputs(cfg)
     msg = str(e.value)
     for fragment in (
         "revival.method=redo needs 'mlp_post' in liveness.sites=['attn_out']",
@@ -123,10 +125,12 @@ def test_cross_section_problems_are_gathered_and_name_both_keys():
 
 
 def test_measuring_a_saved_model_skips_the_training_checks():
-    """audit and strip load without them: a liveness.sites override on a checkpoint trained with revival
-    is a measurement choice there, not a broken run."""
-    cfg = load_config(None, ["revival.method=redo", "liveness.sites=[attn_out]"], training=False)
+    """audit and strip load without them (they are the run's, not load_config's): a liveness.sites override
+    on a checkpoint trained with revival is a measurement choice there, not a broken run."""
+    cfg = load_config(None, ["revival.method=redo", "liveness.sites=[attn_out]"])
     assert cfg.liveness.sites == ["attn_out"]
+    with pytest.raises(ConfigError, match="needs 'mlp_post' in liveness.sites"):
+        check_run_inputs(cfg)  # what a training run of that config is refused for
 
 
 @pytest.mark.parametrize(
@@ -142,7 +146,7 @@ def test_measuring_a_saved_model_skips_the_training_checks():
     ],
 )
 def test_consistent_sections_load(overrides):
-    assert load_config(None, overrides) is not None
+    check_run_inputs(load_config(None, overrides))
 
 
 def test_layer_check_reads_the_checkpoint_with_init_from(tmp_path):
@@ -152,23 +156,30 @@ def test_layer_check_reads_the_checkpoint_with_init_from(tmp_path):
     GPT2LMHeadModel(
         GPT2Config(n_layer=4, n_embd=16, n_head=2, n_positions=16, vocab_size=300)
     ).save_pretrained(tmp_path)
-    (tmp_path / "tokenizer.json").write_text("{}")  # only its presence is checked at load
-    assert load_config(None, [f"model.init_from={tmp_path}", "alerts.rules=[{name: d, layers: [3]}]"])
+    (tmp_path / "tokenizer.json").write_text("{}")  # only its presence is checked before the run
+    check_run_inputs(
+        load_config(None, [f"model.init_from={tmp_path}", "alerts.rules=[{name: d, layers: [3]}]"])
+    )
+    cfg = load_config(None, [f"model.init_from={tmp_path}", "alerts.rules=[{name: d, layers: [4]}]"])
     with pytest.raises(ConfigError, match=r"layers has \[4\].*model.init_from=.* has layers 0..3"):
-        load_config(None, [f"model.init_from={tmp_path}", "alerts.rules=[{name: d, layers: [4]}]"])
+        check_run_inputs(cfg)
 
 
 def test_a_window_of_log_every_steps_always_holds_a_counted_step():
     """Why sample_every <= log_every suffices: steps s with s % sample_every == 0 are counted and a window
     is the log_every steps since the last log (an epoch-end measurement counts in a window of its own and
-    does not cut the training window). Checked by brute force against the rule the loader applies."""
+    does not cut the training window). Checked by brute force against the rule the run applies."""
     for log_every in range(1, 25):
         for sample_every in range(1, 30):
             windows = [range(k * log_every + 1, (k + 1) * log_every + 1) for k in range(40)]
             all_counted = all(any(s % sample_every == 0 for s in w) for w in windows)
             ok = True
             try:
-                load_config(None, [f"liveness.sample_every={sample_every}", f"train.log_every={log_every}"])
+                check_run_inputs(
+                    load_config(
+                        None, [f"liveness.sample_every={sample_every}", f"train.log_every={log_every}"]
+                    )
+                )
             except ConfigError:
                 ok = False
             assert ok == all_counted, (sample_every, log_every)
@@ -267,7 +278,8 @@ def _float_keys(schema: type, at: str = "") -> list[tuple[str, bool]]:
     import typing
     from dataclasses import fields, is_dataclass
 
-    from reviveformer.config import ALLOW_INF, RevivalConfig, _list_hint, revival_config_class
+    from reviveformer.config import ALLOW_INF, RevivalConfig, revival_config_class
+    from reviveformer.config.checks import list_hint
     from reviveformer.revival import reviver_class
 
     hints = typing.get_type_hints(schema)
@@ -276,7 +288,7 @@ def _float_keys(schema: type, at: str = "") -> list[tuple[str, bool]]:
         hint, key = hints[f.name], f"{at}.{f.name}" if at else f.name
         if hint is RevivalConfig:
             hint = revival_config_class(reviver_class("custom_reviver:BiasKick"))
-        listed = _list_hint(hint)
+        listed = list_hint(hint)
         if is_dataclass(hint):
             keys += _float_keys(hint, key)
         elif listed is not None and is_dataclass(listed[0]):
@@ -314,3 +326,50 @@ def test_every_float_key_refuses_nan_and_inf(monkeypatch):
             with pytest.raises(ConfigError) as err:
                 load_config(overrides=overrides)
             assert f"{key}={float(value)}" in str(err.value), (key, value, err.value)
+
+
+# --- the revival section's shared keys (issue 26): a method's section may not take their names -----------------
+
+
+def test_shared_revival_keys_are_the_revival_sections_own_fields():
+    """SHARED_KEYS is read from RevivalConfig: a shared key added to the dataclass (as `every` was) cannot be
+    left out of it, where a method of that name would shadow the field."""
+    from dataclasses import fields
+
+    from reviveformer.config import RevivalConfig
+    from reviveformer.revival import SHARED_KEYS
+
+    assert set(SHARED_KEYS) == {f.name for f in fields(RevivalConfig)}
+    assert "every" in SHARED_KEYS
+
+
+@pytest.mark.parametrize("shared", ["method", "every_steps", "every"])
+def test_a_plugin_named_like_a_shared_key_is_refused(shared, monkeypatch):
+    """A user's Reviver whose name is a shared key would make its section revival.<name> shadow that key."""
+    import sys
+    import types
+
+    from reviveformer.revival import Reviver
+
+    class Shadow(Reviver):
+        name = shared
+        arm = "shadow"
+
+        @classmethod
+        def from_config(cls, options, *, seed=0):
+            return cls()
+
+        def revive(self, model, report, optimizer):
+            return {}
+
+        def state_dict(self):
+            return {}
+
+        def load_state_dict(self, state):
+            pass
+
+    module = types.ModuleType("shadow_reviver")
+    module.Shadow = Shadow
+    monkeypatch.setitem(sys.modules, "shadow_reviver", module)
+    with pytest.raises(ConfigError, match=f"its name '{shared}' names its config section revival.{shared}"):
+        load_config(None, ["revival.method=shadow_reviver:Shadow"])

@@ -225,7 +225,7 @@ def test_old_flat_keys_are_read_in_their_section_with_a_warning(tmp_path, caplog
         )
     )
     with caplog.at_level(logging.WARNING, logger="reviveformer"):
-        cfg = load_config(old, training=False)
+        cfg = load_config(old)
     assert to_dict(cfg)["revival"] == {
         "method": "redo",
         "every_steps": 0,

@@ -381,7 +381,7 @@ def test_window_without_counted_tokens_logs_no_liveness_and_trips_nothing(tmp_pa
     resume may shorten a window, and a Config built in code can skip the check)."""
     import reviveformer.trainer
 
-    monkeypatch.setattr(reviveformer.trainer, "check_training_config", lambda cfg: None)
+    monkeypatch.setattr(reviveformer.trainer, "check_run_inputs", lambda cfg: None)
     run_dir = tmp_path / "empty-window"
     cfg = load_config(
         RECIPE,

@@ -52,11 +52,13 @@ def run(args: argparse.Namespace) -> int:
     from reviveformer.config import load_config
     from reviveformer.errors import UserError
     from reviveformer.paths import check_out_dir
+    from reviveformer.run_checks import check_run_inputs
 
     if args.threshold is not None and args.threshold < 0:
         raise UserError(f"--threshold={args.threshold} must be >= 0")
     axes = sweep.parse_grid(args.grid, args.activations)
     base = load_config(args.recipe, args.overrides)  # validates the recipe and overrides once, up front
+    check_run_inputs(base)
     if not base.liveness.enabled:
         # Refused here, on every process, before any training: the summary needs each run's liveness.
         raise UserError(

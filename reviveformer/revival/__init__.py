@@ -10,6 +10,7 @@ entry in `REVIVERS`; the config section, the trainer's job_type and compare's ar
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 from reviveformer.errors import ConfigError
@@ -20,6 +21,7 @@ from reviveformer.revival.fresh_start import FreshStart
 from reviveformer.revival.grama import GraMa
 from reviveformer.revival.l2_init import L2Init
 from reviveformer.revival.optim import reset_adam_state
+from reviveformer.revival.options import RevivalConfig
 from reviveformer.revival.redo import ReDo
 from reviveformer.revival.shrink_perturb import ShrinkPerturb
 from reviveformer.revival.stripping import SynapticStripping, strip_layer
@@ -30,8 +32,9 @@ REVIVERS: dict[str, type[Reviver]] = {
 }
 # The arm of a run without revival.
 BASELINE_ARM = "baseline"
-# Keys of the revival section shared by every method: a method's section may not take these names.
-SHARED_KEYS = ("method", "every_steps")
+# Keys of the revival section shared by every method: a method's section may not take these names. Read from
+# the dataclass, so a new shared key is never shadowed by a method of that name.
+SHARED_KEYS = tuple(f.name for f in fields(RevivalConfig))
 
 
 def valid_methods() -> str:

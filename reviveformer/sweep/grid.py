@@ -139,9 +139,10 @@ def _planned_run(cell: str, pairs: list[tuple[str, str]], seed: int, out: Path, 
 
 
 def run_configs(recipe: str, overrides: list[str], plan: list[PlannedRun]) -> list[Any]:
-    """Every run's config, loaded (and so validated) before the first one trains: the recipe, the user's
+    """Every run's config, loaded and checked before the first one trains: the recipe, the user's
     overrides, then the run's own, with the cell's values and seed added to the W&B tags."""
     from reviveformer.config import load_config
+    from reviveformer.run_checks import check_run_inputs
 
     user_keys = {o.split("=", 1)[0] for o in overrides}
     configs = []
@@ -152,6 +153,7 @@ def run_configs(recipe: str, overrides: list[str], plan: list[PlannedRun]) -> li
         if "train.resume" not in user_keys:
             extra.append("train.resume=auto")  # re-running a sweep finishes what is missing
         cfg = load_config(recipe, [*overrides, *extra])
+        check_run_inputs(cfg)
         cfg.wandb.tags = [*cfg.wandb.tags, *(f"{k}:{v}" for k, v in r.values), f"seed:{r.seed}"]
         configs.append(cfg)
     return configs
