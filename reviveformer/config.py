@@ -21,13 +21,13 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from reviveformer.architectures import MLP_SITE, site_names
 from reviveformer.errors import ConfigError
 from reviveformer.errors import failed_checks as _problems
 from reviveformer.errors import raise_problems as _raise
 from reviveformer.liveness.options import LivenessConfig
-from reviveformer.sites import MLP_SITE, site_names
 
-SITES = site_names()  # the built-in sites (reviveformer.sites); validation reads the registry itself
+SITES = site_names()  # the built-in sites (reviveformer.architectures); validation reads the registry itself
 ALERT_METRICS = ("dead_ratio", "dormant_ratio")
 ALERT_ACTIONS = ("none", "revive", "stop")
 DATA_SOURCES = ("stdlib", "text", "hub")
@@ -639,7 +639,7 @@ def _task_problems(cfg: Config) -> list[str]:
 def _checkpoint_problems(cfg: Config, saved: dict[str, Any]) -> list[str]:
     """What makes model.init_from's local checkpoint (its config.json `saved`) unfit for this config. A folder
     that is no checkpoint reviveformer reads at all is the model loader's to report."""
-    from reviveformer.architecture import (
+    from reviveformer.architectures import (
         ARCHITECTURES,
     )  # torch and transformers: only when a checkpoint is read
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from reviveformer import activations, architecture, gpt2
-from reviveformer.architecture import ARCHITECTURES
+from reviveformer import activations, architectures
+from reviveformer.architectures import ARCHITECTURES, gpt2, llama
 from reviveformer.config import Config, ModelConfig, save_config
 from reviveformer.errors import CheckpointError, ConfigError, UserError
 from reviveformer.plugins import TRUST_KEY, check_trusted
@@ -122,7 +122,7 @@ def _saved_tensors(path: str, keys: set[str]) -> dict[str, torch.Tensor]:
 def _restore_activation_state(model: GPT2LMHeadModel, path: str, name: str) -> None:
     """Put the saved parameters of a learned activation (prelu, a user's module) back into the modules that
     `set_activation` just installed: they are built after the weights load, so they start fresh otherwise."""
-    wanted = {k for k in model.state_dict() if gpt2.ACT_STATE_KEY in k}
+    wanted = gpt2.activation_state_keys(model)
     if not wanted:
         return
     saved = _saved_tensors(path, wanted)
@@ -214,7 +214,7 @@ def load_model(
 
 
 def _load_gated(path: str, hf, where: str):
-    """A Llama-family model (gated MLP, reviveformer.llama) as transformers builds it: its activation is its
+    """A Llama-family model (gated MLP, reviveformer.architectures.llama) as transformers builds it: its activation is its
     config's `hidden_act`, so reviveformer's activation swap and learned activations do not apply."""
     from transformers import AutoModelForCausalLM
 
@@ -270,9 +270,7 @@ def _gated_fine_tune_start(model, cfg: ModelConfig):
             f"is not supported yet; give model.activation={own} or null (the checkpoint's own)"
         )
     if hasattr(model.config, "attention_dropout"):
-        model.config.attention_dropout = cfg.dropout
-        for layer in architecture.of(model).blocks(model):
-            layer.self_attn.attention_dropout = cfg.dropout  # read at each forward, copied from the config
+        llama.set_attention_dropout(model, cfg.dropout)
     # the training setup checks data.block_size against n_positions, GPT-2's name for the trained length
     model.config.n_positions = model.config.max_position_embeddings
     return model
@@ -324,7 +322,7 @@ def n_trainable(model) -> int:
 def model_summary(model) -> str:
     c = model.config
     if c.model_type != "gpt2":
-        kind = type(architecture.unwrap(model)).__name__.removesuffix("ForCausalLM")  # Llama, Qwen2, Mistral
+        kind = type(architectures.unwrap(model)).__name__.removesuffix("ForCausalLM")  # Llama, Qwen2, Mistral
         return (
             f"{kind} {c.num_hidden_layers} layers x {c.hidden_size} wide, {c.num_attention_heads} heads, MLP "
             f"{c.intermediate_size} ({c.hidden_act}, gated), vocab {c.vocab_size}, "

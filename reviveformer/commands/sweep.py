@@ -402,8 +402,8 @@ def summarise_sweep(
     comparison of all runs, seeds of a cell grouped; with W&B on (`wandb_cfg`), the same figures and tables in
     a summary run of the sweep's group."""
     from reviveformer import plots
+    from reviveformer.architectures import site_names
     from reviveformer.compare import compare_runs, difference_cells, group_cells, table_cells
-    from reviveformer.sites import site_names
 
     per_cell = _mean_liveness_per_cell(plan, liveness)
     out.mkdir(parents=True, exist_ok=True)
