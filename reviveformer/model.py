@@ -160,9 +160,38 @@ def load_model(
 
     An activation the checkpoint names as `package.module:attr` is imported only with `trust_remote_code`
     (the user's opt-in for this load; `opt_in` tells them how to give it); otherwise a CheckpointError."""
+    where = f"{key} {path}" if key == "checkpoint" else f"{key}={path}"
+    hf = _read_hf_config(path, where)
+    if hf.model_type != "gpt2":
+        return _load_gated(path, hf, where)
+    hf, name, slope = activations.prepare_config_for_transformers(hf)
+    check_trusted(
+        name,
+        source=str(Path(path) / "config.json") if _is_local(path) else f"the config.json of hub model {path}",
+        key="reviveformer_activation"
+        if getattr(hf, "reviveformer_activation", None)
+        else "activation_function",
+        trusted=trust_remote_code,
+        opt_in=opt_in,
+    )
+    try:
+        model = GPT2LMHeadModel.from_pretrained(path, config=hf)
+    except Exception as e:
+        raise CheckpointError(
+            f"{where}: the weights could not be loaded ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''})"
+        ) from None
+    activations.set_activation(model, name, slope)
+    _restore_activation_state(model, path, name)
+    model.loss_type = CAUSAL_LM_LOSS
+    return model
+
+
+def _read_hf_config(path: str, where: str):
+    """The Hugging Face config of the model at `path` (a folder or a hub name), of a model type reviveformer
+    reads; a CheckpointError naming `where` otherwise."""
     from transformers import AutoConfig
 
-    where = f"{key} {path}" if key == "checkpoint" else f"{key}={path}"
     if not _is_local(path) and _looks_like_a_path(path):
         raise CheckpointError(
             f"{where} does not exist; give a model folder (RUN_DIR/final or any save_pretrained "
@@ -188,29 +217,7 @@ def load_model(
         raise CheckpointError(
             f"{where} is a '{hf.model_type}' model; reviveformer reads model types {', '.join(ARCHITECTURES)}"
         )
-    if hf.model_type != "gpt2":
-        return _load_gated(path, hf, where)
-    hf, name, slope = activations.prepare_config_for_transformers(hf)
-    check_trusted(
-        name,
-        source=str(Path(path) / "config.json") if _is_local(path) else f"the config.json of hub model {path}",
-        key="reviveformer_activation"
-        if getattr(hf, "reviveformer_activation", None)
-        else "activation_function",
-        trusted=trust_remote_code,
-        opt_in=opt_in,
-    )
-    try:
-        model = GPT2LMHeadModel.from_pretrained(path, config=hf)
-    except Exception as e:
-        raise CheckpointError(
-            f"{where}: the weights could not be loaded ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''})"
-        ) from None
-    activations.set_activation(model, name, slope)
-    _restore_activation_state(model, path, name)
-    model.loss_type = CAUSAL_LM_LOSS
-    return model
+    return hf
 
 
 def _load_gated(path: str, hf, where: str):

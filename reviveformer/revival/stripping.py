@@ -139,10 +139,9 @@ class SynapticStripping(Reviver):
         self.strip_bias = strip_bias
         self.revivals = 0
         self.stripped_total = 0
-        self._masks: dict[
-            int, torch.Tensor
-        ] = {}  # layer -> bool like its incoming weight, True = pruned for good
-        self._bias_masks: dict[int, torch.Tensor] = {}  # layer -> bool (out,)
+        # layer -> bool, shaped like its incoming weight (and bias), True = pruned for good
+        self._masks: dict[int, torch.Tensor] = {}
+        self._bias_masks: dict[int, torch.Tensor] = {}
         self._prev_dead: dict[int, list[int]] = {}
 
     @classmethod
