@@ -734,7 +734,7 @@ def test_counts_give_the_reports_metrics_without_per_unit_lists() -> None:
     for site, freq in counts.frequencies().items():
         np.testing.assert_array_equal(freq, rep.frequencies()[site])
     assert rep.capacity == capacity(model, rep.dead_units(), pruned)
-    with pytest.raises(ValueError, match="c_fc.weight"):
+    with pytest.raises(ValueError, match=rf"incoming weight \({N_EMBD}, {N_INNER}\)"):
         monitor.counts(pruned_masks={0: torch.zeros(N_EMBD, 3, dtype=torch.bool)})
 
 

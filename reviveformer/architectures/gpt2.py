@@ -60,9 +60,14 @@ def mlps(model: nn.Module) -> list[nn.Module]:
     return [block.mlp for block in blocks(model)]
 
 
+def block_name(layer: int) -> str:
+    """Block `layer` as the model names it, for messages."""
+    return f"transformer.h[{layer}]"
+
+
 def block_module(block: nn.Module, path: str, layer: int) -> nn.Module:
     """The module at dotted `path` inside a block (a site's module, e.g. `mlp.act` or `attn.c_proj`)."""
-    return module_at(block, path, f"transformer.h[{layer}]")
+    return module_at(block, path, block_name(layer))
 
 
 def site_location(site: str) -> tuple[str, str]:

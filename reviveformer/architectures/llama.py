@@ -61,9 +61,14 @@ def mlps(model: nn.Module) -> list[nn.Module]:
     return [block.mlp for block in blocks(model)]
 
 
+def block_name(layer: int) -> str:
+    """Decoder layer `layer` as the model names it, for messages."""
+    return f"model.layers[{layer}]"
+
+
 def block_module(block: nn.Module, path: str, layer: int) -> nn.Module:
     """The module at dotted `path` inside a decoder layer (a site's module, e.g. `mlp.down_proj`)."""
-    return module_at(block, path, f"model.layers[{layer}]")
+    return module_at(block, path, block_name(layer))
 
 
 def site_location(site: str) -> tuple[str, str]:

@@ -350,11 +350,13 @@ class LivenessMonitor:
             return []
         units = self._layout[MLP_SITE][2]
         # a stripping mask is laid out like the unit's first incoming weight (stripping.py)
-        unit_rows = self.arch.incoming_weights(self.arch.mlps(self.model)[0])[0].unit_rows
+        weight = self.arch.incoming_weights(self.arch.mlps(self.model)[0])[0]
+        unit_rows = weight.unit_rows
         bad = {i: tuple(m.shape) for i, m in masks.items() if m.dim() != 2 or unit_rows(m).shape[0] != units}
         if bad:
             raise ValueError(
-                f"pruned masks must be shaped like the MLP's incoming weight ({units} units); got {bad}"
+                f"pruned masks must be shaped like the MLP's incoming weight {tuple(weight.param.shape)} "
+                f"({units} units); got {bad}"
             )
         device = self._device()
         return [unit_rows(masks[i]).sum(dim=1, dtype=torch.float64).to(device) for i in sorted(masks)]
@@ -442,9 +444,9 @@ class LivenessMonitor:
             current = self.arch.block_module(blocks[p.layer], p.module, p.layer)
             if current is not module:
                 raise ValueError(
-                    f"block {p.layer}'s {p.module} is no longer the module the liveness monitor watches (was it "
-                    "replaced, e.g. by an activation swap, after the monitor was installed?); close() the monitor "
-                    "and create a new one after changing the model"
+                    f"{self.arch.block_name(p.layer)}.{p.module} is no longer the module the liveness monitor "
+                    "watches (was it replaced, e.g. by an activation swap, after the monitor was installed?); "
+                    "close() the monitor and create a new one after changing the model"
                 )
 
     def close(self) -> None:
