@@ -1,4 +1,4 @@
-"""MLP activations: a name -> module registry, swapping the activation of a GPT-2, and saving it so it reloads.
+"""MLP activations: a name -> module registry, swapping a model's MLP activation, and saving it so it reloads.
 
 Names (design.md, Activations): `relu`, `leaky_relu` (slope `model.leaky_relu_slope`), `elu`, `selu`, `gelu`
 (exact erf form), `gelu_new` (GPT-2's tanh approximation), `silu` (alias `swish`), `mish`, `prelu` (a learned
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from transformers.activations import ACT2CLS, ACT2FN, NewGELUActivation
 
-from reviveformer import gpt2
+from reviveformer import architectures
 from reviveformer.errors import ConfigError
 from reviveformer.plugins import import_spec
 
@@ -46,7 +46,7 @@ ACTIVATIONS: dict[str, Callable[[float], nn.Module]] = {
     "silu": lambda slope: nn.SiLU(),
     "swish": lambda slope: nn.SiLU(),
     "mish": lambda slope: nn.Mish(),
-    # learned: one negative slope per block (init 0.25), saved in the state dict as h.<i>.mlp.act.weight
+    # learned: one negative slope per block (init 0.25), saved in the state dict with the block's MLP
     "prelu": lambda slope: nn.PReLU(),
 }
 
@@ -267,15 +267,17 @@ def prepare_config_for_transformers(hf_config: Any) -> tuple[Any, str, float]:
 
 
 def set_activation(model: nn.Module, name: str, leaky_relu_slope: float = DEFAULT_LEAKY_RELU_SLOPE) -> None:
-    """Install activation `name` in every block's MLP (`transformer.h[i].mlp.act`) and record it in the config.
+    """Install activation `name` in every block's MLP (the architecture's `set_mlp_activation`) and record it in
+    the config.
 
     Works on a model that already has another activation (a swap). All modules are built before any is
     installed, so a bad name leaves the model untouched.
     """
-    blocks = gpt2.blocks(model)
+    arch = architectures.of(model)
+    blocks = arch.blocks(model)
     new_acts = [make_activation(name, leaky_relu_slope) for _ in blocks]
     for block, act in zip(blocks, new_acts, strict=True):
-        gpt2.set_mlp_activation(block, act)
+        arch.set_mlp_activation(block, act)
     model.config.reviveformer_activation = name
     model.config.reviveformer_leaky_relu_slope = float(leaky_relu_slope)
     model.config.activation_function = hf_activation_name(name, leaky_relu_slope)

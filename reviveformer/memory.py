@@ -24,8 +24,8 @@ GPT2_VOCAB = 50257
 
 
 def gpt2_params(n_layer: int, n_embd: int, n_inner: int | None, n_positions: int, vocab_size: int) -> int:
-    """Parameters of a GPT2LMHeadModel (tied head): embeddings, per block 2 layer norms, attention (c_attn
-    E x 3E, c_proj E x E) and MLP (c_fc E x I, c_proj I x E) with their biases, and the final layer norm."""
+    """Parameters of a GPT2LMHeadModel (tied head): embeddings, per block 2 layer norms, attention (query, key
+    and value E x 3E, output E x E) and MLP (E x I, I x E) with their biases, and the final layer norm."""
     e, i = n_embd, n_inner or 4 * n_embd
     block = 2 * 2 * e + (3 * e * e + 3 * e) + (e * e + e) + (e * i + i) + (i * e + e)
     return vocab_size * e + n_positions * e + n_layer * block + 2 * e

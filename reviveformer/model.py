@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from reviveformer import activations, architecture, gpt2
-from reviveformer.architecture import ARCHITECTURES
+from reviveformer import activations, architectures
+from reviveformer.architectures import ARCHITECTURES, gpt2, llama
 from reviveformer.config import Config, ModelConfig, save_config
 from reviveformer.errors import CheckpointError, ConfigError, UserError
 from reviveformer.plugins import TRUST_KEY, check_trusted
@@ -122,7 +122,7 @@ def _saved_tensors(path: str, keys: set[str]) -> dict[str, torch.Tensor]:
 def _restore_activation_state(model: GPT2LMHeadModel, path: str, name: str) -> None:
     """Put the saved parameters of a learned activation (prelu, a user's module) back into the modules that
     `set_activation` just installed: they are built after the weights load, so they start fresh otherwise."""
-    wanted = {k for k in model.state_dict() if gpt2.ACT_STATE_KEY in k}
+    wanted = gpt2.activation_state_keys(model)
     if not wanted:
         return
     saved = _saved_tensors(path, wanted)
@@ -160,34 +160,8 @@ def load_model(
 
     An activation the checkpoint names as `package.module:attr` is imported only with `trust_remote_code`
     (the user's opt-in for this load; `opt_in` tells them how to give it); otherwise a CheckpointError."""
-    from transformers import AutoConfig
-
     where = f"{key} {path}" if key == "checkpoint" else f"{key}={path}"
-    if not _is_local(path) and _looks_like_a_path(path):
-        raise CheckpointError(
-            f"{where} does not exist; give a model folder (RUN_DIR/final or any save_pretrained "
-            "folder) or a run directory"
-        )
-    if _is_local(path) and not (Path(path) / "config.json").is_file():
-        raise CheckpointError(
-            f"{where} has no config.json: give a folder written by save_pretrained (for example "
-            "RUN_DIR/final) or a GPT-2 hub name"
-        )
-    try:
-        hf = AutoConfig.from_pretrained(path)
-    except Exception as e:
-        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        if not _is_local(path):
-            raise CheckpointError(
-                f"{where} is not a local folder, and as a hub model name it could not be loaded "
-                f"(offline, or no such model: {reason}); give a model folder (RUN_DIR/final, a "
-                "save_pretrained folder), a run directory, or a hub name such as gpt2"
-            ) from None
-        raise CheckpointError(f"{where} could not be read as a Hugging Face model ({reason})") from None
-    if hf.model_type not in ARCHITECTURES:
-        raise CheckpointError(
-            f"{where} is a '{hf.model_type}' model; reviveformer reads model types {', '.join(ARCHITECTURES)}"
-        )
+    hf = _read_hf_config(path, where)
     if hf.model_type != "gpt2":
         return _load_gated(path, hf, where)
     hf, name, slope = activations.prepare_config_for_transformers(hf)
@@ -213,8 +187,41 @@ def load_model(
     return model
 
 
+def _read_hf_config(path: str, where: str):
+    """The Hugging Face config of the model at `path` (a folder or a hub name), of a model type reviveformer
+    reads; a CheckpointError naming `where` otherwise."""
+    from transformers import AutoConfig
+
+    if not _is_local(path) and _looks_like_a_path(path):
+        raise CheckpointError(
+            f"{where} does not exist; give a model folder (RUN_DIR/final or any save_pretrained "
+            "folder) or a run directory"
+        )
+    if _is_local(path) and not (Path(path) / "config.json").is_file():
+        raise CheckpointError(
+            f"{where} has no config.json: give a folder written by save_pretrained (for example "
+            "RUN_DIR/final) or a GPT-2 hub name"
+        )
+    try:
+        hf = AutoConfig.from_pretrained(path)
+    except Exception as e:
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if not _is_local(path):
+            raise CheckpointError(
+                f"{where} is not a local folder, and as a hub model name it could not be loaded "
+                f"(offline, or no such model: {reason}); give a model folder (RUN_DIR/final, a "
+                "save_pretrained folder), a run directory, or a hub name such as gpt2"
+            ) from None
+        raise CheckpointError(f"{where} could not be read as a Hugging Face model ({reason})") from None
+    if hf.model_type not in ARCHITECTURES:
+        raise CheckpointError(
+            f"{where} is a '{hf.model_type}' model; reviveformer reads model types {', '.join(ARCHITECTURES)}"
+        )
+    return hf
+
+
 def _load_gated(path: str, hf, where: str):
-    """A Llama-family model (gated MLP, reviveformer.llama) as transformers builds it: its activation is its
+    """A Llama-family model (gated MLP, reviveformer.architectures.llama) as transformers builds it: its activation is its
     config's `hidden_act`, so reviveformer's activation swap and learned activations do not apply."""
     from transformers import AutoModelForCausalLM
 
@@ -270,9 +277,7 @@ def _gated_fine_tune_start(model, cfg: ModelConfig):
             f"is not supported yet; give model.activation={own} or null (the checkpoint's own)"
         )
     if hasattr(model.config, "attention_dropout"):
-        model.config.attention_dropout = cfg.dropout
-        for layer in architecture.of(model).blocks(model):
-            layer.self_attn.attention_dropout = cfg.dropout  # read at each forward, copied from the config
+        llama.set_attention_dropout(model, cfg.dropout)
     # the training setup checks data.block_size against n_positions, GPT-2's name for the trained length
     model.config.n_positions = model.config.max_position_embeddings
     return model
@@ -324,7 +329,7 @@ def n_trainable(model) -> int:
 def model_summary(model) -> str:
     c = model.config
     if c.model_type != "gpt2":
-        kind = type(architecture.unwrap(model)).__name__.removesuffix("ForCausalLM")  # Llama, Qwen2, Mistral
+        kind = type(architectures.unwrap(model)).__name__.removesuffix("ForCausalLM")  # Llama, Qwen2, Mistral
         return (
             f"{kind} {c.num_hidden_layers} layers x {c.hidden_size} wide, {c.num_attention_heads} heads, MLP "
             f"{c.intermediate_size} ({c.hidden_act}, gated), vocab {c.vocab_size}, "

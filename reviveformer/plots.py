@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, PercentFormatter
 
 from reviveformer import metric_keys
-from reviveformer.sites import site_names, site_order
+from reviveformer.architectures import site_names, site_order
 
 logger = logging.getLogger("reviveformer")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from reviveformer.architecture import ARCHITECTURES
+from reviveformer.architectures import ARCHITECTURES
 from reviveformer.config import Config, checkpoint_json, training_problems
 from reviveformer.errors import ConfigError
 

@@ -734,7 +734,7 @@ def test_counts_give_the_reports_metrics_without_per_unit_lists() -> None:
     for site, freq in counts.frequencies().items():
         np.testing.assert_array_equal(freq, rep.frequencies()[site])
     assert rep.capacity == capacity(model, rep.dead_units(), pruned)
-    with pytest.raises(ValueError, match="c_fc.weight"):
+    with pytest.raises(ValueError, match=rf"incoming weight \({N_EMBD}, {N_INNER}\)"):
         monitor.counts(pruned_masks={0: torch.zeros(N_EMBD, 3, dtype=torch.bool)})
 
 
@@ -801,9 +801,11 @@ def test_trainer_hooks_and_frequency_histograms_at_their_cadence(tmp_path, corpu
 @pytest.fixture
 def ln2_site():
     """A test-only site: the output of each block's ln_2 (n_embd wide), registered for the test only."""
-    from reviveformer.sites import Site, register_site, unregister_site
+    from reviveformer.architectures import Site, SiteLocation, register_site, unregister_site
 
-    site = register_site(Site("ln2_out", "ln_2", "output", "n_embd", "the output of the second layer norm"))
+    site = register_site(
+        Site("ln2_out", "n_embd", "the output of the second layer norm"), gpt2=SiteLocation("ln_2", "output")
+    )
     try:
         yield site.name
     finally:
@@ -814,7 +816,7 @@ def test_a_registered_site_is_counted_exactly_against_a_hook(ln2_site) -> None:
     """One registry entry is all a new site needs: config accepts it, the monitor counts it on its module, and
     the counts equal numpy's count of a plain forward hook's captures on ln_2."""
     from reviveformer import plots
-    from reviveformer.sites import site_order
+    from reviveformer.architectures import site_order
 
     model = tiny_model("relu")
     cfg = LivenessConfig(sites=["mlp_post", ln2_site])
@@ -848,7 +850,7 @@ def test_a_registered_site_is_counted_exactly_against_a_hook(ln2_site) -> None:
 
 
 def test_a_site_is_valid_only_while_registered() -> None:
-    from reviveformer.sites import Site, register_site, unregister_site
+    from reviveformer.architectures import Site, SiteLocation, register_site, unregister_site
 
     with pytest.raises(
         ValueError,
@@ -857,8 +859,10 @@ def test_a_site_is_valid_only_while_registered() -> None:
     ):
         LivenessConfig(sites=["ln2_out"])
     with pytest.raises(ValueError, match="reads the output of mlp.act, as 'mlp_post' does"):
-        register_site(Site("post_again", "mlp.act", "output", "n_inner", "the same tensor twice"))
-    register_site(Site("ln2_out", "ln_2", "output", "n_embd", "test"))
+        register_site(
+            Site("post_again", "n_inner", "the same tensor twice"), gpt2=SiteLocation("mlp.act", "output")
+        )
+    register_site(Site("ln2_out", "n_embd", "test"), gpt2=SiteLocation("ln_2", "output"))
     try:
         assert LivenessConfig(sites=["ln2_out"]).sites == ["ln2_out"]
     finally:

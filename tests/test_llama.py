@@ -1,4 +1,4 @@
-"""The Llama-family gated MLP (reviveformer.llama) beside GPT-2: liveness counts of `audit` on tiny saved Llama,
+"""The Llama-family gated MLP (reviveformer.architectures.llama) beside GPT-2: liveness counts of `audit` on tiny saved Llama,
 Qwen2 and Mistral folders against an independent count, ReDo/GraMa edits of gated units, and strip's refusal."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from reviveformer import architecture, llama
+from reviveformer import architectures
+from reviveformer.architectures import llama
 from reviveformer.cli import main
 from reviveformer.data import train_bpe_tokenizer
 
@@ -116,9 +117,9 @@ def test_audit_counts_gated_units_like_an_independent_count(kind, tokenizer, cor
 
 def test_sites_and_unit_layout_of_a_gated_mlp():
     model = _tiny("llama")
-    assert architecture.of(model) is llama
+    assert architectures.of(model) is llama
     mlp = llama.mlps(model)[0]
-    assert architecture.of(mlp) is llama  # an MLP alone (revival holds only those) finds its architecture
+    assert architectures.of(mlp) is llama  # an MLP alone (revival holds only those) finds its architecture
     gate, up = llama.incoming_weights(mlp)
     (down,) = llama.outgoing_weights(mlp)
     assert torch.equal(gate.view[5], mlp.gate_proj.weight[5, :])

@@ -8,9 +8,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from reviveformer import metric_keys, plots
+from reviveformer.architectures import site_order
 from reviveformer.compare.runs import RunData, _number
 from reviveformer.plugins import names_code
-from reviveformer.sites import site_order
 
 # GPT-2's own activation: what a new model gets when model.activation is left unset.
 DEFAULT_ACTIVATION = "gelu_new"

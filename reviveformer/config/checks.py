@@ -14,6 +14,7 @@ import typing
 from dataclasses import fields, is_dataclass
 from typing import Any
 
+from reviveformer.architectures import MLP_SITE
 from reviveformer.config.schema import (
     ALLOW_INF,
     TASK_KINDS,
@@ -24,7 +25,6 @@ from reviveformer.config.schema import (
 )
 from reviveformer.errors import ConfigError
 from reviveformer.revival import REVIVERS
-from reviveformer.sites import MLP_SITE
 
 
 def training_problems(cfg: Config, saved: dict[str, Any] | None = None) -> list[str]:

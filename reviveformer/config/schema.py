@@ -13,14 +13,14 @@ import math
 from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
+from reviveformer.architectures import MLP_SITE, site_names
 from reviveformer.errors import failed_checks as _problems
 from reviveformer.errors import raise_problems as _raise
 from reviveformer.liveness.options import LivenessConfig
 from reviveformer.revival import REVIVERS
 from reviveformer.revival.options import RevivalConfig
-from reviveformer.sites import MLP_SITE, site_names
 
-SITES = site_names()  # the built-in sites (reviveformer.sites); validation reads the registry itself
+SITES = site_names()  # the built-in sites (reviveformer.architectures); validation reads the registry itself
 ALERT_METRICS = ("dead_ratio", "dormant_ratio")
 ALERT_ACTIONS = ("none", "revive", "stop")
 DATA_SOURCES = ("stdlib", "text", "hub")

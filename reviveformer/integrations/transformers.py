@@ -19,13 +19,13 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from reviveformer import gpt2
+from reviveformer import architectures
 from reviveformer.alerts import AlertManager, console_sink
 from reviveformer.api import make_reviver
+from reviveformer.architectures import MLP_SITE
 from reviveformer.config import AlertRule, AlertsConfig
 from reviveformer.liveness import LivenessConfig, LivenessCounts, LivenessMonitor, capacity
 from reviveformer.revival.optim import torch_optimizer
-from reviveformer.sites import MLP_SITE
 
 
 def _sum_over_processes(t: torch.Tensor) -> torch.Tensor:
@@ -130,7 +130,7 @@ class ReviveformerCallback(TrainerCallback):
             raise ValueError(
                 "ReviveformerCallback needs the Trainer's model (it was not passed to on_train_begin)"
             )
-        self._model = gpt2.unwrap(model)
+        self._model = architectures.unwrap(model)
         self._optimizer = torch_optimizer(optimizer)
         self.monitor = LivenessMonitor(self._model, self.liveness)
         if self.reviver is not None:

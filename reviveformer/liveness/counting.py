@@ -3,8 +3,9 @@ compiled count kernel and `fused_counting`, the dtype-exact threshold, and the h
 
 How counting is installed (nothing is added to the model's state_dict, its parameter names or its config):
 each watched module keeps its identity and gets its class swapped for a counting subclass of its own class
-(the site registry, `reviveformer.sites`, says which: `block.mlp.act` -> counts its input, `mlp_pre`, and its
-output, `mlp_post`; `block.attn.c_proj` -> counts its output, `attn_out`, before the residual add and dropout).
+(the model's architecture says which, `reviveformer.architectures`: in GPT-2, the MLP activation counts its
+input, `mlp_pre`, and its output, `mlp_post`; the attention's output projection counts its output, `attn_out`,
+before the residual add and dropout).
 The subclass only adds a `forward` that calls the original one and counts, so any activation module works,
 including a user's own with parameters (a wrapper module would have renamed those parameters).
 `LivenessMonitor.close()` swaps the original classes back. The counters live in one flat float64 tensor per

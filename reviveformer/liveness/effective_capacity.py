@@ -8,36 +8,38 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 
-from reviveformer import architecture
+from reviveformer import architectures
 
 
 def capacity(
     model: nn.Module, dead_units: dict[int, list[int]], pruned_masks: dict[int, Tensor] | None = None
 ) -> dict[str, int | float]:
     """Effective capacity (design.md): alive MLP units, and trainable parameters minus those that belong only
-    to dead MLP units (c_fc.weight[:, j], c_fc.bias[j], c_proj.weight[j, :]) minus pruned weights outside
-    those columns. `pruned_masks[i]` is a bool tensor shaped like `h[i].mlp.c_fc.weight`, True = pruned.
+    to dead MLP units (their incoming weights and bias and their outgoing weights, as the architecture lays them
+    out) minus pruned weights of the other units. `pruned_masks[i]` is a bool tensor shaped like layer i's
+    (first) incoming weight, True = pruned.
     `model` may be wrapped (DDP, torch.compile)."""
-    arch = architecture.of(model)
+    arch = architectures.of(model)
     mlps = arch.mlps(model)
     pruned = {}
     for i, mask in (pruned_masks or {}).items():
-        weight = arch.incoming_weights(mlps[i])[0]  # what stripping masks: c_fc.weight on GPT-2
+        weight = arch.incoming_weights(mlps[i])[0]  # what stripping masks
         if tuple(mask.shape) != tuple(weight.param.shape):
             raise ValueError(
-                f"pruned mask of layer {i} has shape {tuple(mask.shape)}, c_fc.weight {tuple(weight.param.shape)}"
+                f"pruned mask of layer {i} has shape {tuple(mask.shape)}, its incoming weight "
+                f"{tuple(weight.param.shape)}"
             )
-        pruned[i] = weight.by_unit(mask).sum(dim=1).cpu().numpy()
+        pruned[i] = weight.unit_rows(mask).sum(dim=1).cpu().numpy()
     return _capacity(model, dead_units, pruned)
 
 
 def _capacity(
     model: nn.Module, dead_units: dict[int, Any], pruned_per_unit: dict[int, np.ndarray]
 ) -> dict[str, int | float]:
-    """`capacity` from the number of pruned weights in each unit's c_fc column (layer -> (units,) ints);
+    """`capacity` from the number of pruned incoming weights of each unit (layer -> (units,) ints);
     `dead_units[i]`: unit indices of layer i, a list or an integer array."""
-    model = architecture.unwrap(model)
-    arch = architecture.of(model)
+    model = architectures.unwrap(model)
+    arch = architectures.of(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     all_units = alive = 0
     effective = trainable

@@ -15,7 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from reviveformer import architecture
+from reviveformer import architectures
+from reviveformer.architectures import MLP_SITE, get_site, site_names
 from reviveformer.errors import CheckpointError
 from reviveformer.liveness.counting import (
     _Counting,
@@ -28,7 +29,6 @@ from reviveformer.liveness.counting import (
 from reviveformer.liveness.effective_capacity import _capacity
 from reviveformer.liveness.options import LivenessConfig
 from reviveformer.liveness.report import LivenessCounts, LivenessReport
-from reviveformer.sites import MLP_SITE, get_site, site_names
 
 STATE_VERSION = 1
 
@@ -36,7 +36,7 @@ Reduce = Callable[[Tensor], Tensor]
 
 
 class LivenessMonitor:
-    """Counts per-unit firing at the configured sites of every block of a GPT-2 model (see the docstrings of
+    """Counts per-unit firing at the configured sites of every block of a model (see the docstrings of
     `reviveformer.liveness` and `reviveformer.liveness.counting`).
 
     Install on the model before or after wrapping it (DDP, torch.compile: the wrapped model is unwrapped);
@@ -53,9 +53,9 @@ class LivenessMonitor:
     count its blocks twice."""
 
     def __init__(self, model: nn.Module, cfg: LivenessConfig) -> None:
-        model = architecture.unwrap(model)
+        model = architectures.unwrap(model)
         self.model = model
-        self.arch = architecture.of(model)
+        self.arch = architectures.of(model)
         self.cfg = cfg
         self.sites = tuple(s for s in site_names() if s in cfg.sites)
         self._active = True
@@ -350,12 +350,16 @@ class LivenessMonitor:
             return []
         units = self._layout[MLP_SITE][2]
         # a stripping mask is laid out like the unit's first incoming weight (stripping.py)
-        by_unit = self.arch.incoming_weights(self.arch.mlps(self.model)[0])[0].by_unit
-        bad = {i: tuple(m.shape) for i, m in masks.items() if m.dim() != 2 or by_unit(m).shape[0] != units}
+        weight = self.arch.incoming_weights(self.arch.mlps(self.model)[0])[0]
+        unit_rows = weight.unit_rows
+        bad = {i: tuple(m.shape) for i, m in masks.items() if m.dim() != 2 or unit_rows(m).shape[0] != units}
         if bad:
-            raise ValueError(f"pruned masks must be shaped like c_fc.weight ({units} units); got {bad}")
+            raise ValueError(
+                f"pruned masks must be shaped like the MLP's incoming weight {tuple(weight.param.shape)} "
+                f"({units} units); got {bad}"
+            )
         device = self._device()
-        return [by_unit(masks[i]).sum(dim=1, dtype=torch.float64).to(device) for i in sorted(masks)]
+        return [unit_rows(masks[i]).sum(dim=1, dtype=torch.float64).to(device) for i in sorted(masks)]
 
     def _unpack(self, host: np.ndarray, masked: list[int]) -> tuple[LivenessCounts, np.ndarray]:
         """`LivenessCounts` from a flat host copy laid out as `_counters` followed by the pruned weights per
@@ -440,9 +444,9 @@ class LivenessMonitor:
             current = self.arch.block_module(blocks[p.layer], p.module, p.layer)
             if current is not module:
                 raise ValueError(
-                    f"transformer.h[{p.layer}] no longer holds the module the liveness monitor watches (was it "
-                    "replaced, e.g. by an activation swap, after the monitor was installed?); close() the monitor "
-                    "and create a new one after changing the model"
+                    f"{self.arch.block_name(p.layer)}.{p.module} is no longer the module the liveness monitor "
+                    "watches (was it replaced, e.g. by an activation swap, after the monitor was installed?); "
+                    "close() the monitor and create a new one after changing the model"
                 )
 
     def close(self) -> None:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from reviveformer.architectures import site_names
 from reviveformer.errors import failed_checks as _problems
 from reviveformer.errors import raise_problems as _raise
-from reviveformer.sites import site_names
 
 CRITERIA = ("abs", "positive")
 COUNTING = ("auto", "eager", "compiled")
@@ -23,7 +23,7 @@ class LivenessConfig:
     enabled: bool = True
     """Count firing per unit during training and at epoch end."""
     sites: list[str] = field(default_factory=lambda: list(site_names()))
-    """Sites to watch (reviveformer.sites): mlp_pre, mlp_post, attn_out."""
+    """Sites to watch (reviveformer.architectures): mlp_pre, mlp_post, attn_out."""
     threshold: float = 1e-3
     """A unit fires on a token when |a| > threshold (abs) or a > threshold (positive)."""
     criterion: str = "abs"

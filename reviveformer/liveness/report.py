@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from reviveformer import metric_keys
+from reviveformer.architectures import MLP_SITE
 from reviveformer.liveness.options import LivenessConfig
-from reviveformer.sites import MLP_SITE
 
 log = logging.getLogger(__name__)
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 from reviveformer import metric_keys, plots
 from reviveformer import report as run_report
+from reviveformer.architectures import MLP_SITE
 from reviveformer.errors import UserError
 from reviveformer.liveness import LivenessReport, capacity
 from reviveformer.loop.liveness_log import dead_ratios
 from reviveformer.revival import REVIVERS, Reviver
-from reviveformer.sites import MLP_SITE
 from reviveformer.tracking import Tracking
 
 log = logging.getLogger("reviveformer")

@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from reviveformer import architecture
+from reviveformer import architectures
 from reviveformer.errors import ConfigError
 from reviveformer.liveness import LayerLiveness, LivenessReport
 from reviveformer.metric_keys import revival_key
@@ -59,13 +59,13 @@ def check_supported(distributed_type: Any) -> None:
 
 
 def mlp_layers(model: nn.Module) -> list[nn.Module]:
-    """The MLP of every block, through any DDP / torch.compile wrapper (see reviveformer.architecture)."""
-    return architecture.of(model).mlps(model)
+    """The MLP of every block, through any DDP / torch.compile wrapper (see reviveformer.architectures)."""
+    return architectures.of(model).mlps(model)
 
 
 def model_config(model: nn.Module) -> Any:
     """The Hugging Face config of a possibly wrapped model."""
-    return architecture.unwrap(model).config
+    return architectures.unwrap(model).config
 
 
 def site_layers(report: LivenessReport, mlps: list[nn.Module], method: str) -> list[LayerLiveness]:
@@ -87,8 +87,8 @@ def site_layers(report: LivenessReport, mlps: list[nn.Module], method: str) -> l
 
 
 def mlp_units(mlp: nn.Module) -> int:
-    """The number of units of one MLP (of any architecture: GPT-2's `c_fc`, a gated MLP's `gate_proj`)."""
-    return architecture.of(mlp).mlp_units(mlp)
+    """The number of units of one MLP (of any architecture: `reviveformer.architectures`)."""
+    return architectures.of(mlp).mlp_units(mlp)
 
 
 def unit_index(units: list[int], n_units: int, device: torch.device) -> torch.Tensor:
@@ -174,7 +174,8 @@ class Reviver(ABC):
         return None
 
     def pruned_masks(self) -> dict[int, torch.Tensor] | None:
-        """Per layer, a bool mask shaped like `c_fc.weight`: True = pruned and stays pruned. None: no pruning."""
+        """Per layer, a bool mask shaped like the layer's (first) incoming weight: True = pruned and stays pruned.
+        None: no pruning."""
         return None
 
     @abstractmethod

@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from reviveformer import architecture
+from reviveformer import architectures
 from reviveformer.liveness import LivenessReport
 from reviveformer.revival.base import REVIVAL_SITE, Reviver, mlp_layers, mlp_units, model_config
 from reviveformer.revival.fresh_start import dead_details
@@ -145,7 +145,7 @@ class ContinualBackprop(Reviver):
         """Register the forward hooks at `mlp_post` and keep the optimizer (whose state replacement resets)."""
         self.close()
         self._optimizer = optimizer
-        arch = architecture.of(model)
+        arch = architectures.of(model)
         path, reads = arch.site_location(REVIVAL_SITE)
         mlps = mlp_layers(model)
         device = arch.incoming_weights(mlps[0])[0].param.device
@@ -232,7 +232,7 @@ class ContinualBackprop(Reviver):
         std = float(model_config(model).initializer_range)
         gen = torch.Generator(device="cpu").manual_seed(self.seed * SEED_STRIDE + self.steps)
         for i, mlp in enumerate(mlp_layers(model)):
-            arch = architecture.of(mlp)
+            arch = architectures.of(mlp)
             outgoing = arch.outgoing_weights(mlp)
             device = outgoing[0].param.device
             part = sums[self._slices[i]].to(device)

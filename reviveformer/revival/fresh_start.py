@@ -3,7 +3,7 @@ plasticity in continual training (docs/design.md, Revival; issue 20, "the ceilin
 
 At revival k (0-based: `revival/count` - 1) every parameter becomes the value a freshly built model of the
 same class and config holds when built under the seed `seed * SEED_STRIDE + k` (`fresh_parameters`): the
-model's own init distribution (GPT-2: normal(0, initializer_range), its scaled `c_proj` init, LayerNorm at
+model's own init distribution (GPT-2: normal(0, initializer_range), its scaled residual projections, LayerNorm at
 1 and 0; the Llama family likewise), drawn on the CPU from a seeded generator, so every process draws the same
 whatever its device. All optimizer state is dropped, as for a new optimizer: AdamW's moments and its `step`
 start again at the next optimizer step (the learning-rate schedule is the trainer's, and is not touched). A
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from reviveformer import architecture
+from reviveformer import architectures
 from reviveformer.liveness import LivenessReport
 from reviveformer.revival.base import REVIVAL_SITE, Reviver, mlp_layers
 from reviveformer.revival.optim import torch_optimizer
@@ -35,7 +35,7 @@ from reviveformer.revival.reinit import SEED_STRIDE
 def fresh_parameters(model: nn.Module, seed: int) -> dict[str, torch.Tensor]:
     """Every parameter (by name) of a new model of `model`'s class and config built on the CPU under `seed`:
     the model's own init, reproducible on any device and process. The global RNG is left as it was."""
-    plain = architecture.unwrap(model)
+    plain = architectures.unwrap(model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         fresh = type(plain)(plain.config)
@@ -102,7 +102,7 @@ class FreshStart(WholeModelReviver):
         details = dead_details(model, report)
         fresh = self._fresh(model)
         reset = 0
-        for name, param in architecture.unwrap(model).named_parameters():
+        for name, param in architectures.unwrap(model).named_parameters():
             if name in fresh:
                 param.copy_(fresh[name])
                 reset += param.numel()

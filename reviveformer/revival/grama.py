@@ -4,10 +4,10 @@ little gradient.
 
 Dormancy by activation value is ill-posed for GELU or SiLU (a unit is never exactly silent); GraMa asks
 instead whether a unit still learns. At optimizer step s, for MLP unit j of layer i with incoming weights
-`W_in = c_fc.weight[:, j]` (GPT-2's Conv1D is (in, out); a gated unit's W_in is its two rows
-`gate_proj.weight[j, :]` and `up_proj.weight[j, :]` together, the mean taken over both):
+`W_in[j]` (its architecture's `incoming_weights`: one column of GPT-2's first MLP matrix; a gated unit's gate
+and up rows together, the mean taken over both):
 
-    m_s[j] = mean_r |dL/dW_in[r, j]|            s_s[j] = m_s[j] / mean_k m_s[k]
+    m_s[j] = mean_r |dL/dW_in[j, r]|            s_s[j] = m_s[j] / mean_k m_s[k]
 
 The score of unit j is s_s[j] averaged over the optimizer steps since the last revival (the paper scores one
 batch; averaging over a window measures the same thing with less noise). Normalising within each step makes
@@ -39,7 +39,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from reviveformer import architecture, gpt2
+from reviveformer import architectures
+from reviveformer.architectures.base import unit_rows
 from reviveformer.liveness import LivenessReport
 from reviveformer.revival.base import REVIVAL_SITE, mlp_layers, mlp_units
 from reviveformer.revival.reinit import ReinitReviver, TauOptions
@@ -48,22 +49,23 @@ log = logging.getLogger("reviveformer")
 
 
 @torch.no_grad()
-def step_scores(grad: torch.Tensor) -> torch.Tensor:
-    """GraMa scores of one step from the gradient of `c_fc.weight` (laid out like it): per unit, the mean
-    |gradient| of its incoming weights over the layer's mean of that (Liu et al. 2025). Zero gradient -> 0."""
-    return _normalised(gpt2.by_unit(grad.detach().float().abs()).mean(dim=1))
+def step_scores(grad: torch.Tensor, *, units_first: bool = False) -> torch.Tensor:
+    """GraMa scores of one step from the gradient of a layer's one incoming weight matrix (one column per unit,
+    or with `units_first` one row): per unit, the mean |gradient| of its incoming weights over the layer's mean
+    of that (Liu et al. 2025). Zero gradient -> 0."""
+    return _normalised(unit_rows(grad.detach().float().abs(), units_first).mean(dim=1))
 
 
 @torch.no_grad()
 def mlp_step_scores(mlp: nn.Module) -> torch.Tensor:
     """GraMa scores of one step of one MLP of any architecture, from the gradients of its units' incoming
     weights: per unit, the mean |gradient| over all its incoming entries (a gated unit: its gate and up rows
-    together; GPT-2: `step_scores` of `c_fc`'s gradient), over the layer's mean. A frozen weight has no
-    gradient and contributes zeros, as in training."""
+    together; a single incoming matrix: `step_scores` of its gradient), over the layer's mean. A frozen weight
+    has no gradient and contributes zeros, as in training."""
     parts = []
-    for weight in architecture.of(mlp).incoming_weights(mlp):
+    for weight in architectures.of(mlp).incoming_weights(mlp):
         grad = weight.param.grad if weight.param.grad is not None else torch.zeros_like(weight.param)
-        parts.append(weight.by_unit(grad.detach().float().abs()))
+        parts.append(weight.unit_rows(grad.detach().float().abs()))
     return _normalised(torch.cat(parts, dim=1).mean(dim=1))
 
 
@@ -103,7 +105,7 @@ def saved_model_scores(model: nn.Module, loader) -> tuple[dict[int, torch.Tensor
 
 
 def _device(mlp: nn.Module) -> torch.device:
-    return architecture.of(mlp).incoming_weights(mlp)[0].param.device
+    return architectures.of(mlp).incoming_weights(mlp)[0].param.device
 
 
 def _broadcast_from_main(t: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from reviveformer import architecture
+from reviveformer import architectures
 from reviveformer.liveness import LivenessReport
 from reviveformer.revival.base import Reviver
 from reviveformer.revival.fresh_start import dead_details
@@ -47,7 +47,7 @@ class L2InitOptions:
 
 def trainable(model: nn.Module) -> dict[str, nn.Parameter]:
     """The trainable parameters of the plain model by name (a tied weight once)."""
-    return {n: p for n, p in architecture.unwrap(model).named_parameters() if p.requires_grad}
+    return {n: p for n, p in architectures.unwrap(model).named_parameters() if p.requires_grad}
 
 
 class L2Init(Reviver):

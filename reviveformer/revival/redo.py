@@ -3,8 +3,9 @@ dormant MLP units.
 
 A unit of layer i is dormant when its score `dormancy[j] <= tau` at `mlp_post` (a score that is NaN or
 missing, as when the whole layer is silent, counts as dormant). Each dormant unit gets fresh incoming weights
-from the model's own init (GPT-2: normal(0, initializer_range) for Conv1D), a zero bias, zero outgoing weights
-(`c_proj.weight[j, :]`), and its optimizer state reset (`reviveformer.revival.reinit`, shared with GraMa).
+from the model's own init (normal(0, initializer_range)), a zero bias, zero outgoing weights (its
+architecture's `outgoing_weights`), and its optimizer state reset (`reviveformer.revival.reinit`, shared with
+GraMa).
 With zero outgoing weights the unit contributes nothing right after revival; the model's output is exactly
 unchanged when the unit's activation was exactly zero (a dead ReLU unit), and otherwise loses the unit's small
 (score <= tau) contribution, as in the paper.

@@ -2,11 +2,11 @@
 
 The two methods differ only in how they find a dormant unit (activation score, gradient score). What happens
 to one is the same, and lives here: fresh incoming weights from the model's own init (normal(0,
-initializer_range): GPT-2's Conv1D, the Llama family's nn.Linear; a gated unit's gate and up rows both), a zero
-bias, zero outgoing weights (GPT-2 `c_proj.weight[j, :]`, gated `down_proj.weight[:, j]`), and its optimizer
-state reset (`reinitialise_units`). So is the bookkeeping around it (`ReinitReviver`): the units reset per layer,
-those dormant at the previous revival and not now, the total over revivals, the revival count that seeds the
-draws, and the state that carries them through a checkpoint.
+initializer_range), GPT-2's and the Llama family's alike; a gated unit's gate and up rows both), a zero bias,
+zero outgoing weights (its architecture's `outgoing_weights`), and its optimizer state reset
+(`reinitialise_units`). So is the bookkeeping around it (`ReinitReviver`): the units reset per layer, those
+dormant at the previous revival and not now, the total over revivals, the revival count that seeds the draws,
+and the state that carries them through a checkpoint.
 
 The contract: docs/design.md, "Revival" (ReDo, GraMa).
 """
@@ -19,10 +19,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from reviveformer import architecture
+from reviveformer import architectures
+from reviveformer.architectures import UnitWeight
 from reviveformer.revival.base import Reviver, mlp_layers, mlp_units, model_config, revived_count, unit_index
 from reviveformer.revival.optim import reset_adam_state
-from reviveformer.unit_weight import UnitWeight
 
 # Spreads (seed, revival count) into distinct generator seeds.
 SEED_STRIDE = 1_000_003
@@ -38,7 +38,7 @@ def reinitialise_units(
     A gated unit has two incoming rows (gate, up) and two biases: each is reset, in that order."""
     if not idx.numel():
         return
-    arch = architecture.of(mlp)
+    arch = architectures.of(mlp)
     for weight in arch.incoming_weights(mlp):
         w_in = weight.view
         # drawn as (n_in, units) and written transposed: the draw order of the first releases, so a seed still
@@ -57,7 +57,7 @@ def reinitialise_units(
 def _reset_units(optimizer: Any, weight: UnitWeight, idx: torch.Tensor) -> None:
     """Reset the optimizer state of units `idx`'s entries of `weight` (and of no other entry)."""
     chosen = torch.zeros(weight.param.shape, dtype=torch.bool, device=weight.param.device)
-    weight.by_unit(chosen)[idx] = True
+    weight.unit_rows(chosen)[idx] = True
     reset_adam_state(optimizer, weight.param, chosen)
 
 
@@ -113,7 +113,7 @@ class ReinitReviver(Reviver):
         for i, dormant, dead in decisions:
             mlp = mlps[i]
             idx = unit_index(
-                dormant, mlp_units(mlp), architecture.of(mlp).incoming_weights(mlp)[0].param.device
+                dormant, mlp_units(mlp), architectures.of(mlp).incoming_weights(mlp)[0].param.device
             )
             reinitialise_units(mlp, idx, gen, std, optimizer)
             details.append(

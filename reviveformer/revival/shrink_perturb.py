@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from reviveformer import architecture
+from reviveformer import architectures
 from reviveformer.liveness import LivenessReport
 from reviveformer.revival.fresh_start import WholeModelReviver, dead_details
 
@@ -81,7 +81,7 @@ class ShrinkPerturb(WholeModelReviver):
         details = dead_details(model, report)
         noise = self._fresh(model)
         before = after = 0.0
-        for name, param in architecture.unwrap(model).named_parameters():
+        for name, param in architectures.unwrap(model).named_parameters():
             if name not in noise:  # a parameter the HF model does not build (a custom activation's own)
                 continue
             before += float(param.detach().float().pow(2).sum())

@@ -4,7 +4,7 @@ To Life"): zero the most negative incoming weights of dead MLP units so that the
 Metrics returned by `revive` (totals, and per layer as `revival/layer_<i>/<name>` for the first four):
 
 - `revival/dead_units`: dead units at `mlp_post` in this report.
-- `revival/stripped_now`: parameter entries zeroed by this revival (c_fc weights, plus biases if strip_bias).
+- `revival/stripped_now`: parameter entries zeroed by this revival (incoming weights, plus biases if strip_bias).
 - `revival/pruned_total`: entries held at zero by the persistent mask (0 when not persistent).
 - `revival/revived_units`: units dead at the previous revival and alive now (0 at the first revival).
 - `revival/stripped_total`: entries zeroed over all revivals so far.
@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from reviveformer import architecture, gpt2
+from reviveformer import architectures
+from reviveformer.architectures.base import Architecture, UnitWeight, unit_rows
 from reviveformer.errors import ConfigError
 from reviveformer.liveness import LivenessReport
 from reviveformer.revival.base import Reviver, mlp_layers, revived_count, site_layers, unit_index
@@ -43,10 +44,13 @@ def strip_layer(
     dead_units: list[int] | torch.Tensor,
     fraction: float,
     strip_bias: bool = False,
+    *,
+    units_first: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Which entries of one layer synaptic stripping zeroes (pure: the tensors are not modified).
 
-    `weight` is `c_fc.weight` (unit j's incoming weights are row j of `gpt2.by_unit(weight)`). For each dead
+    `weight` is the layer's incoming weight matrix, with one column per unit (GPT-2's layout) or,
+    with `units_first`, one row per unit (the architecture's `UnitWeight` says which). For each dead
     unit j: n = nonzero entries of its incoming weights, k = ceil(fraction * n); the k
     most negative entries are zeroed, or all negative ones if fewer than k are negative (Whitaker & Whitley
     2023). With `strip_bias`, a negative `bias[j]` is zeroed too. Ties are broken by the lower row index
@@ -57,7 +61,7 @@ def strip_layer(
     dead = torch.as_tensor(dead_units, dtype=torch.long).to(weight.device).unique(sorted=True)
     if dead.numel() == 0:
         return w_mask, b_mask
-    units = gpt2.by_unit(weight.detach())  # (units, in): row j is unit j's incoming weights
+    units = unit_rows(weight.detach(), units_first)  # (units, in): row j is unit j's incoming weights
     if dead[0] < 0 or dead[-1] >= units.shape[0]:
         raise ValueError(f"dead unit indices must be in [0, {units.shape[0]}), got {dead.tolist()}")
     rows = units.index_select(0, dead)  # (n_dead, in): one row per dead unit
@@ -67,7 +71,7 @@ def strip_layer(
     # negative entries. argsort of the permutation inverts it without a (non-deterministic on GPU) scatter.
     order = torch.sort(rows, dim=1, stable=True).indices
     rank = torch.argsort(order, dim=1)
-    gpt2.by_unit(w_mask)[dead] = rank < k.unsqueeze(1)
+    unit_rows(w_mask, units_first)[dead] = rank < k.unsqueeze(1)
     if strip_bias and bias is not None:
         assert b_mask is not None
         b_mask[dead] = bias.detach()[dead] < 0
@@ -92,12 +96,29 @@ class StrippingOptions:
 
 def check_strippable(model: nn.Module) -> None:
     """Raise ConfigError when the model's units have no synaptic stripping (a gated MLP: see
-    `reviveformer.llama.STRIP_REFUSAL`), before anything is edited."""
-    arch = architecture.of(model)
+    `reviveformer.architectures.llama.STRIP_REFUSAL`), before anything is edited."""
+    arch = architectures.of(model)
     if arch.STRIP_REFUSAL:
         raise ConfigError(
             f"synaptic stripping does not apply to this model's {arch.NAME} units: {arch.STRIP_REFUSAL}"
         )
+
+
+def _incoming(arch: Architecture, mlp: nn.Module) -> tuple[UnitWeight, nn.Parameter | None]:
+    """The incoming weight and bias of a layer's units: one each, for the units stripping applies to
+    (`check_strippable`). The parameters themselves: the masks and the optimizer state are keyed by them."""
+    (weight,) = arch.incoming_weights(mlp)
+    biases = arch.incoming_biases(mlp)
+    return weight, (biases[0] if biases else None)
+
+
+def _hold_at_zero(param: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Zero `param` where `mask` is True; the mask comes back on the parameter's device (moved once, after
+    `load_state_dict`, which loads masks on the CPU)."""
+    if mask.device != param.device:
+        mask = mask.to(param.device)
+    param.masked_fill_(mask, 0)
+    return mask
 
 
 class SynapticStripping(Reviver):
@@ -118,8 +139,9 @@ class SynapticStripping(Reviver):
         self.strip_bias = strip_bias
         self.revivals = 0
         self.stripped_total = 0
-        self._masks: dict[int, torch.Tensor] = {}  # layer -> bool (in, out), True = pruned for good
-        self._bias_masks: dict[int, torch.Tensor] = {}  # layer -> bool (out,)
+        # layer -> bool, shaped like its incoming weight (and bias), True = pruned for good
+        self._masks: dict[int, torch.Tensor] = {}
+        self._bias_masks: dict[int, torch.Tensor] = {}
         self._prev_dead: dict[int, list[int]] = {}
 
     @classmethod
@@ -132,30 +154,15 @@ class SynapticStripping(Reviver):
         """Strip every dead unit at `mlp_post`, reset its optimizer state, extend the persistent mask.
         A report that saw no tokens measured nothing: no unit is taken for dead."""
         check_strippable(model)
+        arch = architectures.of(model)
         mlps = mlp_layers(model)
         details = []
         for entry in site_layers(report, mlps, self.name):
             i = entry.layer
-            c_fc = mlps[
-                i
-            ].c_fc  # the parameters themselves: their masks and optimizer state are keyed by them
+            weight, bias = _incoming(arch, mlps[i])
             found = entry.dead_units if report.tokens > 0 else []
-            dead = unit_index(found, gpt2.mlp_units(mlps[i]), c_fc.weight.device)
-            w_mask, b_mask = strip_layer(c_fc.weight, c_fc.bias, dead, self.fraction, self.strip_bias)
-            c_fc.weight.masked_fill_(w_mask, 0)
-            # Momentum would otherwise push the zeroed weights straight back (Whitaker & Whitley 2023).
-            reset_adam_state(optimizer, c_fc.weight, w_mask)
-            stripped = int(w_mask.sum())
-            if b_mask is not None and c_fc.bias is not None:
-                c_fc.bias.masked_fill_(b_mask, 0)
-                reset_adam_state(optimizer, c_fc.bias, b_mask)
-                stripped += int(b_mask.sum())
-            if self.persistent:
-                prev_w = self._masks.get(i)
-                self._masks[i] = w_mask if prev_w is None else w_mask | prev_w.to(w_mask.device)
-                if b_mask is not None:
-                    prev = self._bias_masks.get(i)
-                    self._bias_masks[i] = b_mask if prev is None else b_mask | prev.to(b_mask.device)
+            dead = unit_index(found, arch.mlp_units(mlps[i]), weight.param.device)
+            stripped = self._strip(i, weight, bias, dead, optimizer)
             dead_list = dead.tolist()
             pruned = int(self._masks[i].sum()) if i in self._masks else 0
             if i in self._bias_masks:
@@ -175,21 +182,52 @@ class SynapticStripping(Reviver):
         self._details = details
         return self._metrics(details, {"stripped_total": self.stripped_total, "count": self.revivals})
 
+    def _strip(
+        self,
+        layer: int,
+        weight: UnitWeight,
+        bias: nn.Parameter | None,
+        dead: torch.Tensor,
+        optimizer: Any,
+    ) -> int:
+        """Strip the `dead` units of one layer, reset the optimizer state of what was zeroed, and extend the
+        layer's persistent masks; returns the number of entries zeroed."""
+        w_mask, b_mask = strip_layer(
+            weight.param, bias, dead, self.fraction, self.strip_bias, units_first=weight.units_first
+        )
+        weight.param.masked_fill_(w_mask, 0)
+        # Momentum would otherwise push the zeroed weights straight back (Whitaker & Whitley 2023).
+        reset_adam_state(optimizer, weight.param, w_mask)
+        stripped = int(w_mask.sum())
+        if b_mask is not None and bias is not None:
+            bias.masked_fill_(b_mask, 0)
+            reset_adam_state(optimizer, bias, b_mask)
+            stripped += int(b_mask.sum())
+        if self.persistent:
+            prev_w = self._masks.get(layer)
+            self._masks[layer] = w_mask if prev_w is None else w_mask | prev_w.to(w_mask.device)
+            if b_mask is not None:
+                prev = self._bias_masks.get(layer)
+                self._bias_masks[layer] = b_mask if prev is None else b_mask | prev.to(b_mask.device)
+        return stripped
+
     @torch.no_grad()
     def after_optimizer_step(self, model: nn.Module) -> None:
         """Hold persistently stripped entries at zero (in-place masked_fill_, no host sync)."""
         if not self._masks and not self._bias_masks:
             return
+        arch = architectures.of(model)
         mlps = mlp_layers(model)
-        for masks, attr in ((self._masks, "weight"), (self._bias_masks, "bias")):
-            for i, mask in masks.items():
-                param = getattr(mlps[i].c_fc, attr)
-                if mask.device != param.device:  # once, after load_state_dict (masks are loaded on CPU)
-                    mask = masks[i] = mask.to(param.device)
-                param.masked_fill_(mask, 0)
+        for i, mask in self._masks.items():
+            self._masks[i] = _hold_at_zero(_incoming(arch, mlps[i])[0].param, mask)
+        for i, mask in self._bias_masks.items():
+            bias = _incoming(arch, mlps[i])[1]
+            assert bias is not None  # a bias mask is made only for a bias
+            self._bias_masks[i] = _hold_at_zero(bias, mask)
 
     def pruned_masks(self) -> dict[int, torch.Tensor] | None:
-        """The persistent `c_fc.weight` masks per layer (None when not persistent)."""
+        """The persistent masks of the incoming weights per layer, shaped like the weight (None when not
+        persistent)."""
         return dict(self._masks) if self.persistent else None
 
     def state_dict(self) -> dict[str, Any]:

@@ -94,7 +94,7 @@ def summarise_sweep(
 def _dead_ratio_charts(per_cell: dict[str, dict], out: Path, threshold: float | None) -> list:
     """One chart per site measured: each cell's per-layer dead ratio, the mean over its seeds."""
     from reviveformer import plots
-    from reviveformer.sites import site_names
+    from reviveformer.architectures import site_names
 
     sites = [s for s in site_names() if any(s in v["sites"] for v in per_cell.values())]
     suffix = f" (threshold {threshold:g})" if threshold is not None else ""

@@ -23,10 +23,9 @@ def check_counts(shape: tuple[int, int, int, int], ids, bf16: bool) -> dict:
     equal, |a| sums equal to float32 rounding."""
     import torch
 
-    from reviveformer import gpt2
+    from reviveformer.architectures import gpt2
     from reviveformer.config import LivenessConfig
     from reviveformer.liveness import LivenessMonitor
-    from reviveformer.sites import get_site
 
     torch.manual_seed(0)
     model = _gpt2(*shape, ids.device)
@@ -36,13 +35,13 @@ def check_counts(shape: tuple[int, int, int, int], ids, bf16: bool) -> dict:
     hooks = []
     for i, block in enumerate(gpt2.blocks(model)):
         for site in monitor.sites:
-            info = get_site(site)
+            path, reads = gpt2.site_location(site)
 
-            def hook(mod, args, out, site=site, i=i, reads=info.reads):
+            def hook(mod, args, out, site=site, i=i, reads=reads):
                 a = args[0] if reads == "input" else out
                 seen[(site, i)] = a.detach().reshape(-1, a.shape[-1])
 
-            hooks.append(gpt2.block_module(block, info.module, i).register_forward_hook(hook))
+            hooks.append(gpt2.block_module(block, path, i).register_forward_hook(hook))
     with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=bf16):
         model(input_ids=ids, labels=ids).loss.backward()
     counts = monitor.counts()

@@ -1,6 +1,6 @@
 """The gated MLP of the Llama family (transformers `LlamaMLP`, `Qwen2MLP`, `MistralMLP`), in one place: where
 the decoder layers are, each layer's MLP, a site's module, and how the MLP's weights are laid out per unit
-(design.md, "Weight layout"; the dispatch that picks this module is `reviveformer.architecture`).
+(design.md, "Weight layout"; the dispatch that picks this module is `reviveformer.architectures.of`).
 
 The MLP computes `down_proj(act_fn(gate_proj(x)) * up_proj(x))` with nn.Linear layers (weight (out, in)). Unit
 `j` is one channel of the product:
@@ -17,9 +17,14 @@ from __future__ import annotations
 
 from torch import nn
 
-from reviveformer.gpt2 import unwrap
-from reviveformer.sites import get_site
-from reviveformer.unit_weight import UnitWeight
+from reviveformer.architectures.base import (
+    SiteLocation,
+    UnitWeight,
+    locate,
+    module_at,
+    unit_parameters,
+    unwrap,
+)
 
 NAME = "gated MLP (Llama family)"
 
@@ -30,11 +35,11 @@ STRIP_REFUSAL: str | None = (
     "revive it. Use revival.method=redo or grama for this model"
 )
 
-SITE_LOCATIONS = {
-    "mlp_pre": ("mlp.act_fn", "input"),
+SITES = {
+    "mlp_pre": SiteLocation("mlp.act_fn", "input"),
     # the product act(gate) * up exists only as down_proj's input: no module outputs it
-    "mlp_post": ("mlp.down_proj", "input"),
-    "attn_out": ("self_attn.o_proj", "output"),
+    "mlp_post": SiteLocation("mlp.down_proj", "input"),
+    "attn_out": SiteLocation("self_attn.o_proj", "output"),
 }
 
 
@@ -56,23 +61,33 @@ def mlps(model: nn.Module) -> list[nn.Module]:
     return [block.mlp for block in blocks(model)]
 
 
+def block_name(layer: int) -> str:
+    """Decoder layer `layer` as the model names it, for messages."""
+    return f"model.layers[{layer}]"
+
+
 def block_module(block: nn.Module, path: str, layer: int) -> nn.Module:
     """The module at dotted `path` inside a decoder layer (a site's module, e.g. `mlp.down_proj`)."""
-    found: object = block
-    for part in path.split("."):
-        found = getattr(found, part, None)
-    if not isinstance(found, nn.Module):
-        raise ValueError(f"model.layers[{layer}].{path} is a {type(found).__name__}, not an nn.Module")
-    return found
+    return module_at(block, path, block_name(layer))
 
 
 def site_location(site: str) -> tuple[str, str]:
-    """(module path in a decoder layer, `input` or `output`) where `site` is read. A site registered by a user
-    is read where it says (its module path must then name a module of this model)."""
-    if site in SITE_LOCATIONS:
-        return SITE_LOCATIONS[site]
-    found = get_site(site)
-    return found.module, found.reads
+    """(module path in a decoder layer, `input` or `output`) where `site` is read."""
+    return locate(SITES, site, NAME)
+
+
+def set_mlp_activation(block: nn.Module, act: nn.Module) -> None:
+    """Refused: transformers builds a gated MLP's activation from the config's `hidden_act`, and swapping it is
+    not supported yet."""
+    raise ValueError(f"swapping the activation of a {NAME} is not supported yet")
+
+
+def set_attention_dropout(model: nn.Module, p: float) -> None:
+    """Set the attention dropout of the model's config and of every layer (each reads its own copy at every
+    forward)."""
+    model.config.attention_dropout = p
+    for layer in blocks(model):
+        layer.self_attn.attention_dropout = p
 
 
 def mlp_units(mlp: nn.Module) -> int:
@@ -107,8 +122,4 @@ def outgoing_weights(mlp: nn.Module) -> list[UnitWeight]:
 def per_unit_parameters(mlp: nn.Module) -> int:
     """Trainable parameters that belong to one unit alone: its two incoming rows (and biases) and its outgoing
     column (those of a frozen matrix do not count)."""
-    n = 0
-    for w in (*incoming_weights(mlp), *outgoing_weights(mlp)):
-        if w.param.requires_grad:
-            n += w.view.shape[1]
-    return n + sum(1 for b in incoming_biases(mlp) if b.requires_grad)
+    return unit_parameters(incoming_weights(mlp), incoming_biases(mlp), outgoing_weights(mlp))
