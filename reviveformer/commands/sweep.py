@@ -383,9 +383,9 @@ def write_definition(out: Path, definition: dict[str, Any]) -> None:
     """Record the sweep's definition in sweep.json (atomically, keeping a summary already there)."""
     data = {**_read_sweep_file(out), "definition": definition}
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{SWEEP_FILE}.tmp"
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(out / SWEEP_FILE)
+    from reviveformer.run_files import atomic_write
+
+    atomic_write(out / SWEEP_FILE, json.dumps(data, indent=1) + "\n")
 
 
 def summarise_sweep(
@@ -401,8 +401,8 @@ def summarise_sweep(
     """sweep.json, the per-layer dead-ratio charts (one line per cell, the mean over its seeds) and the
     comparison of all runs, seeds of a cell grouped; with W&B on (`wandb_cfg`), the same figures and tables in
     a summary run of the sweep's group."""
-    from reviveformer import plots
     from reviveformer.compare import compare_runs, difference_cells, group_cells, table_cells
+    from reviveformer.figures import plot_runs_dead_ratio_per_layer
     from reviveformer.sites import site_names
 
     per_cell = _mean_liveness_per_cell(plan, liveness)
@@ -410,7 +410,7 @@ def summarise_sweep(
     sites = [s for s in site_names() if any(s in v["sites"] for v in per_cell.values())]
     suffix = f" (threshold {threshold:g})" if threshold is not None else ""
     charts = [
-        plots.plot_runs_dead_ratio_per_layer(
+        plot_runs_dead_ratio_per_layer(
             per_cell,
             site,
             out / f"dead_ratio_per_layer_{site}.png",
