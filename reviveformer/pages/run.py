@@ -151,13 +151,13 @@ def _capacity_table(run: RunData) -> str:
 def _run_status(run_dir: Path, rows: Sequence[Mapping[str, Any]]) -> str:
     """What the run did and what final/ holds, from status.json; a folder from before status files says what
     its files show and no more (final/ there does not say at which step, nor that the run ended)."""
-    last = max((int(r["step"]) for r in rows if "step" in r), default=0)
+    last_step = max((int(r["step"]) for r in rows if "step" in r), default=0)
     status = read_status(run_dir)
     if status.state != "legacy":
-        return f"{status.sentence()}; last logged step {last}"
+        return f"{status.sentence()}; last logged step {last_step}"
     if status.has_final:
-        return f"final model present (no status.json, so not known whether it is of the last step); last logged step {last}"
-    return f"in progress or stopped: last logged step {last}, no final model yet"
+        return f"final model present (no status.json, so not known whether it is of the last step); last logged step {last_step}"
+    return f"in progress or stopped: last logged step {last_step}, no final model yet"
 
 
 def run_figures(run: RunData, hists, prefix: str = "fig") -> dict[str, str]:
