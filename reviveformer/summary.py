@@ -89,9 +89,8 @@ class Summary:
                 site: v for k, v in last.items() if (site := metric_keys.parse_dead_ratio_before_key(k))
             }
         try:
-            from reviveformer.pages import (
-                write_run_report,
-            )  # the pages only when a run ends, never in the loop
+            # imported here: training loads the pages only when a run ends, never in the loop
+            from reviveformer.pages import write_run_report
 
             self.report = str(write_run_report(run_dir))
         except Exception as e:  # the report must never fail a finished run

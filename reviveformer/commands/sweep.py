@@ -381,10 +381,10 @@ def check_definition(out: Path, definition: dict[str, Any]) -> None:
 
 def write_definition(out: Path, definition: dict[str, Any]) -> None:
     """Record the sweep's definition in sweep.json (atomically, keeping a summary already there)."""
-    data = {**_read_sweep_file(out), "definition": definition}
-    out.mkdir(parents=True, exist_ok=True)
     from reviveformer.run_files import atomic_write
 
+    data = {**_read_sweep_file(out), "definition": definition}
+    out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / SWEEP_FILE, json.dumps(data, indent=1) + "\n")
 
 
