@@ -11,7 +11,7 @@ import pytest
 from matplotlib.image import AxesImage
 
 from reviveformer import figures
-from reviveformer.run_files import read_metrics
+from reviveformer.run_files import atomic_write, last, read_metrics, series
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -354,3 +354,33 @@ def test_read_metrics_skips_broken_lines(tmp_path) -> None:
     path.write_text('{"step": 1, "a": 1.0}\n\n[1, 2]\n{"step": 2, "a": NaN}\n{"step": 3')
     rows = read_metrics(path)
     assert [r["step"] for r in rows] == [1, 2] and math.isnan(rows[1]["a"])
+
+
+def test_series_keeps_a_steps_last_number_and_drops_non_finite_unless_asked() -> None:
+    rows = [
+        {"step": 1, "a": 1.0},
+        {"step": 2, "a": float("nan")},
+        {"step": 3, "a": True},  # a bool is not a metric value
+        {"step": "4", "a": 4.0},  # nor a step that is not a number
+        {"step": 5, "a": 5.0},
+        {"step": 5, "a": 6.0},  # a resumed run logs step 5 again: the last value counts
+        {"step": 6, "b": 1.0},
+    ]
+    assert series(rows, "a") == [(1, 1.0), (5, 6.0)]
+    drawn = series(rows, "a", finite=False)
+    assert [s for s, _ in drawn] == [1, 2, 5] and math.isnan(drawn[1][1]) and drawn[2] == (5, 6.0)
+    assert last(rows, "a") == 6.0 and last(rows, "c") is None
+
+
+def test_atomic_write_replaces_whole_and_leaves_nothing_behind(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "status.json"
+    assert atomic_write(path, "old\n") == path
+    assert atomic_write(path, "new\n") == path and path.read_text() == "new\n"
+
+    def fail(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("reviveformer.run_files.os.replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, "never\n")
+    assert path.read_text() == "new\n" and sorted(p.name for p in tmp_path.iterdir()) == ["status.json"]
