@@ -18,12 +18,11 @@ A run folder from before status files (no status.json) counts as complete when i
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from reviveformer.errors import UserError
+from reviveformer.run_files import atomic_write
 
 STATUS_FILE = "status.json"
 STATES = ("running", "finished", "stopped", "halted", "preempted")
@@ -144,11 +143,4 @@ def write_status(
         if isinstance(old, int) and not isinstance(old, bool):
             final_step = old
     data = {"state": state, "step": step, "epoch": epoch, "reason": reason, "final_step": final_step}
-    fd, tmp = tempfile.mkstemp(prefix=f".{STATUS_FILE}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(data) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, json.dumps(data) + "\n")

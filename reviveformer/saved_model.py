@@ -10,8 +10,6 @@ The contract: docs/design.md, "Interfaces" (audit, strip).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from reviveformer.data import load_tokenizer, prepare_data
 from reviveformer.errors import CheckpointError, UserError
 from reviveformer.model import RECIPE_NAME, load_model
 from reviveformer.plugins import TRUST_FLAG, TRUST_KEY, check_trusted
+from reviveformer.run_files import atomic_write
 
 
 @dataclass
@@ -114,16 +113,8 @@ def measurement_data(saved: SavedModel, split: str):
 
 
 def write_json(path: Path, obj: dict) -> None:
-    """Write `path` whole or not at all: into a uniquely named file beside it (never a name a user holds),
-    then renamed over it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(obj, indent=1))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write `path` whole or not at all (`run_files.atomic_write`)."""
+    atomic_write(path, json.dumps(obj, indent=1))
 
 
 def measure_saved(

@@ -1,6 +1,7 @@
 """Statistics over seeds: mean and sample standard deviation, the Student-t quantile, Welch's t interval for
 the difference of two means, the paired t interval for runs matched by seed, and Fieller's interval for a
-ratio of paired means.
+ratio of paired means; and over runs' metric series, the mean and sd per step of a seed band, and which tasks of
+a sequence a plasticity number averages over.
 
 Written here rather than taken from scipy (not a dependency): the t quantile is the inverse of the t CDF,
 which is a regularised incomplete beta function, evaluated by its continued fraction (Numerical Recipes,
@@ -11,8 +12,13 @@ interval printed with four digits.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from reviveformer.run_files import series
 
 WELCH_METHOD = "Welch t interval (two-sided, Welch-Satterthwaite degrees of freedom)"
 PAIRED_METHOD = "paired t interval over the seeds both arms ran (two-sided, n - 1 degrees of freedom)"
@@ -171,3 +177,35 @@ def paired_ratio_interval(
     # >= 0 whenever A > 0 (the quadratic is -q var(a - r b) <= 0 at r = mean(a) / mean(b)); max() for rounding
     half = math.sqrt(max(big_b * big_b - big_a * big_c, 0.0))
     return (big_b - half) / big_a, (big_b + half) / big_a
+
+
+# ---------------------------------------------------------------------------------------------- series
+
+
+def seed_band(runs: Sequence[Sequence[Mapping[str, Any]]], key: str) -> dict[str, np.ndarray]:
+    """Mean and spread over seeds of one metric: at each step logged by any run, the mean, the sample standard
+    deviation (NaN where fewer than 2 runs have the step) and n, the number of runs with a value there."""
+    return band([dict(series(rows, key, finite=False)) for rows in runs])
+
+
+def band(per_run: Sequence[Mapping[int, float]]) -> dict[str, np.ndarray]:
+    """`seed_band` of series already read: one {x: value} per run ("step" holds the x values); a non-finite
+    value counts as missing."""
+    steps = sorted({s for values in per_run for s in values})
+    mean, sd, n = [], [], []
+    for step in steps:
+        values = [run[step] for run in per_run if step in run and math.isfinite(run[step])]
+        n.append(len(values))
+        mean.append(float(np.mean(values)) if values else np.nan)
+        sd.append(float(np.std(values, ddof=1)) if len(values) > 1 else np.nan)
+    return {
+        "step": np.array(steps, dtype=np.int64),
+        "mean": np.array(mean),
+        "sd": np.array(sd),
+        "n": np.array(n, dtype=np.int64),
+    }
+
+
+def last_half(n_tasks: int) -> range:
+    """The tasks a plasticity number averages over: the last half, k >= n_tasks // 2 (of 5 tasks: 2, 3, 4)."""
+    return range(n_tasks // 2, n_tasks)

@@ -8,10 +8,12 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reviveformer import metric_keys, plots
-from reviveformer import report as run_report
+from reviveformer import metric_keys
 from reviveformer.faults import fault_point
 from reviveformer.model import save_final
+from reviveformer.revival.describe import totals_line
+from reviveformer.revival.events import revival_events
+from reviveformer.run_files import read_metrics
 
 log = logging.getLogger("reviveformer")
 
@@ -31,7 +33,7 @@ class Summary:
     stopped_by: str | None = None
     dead_ratio: dict[str, float] = field(default_factory=dict)
     revival: str | None = None
-    """The revival totals line (report.revival_totals_line), None when nothing was revived."""
+    """The revival totals line (revival.describe.totals_line), None when nothing was revived."""
     revival_step: int = 0
     dead_ratio_before_revival: dict[str, float] = field(default_factory=dict)
     """Per site, the dead ratio the last revival decided from."""
@@ -74,12 +76,12 @@ class Summary:
         run_dir = Path(self.run_dir)
         if not (run_dir / "metrics.jsonl").is_file():
             return
-        rows = plots.read_metrics(run_dir / "metrics.jsonl")
+        rows = read_metrics(run_dir / "metrics.jsonl")
         rates = [r[metric_keys.TRAIN_TOKENS_PER_S] for r in rows if metric_keys.TRAIN_TOKENS_PER_S in r]
         self.tokens_per_s = sorted(rates)[len(rates) // 2] if rates else 0.0
-        events = run_report.revival_events(rows, method)
+        events = revival_events(rows)
         if events:
-            self.revival = run_report.revival_totals_line(events)
+            self.revival = totals_line(method, events)
             self.revival_step = events[-1].step
             last = [r for r in rows if r.get("step") == events[-1].step and metric_keys.REVIVAL_COUNT in r][
                 -1
@@ -88,7 +90,10 @@ class Summary:
                 site: v for k, v in last.items() if (site := metric_keys.parse_dead_ratio_before_key(k))
             }
         try:
-            self.report = str(run_report.write_run_report(run_dir))
+            # imported here: training loads the pages only when a run ends, never in the loop
+            from reviveformer.pages import write_run_report
+
+            self.report = str(write_run_report(run_dir))
         except Exception as e:  # the report must never fail a finished run
             log.warning("report.html not written: %s: %s", type(e).__name__, e)
 

@@ -648,7 +648,7 @@ def test_baseline_option(seeded: list[Path], tmp_path: Path, capsys) -> None:
 
 
 def test_seed_band_by_hand() -> None:
-    from reviveformer.plots import seed_band
+    from reviveformer.stats import seed_band
 
     a = [{"step": 10, "k": 1.0}, {"step": 20, "k": 2.0}]
     b = [{"step": 10, "k": 3.0}, {"step": 20, "k": 4.0}, {"step": 30, "k": 5.0}, {"step": 30, "other": 1}]

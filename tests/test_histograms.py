@@ -130,12 +130,12 @@ def test_zero_bin_is_what_does_not_fire() -> None:
 def test_figure_shows_the_zero_bin() -> None:
     from matplotlib.patches import StepPatch
 
-    from reviveformer import plots
+    from reviveformer import figures
 
     edges = histogram_edges(16, 1e-3)
     counts = np.arange(17, dtype=np.int64)
     counts[8] = 120  # the spike: 120 of 256 values
-    fig = plots.activation_histograms_figure({("mlp_post", 0): (counts, edges)})
+    fig = figures.activation_histograms_figure({("mlp_post", 0): (counts, edges)})
     ax = fig.axes[0]
     assert ax.get_xscale() == "symlog"
     [step] = [p for p in ax.patches if isinstance(p, StepPatch)]

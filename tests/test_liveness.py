@@ -815,8 +815,8 @@ def ln2_site():
 def test_a_registered_site_is_counted_exactly_against_a_hook(ln2_site) -> None:
     """One registry entry is all a new site needs: config accepts it, the monitor counts it on its module, and
     the counts equal numpy's count of a plain forward hook's captures on ln_2."""
-    from reviveformer import plots
     from reviveformer.architectures import site_order
+    from reviveformer.figures.common import site_color
 
     model = tiny_model("relu")
     cfg = LivenessConfig(sites=["mlp_post", ln2_site])
@@ -846,7 +846,7 @@ def test_a_registered_site_is_counted_exactly_against_a_hook(ln2_site) -> None:
         model.transformer.h[0].ln_2, "_rf_probe"
     )
     assert site_order(["zz", ln2_site, "mlp_pre"]) == ["mlp_pre", ln2_site, "zz"]
-    assert plots._site_color(ln2_site, 0) == "tab:red"  # fourth entry of the registry
+    assert site_color(ln2_site, 0) == "tab:red"  # fourth entry of the registry
 
 
 def test_a_site_is_valid_only_while_registered() -> None:

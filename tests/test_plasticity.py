@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from test_compare import assert_png, config, write_run
 
-from reviveformer import compare, metric_keys, plots, report
+from reviveformer import compare, figures, metric_keys
 from reviveformer.cli import main
+from reviveformer.pages import run_report_html
 from reviveformer.stats import paired_ratio_interval
 
 ARMS = ("none", "fresh_start", "redo")
@@ -220,7 +221,7 @@ def test_plasticity_figure_files(task_runs: list[Path], tmp_path: Path) -> None:
     groups = {
         LABELS[a]: [compare.load_run(p).metrics for p in task_runs if p.name.startswith(a)] for a in ARMS
     }
-    fig = plots.plasticity_figure(groups)
+    fig = figures.plasticity_figure(groups)
     train_ax, val_ax, dead_ax = fig.axes
     for ax, values in ((train_ax, TRAIN), (val_ax, VAL), (dead_ax, DEAD)):
         lines = [line for line in ax.get_lines() if line.get_label().endswith("(n=3)")]
@@ -235,7 +236,7 @@ def test_plasticity_figure_files(task_runs: list[Path], tmp_path: Path) -> None:
 
 
 def test_report_page_has_the_per_task_figure(task_runs: list[Path], tmp_path: Path) -> None:
-    page = report.run_report_html(task_runs[0])
+    page = run_report_html(task_runs[0])
     match = re.search(r'<figure id="fig-tasks"><img alt="[^"]*" src="data:image/png;base64,([^"]+)"', page)
     assert match is not None
     (tmp_path / "tasks.png").write_bytes(base64.b64decode(match[1]))
@@ -243,7 +244,7 @@ def test_report_page_has_the_per_task_figure(task_runs: list[Path], tmp_path: Pa
     # under Training, after the loss curves
     assert page.index('id="fig-loss"') < page.index('id="fig-tasks"') < page.index("<h2>Neuron liveness</h2>")
 
-    fig = plots.plasticity_figure({"run": [compare.load_run(task_runs[0]).metrics]})
+    fig = figures.plasticity_figure({"run": [compare.load_run(task_runs[0]).metrics]})
     line = fig.axes[0].get_lines()[0]
     assert np.allclose(line.get_ydata(), TRAIN[0, 0])  # the run's own numbers, task 2's resumed row last
     assert len(fig.axes[0].collections) == 0  # one run: no band
@@ -259,7 +260,7 @@ def test_runs_without_tasks_are_unchanged(tmp_path: Path) -> None:
     assert not any(k in row for row in result["rows"] for k in compare.TASK_COLUMNS)
     assert "Plasticity" not in (tmp_path / "cmp" / "compare.md").read_text()
     assert not list((tmp_path / "cmp").glob("plasticity*"))
-    page = report.run_report_html(runs[0])
+    page = run_report_html(runs[0])
     assert 'id="fig-tasks"' not in page
 
 

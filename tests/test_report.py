@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, tiny_overrides
-from reviveformer import report
 from reviveformer.cli import main
 from reviveformer.config import load_config
+from reviveformer.revival.describe import event_line, totals_line
+from reviveformer.revival.events import revival_event
 from reviveformer.trainer import train
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -181,12 +182,12 @@ def test_redo_line_and_totals() -> None:
         "revival/reinitialised_total": 70.0,
         "revival/count": 2.0,
     }
-    event = report.revival_event(metrics, step=60)
-    assert event.line("end of epoch 2") == (
+    event = revival_event(metrics, step=60)
+    assert event_line("redo", event, "end of epoch 2") == (
         "revival 2 at step 60 (end of epoch 2), ReDo: 40 dormant units "
         "re-initialised (12 dead); 5 units revived since the previous revival"
     )
-    first = report.revival_event(
+    first = revival_event(
         {
             **metrics,
             "revival/count": 1.0,
@@ -196,27 +197,26 @@ def test_redo_line_and_totals() -> None:
         },
         step=30,
     )
-    assert first.line() == (
+    assert event_line("redo", first) == (
         "revival 1 at step 30, ReDo: 30 dormant units re-initialised (12 dead); first revival, "
         "nothing to compare with yet"
     )
-    assert report.revival_totals_line([first, event]) == (
+    assert totals_line("redo", [first, event]) == (
         "revival (ReDo): 2 events, 70 dormant units re-initialised in all, 5 units revived"
     )
     # GraMa re-initialises too and logs the same totals: named as itself, from the run's method
-    grama = report.revival_event({**metrics, "revival/grama_steps": 30.0}, step=60, method="grama")
-    assert grama.line() == (
+    grama = revival_event({**metrics, "revival/grama_steps": 30.0}, step=60)
+    assert event_line("grama", grama) == (
         "revival 2 at step 60, GraMa: 40 dormant units re-initialised (12 dead); 5 units revived since the "
         "previous revival"
     )
-    assert report.revival_totals_line([grama]).startswith("revival (GraMa): 1 event, 70 dormant units")
+    assert totals_line("grama", [grama]).startswith("revival (GraMa): 1 event, 70 dormant units")
     # a plug-in with metrics of its own: the units found and revived, under its own name
-    plugin = report.revival_event(
+    plugin = revival_event(
         {"revival/count": 1.0, "revival/dead_units": 7.0, "revival/revived_units": 0.0},
         step=9,
-        method="custom_reviver:BiasKick",
     )
-    assert plugin.line() == (
+    assert event_line("custom_reviver:BiasKick", plugin) == (
         "revival 1 at step 9, custom_reviver:BiasKick: 7 dead units found; first revival, nothing to compare with yet"
     )
 

@@ -47,7 +47,7 @@ EXTRA = {
 @pytest.fixture
 def no_figures(monkeypatch):
     monkeypatch.setattr(EpochEnd, "_plots", lambda self, liveness, hists, step: None)
-    monkeypatch.setattr("reviveformer.plots.plot_revived_per_layer", lambda details, path: None)
+    monkeypatch.setattr("reviveformer.figures.plot_revived_per_layer", lambda details, path: None)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -67,7 +67,7 @@ def _run(run_dir: Path, corpus: Path):
 def straight(tmp_path_factory, corpus_file):
     mp = pytest.MonkeyPatch()
     mp.setattr(EpochEnd, "_plots", lambda self, liveness, hists, step: None)
-    mp.setattr("reviveformer.plots.plot_revived_per_layer", lambda details, path: None)
+    mp.setattr("reviveformer.figures.plot_revived_per_layer", lambda details, path: None)
     mp.delenv(faults.ENV, raising=False)
     run_dir = tmp_path_factory.mktemp("straight") / "run"
     try:

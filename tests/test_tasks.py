@@ -54,7 +54,7 @@ def one_thread():
 @pytest.fixture
 def no_figures(monkeypatch):
     monkeypatch.setattr(EpochEnd, "_plots", lambda self, liveness, hists, step: None)
-    monkeypatch.setattr("reviveformer.plots.plot_revived_per_layer", lambda details, path: None)
+    monkeypatch.setattr("reviveformer.figures.plot_revived_per_layer", lambda details, path: None)
 
 
 # ------------------------------------------------------------------------------------------ the permutation
@@ -225,7 +225,7 @@ def _resume_run(run_dir: Path, corpus: Path):
 def straight(tmp_path_factory, corpus_file):
     mp = pytest.MonkeyPatch()
     mp.setattr(EpochEnd, "_plots", lambda self, liveness, hists, step: None)
-    mp.setattr("reviveformer.plots.plot_revived_per_layer", lambda details, path: None)
+    mp.setattr("reviveformer.figures.plot_revived_per_layer", lambda details, path: None)
     mp.delenv(faults.ENV, raising=False)
     run_dir = tmp_path_factory.mktemp("straight") / "run"
     try:

@@ -66,7 +66,7 @@ def table(liveness: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     from accelerate import Accelerator
 
-    from reviveformer import metric_keys, plots
+    from reviveformer import figures, metric_keys
     from reviveformer.errors import UserError
     from reviveformer.paths import check_out_dir
     from reviveformer.saved_model import measure_saved, measurement_data, open_saved_model, write_json
@@ -94,10 +94,10 @@ def run(args: argparse.Namespace) -> int:
         if grama is not None:
             data["grama"] = grama
         write_json(out / "liveness.json", data)
-        plots.plot_frequency_heatmap(data, out / "frequency_heatmap.png")
-        plots.plot_dead_ratio_per_layer(data, out / "dead_ratio_per_layer.png")
+        figures.plot_frequency_heatmap(data, out / "frequency_heatmap.png")
+        figures.plot_dead_ratio_per_layer(data, out / "dead_ratio_per_layer.png")
         if hists:
-            plots.plot_activation_histograms(hists, out / "activation_histograms.png")
+            figures.plot_activation_histograms(hists, out / "activation_histograms.png")
         print(table(data))
         print(
             f"tokens: {data['tokens']:,}  loss: {val[metric_keys.VAL_LOSS]:.4f}  perplexity: {val[metric_keys.VAL_PPL]:.2f}"

@@ -50,8 +50,9 @@ def _default_out(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reviveformer import compare, report
+    from reviveformer import compare
     from reviveformer.errors import UserError
+    from reviveformer.pages import write_comparison_report
     from reviveformer.paths import check_out_dir
 
     if args.wandb and not args.group:
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
                 r.name = f"wandb:{r.name}"
         runs += fetched
     result = compare.write_comparison(runs, out, args.baseline, args.include_incomplete)
-    page = report.write_comparison_report(runs, result, out)
+    page = write_comparison_report(runs, result, out)
     print(result["text"])
     print()
     print(f"table: {result['markdown']} (rows as JSON: {result['json']})")

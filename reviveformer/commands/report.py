@@ -13,7 +13,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reviveformer.report import write_run_report
+    from reviveformer.pages import write_run_report
 
     path = write_run_report(args.run_dir, args.out)
     print(f"report: {path}")

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from reviveformer import metric_keys, plots
+from reviveformer import metric_keys
 from reviveformer.compare.runs import RunData, _number, load_runs
 from reviveformer.compare.seeds import SeedGroup, group_seeds, plasticity, seed_runs, seed_summary
 from reviveformer.compare.summary import _site_order, sites_of, summarise_all
@@ -25,6 +25,12 @@ from reviveformer.compare.tables import (
     render_text,
 )
 from reviveformer.errors import UserError
+from reviveformer.figures import (
+    plot_groups_band_over_training,
+    plot_plasticity,
+    plot_runs_dead_ratio_per_layer,
+    plot_runs_metric_over_training,
+)
 from reviveformer.paths import check_out_dir
 from reviveformer.stats import PAIRED_METHOD, WELCH_METHOD
 
@@ -43,7 +49,7 @@ def write_figures(runs: Sequence[RunData], out_dir: Path) -> dict[str, Path]:
     metrics = {run.name: [_finite_row(row) for row in run.metrics] for run in runs}
     figures: dict[str, Path] = {}
     if _has_key(runs, metric_keys.VAL_LOSS):
-        figures["validation loss"] = plots.plot_runs_metric_over_training(
+        figures["validation loss"] = plot_runs_metric_over_training(
             metrics,
             metric_keys.VAL_LOSS,
             out_dir / "val_loss.png",
@@ -53,7 +59,7 @@ def write_figures(runs: Sequence[RunData], out_dir: Path) -> dict[str, Path]:
     sites = _site_order({s for run in runs for s in sites_of(run)})
     for site in sites:
         if _has_key(runs, metric_keys.dead_ratio_key(site)):
-            figures[f"dead ratio over training: {site}"] = plots.plot_runs_metric_over_training(
+            figures[f"dead ratio over training: {site}"] = plot_runs_metric_over_training(
                 metrics,
                 metric_keys.dead_ratio_key(site),
                 out_dir / f"dead_ratio_over_training_{site}.png",
@@ -67,7 +73,7 @@ def write_figures(runs: Sequence[RunData], out_dir: Path) -> dict[str, Path]:
             if run.liveness and ((run.liveness.get("sites") or {}).get(site))
         }
         if liveness:
-            figures[f"dead ratio per layer at the end: {site}"] = plots.plot_runs_dead_ratio_per_layer(
+            figures[f"dead ratio per layer at the end: {site}"] = plot_runs_dead_ratio_per_layer(
                 liveness,
                 site,
                 out_dir / f"dead_ratio_per_layer_{site}.png",
@@ -83,7 +89,7 @@ def write_band_figures(groups: Sequence[SeedGroup], out_dir: Path) -> dict[str, 
     metrics = {g.label: [[_finite_row(row) for row in r.metrics] for r in g.runs] for g in groups}
     figures: dict[str, Path] = {}
     if _has_key(runs, metric_keys.VAL_LOSS):
-        figures["validation loss over seeds"] = plots.plot_groups_band_over_training(
+        figures["validation loss over seeds"] = plot_groups_band_over_training(
             metrics,
             metric_keys.VAL_LOSS,
             out_dir / "val_loss_seeds.png",
@@ -92,7 +98,7 @@ def write_band_figures(groups: Sequence[SeedGroup], out_dir: Path) -> dict[str, 
         )
     for site in _site_order({s for run in runs for s in sites_of(run)}):
         if _has_key(runs, metric_keys.dead_ratio_key(site)):
-            figures[f"dead ratio over training over seeds: {site}"] = plots.plot_groups_band_over_training(
+            figures[f"dead ratio over training over seeds: {site}"] = plot_groups_band_over_training(
                 metrics,
                 metric_keys.dead_ratio_key(site),
                 out_dir / f"dead_ratio_over_training_{site}_seeds.png",
@@ -114,7 +120,7 @@ def write_plasticity_figure(groups: Sequence[SeedGroup], out_dir: Path) -> dict[
     if not tasked:
         return {}
     return {
-        "plasticity: end-of-task loss and dead ratio against the task": plots.plot_plasticity(
+        "plasticity: end-of-task loss and dead ratio against the task": plot_plasticity(
             tasked, out_dir / "plasticity.png"
         )
     }

@@ -12,8 +12,9 @@ from typing import Any
 
 import yaml
 
-from reviveformer import metric_keys, plots
+from reviveformer import metric_keys
 from reviveformer.errors import UserError
+from reviveformer.run_files import read_metrics
 from reviveformer.run_status import RunStatus, read_status
 
 _EPOCH_FILE = re.compile(r"^epoch_(\d+)\.json$")
@@ -87,7 +88,7 @@ def load_run(run_dir: str | Path, name: str | None = None) -> RunData:
     config = _with_saved_activation(config, path)
     liveness_file = _last_liveness_file(path)
     liveness = _read_json(liveness_file) if liveness_file else None
-    metrics = plots.read_metrics(path / "metrics.jsonl")
+    metrics = read_metrics(path / "metrics.jsonl")
     if liveness is None:
         # No epoch ended (or liveness was off): the last per-layer values logged during training stand in.
         liveness = liveness_from_rows(metrics)

@@ -288,6 +288,39 @@ def _recovered(
     }
 
 
+def _plasticity_arm(
+    g: SeedGroup, none: SeedGroup | None, fresh: SeedGroup | None, confidence: float
+) -> dict[str, Any]:
+    """One arm of `plasticity`: its numbers, and its differences to the trains-on arm `none` and the fresh-start
+    arm `fresh` of the same settings (None where that arm is missing, or is this one)."""
+    arm: dict[str, Any] = {
+        "arm": g.label,
+        "method": _method(g),
+        "n": len(g.runs),
+        "seeds": g.seeds,
+        "tasks": sorted({row[TASKS] for row in g.rows if row.get(TASKS) is not None}),
+    }
+    for name, key in _TASK_METRICS.items():
+        values = g.values(key)
+        mean, sd, n = mean_sd(values) if values else (None, None, 0)
+        arm[name] = {"mean": mean, "sd": sd, "n": n}
+    for field, ref in (("to_none", none), ("to_fresh_start", fresh)):
+        arm[field] = (
+            None
+            if ref is None or ref is g
+            else {
+                "reference": ref.label,
+                **{n: _paired(g, ref, k, confidence) for n, k in _TASK_METRICS.items()},
+            }
+        )
+    arm["recovered"] = (
+        None
+        if none is None or fresh is None or g in (none, fresh)
+        else {n: _recovered(g, none, fresh, k, confidence) for n, k in _TASK_METRICS.items()}
+    )
+    return arm
+
+
 def plasticity(groups: Sequence[SeedGroup], confidence: float = 0.95) -> dict[str, Any] | None:
     """The plasticity numbers of the arms with task sequences, None when no run has task ends.
 
@@ -305,36 +338,15 @@ def plasticity(groups: Sequence[SeedGroup], confidence: float = 0.95) -> dict[st
     for g in tasked:
         if (method := _method(g)) in refs:
             refs[method].setdefault(_without_revival(g), g)
-    arms = []
-    for g in tasked:
-        none = refs[TRAINS_ON].get(_without_revival(g))
-        fresh = refs[FRESH_START].get(_without_revival(g))
-        arm: dict[str, Any] = {
-            "arm": g.label,
-            "method": _method(g),
-            "n": len(g.runs),
-            "seeds": g.seeds,
-            "tasks": sorted({row[TASKS] for row in g.rows if row.get(TASKS) is not None}),
-        }
-        for name, key in _TASK_METRICS.items():
-            values = g.values(key)
-            mean, sd, n = mean_sd(values) if values else (None, None, 0)
-            arm[name] = {"mean": mean, "sd": sd, "n": n}
-        for field, ref in (("to_none", none), ("to_fresh_start", fresh)):
-            arm[field] = (
-                None
-                if ref is None or ref is g
-                else {
-                    "reference": ref.label,
-                    **{n: _paired(g, ref, k, confidence) for n, k in _TASK_METRICS.items()},
-                }
-            )
-        arm["recovered"] = (
-            None
-            if none is None or fresh is None or g in (none, fresh)
-            else {n: _recovered(g, none, fresh, k, confidence) for n, k in _TASK_METRICS.items()}
+    arms = [
+        _plasticity_arm(
+            g,
+            refs[TRAINS_ON].get(_without_revival(g)),
+            refs[FRESH_START].get(_without_revival(g)),
+            confidence,
         )
-        arms.append(arm)
+        for g in tasked
+    ]
     gaps = [
         {
             "none": none.label,

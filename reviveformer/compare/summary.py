@@ -7,37 +7,23 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from reviveformer import metric_keys, plots
+from reviveformer import metric_keys
 from reviveformer.architectures import site_order
 from reviveformer.compare.runs import RunData, _number
 from reviveformer.plugins import names_code
+from reviveformer.run_files import last, series, task_ends
+from reviveformer.stats import last_half
 
 # GPT-2's own activation: what a new model gets when model.activation is left unset.
 DEFAULT_ACTIVATION = "gelu_new"
 # The status cell of a W&B run: its run folder's status.json is not read from W&B.
 UNKNOWN_STATUS = "unknown (W&B)"
 # Columns of runs with a task sequence: the tasks ended, and the mean end-of-task training loss and held-out loss
-# over the last half of them (plots.last_half), the plasticity metric.
+# over the last half of them (stats.last_half), the plasticity metric.
 TASKS = "tasks"
 TASK_TRAIN_LAST_HALF = "task_train_loss_last_half"
 TASK_VAL_LAST_HALF = "task_val_loss_last_half"
 TASK_COLUMNS = (TASKS, TASK_TRAIN_LAST_HALF, TASK_VAL_LAST_HALF)
-
-
-def _series(rows: Iterable[Mapping[str, Any]], key: str) -> list[tuple[int, float]]:
-    """(step, value) of one metric, by step; a step logged twice (a resumed run re-logs the steps after its
-    checkpoint) keeps its last value, so totals do not count it twice. Non-finite values are left out."""
-    by_step: dict[int, float] = {}
-    for row in rows:
-        v = _number(row.get(key))
-        if v is not None and _number(row.get("step")) is not None:
-            by_step[int(row["step"])] = v
-    return sorted(by_step.items())
-
-
-def _last(rows: Sequence[Mapping[str, Any]], key: str) -> float | None:
-    series = _series(rows, key)
-    return series[-1][1] if series else None
 
 
 def _get(config: Mapping[str, Any], section: str, key: str) -> Any:
@@ -101,7 +87,7 @@ def site_dead_ratio(run: RunData, site: str) -> float | None:
         )
         if units:
             return dead / units
-    if (v := _last(run.metrics, metric_keys.dead_ratio_key(site))) is not None:
+    if (v := last(run.metrics, metric_keys.dead_ratio_key(site))) is not None:
         return v
     ratios = [r for d in layers if (r := _number(d.get("dead_ratio"))) is not None]
     return sum(ratios) / len(ratios) if ratios else None
@@ -116,10 +102,10 @@ def task_numbers(run: RunData) -> dict[str, Any]:
     """The task columns of a run: `tasks` (the tasks it ended: the highest task index + 1), and the mean of
     `task/train_loss` and of `task/val_loss` over the last half of them; a mean is None when a task of that half
     lacks the value (a mean over fewer tasks would not be the same metric)."""
-    ends = plots.task_ends(run.metrics)
+    ends = task_ends(run.metrics)
     n_tasks = max(ends) + 1 if ends else 0
     row: dict[str, Any] = {TASKS: n_tasks}
-    half = plots.last_half(n_tasks)
+    half = last_half(n_tasks)
     for column, key in (
         (TASK_TRAIN_LAST_HALF, metric_keys.TASK_TRAIN_LOSS),
         (TASK_VAL_LAST_HALF, metric_keys.TASK_VAL_LOSS),
@@ -132,7 +118,7 @@ def task_numbers(run: RunData) -> dict[str, Any]:
 def _capacity(run: RunData, key: str) -> float | None:
     # The metric at the highest step is logged after any revival at that step, so it counts newly pruned
     # weights; the liveness file is written before revival, so it is only the fallback.
-    if (v := _last(run.metrics, metric_keys.capacity_key(key))) is not None:
+    if (v := last(run.metrics, metric_keys.capacity_key(key))) is not None:
         return v
     return _number(((run.liveness or {}).get("capacity") or {}).get(key))
 
@@ -146,11 +132,11 @@ def summarise(run: RunData, sites: Sequence[str] | None = None, tasks: bool | No
     for each site (`sites`, default the run's own), alive_fraction, effective_params, effective_param_fraction,
     revived_units (summed over revivals), pruned_weights (last revival/pruned_total), tokens_per_s (median).
     """
-    val = [v for _, v in _series(run.metrics, metric_keys.VAL_LOSS)]
-    revived = _series(run.metrics, metric_keys.revival_key("revived_units"))
-    tokens = [v for _, v in _series(run.metrics, metric_keys.TRAIN_TOKENS_PER_S)]
+    val = [v for _, v in series(run.metrics, metric_keys.VAL_LOSS)]
+    revived = series(run.metrics, metric_keys.revival_key("revived_units"))
+    tokens = [v for _, v in series(run.metrics, metric_keys.TRAIN_TOKENS_PER_S)]
     effective = _capacity(run, "effective_params")
-    pruned = _last(run.metrics, metric_keys.revival_key("pruned_total"))
+    pruned = last(run.metrics, metric_keys.revival_key("pruned_total"))
     row: dict[str, Any] = {
         "run": run.name,
         "status": run.status.short() if run.status is not None else UNKNOWN_STATUS,

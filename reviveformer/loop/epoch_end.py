@@ -9,12 +9,12 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from reviveformer import metric_keys, plots
-from reviveformer import report as run_report
+from reviveformer import figures, metric_keys
 from reviveformer.faults import fault_point
 from reviveformer.liveness import LivenessMonitor, LivenessReport
 from reviveformer.loop.liveness_log import LivenessLog
 from reviveformer.loop.validator import Validator
+from reviveformer.run_files import atomic_write, histograms_json
 from reviveformer.tracking import Tracking
 
 log = logging.getLogger("reviveformer")
@@ -22,9 +22,7 @@ log = logging.getLogger("reviveformer")
 
 def write_json(path: Path, data) -> None:
     """Write whole or not at all: a run killed mid-write leaves the previous file (or none)."""
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data))
-    tmp.rename(path)
+    atomic_write(path, json.dumps(data))
 
 
 class EpochEnd:
@@ -75,7 +73,7 @@ class EpochEnd:
                 write_json(self.run_dir / "liveness" / f"epoch_{epoch:03d}.json", data)
                 if hists:
                     path = self.run_dir / "liveness" / f"activations_epoch_{epoch:03d}.json"
-                    write_json(path, run_report.histograms_json(hists))
+                    write_json(path, histograms_json(hists))
                 if self.plots:
                     self._plots(data, hists, step)
         if self._revive is not None:
@@ -90,18 +88,18 @@ class EpochEnd:
         pdir = self.run_dir / "plots"
         try:
             images = {
-                metric_keys.plot_key("frequency_heatmap"): plots.plot_frequency_heatmap(
+                metric_keys.plot_key("frequency_heatmap"): figures.plot_frequency_heatmap(
                     liveness, pdir / "frequency_heatmap.png"
                 ),
-                metric_keys.plot_key("dead_ratio_per_layer"): plots.plot_dead_ratio_per_layer(
+                metric_keys.plot_key("dead_ratio_per_layer"): figures.plot_dead_ratio_per_layer(
                     liveness, pdir / "dead_ratio_per_layer.png"
                 ),
-                metric_keys.plot_key("dead_ratio_over_training"): plots.plot_dead_ratio_over_training(
+                metric_keys.plot_key("dead_ratio_over_training"): figures.plot_dead_ratio_over_training(
                     self.run_dir / "metrics.jsonl", pdir / "dead_ratio_over_training.png"
                 ),
             }
             if hists:
-                images[metric_keys.plot_key("activation_histograms")] = plots.plot_activation_histograms(
+                images[metric_keys.plot_key("activation_histograms")] = figures.plot_activation_histograms(
                     hists, pdir / "activation_histograms.png"
                 )
         except Exception as e:  # a figure must never stop training

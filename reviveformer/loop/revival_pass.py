@@ -8,13 +8,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from reviveformer import metric_keys, plots
-from reviveformer import report as run_report
+from reviveformer import figures, metric_keys
 from reviveformer.architectures import MLP_SITE
 from reviveformer.errors import UserError
 from reviveformer.liveness import LivenessReport, capacity
 from reviveformer.loop.liveness_log import dead_ratios
 from reviveformer.revival import REVIVERS, Reviver
+from reviveformer.revival.events import revival_event
 from reviveformer.tracking import Tracking
 
 log = logging.getLogger("reviveformer")
@@ -78,7 +78,9 @@ class RevivalPass:
         metrics.update({metric_keys.capacity_key(k): float(v) for k, v in cap.items()})
         self.tracking.log(metrics, step=step)
         self.revived, self.last_step = True, step
-        log.info("%s", run_report.revival_event(metrics, step, self.method).line(when))
+        log.info(
+            "%s", self.reviver.describe(revival_event(metrics, step), self.reviver.title or self.method, when)
+        )
         if self.is_main:
             self._log_per_layer(step)
         return metrics
@@ -92,7 +94,7 @@ class RevivalPass:
             metric_keys.revival_key("per_layer"), cols, [[d[c] for c in cols] for d in details], step
         )
         try:
-            fig = plots.plot_revived_per_layer(details, self.run_dir / "plots" / "revival_per_layer.png")
+            fig = figures.plot_revived_per_layer(details, self.run_dir / "plots" / "revival_per_layer.png")
             self.tracking.log_images({metric_keys.plot_key("revival_per_layer"): fig}, step=step)
         except Exception as e:  # a figure must never stop training
             log.warning("plotting failed: %s: %s", type(e).__name__, e)

@@ -28,7 +28,8 @@ its config section `revival.<name>`, or None) and its metric names. A built-in i
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -37,6 +38,9 @@ from reviveformer import architectures
 from reviveformer.errors import ConfigError
 from reviveformer.liveness import LayerLiveness, LivenessReport
 from reviveformer.metric_keys import revival_key
+
+if TYPE_CHECKING:
+    from reviveformer.revival.events import RevivalEvent
 
 # The site whose units revival acts on: the output of the MLP activation (design.md, Revival).
 REVIVAL_SITE = "mlp_post"
@@ -193,6 +197,38 @@ class Reviver(ABC):
     def _check_method(self, state: dict[str, Any]) -> None:
         if state.get("method", self.name) != self.name:
             raise ValueError(f"revival state is for method {state['method']!r}, not {self.name!r}")
+
+    # ------------------------------------------------------------------ how its revivals read (console, pages)
+
+    title: ClassVar[str] = ""
+    """How the console and the report pages name the method ("ReDo"); empty: by its `revival.method` value."""
+    event_columns: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("dead units found", "dead_units"),
+        ("weights stripped", "stripped_now"),
+        ("held at zero in all", "pruned_total"),
+        ("units revived", "revived_units"),
+    )
+    """The report page's revival table after #, step and when: (header, `RevivalEvent` field) per column."""
+
+    @classmethod
+    def describe(cls, event: RevivalEvent, name: str, when: str = "") -> str:
+        """The console line of one revival (`name`: the method in words, `when`: e.g. "end of epoch 2").
+        Default: the units found dead and the units revived."""
+        return f"{event.heading(name, when)}: {event.dead_units:,} dead units found; {event.since()}"
+
+    @classmethod
+    def describe_totals(cls, events: Sequence[RevivalEvent], name: str) -> str:
+        """The summary's line for all of a run's revivals. Default: the units found dead and revived in all."""
+        revived = sum(e.revived_units for e in events)
+        return (
+            f"{cls._totals_head(events, name)}, {sum(e.dead_units for e in events):,} dead units found in all, "
+            f"{revived:,} units revived"
+        )
+
+    @staticmethod
+    def _totals_head(events: Sequence[RevivalEvent], name: str) -> str:
+        """The start of a totals line: the method and how many revivals."""
+        return f"revival ({name}): {len(events)} event{'s' * (len(events) != 1)}"
 
 
 def revived_count(previous: list[int] | None, now: list[int]) -> int:

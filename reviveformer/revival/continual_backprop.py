@@ -310,3 +310,5 @@ class ContinualBackprop(Reviver):
                 self._sums.copy_(sums.to(self._sums.device))
             else:
                 self._sums = sums.detach().clone().float()
+
+    title = "Continual Backprop"  # how the console and the report pages name it

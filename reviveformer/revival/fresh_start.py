@@ -111,3 +111,5 @@ class FreshStart(WholeModelReviver):
             # torch's AdamW builds a parameter's state afresh (step 0, zero moments) when it has none
             opt.state.clear()
         return self._done(details, {"reset_parameters": reset})
+
+    title = "fresh start"  # how the console and the report pages name it

@@ -196,3 +196,5 @@ class GraMa(ReinitReviver):
         super().load_state_dict(state)
         self.steps = int(state["steps"])
         self._sums = {int(i): t.detach().clone().float() for i, t in state["sums"].items()}
+
+    title = "GraMa"  # how the console and the report pages name it

@@ -119,3 +119,5 @@ class L2Init(Reviver):
         self._check_method(state)
         self.revivals = int(state["revivals"])
         self._w0 = {n: t.detach().clone() for n, t in state["w0"].items()} or None
+
+    title = "L2 toward init"  # how the console and the report pages name it

@@ -70,3 +70,5 @@ class ReDo(ReinitReviver):
             dormant = dormant_units(entry.dormancy, self.tau) if report.tokens > 0 else []
             decisions.append((entry.layer, dormant, len(set(entry.dead_units))))
         return self._reinitialise(model, optimizer, decisions)
+
+    title = "ReDo"  # how the console and the report pages name it

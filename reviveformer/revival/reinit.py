@@ -13,8 +13,9 @@ The contract: docs/design.md, "Revival" (ReDo, GraMa).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -23,6 +24,9 @@ from reviveformer import architectures
 from reviveformer.architectures import UnitWeight
 from reviveformer.revival.base import Reviver, mlp_layers, mlp_units, model_config, revived_count, unit_index
 from reviveformer.revival.optim import reset_adam_state
+
+if TYPE_CHECKING:
+    from reviveformer.revival.events import RevivalEvent
 
 # Spreads (seed, revival count) into distinct generator seeds.
 SEED_STRIDE = 1_000_003
@@ -149,3 +153,27 @@ class ReinitReviver(Reviver):
         self.revivals = int(state["revivals"])
         self.reinitialised_total = int(state["reinitialised_total"])
         self._prev_dormant = {int(i): [int(j) for j in d] for i, d in state["prev_dormant"].items()}
+
+    # ------------------------------------------------------------------ how its revivals read (console, pages)
+
+    event_columns = (
+        ("dormant units re-initialised", "dormant_units"),
+        ("dead units", "dead_units"),
+        ("units revived", "revived_units"),
+    )
+
+    @classmethod
+    def describe(cls, event: RevivalEvent, name: str, when: str = "") -> str:
+        """The dormant units it re-initialised, the dead ones among all, and the units revived."""
+        return (
+            f"{event.heading(name, when)}: {event.dormant_units:,} dormant units re-initialised "
+            f"({event.dead_units:,} dead); {event.since()}"
+        )
+
+    @classmethod
+    def describe_totals(cls, events: Sequence[RevivalEvent], name: str) -> str:
+        revived = sum(e.revived_units for e in events)
+        return (
+            f"{cls._totals_head(events, name)}, {events[-1].reinitialised_total:,} dormant units re-initialised in all, "
+            f"{revived:,} units revived"
+        )

@@ -92,3 +92,5 @@ class ShrinkPerturb(WholeModelReviver):
         return self._done(
             details, {"weight_norm_before": math.sqrt(before), "weight_norm_after": math.sqrt(after)}
         )
+
+    title = "shrink and perturb"  # how the console and the report pages name it

@@ -15,8 +15,9 @@ The contract: docs/design.md, "Revival" (synaptic stripping).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -27,6 +28,9 @@ from reviveformer.errors import ConfigError
 from reviveformer.liveness import LivenessReport
 from reviveformer.revival.base import Reviver, mlp_layers, revived_count, site_layers, unit_index
 from reviveformer.revival.optim import reset_adam_state
+
+if TYPE_CHECKING:
+    from reviveformer.revival.events import RevivalEvent
 
 # ceil(fraction * n) is taken on fraction * n * (1 - _CEIL_SLACK): a product such as 0.1 * 30 is
 # 3.0000000000000004 in floating point, and its ceil must be the 3 that the user meant, not 4.
@@ -249,3 +253,24 @@ class SynapticStripping(Reviver):
         self._masks = {int(i): m.to(torch.bool).clone() for i, m in state["masks"].items()}
         self._bias_masks = {int(i): m.to(torch.bool).clone() for i, m in state["bias_masks"].items()}
         self._prev_dead = {int(i): [int(j) for j in d] for i, d in state["prev_dead"].items()}
+
+    # ------------------------------------------------------------------ how its revivals read (console, pages)
+
+    title = "synaptic stripping"
+
+    @classmethod
+    def describe(cls, event: RevivalEvent, name: str, when: str = "") -> str:
+        """The units found dead, the weights stripped now and held at zero, and the units revived."""
+        return (
+            f"{event.heading(name, when)}: {event.dead_units:,} dead units found, {event.stripped_now:,} weights "
+            f"stripped ({event.pruned_total:,} held at zero in all); {event.since()}"
+        )
+
+    @classmethod
+    def describe_totals(cls, events: Sequence[RevivalEvent], name: str) -> str:
+        last = events[-1]
+        return (
+            f"{cls._totals_head(events, name)}, {sum(e.dead_units for e in events):,} dead units found in all, "
+            f"{last.stripped_total:,} weights stripped ({last.pruned_total:,} held at zero now), "
+            f"{sum(e.revived_units for e in events):,} units revived"
+        )

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from reviveformer.run_files import atomic_write
+
 SWEEP_FILE = "sweep.json"
 
 
@@ -94,9 +96,7 @@ def write_definition(out: Path, definition: dict[str, Any]) -> None:
     """Record the sweep's definition in sweep.json (atomically, keeping a summary already there)."""
     data = {**read_record(out), "definition": definition}
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{SWEEP_FILE}.tmp"
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(out / SWEEP_FILE)
+    atomic_write(out / SWEEP_FILE, json.dumps(data, indent=1) + "\n")
 
 
 def write_summary(out: Path, summary: dict[str, Any]) -> None:

@@ -93,13 +93,13 @@ def summarise_sweep(
 
 def _dead_ratio_charts(per_cell: dict[str, dict], out: Path, threshold: float | None) -> list:
     """One chart per site measured: each cell's per-layer dead ratio, the mean over its seeds."""
-    from reviveformer import plots
     from reviveformer.architectures import site_names
+    from reviveformer.figures import plot_runs_dead_ratio_per_layer
 
     sites = [s for s in site_names() if any(s in v["sites"] for v in per_cell.values())]
     suffix = f" (threshold {threshold:g})" if threshold is not None else ""
     return [
-        plots.plot_runs_dead_ratio_per_layer(
+        plot_runs_dead_ratio_per_layer(
             per_cell,
             site,
             out / f"dead_ratio_per_layer_{site}.png",
