@@ -61,6 +61,7 @@ SILENT = (
     "train.resume",
     "train.progress",
     "train.plots",
+    "train.report",
     "wandb.",
     "model.trust_remote_code",
 )

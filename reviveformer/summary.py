@@ -70,9 +70,10 @@ class Summary:
             out.append(f"report: {self.report}")
         return out
 
-    def add_run_files(self, method: str) -> None:
+    def add_run_files(self, method: str, report: bool = True) -> None:
         """What only the run directory knows (main process): the median tokens/s of the logged windows, the
-        totals of all of the run's revivals (a resumed run's included), and the report page, written now."""
+        totals of all of the run's revivals (a resumed run's included), and the report page, written now
+        (unless `report` is false: train.report)."""
         run_dir = Path(self.run_dir)
         if not (run_dir / "metrics.jsonl").is_file():
             return
@@ -89,6 +90,8 @@ class Summary:
             self.dead_ratio_before_revival = {
                 site: v for k, v in last.items() if (site := metric_keys.parse_dead_ratio_before_key(k))
             }
+        if not report:
+            return
         try:
             # imported here: training loads the pages only when a run ends, never in the loop
             from reviveformer.pages import write_run_report

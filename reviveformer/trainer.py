@@ -562,7 +562,7 @@ class Trainer:
             dead_ratio_after_revival=after,
         )
         if self.is_main:
-            summary.add_run_files(self.cfg.revival.method)
+            summary.add_run_files(self.cfg.revival.method, report=self.cfg.train.report)
         return summary
 
     def _measure_final(self) -> LivenessReport | None:

@@ -76,6 +76,9 @@ def tiny_overrides(run_dir: Path, corpus: Path | None = None, **extra) -> list[s
         "train.warmup_steps": 2,
         "train.output_dir": str(run_dir),
         "train.progress": False,
+        # no figures and no report page: the tests about them turn them on (tiny runs spend seconds drawing)
+        "train.plots": False,
+        "train.report": False,
         "wandb.mode": "disabled",
     }
     if corpus is not None:

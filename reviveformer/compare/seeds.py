@@ -31,6 +31,7 @@ _NOT_SETTINGS = {
     ("train", "resume"),
     ("train", "progress"),
     ("train", "plots"),
+    ("train", "report"),
     ("data", "cache_dir"),
 }
 # The columns a seed group summarises (numbers); the others are labels.

@@ -237,6 +237,9 @@ class TrainConfig:
     """Draw the epoch-end figures (plots/ and W&B images; with a task sequence, at each task boundary instead).
     false skips them, and the seconds they take, in studies of many small runs: metrics, liveness json and the
     report page are written all the same."""
+    report: bool = True
+    """Write the run's page (report.html) at its end. false skips it and the figures it draws (studies of many
+    small runs, the test suite); `reviveformer report RUN` writes it at any time all the same."""
 
     def __post_init__(self) -> None:
         # YAML reads a bare `no` as false, which reaches this str field as "False"

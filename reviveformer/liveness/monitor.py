@@ -73,9 +73,16 @@ class LivenessMonitor:
         self._installed: list[tuple[nn.Module, type]] = []
         self._probes: dict[str, list[_Probe]] = {s: [] for s in self.sites}
 
-        blocks = self.arch.blocks(model)
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
+        self._install(self._targets(model))
+        self._allocate(device)
+        self._bind()
+
+    def _targets(self, model: nn.Module) -> list[tuple[nn.Module, int, _Probe]]:
+        """The module of each block that the watched sites are read from, with its probe; refused when a block
+        is watched already or shares that module with another block."""
+        blocks = self.arch.blocks(model)
         # module path -> its watched sites, in registry order; where a site is read is the architecture's
         by_module: dict[str, list[str]] = {}
         reads: dict[str, str] = {}
@@ -97,14 +104,25 @@ class LivenessMonitor:
                     "liveness needs one module per block"
                 )
             seen.add(id(module))
-        for module, i, path, sites, units in targets:
-            probe = _Probe(self, i, path, sites, tuple(reads[s] for s in sites), units)
+        return [
+            (module, i, _Probe(self, i, path, sites, tuple(reads[s] for s in sites), units))
+            for module, i, path, sites, units in targets
+        ]
+
+    def _install(self, targets: list[tuple[nn.Module, int, _Probe]]) -> None:
+        """Make each target module count through its probe (its class swapped for a counting subclass)."""
+        for module, _, probe in targets:
+            sites = probe.sites
             original = type(module)
             module.__class__ = _counting_class(original)
             module._rf_probe = probe  # a plain attribute: not a parameter, buffer or submodule
             self._installed.append((module, original))
             for s in sites:
                 self._probes[s].append(probe)
+
+    def _allocate(self, device: torch.device) -> None:
+        """The flat counters and histograms on `device`, laid out per site."""
+        cfg = self.cfg
         # the flat layout of the counters, per site in registry order: fire counts (layers * units), tokens
         # (layers), |a| sums (layers * units); `counts` ships exactly this tensor
         self._layout: dict[str, tuple[int, int, int]] = {}
@@ -122,7 +140,6 @@ class LivenessMonitor:
         # positive edges of the zero bin and the log-spaced bins (histogram_edges), float32 on the device
         side = histogram_edges(bins, cfg.threshold)[bins // 2 + 1 :]
         self._hist_edges = torch.tensor(side, dtype=torch.float32, device=device)
-        self._bind()
 
     # ------------------------------------------------------------------ hot-path settings
     def _fused(self, a: Tensor) -> bool:
