@@ -1,5 +1,5 @@
-"""The package's import graph has no cycle: a lower layer never imports a higher one, not even inside a
-function (a lazy import hides a cycle from Python, not from a reader)."""
+"""The package's shape: no import cycle (a lower layer never imports a higher one, not even inside a
+function: a lazy import hides a cycle from Python, not from a reader), and no function over 60 lines."""
 
 from __future__ import annotations
 
@@ -87,3 +87,33 @@ def test_the_graph_sees_imports_inside_functions() -> None:
 
 def test_no_import_cycle_in_the_package() -> None:
     assert cycles(import_graph()) == []
+
+
+MAX_FUNCTION_LINES = 60  # the rooms' limit (issue 26); a page template that must be longer is named here
+LONGER_PAGE_TEMPLATES: set[str] = set()
+
+
+def long_functions(limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """`module:function (lines)` for every function or method of the package longer than `limit` lines."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                name = f"{_module_name(path)}:{node.name}"
+                if lines > limit and name not in LONGER_PAGE_TEMPLATES:
+                    found.append(f"{name} ({lines})")
+    return found
+
+
+def test_the_length_check_sees_a_long_function(tmp_path, monkeypatch) -> None:
+    pkg = tmp_path / "reviveformer"
+    pkg.mkdir()
+    body = "\n".join(f"    x{i} = {i}" for i in range(70))
+    (pkg / "long.py").write_text(f"def short():\n    return 1\n\n\ndef long():\n{body}\n")
+    monkeypatch.setitem(globals(), "PACKAGE", pkg)
+    assert long_functions() == ["reviveformer.long:long (71)"]
+
+
+def test_no_function_over_the_limit() -> None:
+    assert long_functions() == []

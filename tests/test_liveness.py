@@ -600,10 +600,12 @@ def test_capacity_by_hand() -> None:
 
 
 def test_compiled_model_counts_equal_eager_counts() -> None:
+    """aot_eager: dynamo traces the counting into the graph as for Inductor, without the C++ compile (what
+    Inductor makes of it: test_compile_structure)."""
     cfg = LivenessConfig()
     eager, compiled = tiny_model("gelu_new"), tiny_model("gelu_new")
     m_eager, m_compiled = LivenessMonitor(eager, cfg), LivenessMonitor(compiled, cfg)
-    fn = torch.compile(compiled, fullgraph=True)  # fullgraph: counting must not break the graph
+    fn = torch.compile(compiled, fullgraph=True, backend="aot_eager")  # fullgraph: counting must not break it
     for seed in (17, 18):
         ids, mask = batch(seed)
         for monitor, model in ((m_eager, eager), (m_compiled, fn)):

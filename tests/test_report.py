@@ -55,6 +55,8 @@ def runs(tmp_path_factory, corpus_file):
             "model.init_from": str(base / "final"),
             "data.tokenizer": "bpe",
             "train.progress": "true",
+            "train.plots": "true",  # the page and its figures are what this file checks
+            "train.report": "true",
             "data.max_tokens": 32 * 8 * STEPS_PER_EPOCH,
             "train.epochs": 2,
             "train.lr": 5e-3,

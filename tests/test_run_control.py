@@ -104,18 +104,25 @@ def test_resume_auto_refuses_a_folder_with_a_run_but_no_checkpoint(tmp_path, cor
 # ------------------------------------------------------------------------------------------- preemption
 
 
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, corpus_file) -> dict[str, torch.Tensor]:
+    """The final weights of the run below never interrupted, trained once here in this process (one torch
+    thread, as in the launched processes), for both signals."""
+    run_dir = tmp_path_factory.mktemp("straight") / "run"
+    assert main(_args(RECIPE, run_dir, corpus_file)) == 0
+    return _weights(run_dir)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
-def test_a_stop_signal_saves_at_the_step_boundary_and_the_resume_is_exact(tmp_path, corpus_file, signal_name):
+def test_a_stop_signal_saves_at_the_step_boundary_and_the_resume_is_exact(
+    tmp_path, corpus_file, signal_name, straight
+):
     """The signal arrives inside step 3 (after its backward pass): the run goes on to the next train log (step 5,
     where the trainer reads the device; no host sync per step), saves step 5 and exits 75; resumed, it ends
     with the weights of a run that was never interrupted (dropout 0.1: the random streams must be restored
     too)."""
-    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    args = _args(RECIPE, straight, corpus_file)
-    p = launch("reviveformer", args, 1, accelerate=False, env={"REVIVEFORMER_FAULT": ""})
-    assert p.returncode == 0, p.stderr[-3000:]
-
+    stopped = tmp_path / "stopped"
     fault = {"REVIVEFORMER_FAULT": f"mid_step:3:{signal_name}"}
     p = launch("reviveformer", _args(RECIPE, stopped, corpus_file), 1, accelerate=False, env=fault)
     assert p.returncode == 75, p.stderr[-3000:]
@@ -127,7 +134,7 @@ def test_a_stop_signal_saves_at_the_step_boundary_and_the_resume_is_exact(tmp_pa
     resume = _args(RECIPE, stopped, corpus_file, **{"train.resume": "auto"})
     p = launch("reviveformer", resume, 1, accelerate=False, env={"REVIVEFORMER_FAULT": ""})
     assert p.returncode == 0, p.stderr[-3000:]
-    a, b = _weights(straight), _weights(stopped)
+    a, b = straight, _weights(stopped)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert read_status(stopped).state == "finished"
 

@@ -133,7 +133,9 @@ def tasks_run(tmp_path_factory, corpus_file):
     mp = pytest.MonkeyPatch()
     mp.setattr(EpochEnd, "_plots", lambda self, liveness, hists, step: DRAWN.append(step))
     try:
-        summary = train(load_config(RECIPE, tiny_overrides(run_dir, corpus_file, **TASKS)))
+        summary = train(
+            load_config(RECIPE, tiny_overrides(run_dir, corpus_file, **{**TASKS, "train.plots": True}))
+        )
     finally:
         mp.undo()
     assert summary.steps == 30

@@ -38,6 +38,7 @@ def trained(tmp_path_factory, corpus_file):
                 "train.epochs": 2,
                 "train.lr": 3e-3,
                 "alerts.rules": "[{name: dead_mlp, site: mlp_post, above: 0.0}]",
+                "train.plots": True,  # the figures are part of the layout checked below
             },
         ),
     )
@@ -64,6 +65,7 @@ def test_run_directory_layout(trained):
         "final/reviveformer.yaml",
     ]:
         assert (run_dir / rel).is_file(), rel
+    assert not (run_dir / "report.html").exists()  # train.report=false (the tests' default): no page written
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert ckpts == ["step_00000030", "step_00000060"]  # one per epoch, checkpoint_limit=2
     saved = load_config(run_dir / "config.yaml")
