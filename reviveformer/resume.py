@@ -19,7 +19,6 @@ from typing import Any
 from reviveformer import checkpoint as ckpt
 from reviveformer.config import Config, TrainConfig, to_dict, upgrade_revival_keys
 from reviveformer.errors import CheckpointError
-from reviveformer.evaluation import reduce_sum
 from reviveformer.loop.position import Position
 
 log = logging.getLogger("reviveformer")
@@ -174,6 +173,7 @@ def restore_position(state: dict, tc: TrainConfig, batches_per_epoch: int, num_p
         bad_steps=state["bad_steps"],
         tokens_seen=state["tokens_seen"],
         step_budget=tc.max_steps,
+        batches_per_epoch=batches_per_epoch,
         task=state.get("task", 0),  # a checkpoint from before task sequences: task 0, the only one
         task_train_loss=state.get("task_train_loss", math.nan),
     )
@@ -202,42 +202,3 @@ def restore_position(state: dict, tc: TrainConfig, batches_per_epoch: int, num_p
     elif budget is not None and saved_max == tc.max_steps:
         pos.step_budget = budget
     return pos
-
-
-def training_state(
-    pos: Position,
-    batches_per_epoch: int,
-    cfg: Config,
-    accelerator,
-    monitor,
-    reviver,
-    alerts,
-    stopped_by: str | None = None,
-) -> dict:
-    """What a checkpoint holds besides Accelerate's own state: the position, the resolved config, the state of
-    the monitor (its training window summed over processes: the main process alone writes it), the reviver and
-    the alerts, and an alert's stop when one ended the run there."""
-    monitor_state = None
-    if monitor is not None:
-        monitor_state = monitor.state_dict()
-        if accelerator.num_processes > 1:
-            for counts in monitor_state["sites"].values():
-                for k, t in counts.items():
-                    counts[k] = reduce_sum(accelerator, t.to(accelerator.device)).cpu()
-    return {
-        "step": pos.step,
-        "epoch": pos.epoch,
-        "batches_in_epoch": pos.batches_in_epoch,
-        "batches_per_epoch": batches_per_epoch,
-        "num_processes": accelerator.num_processes,
-        "step_budget": pos.step_budget,
-        "bad_steps": pos.bad_steps,
-        "tokens_seen": pos.tokens_seen,
-        "task": pos.task,
-        "task_train_loss": pos.task_train_loss,
-        "config": to_dict(cfg),
-        "monitor": monitor_state,
-        "reviver": reviver.state_dict() if reviver else None,
-        "alerts": alerts.state_dict(),
-        "stopped_by": stopped_by,
-    }

@@ -8,8 +8,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reviveformer import metric_keys, plots
-from reviveformer import report as run_report
+from reviveformer import metric_keys
 from reviveformer.faults import fault_point
 from reviveformer.model import save_final
 
@@ -71,6 +70,10 @@ class Summary:
     def add_run_files(self, method: str) -> None:
         """What only the run directory knows (main process): the median tokens/s of the logged windows, the
         totals of all of the run's revivals (a resumed run's included), and the report page, written now."""
+        # the report page and its figures load here, at the run's end: the training loop imports none of them
+        from reviveformer import plots
+        from reviveformer import report as run_report
+
         run_dir = Path(self.run_dir)
         if not (run_dir / "metrics.jsonl").is_file():
             return

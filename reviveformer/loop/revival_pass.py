@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from reviveformer import metric_keys, plots
-from reviveformer import report as run_report
+from reviveformer import metric_keys
 from reviveformer.errors import UserError
+from reviveformer.evaluation import Measurement
 from reviveformer.liveness import LivenessReport, capacity
 from reviveformer.loop.liveness_log import dead_ratios
 from reviveformer.revival import REVIVERS, Reviver
@@ -26,9 +25,9 @@ class RevivalPass:
         reviver: Reviver,
         method: str,
         sites: list[str],
-        unwrapped: Callable[[], object],
+        model,
         optimizer,
-        measure: Callable[[], tuple[dict, LivenessReport | None]],
+        measurement: Measurement | None,
         tracking: Tracking,
         run_dir: Path,
         is_main: bool,
@@ -36,9 +35,10 @@ class RevivalPass:
         self.reviver = reviver
         self.method = method
         self.sites = sites
-        self._unwrapped = unwrapped
+        self.model = model
+        """The model unwrapped (what a reviver edits)."""
         self.optimizer = optimizer
-        self._measure = measure
+        self.measurement = measurement
         self.tracking = tracking
         self.run_dir = run_dir
         self.is_main = is_main
@@ -52,11 +52,11 @@ class RevivalPass:
         """Revive at `step` (`when` words the moment for the console line) from `report`, or from a
         measurement on the validation split."""
         if report is None:
-            _, report = self._measure()
+            _, report = self.measurement.measure()
         if report.tokens == 0:  # every unit would count as dead: nothing to decide from
             log.warning("revival skipped at step %d: the liveness measurement saw no tokens", step)
             return {}
-        unwrapped = self._unwrapped()
+        unwrapped = self.model
         t0 = time.perf_counter()
         try:
             metrics = self.reviver.revive(unwrapped, report, self.optimizer)
@@ -78,6 +78,8 @@ class RevivalPass:
         metrics.update({metric_keys.capacity_key(k): float(v) for k, v in cap.items()})
         self.tracking.log(metrics, step=step)
         self.revived, self.last_step = True, step
+        from reviveformer import report as run_report  # the console line's words (no page is built)
+
         log.info("%s", run_report.revival_event(metrics, step, self.method).line(when))
         if self.is_main:
             self._log_per_layer(step)
@@ -90,6 +92,8 @@ class RevivalPass:
         cols = list(details[0].keys())
         self.tracking.log_table("revival/per_layer", cols, [[d[c] for c in cols] for d in details], step)
         try:
+            from reviveformer import plots
+
             fig = plots.plot_revived_per_layer(details, self.run_dir / "plots" / "revival_per_layer.png")
             self.tracking.log_images({metric_keys.plot_key("revival_per_layer"): fig}, step=step)
         except Exception as e:  # a figure must never stop training
