@@ -321,6 +321,34 @@ def check_batches(cfg: Config, accelerator, loaders: list, task_data: list) -> N
             )
 
 
+def build_tasks(cfg: Config, accelerator, vocab_size: int, loaders: list) -> TaskSequence | None:
+    """The task sequence over the tasks' training loaders (None for tasks.kind=none)."""
+    if cfg.tasks.kind == "none":
+        return None
+    steps = [steps_per_epoch(len(each), cfg.train.grad_accum) for each in loaders]
+    return TaskSequence(cfg.tasks, vocab_size, steps, cfg.train.log_every, accelerator.device)
+
+
+def build_state(
+    cfg: Config,
+    accelerator,
+    pos: Position,
+    monitor,
+    reviver,
+    alerts,
+    resume_from: Path | None,
+    saved: dict | None,
+) -> TrainingState:
+    """The one door in and out of a checkpoint's state, with every stateful part registered once."""
+    state = TrainingState(
+        accelerator, cfg, PositionState(pos, cfg.train, accelerator.num_processes), resume_from, saved
+    )
+    state.register("monitor", MonitorState(monitor, accelerator) if monitor is not None else None)
+    state.register("reviver", reviver)
+    state.register("alerts", alerts)
+    return state
+
+
 def build_run(cfg: Config, accelerator, run_dir: Path) -> Run:
     """Check, seed, build and prepare every part, and restore a checkpoint when resuming: everything that can
     refuse the run happens here, before the first write (config.yaml, W&B, folders). The caller has checked the
@@ -343,40 +371,18 @@ def build_run(cfg: Config, accelerator, run_dir: Path) -> Run:
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     loaders = [loader, *(accelerator.prepare(train_loader(d.train, cfg.train)) for d in task_data[1:])]
     check_batches(cfg, accelerator, loaders, task_data)
-    tasks, current = None, 0
-    if cfg.tasks.kind != "none":
-        tasks = TaskSequence(
-            cfg.tasks, len(data.tokenizer), [steps_per_epoch(len(each), cfg.train.grad_accum) for each in loaders],
-            cfg.train.log_every, accelerator.device,
-        )  # fmt: skip
-        # the loader of the task a checkpoint stands in (permuted tasks share one)
-        current = min(saved.get("task", 0), len(loaders) - 1) if saved is not None else 0
+    tasks = build_tasks(cfg, accelerator, len(data.tokenizer), loaders)
+    # the loader of the task a checkpoint stands in (permuted tasks share one)
+    current = min(saved.get("task", 0), len(loaders) - 1) if tasks is not None and saved is not None else 0
     pos = Position(step_budget=cfg.train.max_steps, batches_per_epoch=len(loaders[current]))
     vals = [val_loader(accelerator, d.val, cfg.train.batch_size) for d in task_data]
     # validation measures the current task's held-out data
     val = TaskBatches(vals, tasks, pos) if tasks is not None else vals[0]
-    state = TrainingState(
-        accelerator, cfg, PositionState(pos, cfg.train, accelerator.num_processes), resume_from, saved
-    )
     alerts = AlertManager(cfg.alerts)
-    state.register("monitor", MonitorState(monitor, accelerator) if monitor is not None else None)
-    state.register("reviver", reviver)
-    state.register("alerts", alerts)
+    state = build_state(cfg, accelerator, pos, monitor, reviver, alerts, resume_from, saved)
     run = Run(
-        data,
-        model,
-        optimizer,
-        None,
-        loaders[current],
-        val,
-        monitor,
-        reviver,
-        alerts,
-        tasks,
-        loaders,
-        pos,
-        state,
-    )
+        data, model, optimizer, None, loaders[current], val, monitor, reviver, alerts, tasks, loaders, pos, state
+    )  # fmt: skip
     restart = tasks.schedule_point if tasks is not None and cfg.tasks.restart_schedule else None
     # prepared before a checkpoint is loaded: Accelerate restores the state of what it has prepared
     run.scheduler = accelerator.prepare(
@@ -418,12 +424,8 @@ class LoopParts:
 
 def build_loop(cfg: Config, accelerator, run: Run, tracking: Tracking, control: RunControl) -> LoopParts:
     """The loop's parts, each given the collaborators it needs (none of them is given the Trainer)."""
-    tc, lc, run_dir, is_main = (
-        cfg.train,
-        cfg.liveness,
-        Path(cfg.train.output_dir),
-        accelerator.is_main_process,
-    )
+    tc, lc = cfg.train, cfg.liveness
+    run_dir, is_main = Path(tc.output_dir), accelerator.is_main_process
     run.alerts.sinks = alert_sinks(cfg.alerts, tracking, run_dir, is_main)
     # a train log's liveness window is read (and logged under its step) at the next moment that syncs anyway:
     # each measurement settles it first, and so do the next train log and a checkpoint (`TrainingState`)
@@ -440,29 +442,19 @@ def build_loop(cfg: Config, accelerator, run: Run, tracking: Tracking, control: 
         )  # fmt: skip
     # a task sequence draws the figures at its boundaries instead of its epoch ends
     epoch_end = EpochEnd(
-        run_dir,
-        is_main,
-        run.monitor,
-        measurement,
-        validator,
-        tracking,
-        live,
-        plots=tc.plots and run.tasks is None,
-    )
+        run_dir, is_main, run.monitor, measurement, validator, tracking, live, plots=tc.plots and run.tasks is None
+    )  # fmt: skip
+    figures = epoch_end if tc.plots else None
     return LoopParts(
-        liveness_log=live,
-        train_log=TrainLog(
-            tracking, live, run.monitor, run.reviver, tc.log_every, lc.frequency_histogram_every
-        ),
-        validator=validator,
-        revival_timing=RevivalTiming(run.reviver is not None, cfg.revival.every_steps, cfg.revival.every),
-        revival=revival,
-        epoch_end=epoch_end,
-        task_end=TaskEnd(
-            run_dir, is_main, measurement, validator, tracking, live, figures=epoch_end if tc.plots else None
-        ),
-        run_end=RunEnd(cfg, accelerator, measurement, validator, tracking, control, revival),
-        checkpointer=Checkpointer(
+        live,
+        TrainLog(tracking, live, run.monitor, run.reviver, tc.log_every, lc.frequency_histogram_every),
+        validator,
+        RevivalTiming(run.reviver is not None, cfg.revival.every_steps, cfg.revival.every),
+        revival,
+        epoch_end,
+        TaskEnd(run_dir, is_main, measurement, validator, tracking, live, figures),
+        RunEnd(cfg, accelerator, measurement, validator, tracking, control, revival),
+        Checkpointer(
             accelerator,
             run_dir / "checkpoints",
             tc.checkpoint_every,
@@ -471,7 +463,7 @@ def build_loop(cfg: Config, accelerator, run: Run, tracking: Tracking, control: 
             run.state,
             saved_step=run.state.resumed_step,
         ),  # fmt: skip
-        bad_steps=BadSteps(tc.max_bad_steps, run_dir / "checkpoints"),
+        BadSteps(tc.max_bad_steps, run_dir / "checkpoints"),
     )
 
 

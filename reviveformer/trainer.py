@@ -1,20 +1,11 @@
 """The training loop: one canonical Accelerate loop that coordinates the run's parts and does nothing else.
 
-`builder` turns the config into the parts (`build_run`: model and data, optimizer and schedule, monitor and
-reviver, alerts, and the `TrainingState` that saves and restores them; `build_loop`: the loop's parts under
-`reviveformer/loop/`). Each part owns its timing and state and returns what it decided (alert actions, the
-report to revive from); this module asks them at the right moments and acts on their answers:
-
-- `train_step`, every micro-batch: forward/backward inside `accelerator.accumulate`; on the step's last one
-  clip, the non-finite verdict (`BadSteps`, on the device), the optimizer step (a no-op on the device when
-  non-finite: `StepGuard`), revival masks, the step counter: no host sync;
-- `_after_step`, once per optimizer step, in a fixed order: activation histograms, the train log with the
-  liveness window and alerts (the one host read, `StepGuard.read`), validation, revival, the checkpoint;
-- `_complete_epoch` (`EpochEnd`, its revival, a checkpoint) and `_complete_task` (`TaskEnd`, the boundary's
-  revival, the switch to the next task's data, a checkpoint); the finish (`RunEnd`: `final/`, the Summary).
-
-Hooks for scripts (scripts/bench.py): `before_epoch_end` and `after_train_log`, lists of callables given the
-trainer. The contract: docs/design.md, "Training loop", "Resuming".
+`builder` turns the config into the parts (`build_run`, `build_loop`); each part under `reviveformer/loop/` owns
+its timing and state and returns what it decided (alert actions, the report to revive from); the Trainer asks
+them at the right moments and acts on their answers. `train_step` runs every micro-batch with no host sync;
+`_after_step` once per optimizer step; `_complete_epoch`, `_complete_task` and `RunEnd` at the ends. Hooks for
+scripts (scripts/bench.py): `before_epoch_end` and `after_train_log`, lists of callables given the trainer.
+The contract: docs/design.md, "Training loop", "Resuming".
 """
 
 from __future__ import annotations
@@ -83,12 +74,7 @@ class Trainer:
         self.control.acquire(builder.check_output_dir)
         run = builder.build_run(self.cfg, self.accelerator, self.run_dir)
         # the Trainer owns the parts from here on: the builder's bundle is not kept
-        self.data, self.model, self.optimizer, self.scheduler = (
-            run.data,
-            run.model,
-            run.optimizer,
-            run.scheduler,
-        )
+        self.data, self.model, self.optimizer, self.scheduler = run.data, run.model, run.optimizer, run.scheduler  # fmt: skip
         self.train_loader, self.task_loaders, self.tasks = run.train_loader, run.task_loaders, run.tasks
         self.monitor, self.reviver, self.pos, self.state = run.monitor, run.reviver, run.pos, run.state
         self.total_steps = run.total_steps
@@ -111,9 +97,7 @@ class Trainer:
         self.guard.read()  # a reviver that counts steps (GraMa) has its skipped steps taken out before it decides
         pos = self.pos  # batches_in_epoch is reset when an epoch ends, before its epoch-end work
         if when is None:
-            when = (
-                f"end of epoch {pos.epoch}" if pos.batches_in_epoch == 0 else f"during epoch {pos.epoch + 1}"
-            )
+            when = f"end of epoch {pos.epoch}" if pos.batches_in_epoch == 0 else f"during epoch {pos.epoch + 1}"  # fmt: skip
         return self.parts.revival(pos.step, when, report)
 
     def _act_on_alerts(self, actions: set[str]) -> str | None:
@@ -235,10 +219,8 @@ class Trainer:
     def _preempt(self) -> None:
         """Save the position reached and leave with `Preempted` (exit 75)."""
         self.parts.checkpointer.save_unless_saved(self.pos.step)
-        path = self.run_dir / "checkpoints" / ckpt.step_dir_name(self.pos.step)
-        raise Preempted(
-            f"{self.control.preemption.name or 'a stop signal'} at step {self.pos.step}: checkpoint {path} saved; continue "
-            "with train.resume=auto (the resume is exact)"
+        raise self.control.preempted(
+            self.pos.step, self.run_dir / "checkpoints" / ckpt.step_dir_name(self.pos.step)
         )
 
     def train_step(self, batch: dict) -> torch.Tensor | None:
@@ -321,15 +303,7 @@ class Trainer:
         for hook in self.before_epoch_end:
             hook(self)
         report, actions = self.parts.epoch_end.run(epoch, self.pos.step, epoch_seconds)
-        if report is not None:
-            self.parts.run_end.last_report = report
-        if self.parts.revival_timing.at_epoch_end:
-            self.revive(report)
-        # the epoch end's own revival has just run: an alert's `revive` would only repeat it
-        stopped_by = self.state.stopped_by = self._act_on_alerts(
-            actions - ({"revive"} if self.parts.revival_timing.at_epoch_end else set())
-        )
-        fault_point("after_revival")
+        stopped_by = self._after_end(report, actions, self.parts.revival_timing.at_epoch_end, "after_revival")
         self.parts.checkpointer.save(self.pos.step)
         self._epoch_t0 = time.perf_counter()
         return stopped_by
@@ -340,16 +314,9 @@ class Trainer:
         the next task's data, then a checkpoint. Returns an alert's stop reason, if any."""
         pos, k = self.pos, self.pos.task
         report, actions = self.parts.task_end.run(k, pos.step, pos.task_train_loss, self._params)
-        if report is not None:
-            self.parts.run_end.last_report = report  # the summary's dead ratios: the latest measurement's
         last = k + 1 >= self.tasks.count
-        at_task_end = self.parts.revival_timing.at_task_end and not last
-        if at_task_end:
-            self.revive(report, when=f"end of task {k}")
-        fault_point("after_task_revival")
-        stopped_by = self.state.stopped_by = self._act_on_alerts(
-            actions - ({"revive"} if at_task_end else set())
-        )
+        revive = self.parts.revival_timing.at_task_end and not last
+        stopped_by = self._after_end(report, actions, revive, "after_task_revival", when=f"end of task {k}")
         pos.task += 1  # the switch: from here on every batch is task k + 1's
         if len(self.task_loaders) > 1 and not last:  # a corpus of its own: a first pass over it starts
             self.train_loader = self.task_loaders[pos.task]
@@ -358,6 +325,24 @@ class Trainer:
         self.parts.checkpointer.save(pos.step)
         fault_point("task_start")
         return stopped_by
+
+    def _after_end(
+        self,
+        report: LivenessReport | None,
+        actions: set[str],
+        revive: bool,
+        fault: str,
+        when: str | None = None,
+    ) -> str | None:
+        """After an epoch or task end's measurement: its report kept for the summary, the end's own revival,
+        then the alerts' actions (their `revive` would only repeat that one). Returns a stop reason, if any."""
+        if report is not None:
+            self.parts.run_end.last_report = report  # the summary's dead ratios: the latest measurement's
+        if revive:
+            self.revive(report, when)
+        fault_point(fault)
+        self.state.stopped_by = self._act_on_alerts(actions - ({"revive"} if revive else set()))
+        return self.state.stopped_by
 
 
 def release(accelerator) -> None:
