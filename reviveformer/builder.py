@@ -306,7 +306,7 @@ class Run:
     state: TrainingState
     """The one door in and out of a checkpoint's state, every stateful part registered (and restored)."""
     total_steps: int = 0
-    """The step at which training ends (the schedule reads it at every step)."""
+    """The step at which training ends (the schedule reads the same number at every step)."""
 
 
 def check_batches(cfg: Config, accelerator, loaders: list, task_data: list) -> None:
@@ -380,20 +380,19 @@ def build_run(cfg: Config, accelerator, run_dir: Path) -> Run:
     val = TaskBatches(vals, tasks, pos) if tasks is not None else vals[0]
     alerts = AlertManager(cfg.alerts)
     state = build_state(cfg, accelerator, pos, monitor, reviver, alerts, resume_from, saved)
-    run = Run(
-        data, model, optimizer, None, loaders[current], val, monitor, reviver, alerts, tasks, loaders, pos, state
-    )  # fmt: skip
     restart = tasks.schedule_point if tasks is not None and cfg.tasks.restart_schedule else None
+    length = [0]  # the step at which training ends: known once a checkpoint is loaded, read at every step
     # prepared before a checkpoint is loaded: Accelerate restores the state of what it has prepared
-    run.scheduler = accelerator.prepare(
-        build_scheduler(optimizer, cfg.train, lambda: run.total_steps, restart)
-    )
+    scheduler = accelerator.prepare(build_scheduler(optimizer, cfg.train, lambda: length[0], restart))
     state.load()  # when resuming: weights, optimizer, schedule, RNG, then each part's own state
-    run.total_steps = pos.total_steps(
+    length[0] = pos.total_steps(
         pos.batches_per_epoch, cfg.train.grad_accum, cfg.train.epochs,
         tasks.total_steps if tasks is not None else None,
     )  # fmt: skip
-    return run
+    return Run(
+        data, model, optimizer, scheduler, loaders[current], val, monitor, reviver, alerts, tasks, loaders, pos,
+        state, total_steps=length[0],
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- outputs
