@@ -33,6 +33,7 @@ from reviveformer.config import (
     LivenessConfig,
     TrainConfig,
     save_config,
+    to_dict,
 )
 from reviveformer.data import PackedData, load_tokenizer, prepare_data
 from reviveformer.errors import CheckpointError, UserError
@@ -56,7 +57,7 @@ from reviveformer.loop.training_state import MonitorState, PositionState, Traini
 from reviveformer.memory import check_fits
 from reviveformer.model import DEFAULT_ACTIVATION, build_model, describe, init_from_checkpoint, model_summary
 from reviveformer.resume import check_resume, resume_path
-from reviveformer.revival import Reviver, build_reviver, check_supported
+from reviveformer.revival import Reviver, arm_of_method, build_reviver, check_supported
 from reviveformer.tasks import TaskBatches, TaskSequence, steps_per_epoch
 from reviveformer.tracking import Tracking
 
@@ -396,6 +397,19 @@ def build_run(cfg: Config, accelerator, run_dir: Path) -> Run:
 
 
 # ------------------------------------------------------------------------------------------- outputs
+
+
+def start_outputs(cfg: Config, accelerator, control: RunControl, pos: Position) -> Tracking:
+    """The run's first writes, once every check has passed: the lock announced, the folders and config.yaml
+    (main process), tracking (W&B) started, status.json running. Returns the tracking."""
+    run_dir = Path(cfg.train.output_dir)
+    control.start()
+    if accelerator.is_main_process:
+        start_run_dir(cfg, run_dir)
+    job_type = cfg.wandb.job_type or arm_of_method(cfg.revival.method)
+    tracking = Tracking(accelerator, cfg.wandb, run_dir, to_dict(cfg), job_type)
+    control.status("running", pos)
+    return tracking
 
 
 def start_run_dir(cfg: Config, run_dir: Path) -> None:

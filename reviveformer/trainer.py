@@ -21,15 +21,13 @@ import torch
 from reviveformer import builder
 from reviveformer import checkpoint as ckpt
 from reviveformer.builder import param_groups, warmup_cosine
-from reviveformer.config import Config, check_training_config, to_dict
+from reviveformer.config import Config, check_training_config
 from reviveformer.errors import Preempted, TrainingHalted
 from reviveformer.faults import fault_point
 from reviveformer.liveness import LivenessReport
 from reviveformer.loop import Position, RunControl, StepGuard, TrainWindow
 from reviveformer.loop.window import reaches_multiple
-from reviveformer.revival import arm_of_method
 from reviveformer.summary import Summary
-from reviveformer.tracking import Tracking
 
 log = logging.getLogger("reviveformer")
 
@@ -79,14 +77,8 @@ class Trainer:
         self.monitor, self.reviver, self.pos, self.state = run.monitor, run.reviver, run.pos, run.state
         self.total_steps = run.total_steps
         # the first writes (folders, config.yaml, W&B) and the parts that log: after every check has passed
-        cfg = self.cfg
-        self.control.start()
-        if self.is_main:
-            builder.start_run_dir(cfg, self.run_dir)
-        job_type = cfg.wandb.job_type or arm_of_method(cfg.revival.method)
-        self.tracking = Tracking(self.accelerator, cfg.wandb, self.run_dir, to_dict(cfg), job_type)
-        self.control.status("running", self.pos)
-        self.parts = builder.build_loop(cfg, self.accelerator, run, self.tracking, self.control)
+        self.tracking = builder.start_outputs(self.cfg, self.accelerator, self.control, self.pos)
+        self.parts = builder.build_loop(self.cfg, self.accelerator, run, self.tracking, self.control)
 
     # ---------------------------------------------------------------- revival and alerts
     def revive(self, report: LivenessReport | None = None, when: str | None = None) -> dict[str, float]:
@@ -151,10 +143,10 @@ class Trainer:
         self._epoch_t0 = self.window.started
         self._params = [p for p in self.model.parameters() if p.requires_grad]
         inner = self._inner_optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
-        self._tokens_per_step = tc.batch_size * self.cfg.data.block_size * tc.grad_accum * acc.num_processes
+        tokens_per_step = tc.batch_size * self.cfg.data.block_size * tc.grad_accum * acc.num_processes
         self.guard = StepGuard(
             self.parts.bad_steps, self.control, self.pos, self.window, self.reviver, self._params, inner,
-            acc.scaler, self._tokens_per_step,
+            acc.scaler, tokens_per_step,
         )  # fmt: skip
         # a checkpoint holds every step accounted for, and the pending liveness window logged (its alerts' state
         # updated) before it holds the alerts: a resume could not log it any more
@@ -259,9 +251,8 @@ class Trainer:
         pos.step += 1
         if self.reviver is not None:
             self.reviver.after_optimizer_step(acc.unwrap_model(model))
-        self.window.add(mean_loss.masked_fill(bad, 0.0), self._tokens_per_step)
+        self.guard.count(mean_loss, bad)
         self._step_loss = torch.zeros((), device=acc.device)
-        pos.tokens_seen += self._tokens_per_step  # a skipped step's tokens are taken out at the read
         self._bar.update(1)
         return grad_norm
 

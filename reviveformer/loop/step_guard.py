@@ -45,6 +45,12 @@ class StepGuard:
             type(reviver).before_optimizer_step is not Reviver.before_optimizer_step
         )
 
+    def count(self, mean_loss: torch.Tensor, bad: torch.Tensor) -> None:
+        """One optimizer step in the window and the tokens seen; a skipped one (`bad`, still on the device) adds
+        a zero loss now, and its steps and tokens are taken out at the read."""
+        self.window.add(mean_loss.masked_fill(bad, 0.0), self.tokens_per_step)
+        self.pos.tokens_seen += self.tokens_per_step
+
     def skip_update_if(self, bad: torch.Tensor) -> bool:
         """Make this step's update a no-op on the device when `bad` (a 0-dim bool device tensor) holds; returns
         whether to call the optimizer step. The fused AdamW's `found_inf` (the flag a GradScaler hands it)
