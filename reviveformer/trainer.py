@@ -236,11 +236,7 @@ class Trainer:
             max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
             grad_norm = acc.clip_grad_norm_(self._params, max_norm)
             mean_loss = self.control.agree(self._step_loss)
-            # a gradient scaler skips an inf-gradient step by itself; without one (fp16 on CPU, bf16, fp32) the
-            # gradient norm must be finite too
-            bad = self.guard.bad_steps.check(
-                pos.step + 1, mean_loss, grad_norm, check_norm=acc.scaler is None
-            )
+            bad = self.guard.check(pos.step + 1, mean_loss, grad_norm)  # the verdict, on the device
             if self.guard.skip_update_if(bad):
                 # GraMa reads the step's gradients here (clipped; zeros if skipped)
                 if self.reviver is not None:

@@ -45,6 +45,12 @@ class StepGuard:
             type(reviver).before_optimizer_step is not Reviver.before_optimizer_step
         )
 
+    def check(self, step: int, mean_loss: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
+        """Optimizer step `step`'s non-finite verdict, a 0-dim bool device tensor, kept for the next read. A
+        gradient scaler skips an inf-gradient step by itself; without one (fp16 on CPU, bf16, fp32) the gradient
+        norm must be finite too."""
+        return self.bad_steps.check(step, mean_loss, grad_norm, check_norm=self.scaler is None)
+
     def count(self, mean_loss: torch.Tensor, bad: torch.Tensor) -> None:
         """One optimizer step in the window and the tokens seen; a skipped one (`bad`, still on the device) adds
         a zero loss now, and its steps and tokens are taken out at the read."""
