@@ -1,5 +1,5 @@
 """Where a run is in its training: (step, epoch, batches_in_epoch, task), with the step budget and the counters that
-move with it. Saved in every checkpoint (`loop.training_state.PositionState`); `resume.restore_position`
+move with it. Saved in every checkpoint (`loop.training_state.PositionState`); `restore_position` there
 rebuilds it from one.
 
 An epoch has ended only when its epoch end (measurement, liveness json, revival) has run and `epoch` has moved

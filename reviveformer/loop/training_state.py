@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,12 +23,51 @@ from reviveformer.config import Config, TrainConfig, to_dict
 from reviveformer.evaluation import reduce_sum
 from reviveformer.liveness import LivenessMonitor
 from reviveformer.loop.position import Position
-from reviveformer.resume import restore_position
 
 log = logging.getLogger("reviveformer")
 
 PARTS = ("monitor", "reviver", "alerts")
 """The parts saved under their own key, in the order a checkpoint has always held them."""
+
+
+def restore_position(state: dict, tc: TrainConfig, batches_per_epoch: int, num_processes: int) -> Position:
+    """The position a checkpoint's state resumes at on this run's processes: the data position dealt again
+    over them on a step boundary, the step budget rescaled so that the same tokens are trained in all."""
+    pos = Position(
+        step=state["step"],
+        epoch=state["epoch"],
+        bad_steps=state["bad_steps"],
+        tokens_seen=state["tokens_seen"],
+        step_budget=tc.max_steps,
+        batches_per_epoch=batches_per_epoch,
+        task=state.get("task", 0),  # a checkpoint from before task sequences: task 0, the only one
+        task_train_loss=state.get("task_train_loss", math.nan),
+    )
+    saved_np = state.get("num_processes", 1)
+    saved_per_epoch = state.get("batches_per_epoch", batches_per_epoch)
+    if state["batches_in_epoch"] >= saved_per_epoch:  # the epoch's data is done, its end is not
+        pos.batches_in_epoch = batches_per_epoch
+    else:  # the data position in global batches, dealt again over this run's processes, on a step boundary
+        global_batches = state["batches_in_epoch"] * saved_np
+        ga = tc.grad_accum
+        pos.batches_in_epoch = global_batches // num_processes // ga * ga
+        if pos.batches_in_epoch * num_processes != global_batches:
+            log.warning(
+                "the %d batches of this epoch already trained do not deal evenly over %d processes: "
+                "resuming after %d of them (%d seen again)",
+                global_batches,
+                num_processes,
+                pos.batches_in_epoch * num_processes,
+                global_batches - pos.batches_in_epoch * num_processes,
+            )
+    saved_max = state.get("config", {}).get("train", {}).get("max_steps", tc.max_steps)
+    budget = state.get("step_budget", saved_max)
+    if budget is not None and saved_max == tc.max_steps and saved_np != num_processes:
+        # the same tokens in all: the steps left shrink or grow with the samples each step takes
+        pos.step_budget = pos.step + math.ceil((budget - pos.step) * saved_np / num_processes)
+    elif budget is not None and saved_max == tc.max_steps:
+        pos.step_budget = budget
+    return pos
 
 
 class Stateful(Protocol):
@@ -42,7 +82,7 @@ class Settles(Protocol):
 
 class PositionState:
     """The position's part of a checkpoint: its keys at the top level of the state. A resume deals the data
-    position again over this run's processes (`resume.restore_position`) and restores it in place: the parts
+    position again over this run's processes (`restore_position`) and restores it in place: the parts
     that read the position (the task's validation data) hold the same object."""
 
     def __init__(self, pos: Position, tc: TrainConfig, num_processes: int) -> None:
