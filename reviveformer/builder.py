@@ -1,6 +1,7 @@
 """The run's set-up: turns a Config into the parts a Trainer runs (as torchtitan's config sections build their
 components): the checks that must pass before anything is written, the model and tokenizer, the data, the
-optimizer and its schedule, the monitor and the reviver, tracking and alerts.
+optimizer and its schedule, the monitor and the reviver, the alerts and the `TrainingState` that saves and
+restores them (`build_run`), and, once the run writes its folder, the loop's parts (`build_loop`).
 
 Each function takes the narrowest slice of the config it needs and knows nothing of the loop; the Trainer
 calls them in order and wires what they return (docs/design.md, "Training loop").
@@ -13,17 +14,18 @@ import logging
 import math
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate.utils import set_seed
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 
 from reviveformer import activations
-from reviveformer import checkpoint as ckpt
 from reviveformer.alerts import AlertManager, JsonlAlertSink, RateLimitedSink, console_sink, titled_alert_sink
 from reviveformer.config import (
     AlertsConfig,
@@ -31,16 +33,31 @@ from reviveformer.config import (
     LivenessConfig,
     TrainConfig,
     save_config,
+    to_dict,
 )
 from reviveformer.data import PackedData, load_tokenizer, prepare_data
 from reviveformer.errors import CheckpointError, UserError
-from reviveformer.evaluation import val_loader
+from reviveformer.evaluation import Measurement, val_loader
 from reviveformer.liveness import LivenessMonitor
+from reviveformer.loop import (
+    BadSteps,
+    Checkpointer,
+    EpochEnd,
+    LivenessLog,
+    RevivalPass,
+    RevivalTiming,
+    RunControl,
+    RunEnd,
+    TaskEnd,
+    TrainLog,
+    Validator,
+)
 from reviveformer.loop.position import Position
+from reviveformer.loop.training_state import MonitorState, PositionState, TrainingState
 from reviveformer.memory import check_fits
 from reviveformer.model import DEFAULT_ACTIVATION, build_model, describe, init_from_checkpoint, model_summary
-from reviveformer.resume import check_resume, restore_position, resume_path
-from reviveformer.revival import Reviver, build_reviver, check_supported
+from reviveformer.resume import check_resume, resume_path
+from reviveformer.revival import Reviver, arm_of_method, build_reviver, check_supported
 from reviveformer.tasks import TaskBatches, TaskSequence, steps_per_epoch
 from reviveformer.tracking import Tracking
 
@@ -87,6 +104,36 @@ def check_run(cfg: Config, run_dir: Path) -> Path | None:
         )
     activations.validate_activation(cfg.model.activation or DEFAULT_ACTIVATION, cfg.model.leaky_relu_slope)
     return resume_from
+
+
+# ------------------------------------------------------------------------------------------- the process
+
+
+def build_accelerator(tc: TrainConfig) -> Accelerator:
+    """The run's Accelerator: gradient accumulation, mixed precision, Inductor with `train.compile`, a seedable
+    sampler (the data order a resume continues), the schedule stepped once per optimizer step."""
+    return Accelerator(
+        gradient_accumulation_steps=tc.grad_accum,
+        mixed_precision=tc.mixed_precision,
+        dynamo_backend="inductor" if tc.compile else "no",
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        step_scheduler_with_optimizer=False,
+    )
+
+
+def progress_bar(total: int, initial: int, enabled: bool):
+    """The training's progress bar (tqdm) of optimizer steps; a log file gets a line every 30 s."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        disable=not enabled,
+        desc="training",
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=0.2 if sys.stderr.isatty() else 30.0,
+    )
 
 
 # ------------------------------------------------------------------------------------------- model and data
@@ -239,7 +286,8 @@ def build_run_reviver(cfg: Config, distributed_type: str) -> Reviver | None:
 
 @dataclass
 class Run:
-    """The parts a Trainer runs, prepared by Accelerate, at the position where training starts."""
+    """The parts a Trainer runs, prepared by Accelerate, at the position where training starts. The Trainer
+    takes them over: this is what the builder hands it, not a second owner."""
 
     data: PackedData
     model: Any
@@ -249,18 +297,57 @@ class Run:
     val_loader: Any
     monitor: LivenessMonitor | None
     reviver: Reviver | None
+    alerts: AlertManager
+    """The alert rules (their sinks are attached once the run starts writing: `alert_sinks`)."""
     tasks: TaskSequence | None
     """The task sequence (None without one: tasks.kind=none)."""
     task_loaders: list
     """The training loader of each task (tasks.kind=corpora), else the one loader."""
-    batches_per_epoch: int
-    """Micro-batches of one process in an epoch."""
     pos: Position
+    state: TrainingState
+    """The one door in and out of a checkpoint's state, every stateful part registered (and restored)."""
     total_steps: int = 0
-    """The step at which training ends (the schedule reads it at every step)."""
-    resumed_from: Path | None = None
-    saved: dict | None = None
-    """The state of the checkpoint resumed from (alerts and the checkpointer restore from it)."""
+    """The step at which training ends (the schedule reads the same number at every step)."""
+
+
+def check_batches(cfg: Config, accelerator, loaders: list, task_data: list) -> None:
+    """Refuse a run in which some process would get no whole batch (of some task)."""
+    for k, (each, d) in enumerate(zip(loaders, task_data, strict=True)):
+        if len(each) == 0:  # whole batches, dealt over the processes: none for some of them
+            of = f" of task {k}" if len(task_data) > 1 else ""
+            raise UserError(
+                f"train.batch_size={cfg.train.batch_size} over {accelerator.num_processes} processes: the "
+                f"{len(d.train)} training blocks{of} give each process no whole batch; lower train.batch_size, "
+                "use fewer processes, or add data (nothing was trained)"
+            )
+
+
+def build_tasks(cfg: Config, accelerator, vocab_size: int, loaders: list) -> TaskSequence | None:
+    """The task sequence over the tasks' training loaders (None for tasks.kind=none)."""
+    if cfg.tasks.kind == "none":
+        return None
+    steps = [steps_per_epoch(len(each), cfg.train.grad_accum) for each in loaders]
+    return TaskSequence(cfg.tasks, vocab_size, steps, cfg.train.log_every, accelerator.device)
+
+
+def build_state(
+    cfg: Config,
+    accelerator,
+    pos: Position,
+    monitor,
+    reviver,
+    alerts,
+    resume_from: Path | None,
+    saved: dict | None,
+) -> TrainingState:
+    """The one door in and out of a checkpoint's state, with every stateful part registered once."""
+    state = TrainingState(
+        accelerator, cfg, PositionState(pos, cfg.train, accelerator.num_processes), resume_from, saved
+    )
+    state.register("monitor", MonitorState(monitor, accelerator) if monitor is not None else None)
+    state.register("reviver", reviver)
+    state.register("alerts", alerts)
+    return state
 
 
 def build_run(cfg: Config, accelerator, run_dir: Path) -> Run:
@@ -284,63 +371,45 @@ def build_run(cfg: Config, accelerator, run_dir: Path) -> Run:
         reviver.attach(model, optimizer)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     loaders = [loader, *(accelerator.prepare(train_loader(d.train, cfg.train)) for d in task_data[1:])]
-    for k, (each, d) in enumerate(zip(loaders, task_data, strict=True)):
-        if len(each) == 0:  # whole batches, dealt over the processes: none for some of them
-            of = f" of task {k}" if len(task_data) > 1 else ""
-            raise UserError(
-                f"train.batch_size={cfg.train.batch_size} over {accelerator.num_processes} processes: the "
-                f"{len(d.train)} training blocks{of} give each process no whole batch; lower train.batch_size, "
-                "use fewer processes, or add data (nothing was trained)"
-            )
-    tasks, current = None, 0
-    if cfg.tasks.kind != "none":
-        tasks = TaskSequence(
-            cfg.tasks, len(data.tokenizer), [steps_per_epoch(len(each), cfg.train.grad_accum) for each in loaders],
-            cfg.train.log_every, accelerator.device,
-        )  # fmt: skip
-        # the loader of the task a checkpoint stands in (permuted tasks share one)
-        current = min(saved.get("task", 0), len(loaders) - 1) if saved is not None else 0
+    check_batches(cfg, accelerator, loaders, task_data)
+    tasks = build_tasks(cfg, accelerator, len(data.tokenizer), loaders)
+    # the loader of the task a checkpoint stands in (permuted tasks share one)
+    current = min(saved.get("task", 0), len(loaders) - 1) if tasks is not None and saved is not None else 0
+    pos = Position(step_budget=cfg.train.max_steps, batches_per_epoch=len(loaders[current]))
     vals = [val_loader(accelerator, d.val, cfg.train.batch_size) for d in task_data]
-    run = Run(
-        data, model, optimizer, None, loaders[current], vals[0], monitor, reviver, tasks, loaders,
-        batches_per_epoch=len(loaders[current]), pos=Position(step_budget=cfg.train.max_steps),
-        resumed_from=resume_from, saved=saved,
-    )  # fmt: skip
-    if tasks is not None:  # validation measures the current task's held-out data
-        run.val_loader = TaskBatches(vals, tasks, lambda: run.pos)
+    # validation measures the current task's held-out data
+    val = TaskBatches(vals, tasks, pos) if tasks is not None else vals[0]
+    alerts = AlertManager(cfg.alerts)
+    state = build_state(cfg, accelerator, pos, monitor, reviver, alerts, resume_from, saved)
     restart = tasks.schedule_point if tasks is not None and cfg.tasks.restart_schedule else None
+    length = [0]  # the step at which training ends: known once a checkpoint is loaded, read at every step
     # prepared before a checkpoint is loaded: Accelerate restores the state of what it has prepared
-    run.scheduler = accelerator.prepare(
-        build_scheduler(optimizer, cfg.train, lambda: run.total_steps, restart)
-    )
-    if saved is not None:
-        restore(run, cfg, accelerator)
-    run.total_steps = run.pos.total_steps(
-        run.batches_per_epoch, cfg.train.grad_accum, cfg.train.epochs,
+    scheduler = accelerator.prepare(build_scheduler(optimizer, cfg.train, lambda: length[0], restart))
+    state.load()  # when resuming: weights, optimizer, schedule, RNG, then each part's own state
+    length[0] = pos.total_steps(
+        pos.batches_per_epoch, cfg.train.grad_accum, cfg.train.epochs,
         tasks.total_steps if tasks is not None else None,
     )  # fmt: skip
-    return run
-
-
-def restore(run: Run, cfg: Config, accelerator) -> None:
-    """Load the checkpoint (weights, optimizer, schedule, RNG states) and the run's own state from it."""
-    path, state = run.resumed_from, run.saved
-    ckpt.load_checkpoint(accelerator, path)
-    run.pos = restore_position(state, cfg.train, run.batches_per_epoch, accelerator.num_processes)
-    if run.monitor and state.get("monitor") is not None:
-        run.monitor.load_state_dict(state["monitor"])
-        if not accelerator.is_main_process:  # the saved counts are the sum over processes: count them once
-            run.monitor.reset()
-    if run.reviver and state.get("reviver") is not None:
-        run.reviver.load_state_dict(state["reviver"])
-    pos = run.pos
-    log.info(
-        "resumed from %s (step %d, epoch %d, batch %d, task %d)",
-        path, pos.step, pos.epoch, pos.batches_in_epoch, pos.task,
+    return Run(
+        data, model, optimizer, scheduler, loaders[current], val, monitor, reviver, alerts, tasks, loaders, pos,
+        state, total_steps=length[0],
     )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- outputs
+
+
+def start_outputs(cfg: Config, accelerator, control: RunControl, pos: Position) -> Tracking:
+    """The run's first writes, once every check has passed: the lock announced, the folders and config.yaml
+    (main process), tracking (W&B) started, status.json running. Returns the tracking."""
+    run_dir = Path(cfg.train.output_dir)
+    control.start()
+    if accelerator.is_main_process:
+        start_run_dir(cfg, run_dir)
+    job_type = cfg.wandb.job_type or arm_of_method(cfg.revival.method)
+    tracking = Tracking(accelerator, cfg.wandb, run_dir, to_dict(cfg), job_type)
+    control.status("running", pos)
+    return tracking
 
 
 def start_run_dir(cfg: Config, run_dir: Path) -> None:
@@ -350,13 +419,73 @@ def start_run_dir(cfg: Config, run_dir: Path) -> None:
     save_config(cfg, run_dir / "config.yaml")
 
 
-def build_alerts(ac: AlertsConfig, tracking: Tracking, run_dir: Path, is_main: bool) -> AlertManager:
-    """The alert rules with their sinks (console, alerts.jsonl, W&B rate-limited) on the main process only."""
-    sinks = []
-    if is_main:
-        sinks = [
-            console_sink,
-            JsonlAlertSink(run_dir / "alerts.jsonl"),
-            RateLimitedSink(titled_alert_sink(tracking.alert), ac.wandb_wait_s),
-        ]
-    return AlertManager(ac, sinks=sinks)
+@dataclass
+class LoopParts:
+    """The parts of the loop that log or write, built once the run has started its folder (`build_loop`)."""
+
+    liveness_log: LivenessLog
+    train_log: TrainLog
+    validator: Validator
+    revival_timing: RevivalTiming
+    revival: RevivalPass | None
+    epoch_end: EpochEnd
+    task_end: TaskEnd
+    run_end: RunEnd
+    checkpointer: Checkpointer
+    bad_steps: BadSteps
+
+
+def build_loop(cfg: Config, accelerator, run: Run, tracking: Tracking, control: RunControl) -> LoopParts:
+    """The loop's parts, each given the collaborators it needs (none of them is given the Trainer)."""
+    tc, lc = cfg.train, cfg.liveness
+    run_dir, is_main = Path(tc.output_dir), accelerator.is_main_process
+    run.alerts.sinks = alert_sinks(cfg.alerts, tracking, run_dir, is_main)
+    # a train log's liveness window is read (and logged under its step) at the next moment that syncs anyway:
+    # each measurement settles it first, and so do the next train log and a checkpoint (`TrainingState`)
+    live = LivenessLog(run.alerts, tracking, is_main)
+    measurement = Measurement(
+        run.model, run.val_loader, accelerator, run.monitor, run.reviver, tc.eval_batches, live
+    )
+    validator = Validator(tc.eval_every, measurement, tracking)
+    revival = None
+    if run.reviver is not None:
+        revival = RevivalPass(
+            run.reviver, cfg.revival.method, lc.sites, accelerator.unwrap_model(run.model), run.optimizer,
+            measurement, tracking, run_dir, is_main, plots=tc.plots,
+        )  # fmt: skip
+    # a task sequence draws the figures at its boundaries instead of its epoch ends
+    epoch_end = EpochEnd(
+        run_dir, is_main, run.monitor, measurement, validator, tracking, live, plots=tc.plots and run.tasks is None
+    )  # fmt: skip
+    figures = epoch_end if tc.plots else None
+    return LoopParts(
+        live,
+        TrainLog(tracking, live, run.monitor, run.reviver, tc.log_every, lc.frequency_histogram_every),
+        validator,
+        RevivalTiming(run.reviver is not None, cfg.revival.every_steps, cfg.revival.every),
+        revival,
+        epoch_end,
+        TaskEnd(run_dir, is_main, measurement, validator, tracking, live, figures),
+        RunEnd(cfg, accelerator, measurement, validator, tracking, control, revival),
+        Checkpointer(
+            accelerator,
+            run_dir / "checkpoints",
+            tc.checkpoint_every,
+            tc.checkpoint_limit,
+            run.model,
+            run.state,
+            saved_step=run.state.resumed_step,
+        ),  # fmt: skip
+        BadSteps(tc.max_bad_steps, run_dir / "checkpoints"),
+    )
+
+
+def alert_sinks(ac: AlertsConfig, tracking: Tracking, run_dir: Path, is_main: bool) -> list:
+    """Where the alerts go (console, alerts.jsonl, W&B rate-limited): on the main process only."""
+    if not is_main:
+        return []
+    return [
+        console_sink,
+        JsonlAlertSink(run_dir / "alerts.jsonl"),
+        RateLimitedSink(titled_alert_sink(tracking.alert), ac.wandb_wait_s),
+    ]

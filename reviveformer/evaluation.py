@@ -86,3 +86,33 @@ def measure(
         val = evaluate(model, loader, accelerator, max_batches, progress)
         report = monitor.report(reduce=lambda t: reduce_sum(accelerator, t), pruned_masks=pruned_masks)
     return val, report
+
+
+class Measurement:
+    """A training run's validation passes (`train.eval_batches` of the split): the loss alone (`evaluate`) or
+    with a liveness window (`measure`). Each first settles the train log's liveness window still on its way
+    (`LivenessLog.settle`): a measurement syncs anyway, and the rows of a run stay in step order."""
+
+    def __init__(self, model, loader, accelerator, monitor, reviver, max_batches: int | None, liveness_log):
+        self.model = model
+        self.loader = loader
+        self.accelerator = accelerator
+        self.monitor = monitor
+        self.reviver = reviver
+        """Its pruned weights (synaptic stripping) count as dead in the liveness report."""
+        self.max_batches = max_batches
+        self.liveness_log = liveness_log
+
+    def evaluate(self) -> dict[str, float]:
+        """Validation loss only; the monitor is paused so the training window holds training tokens alone."""
+        self.liveness_log.settle()
+        if self.monitor is None:
+            return evaluate(self.model, self.loader, self.accelerator, self.max_batches)
+        with self.monitor.paused():
+            return evaluate(self.model, self.loader, self.accelerator, self.max_batches)
+
+    def measure(self):
+        """Validation loss and a liveness report (None without a monitor)."""
+        self.liveness_log.settle()
+        masks = self.reviver.pruned_masks() if self.reviver is not None else None
+        return measure(self.model, self.loader, self.accelerator, self.monitor, masks, self.max_batches)

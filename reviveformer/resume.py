@@ -1,6 +1,6 @@
 """Resuming a run: which checkpoint (`resume_path`), whether its settings may change (`check_resume`, the
-table of docs/design.md, "Resuming"), and where training stands in it (`restore_position`), all decided
-before anything is written.
+table of docs/design.md, "Resuming"), all decided before anything is written; where training stands in it is
+`loop.training_state.restore_position`.
 
 A checkpoint carries the resolved config it was saved with. Each setting a resume changes is either refused
 (it would silently change what the checkpoint means: the model, the data and its order, the optimizer's
@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
 from reviveformer import checkpoint as ckpt
-from reviveformer.config import Config, TrainConfig, to_dict, upgrade_revival_keys
+from reviveformer.config import Config, to_dict, upgrade_revival_keys
 from reviveformer.errors import CheckpointError
-from reviveformer.evaluation import reduce_sum
-from reviveformer.loop.position import Position
 
 log = logging.getLogger("reviveformer")
 
@@ -164,81 +161,3 @@ def check_resume(path: Path, cfg: Config, num_processes: int) -> dict:
             "; ".join(changes),
         )
     return state
-
-
-def restore_position(state: dict, tc: TrainConfig, batches_per_epoch: int, num_processes: int) -> Position:
-    """The position a checkpoint's state resumes at on this run's processes: the data position dealt again
-    over them on a step boundary, the step budget rescaled so that the same tokens are trained in all."""
-    pos = Position(
-        step=state["step"],
-        epoch=state["epoch"],
-        bad_steps=state["bad_steps"],
-        tokens_seen=state["tokens_seen"],
-        step_budget=tc.max_steps,
-        task=state.get("task", 0),  # a checkpoint from before task sequences: task 0, the only one
-        task_train_loss=state.get("task_train_loss", math.nan),
-    )
-    saved_np = state.get("num_processes", 1)
-    saved_per_epoch = state.get("batches_per_epoch", batches_per_epoch)
-    if state["batches_in_epoch"] >= saved_per_epoch:  # the epoch's data is done, its end is not
-        pos.batches_in_epoch = batches_per_epoch
-    else:  # the data position in global batches, dealt again over this run's processes, on a step boundary
-        global_batches = state["batches_in_epoch"] * saved_np
-        ga = tc.grad_accum
-        pos.batches_in_epoch = global_batches // num_processes // ga * ga
-        if pos.batches_in_epoch * num_processes != global_batches:
-            log.warning(
-                "the %d batches of this epoch already trained do not deal evenly over %d processes: "
-                "resuming after %d of them (%d seen again)",
-                global_batches,
-                num_processes,
-                pos.batches_in_epoch * num_processes,
-                global_batches - pos.batches_in_epoch * num_processes,
-            )
-    saved_max = state.get("config", {}).get("train", {}).get("max_steps", tc.max_steps)
-    budget = state.get("step_budget", saved_max)
-    if budget is not None and saved_max == tc.max_steps and saved_np != num_processes:
-        # the same tokens in all: the steps left shrink or grow with the samples each step takes
-        pos.step_budget = pos.step + math.ceil((budget - pos.step) * saved_np / num_processes)
-    elif budget is not None and saved_max == tc.max_steps:
-        pos.step_budget = budget
-    return pos
-
-
-def training_state(
-    pos: Position,
-    batches_per_epoch: int,
-    cfg: Config,
-    accelerator,
-    monitor,
-    reviver,
-    alerts,
-    stopped_by: str | None = None,
-) -> dict:
-    """What a checkpoint holds besides Accelerate's own state: the position, the resolved config, the state of
-    the monitor (its training window summed over processes: the main process alone writes it), the reviver and
-    the alerts, and an alert's stop when one ended the run there."""
-    monitor_state = None
-    if monitor is not None:
-        monitor_state = monitor.state_dict()
-        if accelerator.num_processes > 1:
-            for counts in monitor_state["sites"].values():
-                for k, t in counts.items():
-                    counts[k] = reduce_sum(accelerator, t.to(accelerator.device)).cpu()
-    return {
-        "step": pos.step,
-        "epoch": pos.epoch,
-        "batches_in_epoch": pos.batches_in_epoch,
-        "batches_per_epoch": batches_per_epoch,
-        "num_processes": accelerator.num_processes,
-        "step_budget": pos.step_budget,
-        "bad_steps": pos.bad_steps,
-        "tokens_seen": pos.tokens_seen,
-        "task": pos.task,
-        "task_train_loss": pos.task_train_loss,
-        "config": to_dict(cfg),
-        "monitor": monitor_state,
-        "reviver": reviver.state_dict() if reviver else None,
-        "alerts": alerts.state_dict(),
-        "stopped_by": stopped_by,
-    }

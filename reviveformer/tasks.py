@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable
 
 import torch
 
@@ -116,21 +115,22 @@ class TaskBatches:
     """A (validation) loader whose batches are those of the current task: one of `loaders` per task, or one for
     all (permuted through the task's bijection)."""
 
-    def __init__(self, loaders: list, tasks: TaskSequence, pos: Callable[[], Position]) -> None:
+    def __init__(self, loaders: list, tasks: TaskSequence, pos: Position) -> None:
         self.loaders = loaders
         self.tasks = tasks
-        self._pos = pos
+        self.pos = pos
+        """The run's position (restored in place at a resume): its task picks the data."""
 
     @property
     def loader(self):
         """The current task's loader, its batches as they are stored."""
-        return self.loaders[min(self.tasks.current(self._pos()), len(self.loaders) - 1)]
+        return self.loaders[min(self.tasks.current(self.pos), len(self.loaders) - 1)]
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self):
-        task = self.tasks.current(self._pos())
+        task = self.tasks.current(self.pos)
         for batch in self.loader:
             yield self.tasks.batch(batch, task)
 

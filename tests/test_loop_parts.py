@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import torch
 from accelerate import Accelerator
@@ -35,18 +36,18 @@ def test_train_window_sums_and_restarts():
 
 def test_validator_cadence_and_last_measurement():
     calls, logged = [], []
-    v = Validator(
-        4,
-        evaluate=lambda: calls.append(1) or {"val/loss": 2.5, "val/ppl": math.exp(2.5)},
-        log=lambda val, step: logged.append((step, val["val/loss"])),
+    measurement = SimpleNamespace(
+        evaluate=lambda: calls.append(1) or {"val/loss": 2.5, "val/ppl": math.exp(2.5)}
     )
+    tracking = SimpleNamespace(log=lambda val, step: logged.append((step, val["val/loss"])))
+    v = Validator(4, measurement, tracking)
     assert [s for s in range(1, 13) if v.should_validate(s)] == [4, 8, 12]
     assert not v.is_current(0)
     v.validate(8)
     assert (len(calls), logged, v.last_step) == (1, [(8, 2.5)], 8)
     v.record({"val/loss": 1.0}, 9)  # the epoch end's measurement: recorded, not logged again
     assert v.is_current(9) and not v.is_current(8) and logged == [(8, 2.5)] and v.last["val/loss"] == 1.0
-    assert not any(Validator(0, evaluate=dict, log=print).should_validate(s) for s in range(1, 50))
+    assert not any(Validator(0, measurement, tracking).should_validate(s) for s in range(1, 50))
 
 
 def test_revival_timing():
@@ -76,10 +77,11 @@ def test_checkpointer_saves_on_its_cadence_and_never_twice(tmp_path):
     model, opt = acc.prepare(model, opt)
     saved_states = []
 
-    def state():
+    def state_dict():
         saved_states.append(1)
         return {"step": len(saved_states)}
 
+    state = SimpleNamespace(state_dict=state_dict)
     c = Checkpointer(acc, tmp_path, every=3, limit=10, model=model, state=state)
     for step in range(1, 8):
         c.after_step(step)

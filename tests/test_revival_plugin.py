@@ -168,9 +168,7 @@ def test_a_built_in_method_that_raises_keeps_its_traceback(tmp_path, custom_path
         (ReDo(), "redo", IndexError),
         (custom_reviver.Flaky(), "custom_reviver:Flaky", UserError),
     ):
-        revival = RevivalPass(
-            reviver, method, ["mlp_post"], lambda: None, None, lambda: ({}, None), None, tmp_path, True
-        )
+        revival = RevivalPass(reviver, method, ["mlp_post"], None, None, None, None, tmp_path, True)
         with pytest.raises(raised) as e:
             revival(5, "during epoch 1", report)
         assert type(e.value) is raised

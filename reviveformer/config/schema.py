@@ -234,9 +234,10 @@ class TrainConfig:
     progress: bool = True
     """Show a progress bar on the main process."""
     plots: bool = True
-    """Draw the epoch-end figures (plots/ and W&B images; with a task sequence, at each task boundary instead).
+    """Draw the epoch-end figures and the revival's per-layer figure (plots/ and W&B images; with a task
+    sequence, at each task boundary instead).
     false skips them, and the seconds they take, in studies of many small runs: metrics, liveness json and the
-    report page are written all the same."""
+    report page (train.report) are written all the same."""
     report: bool = True
     """Write the run's page (report.html) at its end. false skips it and the figures it draws (studies of many
     small runs, the test suite); `reviveformer report RUN` writes it at any time all the same."""

@@ -4,30 +4,39 @@ in the checkpoint it came from)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 from reviveformer import checkpoint as ckpt
 from reviveformer.faults import fault_point
+from reviveformer.loop.training_state import TrainingState
 
 
 class Checkpointer:
     def __init__(
-        self, accelerator, directory: Path, every: int, limit: int, model, state: Callable[[], dict]
+        self,
+        accelerator,
+        directory: Path,
+        every: int,
+        limit: int,
+        model,
+        state: TrainingState,
+        saved_step: int | None = None,
     ) -> None:
         self.accelerator = accelerator
         self.directory = directory
         self.every = every
         self.limit = limit
         self.model = model
-        self._state = state
-        self.saved_step = -1
-        """The step of the position last saved (or resumed from)."""
+        self.state = state
+        self.saved_step = -1 if saved_step is None else saved_step
+        """The step of the position last saved (or resumed from: its checkpoint holds it already)."""
 
     def save(self, step: int) -> Path:
         ckpt.check_finite_weights(self.model, f"the checkpoint of step {step}")
         self.saved_step = step
-        return ckpt.save_checkpoint(self.accelerator, self.directory, step, self._state(), self.limit)
+        return ckpt.save_checkpoint(
+            self.accelerator, self.directory, step, self.state.state_dict(), self.limit
+        )
 
     def after_step(self, step: int) -> None:
         """The periodic save, when `step` is a multiple of `checkpoint_every`."""

@@ -1,15 +1,16 @@
 """The end of an epoch: a validation pass with a fresh liveness window, its metrics and alerts, the liveness
 json and activation histograms of the epoch (`liveness/epoch_XXX.json`, `activations_epoch_XXX.json`), the
-figures, and the epoch end's revival. The trainer moves the epoch counter and checkpoints around it."""
+figures. It returns the report to revive from: the trainer moves the epoch counter, revives (`revival.every=
+epoch`) and checkpoints around it."""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
-from reviveformer import figures, metric_keys
+from reviveformer import metric_keys
+from reviveformer.evaluation import Measurement
 from reviveformer.faults import fault_point
 from reviveformer.liveness import LivenessMonitor, LivenessReport
 from reviveformer.loop.liveness_log import LivenessLog
@@ -31,11 +32,10 @@ class EpochEnd:
         run_dir: Path,
         is_main: bool,
         monitor: LivenessMonitor | None,
-        measure: Callable[[], tuple[dict, LivenessReport | None]],
+        measurement: Measurement,
         validator: Validator,
         tracking: Tracking,
         liveness_log: LivenessLog,
-        revive: Callable[[LivenessReport | None], object] | None,
         plots: bool = True,
     ) -> None:
         self.run_dir = run_dir
@@ -43,20 +43,17 @@ class EpochEnd:
         """Whether the epoch end draws its figures (`train.plots`)."""
         self.is_main = is_main
         self.monitor = monitor
-        self._measure = measure
+        self.measurement = measurement
         self.validator = validator
         self.tracking = tracking
         self.liveness_log = liveness_log
-        self._revive = revive
-        """The epoch end's own revival (None when revival runs on its step cadence or not at all)."""
-        self.last_report: LivenessReport | None = None
-        """The last epoch end's liveness report (the summary's dead ratios)."""
 
-    def run(self, epoch: int, step: int, epoch_seconds: float) -> set[str]:
-        """The end of `epoch` (0-based) at optimizer step `step`; returns the alert actions it raised."""
+    def run(self, epoch: int, step: int, epoch_seconds: float) -> tuple[LivenessReport | None, set[str]]:
+        """The end of `epoch` (0-based) at optimizer step `step`; returns its liveness report (None without a
+        monitor) and the alert actions it raised."""
         if self.monitor is not None:
             self.monitor.request_histogram()  # activation values of the first validation batch
-        val, report = self._measure()
+        val, report = self.measurement.measure()
         fault_point("epoch_end_measure")
         hists = self.monitor.histograms() if self.monitor is not None else {}
         self.liveness_log.log_activation_histograms(hists, step)
@@ -66,7 +63,6 @@ class EpochEnd:
         )
         actions: set[str] = set()
         if report is not None:
-            self.last_report = report
             actions = self.liveness_log.log(report, step, when="epoch_end")
             if self.is_main:
                 data = report.to_json()
@@ -76,9 +72,7 @@ class EpochEnd:
                     write_json(path, histograms_json(hists))
                 if self.plots:
                     self._plots(data, hists, step)
-        if self._revive is not None:
-            self._revive(report)
-        return actions
+        return report, actions
 
     def draw(self, liveness: dict, step: int) -> None:
         """The figures of a measurement taken elsewhere (a task boundary's: epochs inside a task draw none)."""
@@ -86,6 +80,8 @@ class EpochEnd:
 
     def _plots(self, liveness: dict, hists: dict, step: int) -> None:
         pdir = self.run_dir / "plots"
+        from reviveformer import figures  # matplotlib: loaded by the first figure, not by the loop
+
         try:
             images = {
                 metric_keys.plot_key("frequency_heatmap"): figures.plot_frequency_heatmap(

@@ -10,15 +10,10 @@ is settled, through the actions the next train log or epoch end returns: one win
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
-
 from reviveformer import metric_keys
 from reviveformer.alerts import AlertManager
 from reviveformer.liveness import LivenessCounts, LivenessReport, PendingCounts
 from reviveformer.tracking import Tracking
-
-T = TypeVar("T")
 
 
 def dead_ratios(report: LivenessReport, sites: list[str]) -> dict[str, float]:
@@ -65,15 +60,6 @@ class LivenessLog:
         if counts.max_tokens == 0:  # a window with no counted tokens (liveness.sample_every) says nothing
             return
         self._actions |= self._log(counts, step, when="train", histograms=histograms)
-
-    def settling(self, fn: Callable[[], T]) -> Callable[[], T]:
-        """`fn` (a measurement, which syncs anyway) preceded by `settle`."""
-
-        def settled() -> T:
-            self.settle()
-            return fn()
-
-        return settled
 
     def take_actions(self) -> set[str]:
         """The actions of the windows settled since the last call."""

@@ -1,5 +1,6 @@
 """Where a run is in its training: (step, epoch, batches_in_epoch, task), with the step budget and the counters that
-move with it. Saved in every checkpoint; `resume.restore_position` rebuilds it from one.
+move with it. Saved in every checkpoint (`loop.training_state.PositionState`); `restore_position` there
+rebuilds it from one.
 
 An epoch has ended only when its epoch end (measurement, liveness json, revival) has run and `epoch` has moved
 on: a position taken after an epoch's last batch but before its end resumes into that epoch end, and one taken
@@ -20,6 +21,8 @@ class Position:
     """Epochs whose end has run."""
     batches_in_epoch: int = 0
     """Micro-batches of the current epoch this process has trained on."""
+    batches_per_epoch: int = 0
+    """Micro-batches of one process in an epoch of the current data (its training loader's length)."""
     bad_steps: int = 0
     """Optimizer steps skipped for a non-finite loss or gradient."""
     tokens_seen: int = 0

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from reviveformer import figures, metric_keys
+from reviveformer import metric_keys
 from reviveformer.architectures import MLP_SITE
 from reviveformer.errors import UserError
+from reviveformer.evaluation import Measurement
 from reviveformer.liveness import LivenessReport, capacity
 from reviveformer.loop.liveness_log import dead_ratios
 from reviveformer.revival import REVIVERS, Reviver
@@ -26,22 +26,26 @@ class RevivalPass:
         reviver: Reviver,
         method: str,
         sites: list[str],
-        unwrapped: Callable[[], object],
+        model,
         optimizer,
-        measure: Callable[[], tuple[dict, LivenessReport | None]],
+        measurement: Measurement | None,
         tracking: Tracking,
         run_dir: Path,
         is_main: bool,
+        plots: bool = True,
     ) -> None:
         self.reviver = reviver
         self.method = method
         self.sites = sites
-        self._unwrapped = unwrapped
+        self.model = model
+        """The model unwrapped (what a reviver edits)."""
         self.optimizer = optimizer
-        self._measure = measure
+        self.measurement = measurement
         self.tracking = tracking
         self.run_dir = run_dir
         self.is_main = is_main
+        self.plots = plots
+        """Draw the per-layer revival figure (train.plots); its table is logged all the same."""
         self.revived = False
         """Whether this session has revived (the summary then reports the dead ratios after it)."""
         self.last_step = -1
@@ -52,11 +56,11 @@ class RevivalPass:
         """Revive at `step` (`when` words the moment for the console line) from `report`, or from a
         measurement on the validation split."""
         if report is None:
-            _, report = self._measure()
+            _, report = self.measurement.measure()
         if report.tokens == 0:  # every unit would count as dead: nothing to decide from
             log.warning("revival skipped at step %d: the liveness measurement saw no tokens", step)
             return {}
-        unwrapped = self._unwrapped()
+        unwrapped = self.model
         t0 = time.perf_counter()
         try:
             metrics = self.reviver.revive(unwrapped, report, self.optimizer)
@@ -93,7 +97,11 @@ class RevivalPass:
         self.tracking.log_table(
             metric_keys.revival_key("per_layer"), cols, [[d[c] for c in cols] for d in details], step
         )
+        if not self.plots:
+            return
         try:
+            from reviveformer import figures  # matplotlib: loaded by the first figure, not by the loop
+
             fig = figures.plot_revived_per_layer(details, self.run_dir / "plots" / "revival_per_layer.png")
             self.tracking.log_images({metric_keys.plot_key("revival_per_layer"): fig}, step=step)
         except Exception as e:  # a figure must never stop training

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import broadcast_object_list
 
-from reviveformer.errors import UserError
+from reviveformer.errors import Preempted, UserError
 from reviveformer.loop.position import Position
 from reviveformer.loop.preemption import Preemption
 from reviveformer.run_lock import RunLock
@@ -90,6 +90,13 @@ class RunControl:
         elif self.accelerator.num_processes == 1:
             self.stop_now = self._asked
         self._agreed = None
+
+    def preempted(self, step: int, checkpoint: Path) -> Preempted:
+        """The exit of a run stopped by a signal at `step`, its position saved in `checkpoint` (exit 75)."""
+        return Preempted(
+            f"{self.preemption.name or 'a stop signal'} at step {step}: checkpoint {checkpoint} saved; continue "
+            "with train.resume=auto (the resume is exact)"
+        )
 
     def end(self) -> None:
         """Signals back to their handlers, the lock released (every exit path)."""

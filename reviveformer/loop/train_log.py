@@ -8,14 +8,13 @@ log's step when they are read, at the next moment that syncs anyway (the next tr
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from reviveformer import metric_keys
 from reviveformer.liveness import LivenessMonitor, PendingCounts
 from reviveformer.loop.liveness_log import LivenessLog
 from reviveformer.loop.window import reaches_multiple
+from reviveformer.revival import Reviver
 from reviveformer.tracking import Tracking
 
 
@@ -25,16 +24,15 @@ class TrainLog:
         tracking: Tracking,
         liveness_log: LivenessLog,
         monitor: LivenessMonitor | None,
-        snapshot: Callable[[], PendingCounts],
+        reviver: Reviver | None,
         log_every: int,
         frequency_histogram_every: int,
     ) -> None:
         self.tracking = tracking
         self.liveness_log = liveness_log
         self.monitor = monitor
-        self._snapshot = snapshot
-        """The monitor's window, closed and on its way to the host, summed over processes, with the reviver's
-        pruned weights."""
+        self.reviver = reviver
+        """Its pruned weights (synaptic stripping) count as dead in the monitor's window."""
         self.log_every = log_every
         self.frequency_histogram_every = frequency_histogram_every
 
@@ -63,3 +61,8 @@ class TrainLog:
             due = reaches_multiple(step, self.log_every, self.frequency_histogram_every)
             self.liveness_log.defer(self._snapshot(), step, histograms=due)
         return self.liveness_log.take_actions()
+
+    def _snapshot(self) -> PendingCounts:
+        """The monitor's window, closed and on its way to the host, summed over processes."""
+        masks = self.reviver.pruned_masks() if self.reviver is not None else None
+        return self.monitor.snapshot(sum_processes=True, pruned_masks=masks)

@@ -3,19 +3,15 @@ measures again only when the final weights have not been measured yet."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from reviveformer.evaluation import Measurement
+from reviveformer.tracking import Tracking
 
 
 class Validator:
-    def __init__(
-        self,
-        every: int,
-        evaluate: Callable[[], dict[str, float]],
-        log: Callable[[dict[str, float], int], None],
-    ) -> None:
+    def __init__(self, every: int, measurement: Measurement, tracking: Tracking) -> None:
         self.every = every
-        self._evaluate = evaluate
-        self._log = log
+        self.measurement = measurement
+        self.tracking = tracking
         self.last: dict[str, float] = {}
         """`val/loss` and `val/ppl` of the last validation (a periodic one or an epoch end's)."""
         self.last_step = -1
@@ -25,8 +21,8 @@ class Validator:
 
     def validate(self, step: int) -> dict[str, float]:
         """A validation loss now, logged at `step`."""
-        self.record(self._evaluate(), step)
-        self._log(self.last, step)
+        self.record(self.measurement.evaluate(), step)
+        self.tracking.log(self.last, step=step)
         return self.last
 
     def record(self, val: dict[str, float], step: int) -> None:
