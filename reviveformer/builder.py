@@ -48,6 +48,7 @@ from reviveformer.loop import (
     RevivalTiming,
     RunControl,
     RunEnd,
+    StepGuard,
     TaskEnd,
     TrainLog,
     Validator,
@@ -118,6 +119,27 @@ def build_accelerator(tc: TrainConfig) -> Accelerator:
         dynamo_backend="inductor" if tc.compile else "no",
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         step_scheduler_with_optimizer=False,
+    )
+
+
+def release_accelerator(accelerator) -> None:
+    """Drop the prepared (DDP-wrapped) model and optimizer before the process group goes: a DDP model still
+    alive at teardown made 2-process CPU runs hang at exit now and then."""
+    import gc
+
+    accelerator.free_memory()
+    gc.collect()
+
+
+def build_step_guard(
+    cfg: Config, accelerator, parts: LoopParts, control: RunControl, pos, window, reviver, params, inner
+):
+    """The step guard of the loop's steps (`StepGuard`): it skips a non-finite update on the device and does
+    the one host read of what the steps left there."""
+    tc = cfg.train
+    tokens_per_step = tc.batch_size * cfg.data.block_size * tc.grad_accum * accelerator.num_processes
+    return StepGuard(
+        parts.bad_steps, control, pos, window, reviver, params, inner, accelerator.scaler, tokens_per_step
     )
 
 

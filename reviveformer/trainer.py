@@ -3,7 +3,8 @@
 `builder` turns the config into the parts (`build_run`, `build_loop`); each part under `reviveformer/loop/` owns
 its timing and state and returns what it decided (alert actions, the report to revive from); the Trainer asks
 them at the right moments and acts on their answers. `train_step` runs every micro-batch with no host sync;
-`_after_step` once per optimizer step; `_complete_epoch`, `_complete_task` and `RunEnd` at the ends. Hooks for
+`_after_step` once per optimizer step; `_complete_epoch`, `_complete_task` and `RunEnd` at the ends;
+`Reactions` acts on what the parts decided. Hooks for
 scripts (scripts/bench.py): `before_epoch_end` and `after_train_log`, lists of callables given the trainer.
 The contract: docs/design.md, "Training loop", "Resuming".
 """
@@ -24,8 +25,7 @@ from reviveformer.builder import param_groups, warmup_cosine
 from reviveformer.config import Config
 from reviveformer.errors import Preempted, TrainingHalted
 from reviveformer.faults import fault_point
-from reviveformer.liveness import LivenessReport
-from reviveformer.loop import Position, RunControl, StepGuard, TrainWindow
+from reviveformer.loop import Position, Reactions, RunControl, TrainWindow
 from reviveformer.loop.window import reaches_multiple
 from reviveformer.run_checks import check_run_inputs
 from reviveformer.summary import Summary
@@ -35,7 +35,7 @@ log = logging.getLogger("reviveformer")
 PREEMPTED = "preempted"  # the reason _train_epoch returns when a stop signal was agreed
 
 # param_groups, warmup_cosine and reaches_multiple stay importable from here (scripts/bench.py, tests)
-__all__ = ["Summary", "Trainer", "param_groups", "reaches_multiple", "release", "train", "warmup_cosine"]
+__all__ = ["Summary", "Trainer", "param_groups", "reaches_multiple", "train", "warmup_cosine"]
 
 
 class Trainer:
@@ -81,25 +81,6 @@ class Trainer:
         self.tracking = builder.start_outputs(self.cfg, self.accelerator, self.control, self.pos)
         self.parts = builder.build_loop(self.cfg, self.accelerator, run, self.tracking, self.control)
 
-    # ---------------------------------------------------------------- revival and alerts
-    def revive(self, report: LivenessReport | None = None, when: str | None = None) -> dict[str, float]:
-        """One revival pass (measured on the validation split unless a fresh report is given); `when` words
-        the moment for the console line (by default the epoch's)."""
-        if self.parts.revival is None:
-            return {}
-        self.guard.read()  # a reviver that counts steps (GraMa) has its skipped steps taken out before it decides
-        pos = self.pos  # batches_in_epoch is reset when an epoch ends, before its epoch-end work
-        if when is None:
-            when = f"end of epoch {pos.epoch}" if pos.batches_in_epoch == 0 else f"during epoch {pos.epoch + 1}"  # fmt: skip
-        return self.parts.revival(pos.step, when, report)
-
-    def _act_on_alerts(self, actions: set[str]) -> str | None:
-        """Act on the alert actions a part returned; returns the stop reason, if any."""
-        if "revive" in actions and self.reviver is not None:
-            log.warning("alert action: reviving now (step %d)", self.step)
-            self.revive()
-        return "alert action stop" if "stop" in actions else None
-
     # ---------------------------------------------------------------- the loop
     def run(self) -> Summary:
         t0 = time.perf_counter()
@@ -128,10 +109,10 @@ class Trainer:
             self.reviver.close()  # the hooks a per-step method attached (Continual Backprop)
         for attr in (
             "model", "optimizer", "_inner_optimizer", "scheduler", "train_loader", "task_loaders", "parts",
-            "state", "guard",
+            "state", "guard", "react",
         ):  # fmt: skip
             self.__dict__.pop(attr, None)  # the parts hold the model or the optimizer too
-        release(self.accelerator)
+        builder.release_accelerator(self.accelerator)
         self.control.end()
         if not self.keep_process_group:
             self.accelerator.end_training()
@@ -144,11 +125,10 @@ class Trainer:
         self._epoch_t0 = self.window.started
         self._params = [p for p in self.model.parameters() if p.requires_grad]
         inner = self._inner_optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
-        tokens_per_step = tc.batch_size * self.cfg.data.block_size * tc.grad_accum * acc.num_processes
-        self.guard = StepGuard(
-            self.parts.bad_steps, self.control, self.pos, self.window, self.reviver, self._params, inner,
-            acc.scaler, tokens_per_step,
-        )  # fmt: skip
+        self.guard = builder.build_step_guard(
+            self.cfg, acc, self.parts, self.control, self.pos, self.window, self.reviver, self._params, inner
+        )
+        self.react = Reactions(self.parts.revival, self.guard, self.parts.run_end, self.state, self.pos)
         # a checkpoint holds every step accounted for, and the pending liveness window logged (its alerts' state
         # updated) before it holds the alerts: a resume could not log it any more
         self.state.pending = [self.guard, self.parts.liveness_log]
@@ -272,11 +252,11 @@ class Trainer:
             # kept in the position: a task boundary reports it, also one resumed from a checkpoint at its step
             self.pos.task_train_loss = loss_sum / max(steps, 1)
             self._bar.set_postfix(loss=f"{self.pos.task_train_loss:.3f}")
-            stopped_by = self._act_on_alerts(actions)
+            stopped_by = self.react.act_on_alerts(actions)
         if self.parts.validator.should_validate(step):
             self.parts.validator.validate(step)
         if self.parts.revival_timing.due_after_step(step):
-            self.revive()
+            self.react.revive()
         self.parts.checkpointer.after_step(step)
         return stopped_by
 
@@ -291,7 +271,9 @@ class Trainer:
         for hook in self.before_epoch_end:
             hook(self)
         report, actions = self.parts.epoch_end.run(epoch, self.pos.step, epoch_seconds)
-        stopped_by = self._after_end(report, actions, self.parts.revival_timing.at_epoch_end, "after_revival")
+        stopped_by = self.react.after_end(
+            report, actions, self.parts.revival_timing.at_epoch_end, "after_revival"
+        )
         self.parts.checkpointer.save(self.pos.step)
         self._epoch_t0 = time.perf_counter()
         return stopped_by
@@ -304,7 +286,9 @@ class Trainer:
         report, actions = self.parts.task_end.run(k, pos.step, pos.task_train_loss, self._params)
         last = k + 1 >= self.tasks.count
         revive = self.parts.revival_timing.at_task_end and not last
-        stopped_by = self._after_end(report, actions, revive, "after_task_revival", when=f"end of task {k}")
+        stopped_by = self.react.after_end(
+            report, actions, revive, "after_task_revival", when=f"end of task {k}"
+        )
         pos.task += 1  # the switch: from here on every batch is task k + 1's
         if len(self.task_loaders) > 1 and not last:  # a corpus of its own: a first pass over it starts
             self.train_loader = self.task_loaders[pos.task]
@@ -313,33 +297,6 @@ class Trainer:
         self.parts.checkpointer.save(pos.step)
         fault_point("task_start")
         return stopped_by
-
-    def _after_end(
-        self,
-        report: LivenessReport | None,
-        actions: set[str],
-        revive: bool,
-        fault: str,
-        when: str | None = None,
-    ) -> str | None:
-        """After an epoch or task end's measurement: its report kept for the summary, the end's own revival,
-        then the alerts' actions (their `revive` would only repeat that one). Returns a stop reason, if any."""
-        if report is not None:
-            self.parts.run_end.last_report = report  # the summary's dead ratios: the latest measurement's
-        if revive:
-            self.revive(report, when)
-        fault_point(fault)
-        self.state.stopped_by = self._act_on_alerts(actions - ({"revive"} if revive else set()))
-        return self.state.stopped_by
-
-
-def release(accelerator) -> None:
-    """Drop the prepared (DDP-wrapped) model and optimizer before the process group goes: a DDP model still
-    alive at teardown made 2-process CPU runs hang at exit now and then."""
-    import gc
-
-    accelerator.free_memory()
-    gc.collect()
 
 
 def train(cfg: Config, keep_process_group: bool = False) -> Summary:

@@ -67,10 +67,10 @@ def run(args: argparse.Namespace) -> int:
     from accelerate import Accelerator
 
     from reviveformer import figures, metric_keys
+    from reviveformer.builder import release_accelerator
     from reviveformer.errors import UserError
     from reviveformer.paths import check_out_dir
     from reviveformer.saved_model import measure_saved, measurement_data, open_saved_model, write_json
-    from reviveformer.trainer import release
 
     if args.out:
         check_out_dir(args.out)  # before the model is opened: a file in the way is known up front
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
             f"tokens: {data['tokens']:,}  loss: {val[metric_keys.VAL_LOSS]:.4f}  perplexity: {val[metric_keys.VAL_PPL]:.2f}"
         )
         print(f"liveness.json and plots: {out}")
-    release(acc)
+    release_accelerator(acc)
     acc.end_training()
     return 0
 

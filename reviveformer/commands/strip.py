@@ -33,11 +33,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from accelerate import Accelerator
 
+    from reviveformer.builder import release_accelerator
     from reviveformer.errors import UserError
     from reviveformer.paths import check_out_dir
     from reviveformer.revival.stripping import SynapticStripping, check_strippable
     from reviveformer.saved_model import measure_saved, open_saved_model
-    from reviveformer.trainer import release
 
     out = check_out_dir(args.out)
     if out.exists() and any(out.iterdir()):
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
             f"stripped {result['weights_stripped']} weights of {result['dead_units']} dead units; "
             f"model, strip.json and liveness.json in {out}"
         )
-    release(acc)
+    release_accelerator(acc)
     acc.end_training()
     return 0
 

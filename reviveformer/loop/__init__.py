@@ -14,6 +14,7 @@ report to revive from) for the Trainer to act on; none calls the Trainer back (a
   left there;
 - `EpochEnd`: the epoch end's measurement, liveness json and figures; `TaskEnd`: a task boundary's;
 - `RunEnd`: the final measurement, `final/` and the run's `Summary`;
+- `Reactions`: what is done with the parts' decisions (a revival, an alert's action, an end's report kept);
 - `Checkpointer`: when to checkpoint; `TrainingState`: what a checkpoint holds, the one door that saves and
   restores every stateful part;
 - `Preemption`: SIGTERM/SIGINT turned into a checkpoint at the next train log; `RunControl`: the run's
@@ -28,6 +29,7 @@ from reviveformer.loop.epoch_end import EpochEnd
 from reviveformer.loop.liveness_log import LivenessLog
 from reviveformer.loop.position import Position
 from reviveformer.loop.preemption import Preemption
+from reviveformer.loop.reactions import Reactions
 from reviveformer.loop.revival_pass import RevivalPass
 from reviveformer.loop.revival_timing import RevivalTiming
 from reviveformer.loop.run_control import RunControl
@@ -46,6 +48,7 @@ __all__ = [
     "LivenessLog",
     "Position",
     "Preemption",
+    "Reactions",
     "RevivalPass",
     "RevivalTiming",
     "RunControl",
