@@ -67,11 +67,6 @@ _LEAKY_SAVED = re.compile(r"leaky_relu\(negative_slope=(?P<slope>[^)]+)\)")
 _SHADOW_PREFIX = "reviveformer."
 
 
-def valid_names() -> list[str]:
-    """The registry names (reviveformer's own first, then the extra names transformers knows)."""
-    return list(ACTIVATIONS) + sorted(set(ACT2CLS) - set(ACTIVATIONS))
-
-
 def _unknown_name_error(name: str, key: str) -> ConfigError:
     return ConfigError(
         f"{key}={name!r} is not a known activation; valid names: {', '.join(ACTIVATIONS)} "

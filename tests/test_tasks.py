@@ -381,23 +381,29 @@ def test_sequential_corpora_measure_each_task_on_its_own_split(
     assert abs(losses[0] - losses[1]) > 1e-3  # the two splits are told apart
 
 
+def _corpora_run(run_dir: Path, corpus_file: Path, second_corpus: Path):
+    extra = _corpora(second_corpus, **{k: v for k, v in RESUME.items() if k not in TASKS})
+    return train(load_config(RECIPE, tiny_overrides(run_dir, corpus_file, **extra)))
+
+
+@pytest.fixture(scope="module")
+def corpora_straight(tmp_path_factory, corpus_file, second_corpus) -> Path:
+    """The corpora run below never killed, trained once for both kill moments (read only)."""
+    run_dir = tmp_path_factory.mktemp("corpora") / "straight"
+    assert _corpora_run(run_dir, corpus_file, second_corpus).steps == 20
+    return run_dir
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fault", ["task_end:1", "task_start:1"])
 def test_corpora_resume_after_a_kill_at_the_switch(
-    fault, tmp_path, corpus_file, second_corpus, monkeypatch, no_figures
+    fault, tmp_path, corpus_file, second_corpus, corpora_straight, no_figures
 ):
-    extra = _corpora(second_corpus, **{k: v for k, v in RESUME.items() if k not in TASKS})
-
-    def run(run_dir: Path):
-        return train(load_config(RECIPE, tiny_overrides(run_dir, corpus_file, **extra)))
-
-    run(tmp_path / "straight")
-
     with killed_at(fault):
-        run(tmp_path / "resumed")
-    assert run(tmp_path / "resumed").steps == 20
-    a = load_file(tmp_path / "straight" / "final" / "model.safetensors")
+        _corpora_run(tmp_path / "resumed", corpus_file, second_corpus)
+    assert _corpora_run(tmp_path / "resumed", corpus_file, second_corpus).steps == 20
+    a = load_file(corpora_straight / "final" / "model.safetensors")
     b = load_file(tmp_path / "resumed" / "final" / "model.safetensors")
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    assert task_rows(tmp_path / "straight") == task_rows(tmp_path / "resumed")
+    assert task_rows(corpora_straight) == task_rows(tmp_path / "resumed")
