@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from reviveformer.trainer import release
+from reviveformer.builder import release_accelerator
 
 HANG_AFTER_S = 120
 VOCAB = 97
@@ -40,7 +40,7 @@ def watchdog() -> None:
 
 def finish(acc) -> None:
     acc.wait_for_everyone()
-    release(acc)
+    release_accelerator(acc)
     acc.end_training()
 
 

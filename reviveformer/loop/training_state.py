@@ -130,13 +130,15 @@ class MonitorState:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.monitor.load_state_dict(state)
-        if (
-            not self.accelerator.is_main_process
-        ):  # the saved counts are the sum over processes: count them once
+        # the saved counts are the sum over processes: counted once, on the main process
+        if not self.accelerator.is_main_process:
             self.monitor.reset()
 
 
 class TrainingState:
+    """What a checkpoint holds besides Accelerate's own state, and the one object that saves (`state_dict`) and
+    restores (`load`) it: the position, then each registered part, under its own key."""
+
     def __init__(
         self, accelerator, cfg: Config, position: PositionState, resumed_from: Path | None, saved: dict | None
     ) -> None:
