@@ -16,8 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -127,12 +129,52 @@ def write_manifest(directory: Path, step: int, num_processes: int) -> None:
 
 
 def read_manifest(directory: Path) -> dict[str, Any] | None:
-    """The marker's manifest; None for a marker from before manifests (just the step number)."""
+    """The marker's manifest; None for a marker from before manifests (just the step number) or one that is
+    no manifest at all (`damage` tells which)."""
+    manifest, _ = checked_manifest(directory)
+    return manifest
+
+
+def checked_manifest(directory: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(manifest, problem) of the checkpoint's marker: the manifest when it is one this version writes, (None,
+    None) for the marker from before manifests (the folder's step number alone), else (None, why). A manifest
+    lists plain file names inside the folder only, each with its size; a hash only beside a size, so that no
+    entry can make a check read outside the checkpoint or read for ever (`/dev/zero`, `../x`)."""
     try:
         data = json.loads((directory / MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    except (OSError, ValueError) as e:
+        return None, f"{MARKER} does not read as JSON ({type(e).__name__})"
+    if _is_int(data) and STEP_DIR.match(directory.name.removeprefix(".tmp-")) and data == _step(directory):
+        return None, None
+    if not isinstance(data, dict):
+        return None, f"{MARKER} holds {type(data).__name__} {json.dumps(data)[:40]}, not a manifest"
+    files, hashes = data.get("files"), data.get("hashes", {})
+    if not isinstance(files, dict) or not all(_is_int(size) and size >= 0 for size in files.values()):
+        return None, f'{MARKER}\'s "files" is not a mapping of file names to sizes'
+    if not isinstance(hashes, dict) or not all(isinstance(digest, str) for digest in hashes.values()):
+        return None, f'{MARKER}\'s "hashes" is not a mapping of file names to digests'
+    if bad := [name for name in (*files, *hashes) if not _plain_name(name)]:
+        return None, f"{MARKER} lists {bad[0]!r}, which is no file name inside the checkpoint"
+    if unsized := [name for name in hashes if name not in files]:
+        return None, f"{MARKER} lists a hash but no size for {unsized[0]!r}"
+    return data, None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _plain_name(name: str) -> bool:
+    """A file name of the folder itself: no path, no `.` or `..`, not the marker."""
+    return name not in ("", ".", "..", MARKER) and not any(c in name for c in "/\\\0")
+
+
+def _regular_file(path: Path) -> bool:
+    """A regular file, not a link to one (nor a device, FIFO or folder)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def save_checkpoint(accelerator, checkpoints_dir: Path, step: int, state: dict[str, Any], limit: int) -> Path:
@@ -199,7 +241,9 @@ def damage(path: Path) -> str | None:
     Every part the manifest lists must have its size and, where the manifest records them (checkpoints from
     before hashes have sizes only), its hash; then our state, Accelerate's random states and the weights must
     read back, the weights all finite."""
-    manifest = read_manifest(path)
+    manifest, problem = checked_manifest(path)
+    if problem is not None:
+        return problem
     if manifest is None:
         missing = [n for n in LEGACY_PARTS if not (path / n).is_file()]
         if missing:
@@ -208,7 +252,7 @@ def damage(path: Path) -> str | None:
         cut = [
             name
             for name, size in manifest["files"].items()
-            if not (path / name).is_file() or (path / name).stat().st_size != size
+            if not _regular_file(path / name) or (path / name).stat().st_size != size
         ]
         if cut:
             return f"{', '.join(cut)} missing or cut short"

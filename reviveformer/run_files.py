@@ -13,7 +13,7 @@ import math
 import os
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,26 +50,46 @@ def atomic_write(path: str | Path, text: str) -> Path:
 # ---------------------------------------------------------------------------------------------- metrics
 
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a metrics.jsonl file; a line that is not a JSON object (a run killed mid-write) is skipped."""
+def _jsonl_rows(path: Path, problem: Callable[[dict[str, Any]], str | None]) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines run file that are what its format says. A line that is not a JSON object (a run
+    killed mid-write) or whose row has a `problem` (a field of the wrong kind: a hand-edited or foreign file) is
+    skipped, all of them named in one warning: file, line numbers and the first reason."""
     rows: list[dict[str, Any]] = []
-    bad = 0
-    with Path(path).open(encoding="utf-8") as f:
-        for line in f:
+    skipped: list[tuple[int, str]] = []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                bad += 1
+                skipped.append((number, "not JSON"))
                 continue
-            if isinstance(row, dict):
+            why = "not a JSON object" if not isinstance(row, dict) else problem(row)
+            if why is None:
                 rows.append(row)
             else:
-                bad += 1
-    if bad:
-        log.warning("%s: skipped %d line(s) that are not JSON objects", path, bad)
+                skipped.append((number, why))
+    if skipped:
+        lines = ", ".join(str(n) for n, _ in skipped[:10]) + (", ..." if len(skipped) > 10 else "")
+        log.warning("%s: skipped %d line(s) (line %s): %s", path, len(skipped), lines, skipped[0][1])
     return rows
+
+
+def _whole(value: Any) -> bool:
+    return _real(value) and math.isfinite(value) and value == int(value)
+
+
+def _metrics_row_problem(row: dict[str, Any]) -> str | None:
+    if "step" in row and not _whole(row["step"]):
+        return f"step {row['step']!r} is not a whole number"
+    return None
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a metrics.jsonl file; a line that is not a JSON object (a run killed mid-write) or whose step is
+    not a whole number is skipped, with one warning naming the file and lines."""
+    return _jsonl_rows(Path(path), _metrics_row_problem)
 
 
 def _real(value: Any) -> bool:
@@ -120,20 +140,23 @@ def row_at(rows: Sequence[Mapping[str, Any]], step: int, key: str) -> Mapping[st
 # ---------------------------------------------------------------------------------------------- alerts
 
 
+def _alert_row_problem(row: dict[str, Any]) -> str | None:
+    for key in ("step", "layer"):
+        if key in row and not _whole(row[key]):
+            return f"{key} {row[key]!r} is not a whole number"
+    for key in ("value", "threshold"):
+        if key in row and row[key] is not None and not _real(row[key]):
+            return f"{key} {row[key]!r} is not a number"
+    return None
+
+
 def read_alerts(run_dir: Path) -> list[dict[str, Any]]:
-    """The alerts of `alerts.jsonl` (a line cut short by a kill is skipped)."""
+    """The alerts of `alerts.jsonl`; a line cut short by a kill, or a row whose numbers are not numbers, is
+    skipped with one warning naming the file and lines."""
     path = run_dir / ALERTS_FILE
     if not path.is_file():
         return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            out.append(row)
-    return out
+    return _jsonl_rows(path, _alert_row_problem)
 
 
 # ---------------------------------------------------------------------------------------------- histograms

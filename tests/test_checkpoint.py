@@ -234,3 +234,81 @@ def test_rotation_keeps_the_checkpoint_just_saved_and_counts_only_good_ones(tmp_
     # fewer than the limit before it: nothing goes
     ckpt.prune(tmp_path, limit=4, saved=tmp_path / "step_00000004")
     assert _names(tmp_path) == [f"step_0000000{s}" for s in (2, 3, 4, 5, 6)]
+
+
+def _manifest_of(d) -> dict:
+    return json.loads((d / ckpt.MARKER).read_text())
+
+
+# How a crafted or damaged marker is written over the newest checkpoint's (step 20), and the words of the
+# warning that skips it. Each would once have raised a traceback, skipped every check (null, a bare number), or
+# read outside the checkpoint: /dev/zero for ever, `../` the file beside it.
+DAMAGED_MARKERS = {
+    "empty object": (lambda m: {}, '"files" is not a mapping'),
+    "no files": (lambda m: {k: v for k, v in m.items() if k != "files"}, '"files" is not a mapping'),
+    "files a list": (lambda m: {**m, "files": list(m["files"])}, '"files" is not a mapping'),
+    "a size not a number": (lambda m: {**m, "files": {**m["files"], "model.safetensors": "9"}}, '"files"'),
+    "hashes a list": (lambda m: {**m, "hashes": list(m["hashes"])}, '"hashes" is not a mapping'),
+    "null": (lambda m: None, "holds NoneType null, not a manifest"),
+    "another step's number": (lambda m: 7, "holds int 7, not a manifest"),
+    "a list": (lambda m: [m], "not a manifest"),
+    "/dev/zero hashed": (lambda m: {**m, "hashes": {**m["hashes"], "/dev/zero": "00"}}, "'/dev/zero'"),
+    "/dev/zero sized": (lambda m: {**m, "files": {**m["files"], "/dev/zero": 0}}, "'/dev/zero'"),
+    "a name outside": (lambda m: {**m, "files": {**m["files"], "../outside.bin": 3}}, "'../outside.bin'"),
+    "the marker itself": (lambda m: {**m, "files": {**m["files"], "COMPLETE": 1}}, "'COMPLETE'"),
+    "a hash without a size": (
+        lambda m: {**m, "hashes": {**m["hashes"], "extra.bin": "00"}},
+        "a hash but no size for 'extra.bin'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED_MARKERS))
+def test_a_crafted_or_damaged_marker_is_damage_not_a_traceback_nor_a_read_outside(
+    case, tmp_path, monkeypatch, caplog
+):
+    """The newest checkpoint's marker is no manifest this version writes: that checkpoint is damaged (skipped
+    with a warning saying why, the older good one used), and nothing outside a checkpoint folder is hashed."""
+    checkpoints = tmp_path / "checkpoints"
+    good = _fake_checkpoint(checkpoints, 10)
+    newest = _fake_checkpoint(checkpoints, 20)
+    (tmp_path / "outside.bin").write_bytes(b"abc")  # what `../outside.bin` would name
+    make, words = DAMAGED_MARKERS[case]
+    (newest / ckpt.MARKER).write_text(json.dumps(make(_manifest_of(newest))))
+    hashed = []
+    real_hash = ckpt.file_hash
+    monkeypatch.setattr(ckpt, "file_hash", lambda path: hashed.append(path) or real_hash(path))
+    with caplog.at_level("WARNING", logger="reviveformer"):
+        assert ckpt.find_resume_point(checkpoints) == good
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert warning.startswith(f"skipping damaged checkpoint {newest} (") and words in warning, warning
+    assert all(p.parent in (good, newest) for p in hashed), hashed
+    with pytest.raises(ckpt.CheckpointError, match=rf"{newest.name} is damaged \("):
+        ckpt.load_checkpoint(None, newest)  # named by hand: refused, before anything loads
+
+
+def test_a_listed_link_or_device_is_no_part_of_a_checkpoint(tmp_path, caplog):
+    """A manifest entry must be a regular file in the folder: a symlink (here to the checkpoint's own weights,
+    of the right size and hash) is damage all the same, as a link to /dev/zero would be."""
+    checkpoints = tmp_path / "checkpoints"
+    good = _fake_checkpoint(checkpoints, 10)
+    newest = _fake_checkpoint(checkpoints, 20)
+    (newest / "link.safetensors").symlink_to(newest / "model.safetensors")
+    ckpt.write_manifest(newest, 20, num_processes=1)  # the link listed with the size and hash of its target
+    assert "link.safetensors" in _manifest_of(newest)["files"]
+    with caplog.at_level("WARNING", logger="reviveformer"):
+        assert ckpt.find_resume_point(checkpoints) == good
+    assert "link.safetensors missing or cut short" in caplog.records[0].getMessage()
+
+
+def test_the_marker_from_before_manifests_is_its_own_step_number(tmp_path):
+    """`COMPLETE` holding the folder's own step is the documented old format; any other number is damage."""
+    d = _fake_checkpoint(tmp_path, 20, complete=False)
+    for name in ("optimizer.bin", "random_states_0.pkl"):
+        torch.save({"step": 20}, d / name)
+    (d / ckpt.MARKER).write_text("20")
+    assert ckpt.checked_manifest(d) == (None, None) and ckpt.damage(d) is None
+    (d / ckpt.MARKER).write_text("21")
+    assert ckpt.damage(d) == "COMPLETE holds int 21, not a manifest"
+    (d / ckpt.MARKER).write_text('{"files": {"model.saf')  # a marker cut short
+    assert ckpt.damage(d).startswith("COMPLETE does not read as JSON")

@@ -398,3 +398,32 @@ def test_compare_page_side_by_side(runs, tmp_path, capsys):
     )
     for i in (0, 1):  # each run's own figures, one column each
         assert {f"run{i}-loss", f"run{i}-dead-over-training", f"run{i}-histograms"} <= set(page.figures)
+
+
+@pytest.mark.slow
+def test_rows_that_are_not_what_their_format_says_are_skipped_and_named(runs, tmp_path, capsys, caplog):
+    """A hand-edited run folder: an alert whose value is text, a metrics row whose step is "NaN". `report` and
+    `compare` skip each such row with one warning naming the file and line, and the page shows the rest (they
+    once ended in a traceback)."""
+    _, ft, _ = runs
+    edited = tmp_path / "edited"
+    shutil.copytree(ft, edited)
+    alerts = edited / "alerts.jsonl"
+    good_alerts = len(alerts.read_text().splitlines())
+    assert good_alerts > 0
+    with alerts.open("a") as f:
+        f.write(json.dumps({"step": 3, "rule": "x", "value": "abc", "threshold": 0.3}) + "\n")
+    metrics = edited / "metrics.jsonl"
+    n_metrics = len(metrics.read_text().splitlines())
+    with metrics.open("a") as f:
+        f.write(json.dumps({"step": "NaN", "val/loss": 1.0}) + "\n")
+    with caplog.at_level("WARNING", logger="reviveformer"):
+        assert main(["report", str(edited)]) == 0
+        assert main(["compare", str(ft), str(edited), "--out", str(tmp_path / "cmp")]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert f"{alerts}: skipped 1 line(s) (line {good_alerts + 1}): value 'abc' is not a number" in warnings
+    assert (
+        f"{metrics}: skipped 1 line(s) (line {n_metrics + 1}): step 'NaN' is not a whole number" in warnings
+    )
+    page = Page((edited / "report.html").read_text())
+    assert len(page.tables["alerts"]) == 1 + good_alerts  # the header and the good alerts
