@@ -437,6 +437,10 @@ def test_rows_from_wandb_history() -> None:
     empty = compare.summarise(other)
     assert empty["arm"] == "baseline" and empty["final_val_loss"] is None
     assert "| arm-b | unknown (W&B) | - | baseline | gelu_new | - | - |" in compare.render_markdown([empty])
+    # a run's name is the user's text: the Markdown shows it as written, never as HTML (the pages escape it too)
+    empty["run"] = "<img src=x onerror=alert(1)> a|b & c"
+    md = compare.render_markdown([empty])
+    assert "| \\<img src=x onerror=alert(1)\\> a\\|b & c | unknown (W&B) |" in md
 
 
 class FakeRun:

@@ -56,6 +56,11 @@ def test_grid_expands_to_every_cell_and_seed(tmp_path):
         == "model.n_layer-2__x.n_layer-3__seed-0"
     )
     assert [r.label for r in plan_runs([], [4, 5], tmp_path, "g")] == ["seed-4", "seed-5"]
+    # a grid key whose last part is `seed` is named in full: `seed-0` alone reads as the training seed
+    assert [r.label for r in plan_runs([("tasks.seed", ["0", "1"])], [7], tmp_path, "g")] == [
+        "tasks.seed-0__seed-7",
+        "tasks.seed-1__seed-7",
+    ]
 
 
 @pytest.mark.parametrize(

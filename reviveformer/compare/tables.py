@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -57,9 +58,15 @@ def table_cells(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list
     return [c[0] for c in cols], cells, [c[2] for c in cols]
 
 
+def _md_escape(text: str) -> str:
+    """A cell shown as written: a run's name is the user's text, so `<` and `>` (raw HTML in Markdown), `|`
+    (a cell's end) and an `&` that starts an entity are backslash-escaped; a plain `&` (W&B) reads as it is."""
+    return re.sub(r"&(?=#?\w+;)", r"\\&", re.sub(r"([<>|])", r"\\\1", text))
+
+
 def _markdown(headers: Sequence[str], cells: Sequence[Sequence[str]], numeric: Sequence[bool]) -> str:
     def line(values: Sequence[str]) -> str:
-        return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
+        return "| " + " | ".join(_md_escape(v) for v in values) + " |"
 
     rule = "|" + "|".join("---:" if n else "---" for n in numeric) + "|"
     return "\n".join([line(headers), rule, *(line(c) for c in cells)])

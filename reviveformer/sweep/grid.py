@@ -104,9 +104,13 @@ def _safe(text: str) -> str:
 
 def cell_names(keys: list[str]) -> list[str]:
     """The name each grid key goes by in labels: its last part (`activation`), or the whole key where two keys
-    share a last part."""
+    share a last part, or where the last part is `seed` (`tasks.seed-0`: a bare `seed-0` reads as the training
+    seed, which every label ends with)."""
     leaves = [k.rsplit(".", 1)[-1] for k in keys]
-    return [leaf if leaves.count(leaf) == 1 else key for key, leaf in zip(keys, leaves, strict=True)]
+    return [
+        leaf if leaves.count(leaf) == 1 and leaf != "seed" else key
+        for key, leaf in zip(keys, leaves, strict=True)
+    ]
 
 
 def plan_runs(axes: list[tuple[str, list[str]]], seeds: list[int], out: Path, group: str) -> list[PlannedRun]:
