@@ -91,6 +91,43 @@ def test_write_status_keeps_the_last_final_step(trained, tmp_path):
     assert [p.name for p in run.iterdir() if p.name.startswith(".status")] == []  # no temporary file left
 
 
+def test_compare_counts_a_copy_of_a_run_once_and_refuses_copies_that_disagree(
+    trained, tmp_path, caplog, capsys
+):
+    """`cp -r A A2; cp -r B B2; compare A A2 B B2`: the copies are the same seeds again, not new ones (they once
+    gave n=4 and a zero-width interval). Each is dropped with a warning naming it; a "copy" whose numbers differ
+    (non-determinism, or an edited folder) is refused with exit 2, naming both runs."""
+    src = trained[0]
+    last = val_losses(src)[-1][0]
+    a, b = copy_run(src, tmp_path / "A", seed=0), copy_run(src, tmp_path / "B", seed=1)
+    for run in (a, b):
+        write_status(run, "finished", last, 2, final_step=last)
+    a2, b2 = copy_run(a, tmp_path / "A2"), copy_run(b, tmp_path / "B2")
+    for run in (a2, b2):
+        write_status(run, "finished", last, 2, final_step=last)
+    out = tmp_path / "cmp"
+    with caplog.at_level("WARNING", logger="reviveformer"):
+        assert main(["compare", str(a), str(a2), str(b), str(b2), "--out", str(out)]) == 0
+    (arm,) = json.loads((out / "seeds.json").read_text())["groups"]
+    assert arm["n"] == 2 and arm["seeds"] == [0, 1]
+    warned = [r.getMessage() for r in caplog.records]
+    assert "A2 is a copy of A (same settings, seed 0, same numbers): counted once" in warned
+    assert "B2 is a copy of B (same settings, seed 1, same numbers): counted once" in warned
+    assert len(json.loads((out / "compare.json").read_text())) == 4  # the table still shows every folder
+
+    metrics = [json.loads(line) for line in (a2 / "metrics.jsonl").read_text().splitlines()]
+    for r in metrics:
+        if "val/loss" in r:
+            r["val/loss"] += 0.5  # the same seed, other numbers
+    (a2 / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in metrics))
+    err_out = tmp_path / "cmp2"
+    capsys.readouterr()
+    assert main(["compare", str(a), str(a2), str(b), "--out", str(err_out)]) == 2
+    err = capsys.readouterr().err
+    assert "A2 and A ran the same settings with seed 0 but end with other numbers (final_val_loss" in err
+    assert "Traceback" not in err and not err_out.exists()
+
+
 def test_compare_keeps_incomplete_runs_out_of_the_seed_statistics(trained, tmp_path, capsys):
     src = trained[0]
     s0 = copy_run(src, tmp_path / "s0", seed=0)

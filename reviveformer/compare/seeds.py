@@ -4,6 +4,7 @@ and each arm's difference to the reference arm (the statistics themselves are `r
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from reviveformer.stats import (
     paired_ratio_interval,
     welch_interval,
 )
+
+log = logging.getLogger("reviveformer")
 
 # Config keys that say where or how a run was kept and logged, not what was trained: runs whose configs differ
 # only in these and in train.seed are seeds of one arm. (wandb: all but job_type, which names the arm.)
@@ -198,7 +201,44 @@ def seed_runs(
     """The runs (and their rows) that count over seeds: the complete ones, or all with `include_incomplete`.
     An incomplete run's "final" loss is of wherever it stopped, so averaged in it would move the arm's mean."""
     kept = [(run, row) for run, row in zip(runs, rows, strict=True) if include_incomplete or run.complete]
+    kept = _distinct(kept)
     return [run for run, _ in kept], [row for _, row in kept]
+
+
+# The numbers two runs of the same settings and seed must agree in (a deterministic run's; not its speed).
+_DETERMINISTIC = tuple(k for k in _GROUPED if k != "tokens_per_s")
+
+
+def _distinct(kept: list[tuple[RunData, dict[str, Any]]]) -> list[tuple[RunData, dict[str, Any]]]:
+    """One run per (settings, seed): a copy of a run (a folder copied, the same command run into another
+    folder) is one seed, not two; it is dropped with a warning saying which and why. Two such runs whose
+    numbers differ are refused: the training is not deterministic there, and no seed count can say which
+    is right."""
+    first: dict[tuple[str, str], tuple[RunData, dict[str, Any]]] = {}
+    out = []
+    for run, row in kept:
+        seed = _get(run.config, "train", "seed")
+        key = (json.dumps(settings(run.config), sort_keys=True, default=str), json.dumps(seed, default=str))
+        if seed is None or key not in first:
+            first.setdefault(key, (run, row))
+            out.append((run, row))
+            continue
+        run0, row0 = first[key]
+        differ = [k for k in _DETERMINISTIC if _number(row.get(k)) != _number(row0.get(k))]
+        if differ:
+            k = differ[0]
+            raise UserError(
+                f"{run.name} and {run0.name} ran the same settings with seed {seed} but end with other numbers "
+                f"({k}: {row.get(k)} and {row0.get(k)}): the training is not deterministic there, so they "
+                "cannot count as one seed, and as two they would count one seed twice; compare them apart"
+            )
+        log.warning(
+            "%s is a copy of %s (same settings, seed %s, same numbers): counted once",
+            run.name,
+            run0.name,
+            seed,
+        )
+    return out
 
 
 def seed_summary(
