@@ -177,6 +177,24 @@ def test_figures_are_drawn_at_each_task_end(tasks_run):
 
 
 @pytest.mark.slow
+def test_a_task_run_ends_with_the_validation_loss_of_its_final_weights(tasks_run, tmp_path, capsys):
+    """The last `val/loss` row is of the final weights (the last task end's measurement, logged at the run's
+    last step), and the report and compare read that one as the run's final validation loss (they once showed a
+    mid-run epoch end's, or "-" when no epoch end fell inside the run)."""
+    from reviveformer.cli import main
+
+    val_rows = [r for r in rows(tasks_run) if metric_keys.VAL_LOSS in r]
+    last_task = task_rows(tasks_run)[-1]
+    assert val_rows[-1]["step"] == last_task["step"] == 30
+    assert val_rows[-1][metric_keys.VAL_LOSS] == last_task[metric_keys.TASK_VAL_LOSS]
+    assert sum(r["step"] == 30 for r in val_rows) == 1  # logged once
+    out = tmp_path / "cmp"
+    assert main(["compare", str(tasks_run), "--out", str(out)]) == 0
+    [row] = json.loads((out / "compare.json").read_text())
+    assert row["final_val_loss"] == pytest.approx(last_task[metric_keys.TASK_VAL_LOSS])
+
+
+@pytest.mark.slow
 def test_the_weight_norm_is_the_checkpoints(tasks_run):
     for r in task_rows(tasks_run):
         weights = load_file(tasks_run / "checkpoints" / f"step_{r['step']:08d}" / "model.safetensors")

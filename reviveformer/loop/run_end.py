@@ -88,6 +88,7 @@ class RunEnd:
             report = fresh or report
             final = {**val, **(fresh.metrics() if fresh is not None else {})}
             self.tracking.log(final, step=step)
+        self.validator.log_final(step)
         if report is not None and self.is_main:
             write_json(self.run_dir / "liveness" / "final.json", report.to_json())
         return report

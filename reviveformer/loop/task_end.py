@@ -53,7 +53,7 @@ class TaskEnd:
         it raised."""
         fault_point("task_end")
         val, report = self.measurement.measure()
-        self.validator.record(val, step)
+        self.validator.record(val, step, logged=False)
         row = {
             metric_keys.TASK_INDEX: task,
             metric_keys.TASK_TRAIN_LOSS: train_loss,
