@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from reviveformer.config.checks import nonfinite_problems
 from reviveformer.revival import REVIVERS, Reviver, reviver_class
 
 
@@ -38,4 +39,8 @@ def make_reviver(method: str, *, seed: int = 0, **options: Any) -> Reviver:
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ValueError(f"revival method {cls.name} has no option {unknown}; its options are {valid}")
-    return cls.from_config(cls.Options(**options), seed=seed)
+    opts = cls.Options(**options)
+    # the checks the CLI runs on the same options (a nan passes `tau >= 0`: ReDo would never revive)
+    if problems := nonfinite_problems(opts, f"revival.{cls.name}"):
+        raise ValueError("; ".join(problems))
+    return cls.from_config(opts, seed=seed)

@@ -13,7 +13,7 @@ from hf_common import KILLED, N_LAYER, tiny_gpt2, trainer
 from transformers import TrainerCallback
 
 from conftest import launch, launch_findings
-from reviveformer import AlertRule
+from reviveformer import AlertRule, make_reviver
 from reviveformer.integrations.transformers import ReviveformerCallback
 
 THRESHOLD, DEAD_FREQUENCY, TAU = 1e-3, 1e-3, 0.1
@@ -180,6 +180,50 @@ def test_bad_revival_method_fails_before_training() -> None:
         ReviveformerCallback("no_such_method")
     with pytest.raises(ValueError, match="tau"):
         ReviveformerCallback("redo", revival_options={"tua": 0.1})
+
+
+def test_the_callback_refuses_what_the_cli_refuses() -> None:
+    """One set of checks for the CLI, the API and the callback: a step count that is no whole number, and an
+    option that is nan (it passes `tau >= 0`, and ReDo would never revive) are refused up front."""
+    for every in (2.5, True, -1):
+        with pytest.raises(ValueError, match=f"every_steps={every!r} must be a whole number"):
+            ReviveformerCallback("redo", every_steps=every)
+    with pytest.raises(ValueError, match="revival.redo.tau=nan must be a finite number"):
+        ReviveformerCallback("redo", revival_options={"tau": float("nan")})
+    with pytest.raises(ValueError, match="tau=inf must be a finite number"):
+        make_reviver("redo", tau=float("inf"))
+
+
+def test_an_event_before_train_begin_says_so() -> None:
+    from transformers import TrainerControl, TrainerState
+
+    cb = ReviveformerCallback("redo")
+    for event in (cb.on_step_begin, cb.on_step_end, cb.on_pre_optimizer_step):
+        with pytest.raises(RuntimeError, match="before on_train_begin"):
+            event(None, TrainerState(), TrainerControl())
+
+
+def test_a_failed_start_leaves_the_model_as_it_found_it() -> None:
+    """Synaptic stripping on a Llama-family model is refused at the start; the monitor the callback attached
+    first is detached again, so the next callback on the same model starts (once it failed: "already
+    watched")."""
+    from transformers import LlamaConfig, LlamaForCausalLM, TrainerControl, TrainerState
+
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+            num_key_value_heads=2, vocab_size=64, max_position_embeddings=32,
+        )
+    )  # fmt: skip
+    state, control = TrainerState(), TrainerControl()
+    failing = ReviveformerCallback("synaptic_stripping")
+    with pytest.raises(Exception, match="(?i)strip"):
+        failing.on_train_begin(None, state, control, model=model, optimizer=None)
+    assert failing.monitor is None
+    ok = ReviveformerCallback("redo")
+    ok.on_train_begin(None, state, control, model=model, optimizer=None)
+    assert ok.monitor is not None
+    ok.close()
 
 
 @pytest.mark.slow

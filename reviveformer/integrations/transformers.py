@@ -98,8 +98,10 @@ class ReviveformerCallback(TrainerCallback):
         alerts: list[AlertRule] | AlertsConfig | None = None,
         seed: int = 0,
     ) -> None:
-        if every_steps < 0:
-            raise ValueError(f"every_steps={every_steps} must be >= 0 (0: revive at each epoch end)")
+        if isinstance(every_steps, bool) or not isinstance(every_steps, int) or every_steps < 0:
+            raise ValueError(
+                f"every_steps={every_steps!r} must be a whole number >= 0 (0: revive at each epoch end)"
+            )
         self.liveness = liveness or LivenessConfig()
         self.alerts_config = (
             alerts if isinstance(alerts, AlertsConfig) else AlertsConfig(rules=list(alerts or []))
@@ -132,26 +134,45 @@ class ReviveformerCallback(TrainerCallback):
             )
         self._model = architectures.unwrap(model)
         self._optimizer = torch_optimizer(optimizer)
-        self.monitor = LivenessMonitor(self._model, self.liveness)
-        if self.reviver is not None:
-            self.reviver.attach(self._model, self._optimizer)
+        try:
+            self.monitor = LivenessMonitor(self._model, self.liveness)
+            if self.reviver is not None:
+                self.reviver.attach(self._model, self._optimizer)
+        except BaseException:  # a failed start leaves the user's model as it found it
+            if self.monitor is not None:
+                self.monitor.close()
+                self.monitor = None
+            if self.reviver is not None:
+                self.reviver.close()
+            raise
         self.alerts = AlertManager(self.alerts_config, [console_sink] if state.is_world_process_zero else [])
 
+    def _started(self) -> LivenessMonitor:
+        if self.monitor is None:
+            raise RuntimeError(
+                "ReviveformerCallback: a training event came before on_train_begin (add the callback to the "
+                "Trainer before trainer.train(), e.g. ReviveformerCallback(...).add_to(trainer))"
+            )
+        return self.monitor
+
     def on_step_begin(self, args, state, control, **kwargs):
+        monitor = self._started()
         self._between_steps.close()  # counting resumes (it was paused after the previous step)
-        self.monitor.begin_step(state.global_step + 1)
+        monitor.begin_step(state.global_step + 1)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self._started()
         if self.reviver is not None:
             self.reviver.before_optimizer_step(self._model)
 
     def on_optimizer_step(self, args, state, control, **kwargs):
+        self._started()
         if self.reviver is not None:
             self.reviver.after_optimizer_step(self._model)
 
     def on_step_end(self, args, state, control, **kwargs):
         # evaluation and logging forwards between two steps are not training tokens
-        self._between_steps.enter_context(self.monitor.paused())
+        self._between_steps.enter_context(self._started().paused())
         if self.every_steps and state.global_step % self.every_steps == 0:
             self.revive()
 

@@ -153,6 +153,10 @@ class SynapticStripping(Reviver):
         """From `revival.synaptic_stripping`; stripping draws no random numbers."""
         return cls(fraction=options.fraction, persistent=options.persistent, strip_bias=options.strip_bias)
 
+    def attach(self, model: nn.Module, optimizer: Any) -> None:
+        """Refused before training starts on a model whose units have no stripping (not at the first revival)."""
+        check_strippable(model)
+
     @torch.no_grad()
     def revive(self, model: nn.Module, report: LivenessReport, optimizer: Any) -> dict[str, float]:
         """Strip every dead unit at `mlp_post`, reset its optimizer state, extend the persistent mask.
