@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 from collections.abc import Callable
@@ -36,7 +37,7 @@ from reviveformer.config import (
     to_dict,
 )
 from reviveformer.data import PackedData, load_tokenizer, prepare_data
-from reviveformer.errors import CheckpointError, UserError
+from reviveformer.errors import CheckpointError, DataError, UserError
 from reviveformer.evaluation import Measurement, val_loader
 from reviveformer.liveness import LivenessMonitor
 from reviveformer.loop import (
@@ -201,10 +202,16 @@ def build_task_corpora(cfg: Config, accelerator, tokenizer) -> list[PackedData]:
     the data section would be with that source, with the data section's tokenizer and block size, up front so
     that a bad source refuses the run before anything is written."""
     out = []
-    for corpus in cfg.tasks.corpora if cfg.tasks.kind == "corpora" else []:
+    for k, corpus in enumerate(cfg.tasks.corpora if cfg.tasks.kind == "corpora" else []):
         source = dataclasses.replace(cfg.data, **dataclasses.asdict(corpus))
-        with accelerator.main_process_first():
-            out.append(prepare_data(source, cfg.train.seed, tokenizer=tokenizer))
+        try:
+            with accelerator.main_process_first():
+                out.append(prepare_data(source, cfg.train.seed, tokenizer=tokenizer))
+        except DataError as e:  # the data loader names the data section's keys: this is the corpus entry's
+            entry = f"tasks.corpora[{k}]"
+            raise DataError(
+                f"{entry}: " + re.sub(r"\bdata\.(source|path)=", rf"{entry}.\1=", str(e))
+            ) from None
     return out
 
 

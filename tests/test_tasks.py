@@ -425,3 +425,17 @@ def test_corpora_resume_after_a_kill_at_the_switch(
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert task_rows(corpora_straight) == task_rows(tmp_path / "resumed")
+
+
+def test_a_bad_corpus_is_named_as_its_tasks_corpora_entry(tmp_path, corpus_file, capsys):
+    """A corpus file that is not there is reported as `tasks.corpora[0].path=...` (once: `data.path=...`, the
+    data section's key, which holds a good file), with exit 2 and no run folder."""
+    from reviveformer.cli import main
+
+    missing = tmp_path / "nowhere.txt"
+    run_dir = tmp_path / "run"
+    args = tiny_overrides(run_dir, corpus_file, **_corpora(missing))
+    assert main(["train", str(RECIPE), *args]) == 2
+    err = capsys.readouterr().err
+    assert f"tasks.corpora[0].path={missing} does not exist" in err and "data.path=" not in err, err
+    assert "Traceback" not in err and not run_dir.exists()
