@@ -25,7 +25,7 @@ from reviveformer.errors import UserError
 from reviveformer.run_files import atomic_write
 
 STATUS_FILE = "status.json"
-STATES = ("running", "finished", "stopped", "halted", "preempted")
+STATES = ("running", "finished", "stopped", "halted", "preempted", "interrupted")
 # What each state says in a sentence ("the run ...").
 _SAYS = {
     "running": "was running at its last status (still running, or killed without a chance to say so)",
@@ -33,6 +33,7 @@ _SAYS = {
     "stopped": "was stopped by an alert before its planned end",
     "halted": "halted on non-finite losses before its planned end",
     "preempted": "was interrupted (SIGTERM/SIGINT) after saving a checkpoint; it can be resumed",
+    "interrupted": "was interrupted at once (a second Ctrl-C) without saving; it resumes from its last checkpoint",
 }
 
 

@@ -94,6 +94,9 @@ class Trainer:
         except (TrainingHalted, Preempted) as e:
             self.control.status("halted" if isinstance(e, TrainingHalted) else "preempted", self.pos, str(e))
             raise
+        except KeyboardInterrupt:  # a second Ctrl-C: out at once, no checkpoint of this moment
+            self.control.status("interrupted", self.pos, "a second Ctrl-C (SIGINT) stopped it at once")
+            raise
         finally:
             self._close()
         summary.wall_s = time.perf_counter() - t0

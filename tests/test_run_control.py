@@ -236,3 +236,28 @@ def test_an_alert_stop_exits_4_is_recorded_and_announced_on_resume(tmp_path, cor
     with caplog.at_level("WARNING", logger="reviveformer"):
         main(_args(RECIPE, run_dir, corpus_file, **{"alerts.rules": stop, "train.resume": "auto"}))
     assert f"this run was stopped at step {stopped} (alert action stop); resuming trains on" in caplog.text
+
+
+def test_a_second_ctrl_c_is_recorded_as_interrupted(tmp_path, corpus_file, monkeypatch, capsys):
+    """The second Ctrl-C stops a run at once (KeyboardInterrupt, exit 130, no checkpoint of that moment):
+    status.json then says "interrupted", not "running" as it once did. The moment is placed by hand: the
+    interrupt is raised where the fault hook's `mid_step` is, in step 3."""
+    import reviveformer.trainer as trainer_module
+
+    real = trainer_module.fault_point
+    arrivals = []
+
+    def second_ctrl_c(phase: str) -> None:
+        real(phase)
+        if phase == "mid_step":
+            arrivals.append(phase)
+            if len(arrivals) == 3:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_module, "fault_point", second_ctrl_c)
+    run_dir = tmp_path / "run"
+    assert main(_args(RECIPE, run_dir, corpus_file)) == 130
+    assert "interrupted" in capsys.readouterr().err
+    status = read_status(run_dir)
+    assert status.state == "interrupted" and status.step == 2  # two steps done, the third cut off
+    assert not (run_dir / "final").exists()
