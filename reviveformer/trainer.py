@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 
 from reviveformer import builder
-from reviveformer import checkpoint as ckpt
 from reviveformer.builder import param_groups, warmup_cosine
 from reviveformer.config import Config
 from reviveformer.errors import Preempted, TrainingHalted
@@ -91,11 +90,8 @@ class Trainer:
             # console lines (alerts, revivals) are printed above the progress bar, not into its line
             with logging_redirect_tqdm():
                 summary = self._loop()
-        except (TrainingHalted, Preempted) as e:
-            self.control.status("halted" if isinstance(e, TrainingHalted) else "preempted", self.pos, str(e))
-            raise
-        except KeyboardInterrupt:  # a second Ctrl-C: out at once, no checkpoint of this moment
-            self.control.status("interrupted", self.pos, "a second Ctrl-C (SIGINT) stopped it at once")
+        except (TrainingHalted, Preempted, KeyboardInterrupt) as e:
+            self.control.ended_by(e, self.pos)
             raise
         finally:
             self._close()
@@ -144,7 +140,7 @@ class Trainer:
         # with a task sequence the run's length is its tasks' (total_steps): epochs roll on until then
         while stopped_by is None and (tasks is not None or pos.epoch < tc.epochs):
             if self.control.stop_now:  # agreed at the last epoch end's read
-                self._preempt()
+                raise self.control.preempted(pos.step, checkpointer.save_unless_saved(pos.step))
             if tasks is not None and tasks.due(pos):
                 stopped_by = self._complete_task()
                 continue
@@ -152,7 +148,7 @@ class Trainer:
                 if pos.step < self.total_steps:
                     stopped_by = self._train_epoch()
                 if stopped_by == PREEMPTED:
-                    self._preempt()
+                    raise self.control.preempted(pos.step, checkpointer.save_unless_saved(pos.step))
                 if stopped_by is None and tasks is not None and tasks.due(pos):
                     continue  # the task's boundary first, then the rest of the epoch (or its end)
                 if pos.batches_in_epoch < pos.batches_per_epoch:
@@ -191,13 +187,6 @@ class Trainer:
                 if self.control.stop_now:  # agreed at a read of this step, by every process
                     return PREEMPTED
         return None
-
-    def _preempt(self) -> None:
-        """Save the position reached and leave with `Preempted` (exit 75)."""
-        self.parts.checkpointer.save_unless_saved(self.pos.step)
-        raise self.control.preempted(
-            self.pos.step, self.run_dir / "checkpoints" / ckpt.step_dir_name(self.pos.step)
-        )
 
     def train_step(self, batch: dict) -> torch.Tensor | None:
         """One micro-batch: forward and backward; on the step's last micro-batch the optimizer step and the step

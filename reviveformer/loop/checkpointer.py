@@ -44,10 +44,12 @@ class Checkpointer:
             self.save(step)
             fault_point("after_periodic_checkpoint")
 
-    def save_unless_saved(self, step: int) -> None:
-        """Keep the position of a run that leaves mid-epoch, unless a checkpoint already holds it."""
+    def save_unless_saved(self, step: int) -> Path:
+        """Keep the position of a run that leaves mid-epoch, unless a checkpoint already holds it; returns the
+        checkpoint that holds it."""
         if self.saved_step != step:
-            self.save(step)
+            return self.save(step)
+        return self.directory / ckpt.step_dir_name(step)
 
     def mark_saved(self, step: int) -> None:
         """The position of `step` is in a checkpoint already (the one a run resumed from)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from accelerate.utils import broadcast_object_list
 
-from reviveformer.errors import Preempted, UserError
+from reviveformer.errors import Preempted, TrainingHalted, UserError
 from reviveformer.loop.position import Position
 from reviveformer.loop.preemption import Preemption
 from reviveformer.run_lock import RunLock
@@ -62,6 +62,16 @@ class RunControl:
         """RUN_DIR/status.json (main process, once the run has started its folder)."""
         if self.is_main and self.started:
             write_status(self.run_dir, state, pos.step, pos.epoch, reason, final_step)
+
+    def ended_by(self, error: BaseException, pos: Position) -> None:
+        """status.json for a run ended by `error`: halted (non-finite steps), preempted (a stop signal, after its
+        checkpoint), or interrupted (a second Ctrl-C: out at once, no checkpoint of this moment)."""
+        if isinstance(error, TrainingHalted):
+            self.status("halted", pos, str(error))
+        elif isinstance(error, Preempted):
+            self.status("preempted", pos, str(error))
+        else:
+            self.status("interrupted", pos, "a second Ctrl-C (SIGINT) stopped it at once")
 
     def agree(self, step_loss: torch.Tensor) -> torch.Tensor:
         """The step's loss averaged over processes; this process's stop vote rides on the same all-reduce (no
