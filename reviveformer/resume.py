@@ -129,6 +129,21 @@ def resume_path(resume: str, run_dir: Path) -> Path | None:
     return p
 
 
+def _refuse_elastic_tasks(saved_np: int, num_processes: int, cfg: Config, path: Path) -> None:
+    """A task run resumes on its own process count only. Its task lengths are optimizer steps, fixed when it
+    started (tasks.steps, or tasks.epochs times the steps of an epoch on the saved count); each step takes
+    tokens in proportion to the processes, so on another count the tasks still to come would train on other
+    token counts than the ones before them, and the run would no longer compare its tasks like with like."""
+    if saved_np == num_processes or cfg.tasks.kind == "none":
+        return
+    raise CheckpointError(
+        f"cannot resume the task run (tasks.kind={cfg.tasks.kind}) saved at {path} on {num_processes} "
+        f"process(es): it was trained on {saved_np}. Its tasks are counted in optimizer steps, and a step takes "
+        f"{num_processes}/{saved_np} times the tokens on {num_processes}, so the tasks still to come would train "
+        f"on other token counts than the earlier ones. Resume it on {saved_np} process(es); nothing was changed."
+    )
+
+
 def check_resume(path: Path, cfg: Config, num_processes: int) -> dict:
     """Read the checkpoint's state and refuse a resume it cannot honour, before anything is written;
     announce what it may change in one warning. Returns the state."""
@@ -141,6 +156,7 @@ def check_resume(path: Path, cfg: Config, num_processes: int) -> dict:
         saved_cfg = yaml.safe_load(legacy.read_text()) if legacy.is_file() else to_dict(cfg)
     changes = compare_settings(saved_cfg, to_dict(cfg), str(path))
     saved_np = state.get("num_processes", 1)
+    _refuse_elastic_tasks(saved_np, num_processes, cfg, path)
     if saved_np != num_processes:
         changes.append(
             f"processes: {saved_np} -> {num_processes} (the data position, step "

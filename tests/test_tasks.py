@@ -439,3 +439,18 @@ def test_a_bad_corpus_is_named_as_its_tasks_corpora_entry(tmp_path, corpus_file,
     err = capsys.readouterr().err
     assert f"tasks.corpora[0].path={missing} does not exist" in err and "data.path=" not in err, err
     assert "Traceback" not in err and not run_dir.exists()
+
+
+@pytest.mark.slow
+def test_a_task_run_is_refused_on_another_process_count(tasks_run, corpus_file):
+    """A 1 -> 2 process resume of a task run once trained the later tasks on twice the tokens (the tasks are
+    counted in optimizer steps); it is refused before anything is written, naming the saved count. The same
+    count still resumes."""
+    from reviveformer.errors import CheckpointError
+    from reviveformer.resume import check_resume
+
+    cfg = load_config(RECIPE, tiny_overrides(tasks_run, corpus_file, **TASKS))
+    saved = tasks_run / "checkpoints" / "step_00000010"
+    with pytest.raises(CheckpointError, match=r"tasks\.kind=permuted_vocab.* on 2 process.*trained on 1"):
+        check_resume(saved, cfg, 2)
+    assert check_resume(saved, cfg, 1)["step"] == 10
