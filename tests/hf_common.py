@@ -45,6 +45,7 @@ def trainer(
     logging_steps: int = 2,
     evaluate: bool = False,
     report_to: tuple[str, ...] = (),
+    save_strategy: str = "no",
     **args,
 ) -> Trainer:
     targs = TrainingArguments(
@@ -55,7 +56,7 @@ def trainer(
         logging_steps=logging_steps,
         report_to=list(report_to),
         use_cpu=True,
-        save_strategy="no",
+        save_strategy=save_strategy,
         seed=0,
         disable_tqdm=True,
         dataloader_num_workers=0,

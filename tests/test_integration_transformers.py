@@ -5,6 +5,7 @@ alerts, and 2 processes under `accelerate launch` against 1."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -253,3 +254,54 @@ def test_metrics_reach_the_trainers_wandb_run(tmp_path) -> None:
     for row, logged in zip(rows, history, strict=True):
         assert row[f"train/{key}"] == logged[key] >= len(KILLED[0]) / 256
         assert row["train/capacity/alive_units"] == logged["capacity/alive_units"] < 2 * 256
+
+
+RESUME_OPTIONS = {
+    "redo": {"tau": TAU},
+    "continual_backprop": {"replacement_rate": 0.05, "maturity_threshold": 2},
+}
+
+
+def run_with_checkpoints(out, method: str, resume: str | None = None):
+    """8 steps (32 rows of 4), a log every 3 steps, a checkpoint every 4, a revival at step 5: the checkpoint at
+    step 4 falls inside a log window and inside the revival's window."""
+    model = tiny_gpt2()
+    t = trainer(out, model, rows=32, batch=4, logging_steps=3, save_strategy="steps", save_steps=4)
+    rule = AlertRule(name="dead", site="mlp_post", metric="dead_ratio", above=0.001)
+    cb = ReviveformerCallback(
+        method, every_steps=5, revival_options=RESUME_OPTIONS[method], alerts=[rule]
+    ).add_to(t)
+    t.train(resume_from_checkpoint=resume)
+    # the Trainer's own window loss is not carried over a resume (it averages the steps since its restart),
+    # nor are its timings: every other logged number is compared
+    skip = {"loss", "train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss"}
+    logs = [{k: v for k, v in h.items() if k not in skip} for h in t.state.log_history]
+    return model, logs, cb
+
+
+@pytest.mark.parametrize("method", sorted(RESUME_OPTIONS))
+def test_a_resumed_trainer_logs_and_ends_as_the_straight_run(tmp_path, method) -> None:
+    """Resumed from the checkpoint of step 4, the run logs the same liveness, alert and revival numbers at
+    steps 6 and 8 as the straight run (its windows began before the checkpoint) and ends with the same weights."""
+    model, logs, cb = run_with_checkpoints(tmp_path, method)
+    assert [h["step"] for h in logs] == [3, 6, 8]  # two logs and the end of training
+    assert logs[1]["revival/count"] == 1  # the revival at step 5 was logged at step 6
+    assert "liveness/mlp_post/layer_1/dormant_ratio" in logs[2]
+    assert (tmp_path / "checkpoint-4" / "reviveformer").is_dir()
+    resumed, resumed_logs, _ = run_with_checkpoints(tmp_path, method, resume=str(tmp_path / "checkpoint-4"))
+    assert [h["step"] for h in resumed_logs] == [3, 6, 8]  # step 3's is the checkpoint's history
+    assert resumed_logs == logs
+    want = model.state_dict()
+    for name, t in resumed.state_dict().items():
+        assert torch.equal(t, want[name]), name
+
+
+def test_a_checkpoint_without_callback_state_says_so_once(tmp_path, caplog) -> None:
+    run_with_checkpoints(tmp_path, "redo")
+    shutil.rmtree(tmp_path / "checkpoint-4" / "reviveformer")
+    with caplog.at_level("WARNING", logger="reviveformer"):
+        _, logs, cb = run_with_checkpoints(tmp_path, "redo", resume=str(tmp_path / "checkpoint-4"))
+    said = [r.getMessage() for r in caplog.records if "no callback state" in r.getMessage()]
+    assert len(said) == 1 and "checkpoint-4" in said[0] and "start clean" in said[0]
+    # started clean: the log at step 6 counted steps 5 and 6 only (2 x 4 x 16 tokens per layer)
+    assert cb.last_counts.tokens["mlp_post"].tolist() == [128, 128]

@@ -24,6 +24,7 @@ from reviveformer.alerts import AlertManager, console_sink
 from reviveformer.api import make_reviver
 from reviveformer.architectures import MLP_SITE
 from reviveformer.config import AlertRule, AlertsConfig
+from reviveformer.integrations import callback_state
 from reviveformer.liveness import LivenessConfig, LivenessCounts, LivenessMonitor, capacity
 from reviveformer.revival.optim import torch_optimizer
 
@@ -83,7 +84,9 @@ class ReviveformerCallback(TrainerCallback):
     `reviveformer.make_reviver`, with its options in `revival_options`) runs every `every_steps` optimizer
     steps, or at each epoch end when `every_steps` is 0, on the training tokens counted since the previous
     revival, and resets the Trainer's own optimizer state (the torch optimizer behind Accelerate's wrapper) of
-    exactly what it edits; its `revival/...` metrics join the next log. `on_train_end` detaches the monitor.
+    exactly what it edits; its `revival/...` metrics join the next log. `on_save` keeps its state in the
+    Trainer's checkpoint and a resumed Trainer restores it (`callback_state`). `on_train_end` detaches the
+    monitor.
 
     Use `add_to(trainer)` rather than `trainer.add_callback`: the Trainer calls its `report_to` callbacks in
     the order they were added, and `add_to` puts this one first so that they see its metrics."""
@@ -146,6 +149,7 @@ class ReviveformerCallback(TrainerCallback):
                 self.reviver.close()
             raise
         self.alerts = AlertManager(self.alerts_config, [console_sink] if state.is_world_process_zero else [])
+        callback_state.load(self, args, state)  # a resumed Trainer: go on from its checkpoint's state
 
     def _started(self) -> LivenessMonitor:
         if self.monitor is None:
@@ -200,6 +204,16 @@ class ReviveformerCallback(TrainerCallback):
         logs.update(metrics)
         if state.log_history:  # the Trainer copied `logs` there before calling us
             state.log_history[-1].update(metrics)
+
+    def on_save(self, args, state, control, **kwargs):
+        """Keep this callback's state in the checkpoint the Trainer has just written (see `callback_state`)."""
+        monitor = self._started()
+        saved = monitor.state_dict()
+        device = next(self._model.parameters()).device
+        for counts in saved["sites"].values():  # summed over processes: one state for every process to read
+            for k, t in counts.items():
+                counts[k] = _sum_over_processes(t.to(device)).cpu()
+        callback_state.save(self, args, state, saved)
 
     def on_train_end(self, args, state, control, **kwargs):
         self.close()
