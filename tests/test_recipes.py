@@ -109,3 +109,50 @@ def test_accelerate_launch_configs_load(path):
     cfg = load_config_from_file(str(path))
     assert cfg.mixed_precision == "bf16"
     assert cfg.num_processes >= 1
+
+
+def test_a_builtin_recipe_loads_by_name_from_any_folder(tmp_path, monkeypatch):
+    """Issue 29: `reviveformer train quickstart` needs no checkout: a bare name that is no file is the built-in
+    recipe (its base: too); a file of that name where the user is wins."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("quickstart", "quickstart.yaml"):
+        assert load_config(name) == load_config(REPO / "recipes" / "quickstart.yaml")
+    arm = load_config("quickstart-stripping")
+    assert arm.revival.method == "synaptic_stripping" and arm.model.n_layer == 4
+    (tmp_path / "quickstart.yaml").write_text("train:\n  lr: 0.123\n")
+    assert load_config("quickstart.yaml").train.lr == 0.123
+
+
+def test_a_base_may_name_a_builtin_recipe(tmp_path):
+    """A user's own recipe starts from a built-in one by name; a base file beside the recipe comes first."""
+    (tmp_path / "mine.yaml").write_text("base: dying-relu\ntrain:\n  lr: 0.001\n")
+    cfg = load_config(tmp_path / "mine.yaml")
+    assert cfg.train.lr == 0.001 and cfg.train.weight_decay == 1.0 and cfg.model.activation == "relu"
+    (tmp_path / "dying-relu.yaml").write_text("train:\n  weight_decay: 0.5\n")
+    (tmp_path / "mine.yaml").write_text("base: dying-relu.yaml\n")
+    assert load_config(tmp_path / "mine.yaml").train.weight_decay == 0.5
+
+
+def test_an_unknown_recipe_name_lists_the_builtin_ones(tmp_path, monkeypatch, capsys):
+    from reviveformer.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    code = main(["train", "quickstrat"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "recipe quickstrat does not exist" in err and "quickstart, quickstart-stripping" in err, err
+    assert "reviveformer recipes" in err and "Traceback" not in err and not (tmp_path / "runs").exists()
+
+
+def test_recipes_lists_each_builtin_recipe_with_its_purpose(capsys):
+    """`reviveformer recipes`: every built-in recipe and launch config, with its first line (a comment) as its
+    purpose: one line that says what it is for."""
+    from reviveformer.cli import main
+
+    assert main(["recipes"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for path in [*RECIPES, *LAUNCH_CONFIGS]:
+        first = path.read_text().splitlines()[0]
+        assert first.startswith("# ") and 20 < len(first) <= 120, f"{path}: {first!r}"
+        shown = path.stem if path in RECIPES else path.name
+        assert any(line.split() == [shown, *first[2:].split()] for line in lines), (path, lines)

@@ -1,6 +1,6 @@
 """One module per command; each has HELP, add_arguments(parser) and run(args) -> exit status."""
 
-from reviveformer.commands import audit, compare, report, strip, sweep, train
+from reviveformer.commands import audit, compare, recipes, report, strip, sweep, train
 
 COMMANDS = {
     "train": train,
@@ -9,4 +9,5 @@ COMMANDS = {
     "compare": compare,
     "sweep": sweep,
     "report": report,
+    "recipes": recipes,
 }

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 from reviveformer.plugins import add_trust_argument
 
 HELP = "measure the liveness of a saved model on data: liveness.json, plots and a table"
@@ -111,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
 def gradient_dormancy(saved, accelerator, dataset, batch_size: int, tau: float) -> dict:
     """The `grama` section of an audit's liveness.json: per MLP layer, the mean GraMa score of every unit over
     all batches of `dataset` (all processes), and the units at or below `tau`."""
+    import torch
+
     from reviveformer.evaluation import reduce_sum, val_loader
     from reviveformer.revival.grama import saved_model_scores
 

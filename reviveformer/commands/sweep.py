@@ -21,7 +21,7 @@ HELP = "train every cell of a grid (e.g. activations, revival methods) for every
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recipe", help="YAML recipe of every run")
+    p.add_argument("recipe", help="YAML recipe of every run, or a built-in recipe's name")
     p.add_argument("overrides", nargs="*", help="overrides for every run, e.g. train.max_steps=200")
     p.add_argument(
         "--grid",

@@ -8,7 +8,9 @@ HELP = "train or fine-tune a GPT-2 from a recipe (overrides as key=value)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recipe", help="YAML recipe, e.g. recipes/quickstart.yaml")
+    p.add_argument(
+        "recipe", help="YAML recipe (recipes/quickstart.yaml) or a built-in recipe's name (quickstart)"
+    )
     p.add_argument("overrides", nargs="*", help="OmegaConf dot-list overrides, e.g. train.lr=3e-4")
 
 

@@ -11,11 +11,14 @@ module per job:
   sections (`training_problems`), which the run calls with what it reads from disk (`reviveformer.run_checks`);
 - `legacy`: the flat revival keys of old configs, moved into their sections.
 
+A recipe argument or `base:` may name a built-in recipe (`reviveformer.builtin_recipes`).
+
 The names below are what the rest of the package imports from `reviveformer.config`.
 """
 
 from __future__ import annotations
 
+from reviveformer.builtin_recipes import resolve_recipe
 from reviveformer.config.checks import check_shape, nonfinite_problems, training_problems
 from reviveformer.config.legacy import LEGACY_REVIVAL_KEYS, upgrade_revival_keys
 from reviveformer.config.load import checkpoint_json, load_config, read_recipe, save_config, to_dict
@@ -56,6 +59,7 @@ __all__ = [
     "load_config",
     "nonfinite_problems",
     "read_recipe",
+    "resolve_recipe",
     "revival_config_class",
     "save_config",
     "to_dict",

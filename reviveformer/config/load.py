@@ -16,6 +16,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from reviveformer.builtin_recipes import builtin, builtin_names, resolve_recipe
 from reviveformer.config.checks import check_shape, nonfinite_problems
 from reviveformer.config.legacy import upgrade_revival_keys
 from reviveformer.config.schema import AlertRule, Config, RevivalConfig, revival_config_class
@@ -84,13 +85,13 @@ def _plugin(layers: list[tuple[str, Any]]) -> type | None:
 
 
 def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> DictConfig:
-    """A recipe file as a DictConfig; a missing file or invalid YAML is a ConfigError naming the file.
+    """A recipe file (or a built-in recipe's name: `quickstart`) as a DictConfig; a missing file or invalid
+    YAML is a ConfigError naming the file.
 
-    A recipe may start from another with `base: other.yaml` (a path relative to the recipe's folder): the
-    base is read first and this recipe's keys win, so an arm holds only what differs from its base."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe {path} does not exist (give a YAML file such as recipes/quickstart.yaml)")
+    A recipe may start from another with `base: other.yaml` (a path relative to the recipe's folder, else a
+    built-in recipe's name): the base is read first and this recipe's keys win, so an arm holds only what
+    differs from its base."""
+    path = resolve_recipe(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
@@ -106,10 +107,12 @@ def read_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> DictConfig:
         return OmegaConf.create(data)
     base_path = (path.parent / str(base)).resolve()
     if not base_path.is_file():
+        base_path = builtin(str(base)) or base_path
+    if not base_path.is_file():
         # the missing file alone does not say which recipe to fix when several share a base
         raise ConfigError(
             f"recipe {path}: its base: {base} names {base_path}, which does not exist (a base path is "
-            "relative to the recipe's own folder)"
+            f"relative to the recipe's own folder, or a built-in recipe's name: {', '.join(builtin_names())})"
         )
     if base_path in _seen:
         raise ConfigError(f"recipe {path}: base: {base} makes a cycle ({' -> '.join(p.name for p in _seen)})")

@@ -19,10 +19,10 @@ def sweep_definition(
     grid, the seeds, and `settings`: the resolved config of every run before the grid and seed are applied,
     flattened, without the keys that do not change what is trained (directories, W&B names, progress)."""
     from reviveformer.compare import settings
-    from reviveformer.config import to_dict
+    from reviveformer.config import resolve_recipe, to_dict
 
     return {
-        "recipe": str(Path(recipe).resolve()),
+        "recipe": str(resolve_recipe(recipe).resolve()),  # a built-in recipe's name as the file it names
         "overrides": list(overrides),
         "grid": {k: list(v) for k, v in axes},
         "seeds": list(seeds),
