@@ -41,8 +41,8 @@ class L2InitOptions:
     strength: float = field(
         default=1e-3,
         # The term's gradient 2 * strength * (w - w0) outweighs the loss's once w is |grad L| / (2 * strength)
-        # from w0: past 1e3 that is a millionth of the loss's gradient, and AdamW, which normalises the sum,
-        # holds every weight at w0. At 1e30 AdamW's second moment overflows besides.
+        # from w0: past 1e3 that is under 1e-7 at a language model's per-weight gradients (~1e-4), and AdamW,
+        # which normalises the sum, holds every weight at w0. At 1e30 AdamW's second moment overflows besides.
         metadata=within(
             0, 1e3, low_open=True, why="above it the pull to the initial weights stops all learning"
         ),
