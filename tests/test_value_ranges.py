@@ -67,7 +67,7 @@ def test_each_range_holds_its_ends_and_refuses_past_them(key, low, high, low_ope
 
 def test_every_declared_range_is_in_the_table():
     """A range declared on any field (`reviveformer.ranges.within`) is one of the table's, with the same
-    ends: a new range gets its row, and so its test, and design.md's."""
+    ends, and design.md's table of value ranges has a row for it: a new range gets its test and its doc."""
     import typing
     from dataclasses import fields, is_dataclass
 
@@ -86,6 +86,9 @@ def test_every_declared_range_is_in_the_table():
         return found
 
     assert declared(Config) == {key: shown for key, *_, shown in RANGES}
+    design = (REPO / "docs" / "design.md").read_text()
+    table = design[design.index("Value ranges.") :].split("\n\n")[1]
+    assert [key for key, *_ in RANGES if f"`{key}`" not in table] == []
 
 
 def test_lr_times_weight_decay_must_stay_below_one():
