@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from reviveformer.config.checks import nonfinite_problems
+from reviveformer.config.checks import value_problems
 from reviveformer.revival import REVIVERS, Reviver, reviver_class
 
 
@@ -24,7 +24,7 @@ def make_reviver(method: str, *, seed: int = 0, **options: Any) -> Reviver:
     `before_optimizer_step(model)` before each). The methods that act every step (`acts == "step"`: Continual
     Backprop, L2 toward init) need both step hooks, and Continual Backprop `attach(model, optimizer)` before the
     first forward (its activation hooks; `close()` removes them). An unknown method or option is a ValueError
-    naming the valid ones."""
+    naming the valid ones, and so is an option outside its range (the same words as the command line's)."""
     try:
         cls = reviver_class(method)
     except Exception as e:  # ConfigError names the valid methods; a library caller expects a ValueError
@@ -40,7 +40,8 @@ def make_reviver(method: str, *, seed: int = 0, **options: Any) -> Reviver:
     if unknown:
         raise ValueError(f"revival method {cls.name} has no option {unknown}; its options are {valid}")
     opts = cls.Options(**options)
-    # the checks the CLI runs on the same options (a nan passes `tau >= 0`: ReDo would never revive)
-    if problems := nonfinite_problems(opts, f"revival.{cls.name}"):
+    # the checks the CLI runs on the same options: a nan passes `tau >= 0` (ReDo would never revive), and a
+    # value beyond its field's range (l2_init.strength=1e30: nothing is learned) passes the method's own checks
+    if problems := value_problems(opts, f"revival.{cls.name}"):
         raise ValueError("; ".join(problems))
     return cls.from_config(opts, seed=seed)

@@ -74,7 +74,8 @@ def open_saved_model(path: str, overrides: list[str], *, trust_remote_code: bool
     model = load_model(str(where) if where.exists() else str(path), trust_remote_code=trusted, opt_in=opt_in)
     base = None
     if ours:
-        base = to_dict(load_config(where / RECIPE_NAME))
+        # with the user's overrides already: they can replace a saved value that a range added since refuses
+        base = to_dict(load_config(where / RECIPE_NAME, overrides))
         base["train"]["output_dir"] = str(where.parent)
         base["model"]["init_from"] = None
         base["model"]["trust_remote_code"] = False  # only the user opts in, never a saved config

@@ -1,7 +1,8 @@
 """The checks of a config beyond each section's own `__post_init__`, all pure (they read no file):
 
 - `check_shape`: a plain recipe/override layer against the schema's shape, before OmegaConf merges it;
-- `nonfinite_problems`: every float of a config tree that is nan or infinite where that means nothing;
+- `value_problems`: every number of a config tree that is nan or infinite where that means nothing, or outside
+  the sane range its field declares (`reviveformer.ranges`), for the command line and the API alike;
 - `training_problems`: what makes a valid config unfit for training, across sections. The run's checks
   (`reviveformer.run_checks`) call it with what they read from disk (an init_from checkpoint's config.json).
 """
@@ -24,6 +25,7 @@ from reviveformer.config.schema import (
     show_value,
 )
 from reviveformer.errors import ConfigError
+from reviveformer.ranges import RANGE
 from reviveformer.revival import REVIVERS
 
 
@@ -138,28 +140,43 @@ def _task_problems(cfg: Config) -> list[str]:
     return problems
 
 
-def nonfinite_problems(node: Any, at: str = "") -> list[str]:
-    """Every float of a config tree (sections, alert rules, each revival method's section, a plug-in's own)
-    that is nan or infinite where that means nothing: a section's range check such as `>= 0` lets inf
-    through, and `nan < 0` is false. Walks the values, so a new float field is covered without listing it."""
+def value_problems(node: Any, at: str = "") -> list[str]:
+    """Every number of a config tree (sections, alert rules, each revival method's section, a plug-in's own)
+    that is out of place: a float that is nan or infinite where that means nothing (a section's range check
+    such as `>= 0` lets inf through, and `nan < 0` is false), or a number outside the sane range its field
+    declares (`reviveformer.ranges.within`). The one check of these for the config loader (the command line),
+    `make_reviver` and the transformers callback (the API). Walks the values, so a new field is covered
+    without listing it."""
     problems: list[str] = []
     for f in fields(node):
         value, key = getattr(node, f.name), f"{at}.{f.name}" if at else f.name
         if is_dataclass(value):
-            problems += nonfinite_problems(value, key)
+            problems += value_problems(value, key)
         elif isinstance(value, list):
             for i, item in enumerate(value):
                 where = f"{key}[{getattr(item, 'name', i)}]"  # alert rules are named by name, as elsewhere
                 if is_dataclass(item):
-                    problems += nonfinite_problems(item, where)
+                    problems += value_problems(item, where)
                 elif isinstance(item, float) and not math.isfinite(item):
                     problems.append(f"{where}={item} must be a finite number")
-        elif isinstance(value, float) and not math.isfinite(value):
-            if value == math.inf and f.metadata.get(ALLOW_INF):
-                continue
-            finite = "a finite number or inf" if f.metadata.get(ALLOW_INF) else "a finite number"
-            problems.append(f"{key}={value} must be {finite}")
+        else:
+            problems += _number_problems(value, key, f.metadata)
     return problems
+
+
+def _number_problems(value: Any, key: str, metadata: Any) -> list[str]:
+    """`value_problems` of one field's value, with the field's metadata (ALLOW_INF, RANGE)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return []
+    if isinstance(value, float) and not math.isfinite(value):
+        if value == math.inf and metadata.get(ALLOW_INF):
+            return []
+        finite = "a finite number or inf" if metadata.get(ALLOW_INF) else "a finite number"
+        return [f"{key}={value} must be {finite}"]
+    sane = metadata.get(RANGE)
+    if sane is not None and not sane.holds(value):
+        return [f"{key}={value} must be in {sane} ({sane.why})"]
+    return []
 
 
 def list_hint(hint: Any) -> tuple[Any, bool] | None:

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from reviveformer.builtin_recipes import builtin, builtin_names, resolve_recipe
-from reviveformer.config.checks import check_shape, nonfinite_problems
+from reviveformer.config.checks import check_shape, value_problems
 from reviveformer.config.legacy import upgrade_revival_keys
 from reviveformer.config.schema import AlertRule, Config, RevivalConfig, revival_config_class
 from reviveformer.errors import ConfigError
@@ -27,8 +27,8 @@ from reviveformer.revival import reviver_class
 def load_config(
     recipe: str | Path | DictConfig | dict | None = None, overrides: list[str] | None = None
 ) -> Config:
-    """Schema defaults <- recipe <- dot-list overrides, validated section by section (and every float
-    finite); any problem is one ConfigError. The checks across sections are the run's
+    """Schema defaults <- recipe <- dot-list overrides, validated section by section (and every number
+    finite and in its range); any problem is one ConfigError. The checks across sections are the run's
     (`reviveformer.run_checks`): `audit` and `strip`, which only measure a saved model, load without them."""
     layers = _layers(recipe, overrides)
     plugin = _plugin(layers)
@@ -51,9 +51,9 @@ def load_config(
     except OmegaConfBaseException as e:
         raise ConfigError(_describe(e, "config", plugin)) from None
     assert isinstance(cfg, Config)
-    nonfinite = nonfinite_problems(cfg)
-    if nonfinite:
-        raise ConfigError("invalid config: " + "; ".join(nonfinite))
+    problems = value_problems(cfg)
+    if problems:
+        raise ConfigError("invalid config: " + "; ".join(problems))
     return cfg
 
 

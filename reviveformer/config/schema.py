@@ -17,6 +17,7 @@ from reviveformer.architectures import MLP_SITE, site_names
 from reviveformer.errors import failed_checks as _problems
 from reviveformer.errors import raise_problems as _raise
 from reviveformer.liveness.options import LivenessConfig
+from reviveformer.ranges import within
 from reviveformer.revival import REVIVERS
 from reviveformer.revival.options import RevivalConfig
 
@@ -39,23 +40,26 @@ def show_value(value: Any) -> str:
 @dataclass
 class ModelConfig:
     n_layer: int = 2
-    """Number of transformer blocks."""
+    """Number of transformer blocks (>= 1; the model's size is bounded by the memory check, not here)."""
     n_embd: int = 64
-    """Width of the residual stream."""
+    """Width of the residual stream (>= 1)."""
     n_head: int = 2
-    """Attention heads; must divide n_embd."""
+    """Attention heads (>= 1); must divide n_embd."""
     n_positions: int = 128
-    """Longest sequence the position embedding holds; data.block_size may not exceed it."""
+    """Longest sequence the position embedding holds (>= 1); data.block_size may not exceed it."""
     n_inner: int | None = None
-    """MLP width; None means 4 * n_embd (GPT-2's default)."""
+    """MLP width (>= 1); None means 4 * n_embd (GPT-2's default)."""
     dropout: float = 0.0
-    """Dropout for residual, embedding and attention (GPT-2's resid/embd/attn_pdrop)."""
+    """Dropout for residual, embedding and attention (GPT-2's resid/embd/attn_pdrop), in [0, 1)."""
     activation: str | None = None
     """MLP activation: a registry name (relu, leaky_relu, elu, selu, gelu, gelu_new, silu, swish, mish, prelu) or
     `package.module:attr`. None: gelu_new (GPT-2's own) for a new model, the checkpoint's own with init_from;
     with init_from, another name swaps the checkpoint's activation."""
-    leaky_relu_slope: float = 0.01
-    """Negative slope of leaky_relu."""
+    leaky_relu_slope: float = field(
+        default=0.01,
+        metadata=within(0, 1, why="above 1 the negative side is the steeper one: not a leaky ReLU"),
+    )
+    """Negative slope of leaky_relu, in [0, 1] (0.01 to 0.3 in the literature; 1 is the identity)."""
     init_from: str | None = None
     """A Hugging Face GPT-2 checkpoint directory (or hub name) to fine-tune from; None trains from scratch."""
     trust_remote_code: bool = False
@@ -63,9 +67,19 @@ class ModelConfig:
     runs that code; false refuses such a checkpoint. Built-in activations need no opt-in (as transformers'
     trust_remote_code). `audit` and `strip` take it too, or --trust-remote-code; a saved config's own value is
     never honoured."""
-    initializer_range: float = 0.02
-    """Standard deviation of the normal init of a new model's weights (GPT-2's initializer_range; its residual
-    projections get it scaled by 1/sqrt(2 * n_layer)). With init_from, the checkpoint's own value is kept."""
+    initializer_range: float = field(
+        default=0.02,
+        # LayerNorm'd inputs times weights of std s give pre-activations of std s * sqrt(n_embd)
+        metadata=within(
+            0,
+            1,
+            low_open=True,
+            why="above 1 attention scores and activations start saturated: nothing learns",
+        ),
+    )
+    """Standard deviation of the normal init of a new model's weights, in (0, 1] (GPT-2's initializer_range,
+    0.02; its residual projections get it scaled by 1/sqrt(2 * n_layer)). With init_from, the checkpoint's own
+    value is kept."""
 
     def __post_init__(self) -> None:
         _raise(
@@ -114,15 +128,15 @@ class DataConfig:
     tokenizer: str = "bpe"
     """bpe (trained on the training split and saved with the run), gpt2 (pretrained), or a tokenizer dir."""
     vocab_size: int = 4096
-    """Vocabulary size of a trained bpe tokenizer."""
+    """Vocabulary size of a trained bpe tokenizer (>= 300: 256 bytes and the specials)."""
     block_size: int = 128
-    """Tokens per training example (packed); at most model.n_positions."""
+    """Tokens per training example (packed), >= 2; at most model.n_positions."""
     val_fraction: float = 0.05
-    """Share of documents held out for validation."""
+    """Share of documents held out for validation, in (0, 1)."""
     max_tokens: int | None = None
-    """Cap on training tokens (validation is capped in proportion); None uses everything."""
+    """Cap on training tokens (> 0; validation is capped in proportion); None uses everything."""
     max_files: int | None = 400
-    """For source=stdlib/text folders: at most this many files (sorted by path), None for all."""
+    """For source=stdlib/text folders: at most this many files (> 0, sorted by path), None for all."""
     cache_dir: str | None = None
     """Where tokenised datasets are cached; None means ~/.cache/reviveformer."""
 
@@ -171,11 +185,11 @@ class CorpusConfig:
     text_column: str = "text"
     """For source=hub: the column holding the text."""
     val_fraction: float = 0.05
-    """Share of documents held out for this task's validation split."""
+    """Share of documents held out for this task's validation split, in (0, 1)."""
     max_tokens: int | None = None
-    """Cap on this task's training tokens (validation in proportion); None uses everything."""
+    """Cap on this task's training tokens (> 0; validation in proportion); None uses everything."""
     max_files: int | None = 400
-    """For source=stdlib/text folders: at most this many files, None for all."""
+    """For source=stdlib/text folders: at most this many files (> 0), None for all."""
 
     def __post_init__(self) -> None:
         _raise("tasks.corpora[]", _problems(_source_checks(self)))
@@ -185,50 +199,76 @@ class CorpusConfig:
 class TrainConfig:
     output_dir: str = "runs/run"
     """The run directory (config, metrics, liveness, plots, checkpoints, final model)."""
-    seed: int = 0
-    """Seed for model init, data order and dropout."""
+    seed: int = field(default=0, metadata=within(0, 2**32 - 1, why="numpy's seed, which set_seed also sets"))
+    """Seed for model init, data order and dropout, in [0, 2**32 - 1]."""
     epochs: int = 1
-    """Passes over the training split; each ends with a validation pass (and revival, if on)."""
+    """Passes over the training split (>= 1); each ends with a validation pass (and revival, if on)."""
     max_steps: int | None = None
-    """Stop after this many optimizer steps in all (None: run all epochs)."""
+    """Stop after this many optimizer steps in all (>= 1; None: run all epochs)."""
     batch_size: int = 16
-    """Sequences per micro-batch per process."""
+    """Sequences per micro-batch per process (>= 1; bounded by the memory, not here)."""
     grad_accum: int = 1
-    """Micro-batches per optimizer step."""
-    lr: float = 1e-3
-    """Peak learning rate (linear warm-up, then cosine to min_lr_ratio * lr)."""
+    """Micro-batches per optimizer step (>= 1)."""
+    lr: float = field(
+        default=1e-3,
+        # AdamW moves each weight by about lr per step. A float32 weight of GPT-2's init scale (0.02) has a
+        # spacing of 1.9e-9: a smaller step rounds away. A step of 1 is 50 times that init scale.
+        metadata=within(
+            1e-9,
+            1,
+            why="below it AdamW's steps round away in float32 weights, above it one step wipes out the init",
+        ),
+    )
+    """Peak learning rate (linear warm-up, then cosine to min_lr_ratio * lr), in [1e-9, 1] (AdamW's usual
+    1e-5 to 3e-2 lie well inside)."""
     min_lr_ratio: float = 0.1
-    """Final learning rate as a share of lr."""
-    weight_decay: float = 0.1
-    """AdamW weight decay (not applied to biases and norms)."""
+    """Final learning rate as a share of lr, in [0, 1]."""
+    weight_decay: float = field(
+        default=0.1,
+        # AdamW multiplies each weight by 1 - lr * weight_decay per step (lr * weight_decay < 1 is checked too)
+        metadata=within(
+            0, 10, why="the literature's 0 to 1 with room; above it the decay erases the weights"
+        ),
+    )
+    """AdamW weight decay (not applied to biases and norms), in [0, 10], and lr * weight_decay < 1 (AdamW
+    multiplies each weight by 1 - lr * weight_decay per step: at 1 that zeroes it)."""
     adam_beta1: float = 0.9
-    """AdamW's first-moment decay."""
+    """AdamW's first-moment decay, in [0, 1)."""
     adam_beta2: float = 0.95
-    """AdamW's second-moment decay (GPT-2/3 practice; PyTorch's own default is 0.999)."""
-    adam_eps: float = 1e-8
-    """AdamW's epsilon."""
+    """AdamW's second-moment decay, in [0, 1) (GPT-2/3 practice; PyTorch's own default is 0.999)."""
+    adam_eps: float = field(
+        default=1e-8,
+        # 1e-15 is used at scale (Wortsman et al. 2023). AdamW's step is lr * m / (sqrt(v) + eps): below 1e-20,
+        # a gradient whose square underflows float32 (|g| < 1e-22) while m does not gives a step far above lr;
+        # above 1, eps outweighs sqrt(v) and AdamW turns into SGD at rate lr / eps.
+        metadata=within(
+            1e-20, 1, why="below it a tiny gradient's step explodes, above it AdamW stops adapting"
+        ),
+    )
+    """AdamW's epsilon, in [1e-20, 1] (1e-8 by default; 1e-15 to 1e-6 in practice)."""
     warmup_steps: int = 10
-    """Linear warm-up steps."""
+    """Linear warm-up steps (>= 0; a warm-up longer than the run keeps the rate below lr throughout)."""
     grad_clip: float = 1.0
-    """Clip the global gradient norm to this; 0 disables clipping."""
+    """Clip the global gradient norm to this (>= 0; 0 disables clipping). No upper end: a clip above the
+    gradient's norm never acts, and AdamW's step does not depend on the gradient's scale."""
     mixed_precision: str = "no"
     """no, fp16 or bf16 (Accelerate's autocast)."""
     compile: bool = False
     """torch.compile the model."""
     log_every: int = 10
-    """Log train metrics (and the liveness window) every this many optimizer steps."""
+    """Log train metrics (and the liveness window) every this many optimizer steps (>= 1)."""
     eval_every: int = 0
-    """Run a validation pass every this many steps (0: only at epoch end)."""
+    """Run a validation pass every this many steps (>= 0; 0: only at epoch end)."""
     eval_batches: int | None = None
-    """Cap on validation batches per pass (None: the whole split)."""
+    """Cap on validation batches per pass (>= 1; None: the whole split)."""
     checkpoint_every: int = 0
-    """Save a resumable checkpoint every this many steps (0: only at epoch end)."""
+    """Save a resumable checkpoint every this many steps (>= 0; 0: only at epoch end)."""
     checkpoint_limit: int = 2
-    """Keep at most this many checkpoints (oldest removed first)."""
+    """Keep at most this many checkpoints (>= 1; oldest removed first)."""
     resume: str = "never"
     """never, auto (newest complete checkpoint in output_dir, if any), or a checkpoint directory."""
     max_bad_steps: int = 0
-    """Non-finite loss/gradient steps to skip before stopping (0: stop at the first)."""
+    """Non-finite loss/gradient steps to skip before stopping (>= 0; 0: stop at the first)."""
     deterministic: bool = False
     """torch.use_deterministic_algorithms, for bit-exact resume tests."""
     progress: bool = True
@@ -261,6 +301,13 @@ class TrainConfig:
                     (math.isfinite(self.lr) and self.lr > 0, f"lr={self.lr} must be a positive number"),
                     (0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio={self.min_lr_ratio} must be in [0, 1]"),
                     (self.weight_decay >= 0, f"weight_decay={self.weight_decay} must be >= 0"),
+                    (
+                        # inf or nan: the non-finite check names the key
+                        not math.isfinite(self.lr * self.weight_decay) or self.lr * self.weight_decay < 1,
+                        f"lr={self.lr} and weight_decay={self.weight_decay}: lr * weight_decay must be < 1 "
+                        "(AdamW multiplies each weight by 1 - lr * weight_decay per step: at 1 or above it "
+                        "zeroes or flips every weight)",
+                    ),
                     (0 <= self.adam_beta1 < 1, f"adam_beta1={self.adam_beta1} must be in [0, 1)"),
                     (0 <= self.adam_beta2 < 1, f"adam_beta2={self.adam_beta2} must be in [0, 1)"),
                     (self.adam_eps > 0, f"adam_eps={self.adam_eps} must be > 0"),
@@ -360,7 +407,7 @@ class AlertRule:
     metric: str = "dead_ratio"
     """dead_ratio or dormant_ratio."""
     above: float = 0.3
-    """Trips when a layer's metric rises above this."""
+    """Trips when a layer's metric rises above this, in [0, 1]."""
     layers: list[int] | None = None
     """Layers watched (None: all)."""
     action: str = "none"
@@ -404,7 +451,7 @@ class AlertsConfig:
     rules: list[AlertRule] = field(default_factory=list)
     """Alert rules, checked at every liveness log and epoch-end measurement."""
     wandb_wait_s: float = field(default=300.0, metadata={ALLOW_INF: True})
-    """Least time between two wandb.alert calls of one rule (inf: one alert per rule for the whole run)."""
+    """Least time between two wandb.alert calls of one rule, >= 0 (inf: one alert per rule for the whole run)."""
 
     def __post_init__(self) -> None:
         names = [r.name for r in self.rules]

@@ -23,7 +23,7 @@ from reviveformer import architectures
 from reviveformer.alerts import AlertManager, console_sink
 from reviveformer.api import make_reviver
 from reviveformer.architectures import MLP_SITE
-from reviveformer.config import AlertRule, AlertsConfig
+from reviveformer.config import AlertRule, AlertsConfig, value_problems
 from reviveformer.integrations import callback_state
 from reviveformer.liveness import LivenessConfig, LivenessCounts, LivenessMonitor, capacity
 from reviveformer.revival.optim import torch_optimizer
@@ -109,6 +109,11 @@ class ReviveformerCallback(TrainerCallback):
         self.alerts_config = (
             alerts if isinstance(alerts, AlertsConfig) else AlertsConfig(rules=list(alerts or []))
         )
+        # the checks the command line runs on the same sections (non-finite values, values beyond a range)
+        if problems := value_problems(self.liveness, "liveness") + value_problems(
+            self.alerts_config, "alerts"
+        ):
+            raise ValueError("; ".join(problems))
         self.every_steps = every_steps
         # built now, so that a bad method or option fails before training starts
         self.reviver = (

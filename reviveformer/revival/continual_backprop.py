@@ -60,11 +60,12 @@ class ContinualBackpropOptions:
     replacement_rate 1e-4, maturity_threshold 100; `gnt.py`: decay_rate 0.99)."""
 
     replacement_rate: float = 1e-4
-    """Fraction of the mature units replaced per optimizer step (accumulated while below one unit)."""
+    """Fraction of the mature units replaced per optimizer step (accumulated while below one unit), in [0, 1]
+    (Dohare et al. 2024: 1e-6 to 1e-3)."""
     decay_rate: float = 0.99
     """Decay of the running contribution utility, in [0, 1)."""
     maturity_threshold: int = 100
-    """A unit may be replaced once its age (optimizer steps since its last replacement) exceeds this."""
+    """A unit may be replaced once its age (optimizer steps since its last replacement) exceeds this (>= 0)."""
 
     def __post_init__(self) -> None:
         problems = []

@@ -21,7 +21,7 @@ revival time only) and `revival/count`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,6 +29,7 @@ from torch import nn
 
 from reviveformer import architectures
 from reviveformer.liveness import LivenessReport
+from reviveformer.ranges import within
 from reviveformer.revival.base import Reviver
 from reviveformer.revival.fresh_start import dead_details
 
@@ -37,8 +38,17 @@ from reviveformer.revival.fresh_start import dead_details
 class L2InitOptions:
     """The config section `revival.l2_init` (Kumar et al. 2023's lambda)."""
 
-    strength: float = 1e-3
-    """lambda of the loss term strength * ||w - w0||^2 (> 0)."""
+    strength: float = field(
+        default=1e-3,
+        # The term's gradient 2 * strength * (w - w0) outweighs the loss's once w is |grad L| / (2 * strength)
+        # from w0: past 1e3 that is under 1e-7 at a language model's per-weight gradients (~1e-4), and AdamW,
+        # which normalises the sum, holds every weight at w0. At 1e30 AdamW's second moment overflows besides.
+        metadata=within(
+            0, 1e3, low_open=True, why="above it the pull to the initial weights stops all learning"
+        ),
+    )
+    """lambda of the loss term strength * ||w - w0||^2, in (0, 1e3] (Kumar et al. 2023 and others: 1e-6 to
+    1e-1)."""
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.strength) and self.strength > 0):

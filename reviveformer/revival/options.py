@@ -22,7 +22,7 @@ class RevivalConfig:
     continual_backprop (Dohare et al. 2024), shrink_perturb (Ash & Adams 2020), l2_init (Kumar et al. 2023),
     fresh_start, or your own Reviver as package.module:Class (imported only when named here)."""
     every_steps: int = 0
-    """Revive every this many optimizer steps instead of at epoch end (0: at `every`)."""
+    """Revive every this many optimizer steps instead of at epoch end (>= 0; 0: at `every`)."""
     every: str = "epoch"
     """When revival runs while every_steps is 0: at each epoch end (epoch) or at each task boundary (task,
     with a task sequence: tasks.kind)."""

@@ -14,7 +14,7 @@ The contract: docs/design.md, "Revival" (ReDo, GraMa).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -22,6 +22,7 @@ from torch import nn
 
 from reviveformer import architectures
 from reviveformer.architectures import UnitWeight
+from reviveformer.ranges import within
 from reviveformer.revival.base import Reviver, mlp_layers, mlp_units, model_config, revived_count, unit_index
 from reviveformer.revival.optim import reset_adam_state
 
@@ -71,9 +72,15 @@ class TauOptions:
 
     section: ClassVar[str]
     """The section's name, for the error message (the method's `name`)."""
-    tau: float = 0.1
+    tau: float = field(
+        default=0.1,
+        # both scores are a unit's over its layer's mean, so the scores of a layer average 1
+        metadata=within(
+            0, 1, high_open=True, why="at 1 or above even an evenly used layer is re-initialised"
+        ),
+    )
     """Re-initialise units whose score (ReDo: activation, Sokar et al. 2023; GraMa: gradient, Liu et al. 2025)
-    is <= tau."""
+    is <= tau; in [0, 1) (the papers: 0 to 0.1)."""
 
     def __post_init__(self) -> None:
         if self.tau < 0:

@@ -26,7 +26,7 @@ Metrics returned by `revive`: `revival/dead_units` (and per layer: the report's 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -34,6 +34,7 @@ from torch import nn
 
 from reviveformer import architectures
 from reviveformer.liveness import LivenessReport
+from reviveformer.ranges import within
 from reviveformer.revival.fresh_start import WholeModelReviver, dead_details
 
 
@@ -43,8 +44,13 @@ class ShrinkPerturbOptions:
 
     shrink: float = 0.4
     """lambda: every weight is multiplied by this (in [0, 1]; the authors' code defaults to 0.4)."""
-    perturb: float = 0.1
-    """sigma: the scale of the added noise, a fresh init's value of the weight (>= 0; the authors' code: 0.1)."""
+    perturb: float = field(
+        default=0.1,
+        # shrink 0 with perturb 1 is a fresh init; a larger sigma makes weights noisier than any init (1e30: inf)
+        metadata=within(0, 1, why="above 1 the noise is larger than a fresh init's weights"),
+    )
+    """sigma: the scale of the added noise, a fresh init's value of the weight (in [0, 1]; the authors' code:
+    0.1)."""
 
     def __post_init__(self) -> None:
         problems = []

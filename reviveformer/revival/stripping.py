@@ -87,7 +87,7 @@ class StrippingOptions:
     """The config section `revival.synaptic_stripping`."""
 
     fraction: float = 0.05
-    """Share of a dead unit's nonzero incoming weights to zero (most negative first)."""
+    """Share of a dead unit's nonzero incoming weights to zero (most negative first), in (0, 1]."""
     persistent: bool = True
     """Stripped weights stay zero for the rest of training (mask after each optimizer step)."""
     strip_bias: bool = False
