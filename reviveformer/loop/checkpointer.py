@@ -35,7 +35,7 @@ class Checkpointer:
         ckpt.check_finite_weights(self.model, f"the checkpoint of step {step}")
         self.saved_step = step
         return ckpt.save_checkpoint(
-            self.accelerator, self.directory, step, self.state.state_dict(), self.limit
+            self.accelerator, self.directory, step, self.state.state_dict(), self.limit, self.state.tokenizer
         )
 
     def after_step(self, step: int) -> None:
