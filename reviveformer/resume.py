@@ -152,12 +152,16 @@ def source_name(k: int) -> str:
     return "data" if k == 0 else f"tasks.corpora[{k - 1}]"
 
 
+def _count(n: Any) -> str:
+    return f"{n:,}" if isinstance(n, int) else "?"
+
+
 def _split_change(saved: dict, now: dict, split: str) -> str | None:
     keys = (f"{split}_text", f"{split}_documents", f"{split}_tokens")
     if all(saved.get(k) == now.get(k) for k in keys):
         return None
     what = "text changed" if saved.get(keys[0]) != now.get(keys[0]) else "text the same"
-    docs, tokens = (f"{saved.get(k, '?'):,} -> {now.get(k, '?'):,}" for k in keys[1:])
+    docs, tokens = (f"{_count(saved.get(k))} -> {_count(now.get(k))}" for k in keys[1:])
     return f"{split} split's {what} ({docs} documents, {tokens} tokens)"
 
 
@@ -165,7 +169,8 @@ def compare_data(saved: list[dict], now: list[dict]) -> list[str]:
     """One line per data source whose fingerprint differs from the checkpoint's, naming what changed."""
     lines = []
     for k in range(max(len(saved), len(now))):
-        a, b = (saved[k] if k < len(saved) else {}), (now[k] if k < len(now) else {})
+        a, b = (saved[k] if k < len(saved) else None), (now[k] if k < len(now) else None)
+        a, b = (a if isinstance(a, dict) else {}), (b if isinstance(b, dict) else {})
         if a == b:
             continue
         parts = (
@@ -180,7 +185,7 @@ def check_data(path: Path, state: dict, now: list[dict], resume_data: str) -> No
     """Refuse a resume whose data differs from the checkpoint's (naming each source and split), or with
     `train.resume_data=changed` warn once and go on; a checkpoint from before fingerprints cannot be checked."""
     saved = state.get("data_fingerprint")
-    if saved is None:
+    if not isinstance(saved, list):  # None: saved before checkpoints kept it
         log.warning(
             "checkpoint %s was saved before checkpoints recorded their data and tokenizer: the data cannot be "
             "checked against it (a changed corpus would go unnoticed, and retrains the tokenizer)",
@@ -209,7 +214,7 @@ def check_data(path: Path, state: dict, now: list[dict], resume_data: str) -> No
 
 def what_was_compared(state: dict) -> str:
     """What a resume compared before loading the checkpoint's weights, for the message when loading fails."""
-    if state.get("data_fingerprint") is None:
+    if not isinstance(state.get("data_fingerprint"), list):
         return (
             "its settings and process count were compared with this run's, but it predates data "
             "fingerprints, so its data could not be: a corpus changed since it was saved (data.path's files, "

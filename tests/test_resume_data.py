@@ -186,7 +186,7 @@ def test_a_failed_load_says_what_was_compared(killed, fingerprinted):
 
 def test_the_fingerprint_changes_with_one_files_content_and_only_then(tmp_path, caplog):
     from reviveformer.errors import CheckpointError
-    from reviveformer.resume import check_data
+    from reviveformer.resume import check_data, compare_data
 
     folder = tmp_path / "text"
     folder.mkdir()
@@ -206,6 +206,14 @@ def test_the_fingerprint_changes_with_one_files_content_and_only_then(tmp_path, 
     with caplog.at_level(logging.WARNING, logger="reviveformer"):
         check_data(Path("ckpt"), state, [now], "changed")
         check_data(Path("ckpt"), {"step": 3}, [now], "same")
+    # data.source=stdlib under another Python: the source's own folder and its text differ
+    other = {**now, "source": "the standard library at /usr/lib/python3.13"}
+    saved = {**first.contents, "source": "the standard library at /usr/lib/python3.12"}
+    [line] = compare_data([saved], [other])
+    assert line.startswith(
+        "data (the standard library at /usr/lib/python3.13): source the standard library at "
+    )
+    assert "python3.12 -> the standard library at /usr/lib/python3.13" in line and "text changed" in line
     said = [r.getMessage() for r in caplog.records]
     assert sum("on changed data (train.resume_data=changed)" in m for m in said) == 1
     assert sum("data cannot be checked" in m for m in said) == 1
