@@ -370,12 +370,11 @@ def build_state(
     saved: dict | None,
     task_data: list[PackedData],
 ) -> TrainingState:
-    """The one door in and out of a checkpoint's state, with every stateful part registered once, and what
-    each checkpoint keeps of the data: the run's tokenizer and each source's fingerprint."""
+    """The one door in and out of a checkpoint's state, with every stateful part registered once, and each data
+    source's fingerprint, which every checkpoint records."""
     state = TrainingState(
         accelerator, cfg, PositionState(pos, cfg.train, accelerator.num_processes), resume_from, saved
     )
-    state.tokenizer = task_data[0].tokenizer
     state.data_fingerprint = [d.contents for d in task_data]
     state.register("monitor", MonitorState(monitor, accelerator) if monitor is not None else None)
     state.register("reviver", reviver)
@@ -511,6 +510,7 @@ def build_loop(cfg: Config, accelerator, run: Run, tracking: Tracking, control: 
             run.model,
             run.state,
             saved_step=run.state.resumed_step,
+            tokenizer=run.data.tokenizer,
         ),  # fmt: skip
         BadSteps(tc.max_bad_steps, run_dir / "checkpoints"),
     )

@@ -9,8 +9,8 @@ at the top level (step, epoch, batches_in_epoch, batches_per_epoch, num_processe
 tokens_seen, task, task_train_loss; the non-finite steps' count and the task index are the position's), the
 resolved config, the monitor's, the reviver's and the alerts' state (None for a part the run has not), an
 alert's stop when one ended the run there, and the data's fingerprint (`data_fingerprint`, one entry per source:
-the data section, then each of tasks.corpora); the run's tokenizer is saved beside it (docs/design.md,
-"Resuming")."""
+the data section, then each of tasks.corpora); the `Checkpointer` saves the run's tokenizer beside it
+(docs/design.md, "Resuming")."""
 
 from __future__ import annotations
 
@@ -160,8 +160,6 @@ class TrainingState:
         order, before the state is read, so that a checkpoint holds every step and window counted."""
         self.stopped_by: str | None = None
         """An alert's stop, recorded in the checkpoints saved after it."""
-        self.tokenizer = None
-        """The run's tokenizer, saved in every checkpoint (None: none saved)."""
         self.data_fingerprint: list[dict] | None = None
         """Each data source's fingerprint (`data.PackedData.contents`), recorded in every checkpoint."""
 
