@@ -49,7 +49,7 @@ class PackedData:
     tokenizer: object  # a transformers tokenizer
     fingerprint: str
     contents: dict[str, Any] = field(default_factory=dict)
-    """What the blocks are made of, as a checkpoint records it for a resume to check (`contents`)."""
+    """What the blocks are made of (`describe_contents`), which a checkpoint records for a resume to check."""
 
 
 def cache_root(cfg: DataConfig) -> Path:
@@ -333,10 +333,12 @@ def describe_source(cfg: DataConfig) -> str:
         return f"the standard library at {sysconfig.get_paths()['stdlib']}"
     if cfg.source == "hub":
         return f"hub dataset {cfg.name}" + (f"/{cfg.config}" if cfg.config else "")
-    return f"{cfg.path}"
+    return str(cfg.path)
 
 
-def contents(cfg: DataConfig, docs_fingerprint: str, docs: DatasetDict, train: Dataset, val: Dataset) -> dict:
+def describe_contents(
+    cfg: DataConfig, docs_fingerprint: str, docs: DatasetDict, train: Dataset, val: Dataset
+) -> dict:
     """The data's fingerprint that a checkpoint keeps (docs/design.md, "Resuming"): where it comes from, each
     split's text hash (`texts_hash`, in the documents' fingerprint) and its documents and trained tokens."""
     _, train_text, val_text = docs_fingerprint.rsplit("-", 2)  # _docs_fingerprint's "source-train-val"
@@ -389,4 +391,4 @@ def prepare_data(cfg: DataConfig, seed: int, tokenizer=None) -> PackedData:
     _check_not_empty(train, val, cfg)
     train.set_format("torch")
     val.set_format("torch")
-    return PackedData(train, val, tokenizer, key, contents(cfg, fp, docs, train, val))
+    return PackedData(train, val, tokenizer, key, describe_contents(cfg, fp, docs, train, val))
