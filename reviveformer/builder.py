@@ -58,7 +58,7 @@ from reviveformer.loop.position import Position
 from reviveformer.loop.training_state import MonitorState, PositionState, TrainingState
 from reviveformer.memory import check_fits
 from reviveformer.model import DEFAULT_ACTIVATION, build_model, describe, init_from_checkpoint, model_summary
-from reviveformer.resume import check_resume, resume_path
+from reviveformer.resume import check_resume, resume_path, saved_tokenizer
 from reviveformer.revival import Reviver, arm_of_method, build_reviver, check_supported
 from reviveformer.tasks import TaskBatches, TaskSequence, steps_per_epoch
 from reviveformer.tracking import Tracking
@@ -162,15 +162,15 @@ def progress_bar(total: int, initial: int, enabled: bool):
 # ------------------------------------------------------------------------------------------- model and data
 
 
-def build_model_and_data(cfg: Config, accelerator):
-    """The model (new, or `model.init_from`'s) and the prepared data with its tokenizer. `cfg.model` is replaced
-    by what was actually built or loaded, so that the run's config records it. Returns (model, data)."""
+def build_model_and_data(cfg: Config, accelerator, tokenizer=None):
+    """The model (new, or `model.init_from`'s) and the prepared data with its tokenizer: `tokenizer` when given
+    (a resumed run's own, from its checkpoint), else the configured one. `cfg.model` is replaced by what was
+    actually built or loaded, so that the run's config records it. Returns (model, data)."""
     init_model = None
-    tokenizer = None
     if cfg.model.init_from:
         init_model = init_from_checkpoint(cfg.model)
-        if cfg.data.tokenizer == "bpe":  # the checkpoint's own (a folder without one is refused at load)
-            # fine-tuning keeps the checkpoint's own vocabulary
+        if tokenizer is None and cfg.data.tokenizer == "bpe":
+            # fine-tuning keeps the checkpoint's own vocabulary (a folder without one is refused at load)
             tokenizer = load_tokenizer(cfg.model.init_from)
     with accelerator.main_process_first():
         data = prepare_data(cfg.data, cfg.train.seed, tokenizer=tokenizer)
@@ -368,11 +368,14 @@ def build_state(
     alerts,
     resume_from: Path | None,
     saved: dict | None,
+    task_data: list[PackedData],
 ) -> TrainingState:
-    """The one door in and out of a checkpoint's state, with every stateful part registered once."""
+    """The one door in and out of a checkpoint's state, with every stateful part registered once, and each data
+    source's fingerprint, which every checkpoint records."""
     state = TrainingState(
         accelerator, cfg, PositionState(pos, cfg.train, accelerator.num_processes), resume_from, saved
     )
+    state.data_fingerprint = [d.contents for d in task_data]
     state.register("monitor", MonitorState(monitor, accelerator) if monitor is not None else None)
     state.register("reviver", reviver)
     state.register("alerts", alerts)
@@ -388,10 +391,13 @@ def build_run(cfg: Config, accelerator, run_dir: Path) -> Run:
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True)
     set_seed(cfg.train.seed)
-    model, data = build_model_and_data(cfg, accelerator)
+    # a resume encodes its data with the run's own tokenizer (never a new one trained on changed data)
+    own_tokenizer = saved_tokenizer(resume_from) if resume_from is not None else None
+    model, data = build_model_and_data(cfg, accelerator, own_tokenizer)
     log.info("%s", model_summary(model))
     task_data = [data, *build_task_corpora(cfg, accelerator, data.tokenizer)]
-    saved = check_resume(resume_from, cfg, accelerator.num_processes) if resume_from is not None else None
+    fingerprint = [d.contents for d in task_data]
+    saved = check_resume(resume_from, cfg, accelerator.num_processes, fingerprint) if resume_from else None
     monitor = build_monitor(model, cfg.liveness)
     reviver = build_run_reviver(cfg, str(accelerator.distributed_type))
     loader = train_loader(data.train, cfg.train)
@@ -409,7 +415,7 @@ def build_run(cfg: Config, accelerator, run_dir: Path) -> Run:
     # validation measures the current task's held-out data
     val = TaskBatches(vals, tasks, pos) if tasks is not None else vals[0]
     alerts = AlertManager(cfg.alerts)
-    state = build_state(cfg, accelerator, pos, monitor, reviver, alerts, resume_from, saved)
+    state = build_state(cfg, accelerator, pos, monitor, reviver, alerts, resume_from, saved, task_data)
     restart = tasks.schedule_point if tasks is not None and cfg.tasks.restart_schedule else None
     length = [0]  # the step at which training ends: known once a checkpoint is loaded, read at every step
     # prepared before a checkpoint is loaded: Accelerate restores the state of what it has prepared
@@ -504,6 +510,7 @@ def build_loop(cfg: Config, accelerator, run: Run, tracking: Tracking, control: 
             run.model,
             run.state,
             saved_step=run.state.resumed_step,
+            tokenizer=run.data.tokenizer,
         ),  # fmt: skip
         BadSteps(tc.max_bad_steps, run_dir / "checkpoints"),
     )

@@ -6,7 +6,9 @@ last, is a manifest (step, process count, every file with its size and SHA-256):
 missing, cut short or changed, non-finite weights or a part that does not read back is damaged: skipped with a
 warning naming the file when the resume point is chosen, refused when named by hand, never counted among the
 checkpoints that rotation keeps. Our own state is tensors in safetensors and everything else in JSON: nothing
-of ours is unpickled (Accelerate's random states are read back with torch's weights-only loader).
+of ours is unpickled (Accelerate's random states are read back with torch's weights-only loader). The run's
+tokenizer is saved beside them (Hugging Face files, `TOKENIZER_FILE` among them), so that a checkpoint folder
+alone resumes with the run's own vocabulary.
 
 The contract: docs/design.md, "Run directory", "Resuming".
 """
@@ -36,6 +38,8 @@ TMP_DIR = re.compile(r"^\.tmp-step_(\d{8})$")
 MARKER = "COMPLETE"
 STATE_JSON = "reviveformer_state.json"
 STATE_TENSORS = "reviveformer_state.safetensors"
+TOKENIZER_FILE = "tokenizer_config.json"
+"""One of the tokenizer's files (save_pretrained writes it always); checkpoints from before hold none."""
 HASH = "sha256"  # not the fastest, but `sha256sum FILE` checks a part by hand
 LEGACY_PARTS = (STATE_JSON, STATE_TENSORS, "optimizer.bin", "random_states_0.pkl")
 """What every checkpoint holds; checked for a marker from before manifests (just the step number)."""
@@ -177,8 +181,11 @@ def _regular_file(path: Path) -> bool:
         return False
 
 
-def save_checkpoint(accelerator, checkpoints_dir: Path, step: int, state: dict[str, Any], limit: int) -> Path:
-    """All processes call this (save_state gathers); the main process writes our state and renames."""
+def save_checkpoint(
+    accelerator, checkpoints_dir: Path, step: int, state: dict[str, Any], limit: int, tokenizer=None
+) -> Path:
+    """All processes call this (save_state gathers); the main process writes our state and the run's tokenizer
+    (when given), and renames."""
     final = checkpoints_dir / step_dir_name(step)
     tmp = checkpoints_dir / f".tmp-{step_dir_name(step)}"
     if accelerator.is_main_process:
@@ -188,6 +195,8 @@ def save_checkpoint(accelerator, checkpoints_dir: Path, step: int, state: dict[s
     accelerator.save_state(str(tmp), safe_serialization=True)
     if accelerator.is_main_process:
         write_state(tmp, state)
+        if tokenizer is not None:  # before the manifest: its files are listed and hashed like the others
+            tokenizer.save_pretrained(str(tmp))
         fault_point("checkpoint_write")
         write_manifest(tmp, step, accelerator.num_processes)
         if final.exists():  # the same step saved again (epoch end right after a periodic save)
@@ -321,19 +330,25 @@ def find_resume_point(checkpoints_dir: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(accelerator, path: Path) -> dict[str, Any]:
-    """Restore the checkpoint at `path`; a damaged one is refused before anything is loaded."""
+def refuse_damaged(path: Path) -> None:
+    """A checkpoint named to resume from must be good: a damaged one is refused, naming why."""
     if why := checked_damage(path):
         raise CheckpointError(
             f"checkpoint {path} is damaged ({why}); give train.resume=auto to take the newest good "
             "checkpoint, or another checkpoints/step_XXXXXXXX directory"
         )
+
+
+def load_checkpoint(accelerator, path: Path, compared: str = "") -> dict[str, Any]:
+    """Restore the checkpoint at `path`; a damaged one is refused before anything is loaded. `compared`: what
+    the resume compared before loading (its settings, process count, data), said when loading fails."""
+    refuse_damaged(path)
     try:
         accelerator.load_state(str(path))
     except Exception as e:
         raise CheckpointError(
             f"checkpoint {path} could not be restored ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}); it may belong to another model size "
-            "or number of processes"
+            f"{str(e).splitlines()[0] if str(e) else ''}); "
+            + (compared or "it may belong to another model size or number of processes")
         ) from None
     return read_state(path)

@@ -14,8 +14,9 @@ import os
 import shutil
 import sysconfig
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import datasets
 from datasets import Dataset, DatasetDict
@@ -47,6 +48,8 @@ class PackedData:
     val: Dataset
     tokenizer: object  # a transformers tokenizer
     fingerprint: str
+    contents: dict[str, Any] = field(default_factory=dict)
+    """What the blocks are made of (`describe_contents`), which a checkpoint records for a resume to check."""
 
 
 def cache_root(cfg: DataConfig) -> Path:
@@ -324,6 +327,32 @@ def _check_not_empty(train: Dataset, val: Dataset, cfg: DataConfig) -> None:
         )
 
 
+def describe_source(cfg: DataConfig) -> str:
+    """Where the documents come from, for messages: the standard library's folder names the Python version."""
+    if cfg.source == "stdlib":
+        return f"the standard library at {sysconfig.get_paths()['stdlib']}"
+    if cfg.source == "hub":
+        return f"hub dataset {cfg.name}" + (f"/{cfg.config}" if cfg.config else "")
+    return str(cfg.path)
+
+
+def describe_contents(
+    cfg: DataConfig, docs_fingerprint: str, docs: DatasetDict, train: Dataset, val: Dataset
+) -> dict:
+    """The data's fingerprint that a checkpoint keeps (docs/design.md, "Resuming"): where it comes from, each
+    split's text hash (`texts_hash`, in the documents' fingerprint) and its documents and trained tokens."""
+    _, train_text, val_text = docs_fingerprint.rsplit("-", 2)  # _docs_fingerprint's "source-train-val"
+    return {
+        "source": describe_source(cfg),
+        "train_text": train_text,
+        "validation_text": val_text,
+        "train_documents": len(docs["train"]),
+        "validation_documents": len(docs["validation"]),
+        "train_tokens": len(train) * cfg.block_size,
+        "validation_tokens": len(val) * cfg.block_size,
+    }
+
+
 def prepare_data(cfg: DataConfig, seed: int, tokenizer=None) -> PackedData:
     """Documents -> tokenizer (trained, loaded, or the one given) -> packed train/validation blocks (cached)."""
     docs, fp = load_documents(cfg, seed)
@@ -362,4 +391,4 @@ def prepare_data(cfg: DataConfig, seed: int, tokenizer=None) -> PackedData:
     _check_not_empty(train, val, cfg)
     train.set_format("torch")
     val.set_format("torch")
-    return PackedData(train=train, val=val, tokenizer=tokenizer, fingerprint=key)
+    return PackedData(train, val, tokenizer, key, describe_contents(cfg, fp, docs, train, val))

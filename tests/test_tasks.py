@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from conftest import REPO, killed_at, launch, launch_findings, tiny_overrides
 from reviveformer import builder, faults, metric_keys
+from reviveformer import checkpoint as ckpt
 from reviveformer.config import load_config
 from reviveformer.loop import EpochEnd
 from reviveformer.tasks import permute_batch, task_permutation
@@ -451,6 +452,7 @@ def test_a_task_run_is_refused_on_another_process_count(tasks_run, corpus_file):
 
     cfg = load_config(RECIPE, tiny_overrides(tasks_run, corpus_file, **TASKS))
     saved = tasks_run / "checkpoints" / "step_00000010"
+    data = ckpt.read_state(saved)["data_fingerprint"]  # the same data: only the process count differs
     with pytest.raises(CheckpointError, match=r"tasks\.kind=permuted_vocab.* on 2 process.*trained on 1"):
-        check_resume(saved, cfg, 2)
-    assert check_resume(saved, cfg, 1)["step"] == 10
+        check_resume(saved, cfg, 2, data)
+    assert check_resume(saved, cfg, 1, data)["step"] == 10

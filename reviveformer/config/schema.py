@@ -267,6 +267,9 @@ class TrainConfig:
     """Keep at most this many checkpoints (>= 1; oldest removed first)."""
     resume: str = "never"
     """never, auto (newest complete checkpoint in output_dir, if any), or a checkpoint directory."""
+    resume_data: str = "same"
+    """same (a resume refuses data that differs from what its checkpoint trained on, naming what changed) or
+    changed (train on the changed data, encoded with the run's own tokenizer, with one warning)."""
     max_bad_steps: int = 0
     """Non-finite loss/gradient steps to skip before stopping (>= 0; 0: stop at the first)."""
     deterministic: bool = False
@@ -326,6 +329,10 @@ class TrainConfig:
                     (self.checkpoint_every >= 0, f"checkpoint_every={self.checkpoint_every} must be >= 0"),
                     (self.checkpoint_limit >= 1, f"checkpoint_limit={self.checkpoint_limit} must be >= 1"),
                     (bool(self.resume), "resume must be never, auto or a checkpoint directory"),
+                    (
+                        self.resume_data in ("same", "changed"),
+                        f"resume_data={self.resume_data!r} must be same or changed",
+                    ),
                     (self.max_bad_steps >= 0, f"max_bad_steps={self.max_bad_steps} must be >= 0"),
                 ]
             ),

@@ -21,6 +21,7 @@ class Checkpointer:
         model,
         state: TrainingState,
         saved_step: int | None = None,
+        tokenizer=None,
     ) -> None:
         self.accelerator = accelerator
         self.directory = directory
@@ -30,12 +31,14 @@ class Checkpointer:
         self.state = state
         self.saved_step = -1 if saved_step is None else saved_step
         """The step of the position last saved (or resumed from: its checkpoint holds it already)."""
+        self.tokenizer = tokenizer
+        """The run's tokenizer, saved in every checkpoint (a resume encodes its data with it)."""
 
     def save(self, step: int) -> Path:
         ckpt.check_finite_weights(self.model, f"the checkpoint of step {step}")
         self.saved_step = step
         return ckpt.save_checkpoint(
-            self.accelerator, self.directory, step, self.state.state_dict(), self.limit
+            self.accelerator, self.directory, step, self.state.state_dict(), self.limit, self.tokenizer
         )
 
     def after_step(self, step: int) -> None:

@@ -7,8 +7,10 @@ restores state.
 What a checkpoint holds besides Accelerate's state is unchanged from before this object: the position's keys
 at the top level (step, epoch, batches_in_epoch, batches_per_epoch, num_processes, step_budget, bad_steps,
 tokens_seen, task, task_train_loss; the non-finite steps' count and the task index are the position's), the
-resolved config, the monitor's, the reviver's and the alerts' state (None for a part the run has not), and an
-alert's stop when one ended the run there (docs/design.md, "Resuming")."""
+resolved config, the monitor's, the reviver's and the alerts' state (None for a part the run has not), an
+alert's stop when one ended the run there, and the data's fingerprint (`data_fingerprint`, one entry per source:
+the data section, then each of tasks.corpora); the `Checkpointer` saves the run's tokenizer beside it
+(docs/design.md, "Resuming")."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from reviveformer.config import Config, TrainConfig, to_dict
 from reviveformer.evaluation import reduce_sum
 from reviveformer.liveness import LivenessMonitor
 from reviveformer.loop.position import Position
+from reviveformer.resume import what_was_compared
 
 log = logging.getLogger("reviveformer")
 
@@ -60,6 +63,8 @@ def restore_position(state: dict, tc: TrainConfig, batches_per_epoch: int, num_p
                 pos.batches_in_epoch * num_processes,
                 global_batches - pos.batches_in_epoch * num_processes,
             )
+        # data changed under train.resume_data=changed may have fewer batches: its epoch ends at once
+        pos.batches_in_epoch = min(pos.batches_in_epoch, batches_per_epoch)
     saved_max = state.get("config", {}).get("train", {}).get("max_steps", tc.max_steps)
     budget = state.get("step_budget", saved_max)
     if budget is not None and saved_max == tc.max_steps and saved_np != num_processes:
@@ -155,6 +160,8 @@ class TrainingState:
         order, before the state is read, so that a checkpoint holds every step and window counted."""
         self.stopped_by: str | None = None
         """An alert's stop, recorded in the checkpoints saved after it."""
+        self.data_fingerprint: list[dict] | None = None
+        """Each data source's fingerprint (`data.PackedData.contents`), recorded in every checkpoint."""
 
     @property
     def resumed_step(self) -> int | None:
@@ -175,13 +182,14 @@ class TrainingState:
             part = self.parts.get(name)
             state[name] = part.state_dict() if part is not None else None
         state["stopped_by"] = self.stopped_by
+        state["data_fingerprint"] = self.data_fingerprint
         return state
 
     def load(self) -> None:
         """Resume: Accelerate's state from the checkpoint, then the position and each registered part's."""
         if self.resumed_from is None or self.saved is None:
             return
-        ckpt.load_checkpoint(self.accelerator, self.resumed_from)
+        ckpt.load_checkpoint(self.accelerator, self.resumed_from, what_was_compared(self.saved))
         self.position.load_state_dict(self.saved)
         for name, part in self.parts.items():
             if self.saved.get(name) is not None:
