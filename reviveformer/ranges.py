@@ -48,3 +48,15 @@ def within(
     """Field metadata declaring the range low..high (ends included unless open)."""
     assert math.isfinite(low) and math.isfinite(high) and low < high, (low, high)
     return {RANGE: Range(low, high, why, low_open, high_open)}
+
+
+def field_range(cls: type, name: str) -> Range:
+    """The range declared on dataclass `cls`'s field `name` (for a command-line flag that sets the same value)."""
+    import dataclasses
+
+    return next(f.metadata[RANGE] for f in dataclasses.fields(cls) if f.name == name)
+
+
+def flag_problem(flag: str, value: float, r: Range) -> str | None:
+    """A command-line flag's value outside `r`, in the config check's words; None when it holds."""
+    return None if r.holds(value) else f"{flag}={value} must be in {r} ({r.why})"

@@ -423,6 +423,22 @@ def test_audit_and_strip_bad_input(tmp_path, fixtures, capsys):
             ],
             "did you mean 'sites'",
         ),
+        (
+            [
+                "audit",
+                str(fixtures / "small-gpt2"),
+                "--gradients",
+                "--grama-tau",
+                "1.5",
+                "--out",
+                str(tmp_path / "a3"),
+            ],
+            "--grama-tau=1.5 must be in [0, 1)",  # revival.grama.tau's range
+        ),
+        (
+            ["sweep", RECIPE, "--grid", "train.seed=0", "--threshold", "2000", "--out", str(tmp_path / "w1")],
+            "--threshold=2000.0 must be in [0, 1000]",  # liveness.threshold's range
+        ),
         (["strip", str(tmp_path / "gone"), "--out", str(tmp_path / "s1")], "gone does not exist"),
         (
             ["strip", str(fixtures / "small-gpt2"), "--out", str(tmp_path / "s2")],

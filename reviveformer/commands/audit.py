@@ -68,16 +68,18 @@ def run(args: argparse.Namespace) -> int:
     from reviveformer.builder import release_accelerator
     from reviveformer.errors import UserError
     from reviveformer.paths import check_out_dir
+    from reviveformer.ranges import field_range, flag_problem
+    from reviveformer.revival.reinit import TauOptions
     from reviveformer.saved_model import measure_saved, measurement_data, open_saved_model, write_json
 
+    if args.grama_tau is not None:  # up front, in the range revival.grama.tau is checked against
+        problem = flag_problem("--grama-tau", args.grama_tau, field_range(TauOptions, "tau"))
+        if problem:
+            raise UserError(problem)
     if args.out:
         check_out_dir(args.out)  # before the model is opened: a file in the way is known up front
     saved = open_saved_model(args.checkpoint, args.overrides, trust_remote_code=args.trust_remote_code)
-    tau = args.grama_tau
-    if tau is None:
-        tau = saved.cfg.revival.grama.tau
-    if tau < 0:
-        raise UserError(f"--grama-tau={tau} must be >= 0")
+    tau = args.grama_tau if args.grama_tau is not None else saved.cfg.revival.grama.tau
     # The default beside the checkpoint is checked too, before anything is measured or written.
     out = check_out_dir(args.out or saved.path.parent / "audit", "--out" if args.out else "output folder")
     acc = Accelerator()

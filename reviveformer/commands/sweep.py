@@ -51,11 +51,15 @@ def run(args: argparse.Namespace) -> int:
     from reviveformer import sweep
     from reviveformer.config import load_config
     from reviveformer.errors import UserError
+    from reviveformer.liveness.options import LivenessConfig
     from reviveformer.paths import check_out_dir
+    from reviveformer.ranges import field_range, flag_problem
     from reviveformer.run_checks import check_run_inputs
 
-    if args.threshold is not None and args.threshold < 0:
-        raise UserError(f"--threshold={args.threshold} must be >= 0")
+    if args.threshold is not None:  # the range liveness.threshold is checked against
+        problem = flag_problem("--threshold", args.threshold, field_range(LivenessConfig, "threshold"))
+        if problem:
+            raise UserError(problem)
     axes = sweep.parse_grid(args.grid, args.activations)
     base = load_config(args.recipe, args.overrides)  # validates the recipe and overrides once, up front
     check_run_inputs(base)
