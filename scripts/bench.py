@@ -6,6 +6,7 @@
     .venv/bin/python scripts/bench.py --gpu --tiny     # the same code at a tiny size, runnable on CPU
     .venv/bin/python scripts/bench.py --gpu --alone    # every GPU arm alone in a fresh process (issue 21)
     .venv/bin/python scripts/bench.py --structure      # graph breaks, recompiles, kernels with/without monitor
+    .venv/bin/python scripts/bench.py --real-run       # `reviveformer train` quickstart, monitor on vs off (~4 min)
 
 Default mode: `--processes` worker processes each run the real trainer in every arm (monitor on, off,
 `liveness.sample_every=4`, `liveness.counting=compiled` (the counting kernel in the eager model; compiled on
@@ -47,6 +48,7 @@ from bench_parts.gpu import (  # noqa: E402
     worker_gpu_alone,
     worker_gpu_counts,
 )
+from bench_parts.real_run import run_real  # noqa: E402
 from bench_parts.scaling import run_scaling  # noqa: E402
 from bench_parts.structure import measure, print_structure  # noqa: E402
 from bench_parts.trainer_arms import (  # noqa: E402
@@ -106,6 +108,13 @@ def main() -> None:
         help="graph breaks, recompiles, Inductor kernels with and without the monitor, host copies (on CUDA "
         "if there is one), instead",
     )
+    ap.add_argument(
+        "--real-run",
+        action="store_true",
+        help="the quickstart recipe by `reviveformer train`, monitor on against off, fresh processes, instead",
+    )
+    ap.add_argument("--real-steps", type=int, default=60, help="--real-run: optimizer steps per run")
+    ap.add_argument("--real-rounds", type=int, default=3, help="--real-run: interleaved rounds of both arms")
     ap.add_argument("--worker", choices=["arms", "peak", "audit", "gpu-alone", "gpu-counts"])
     ap.add_argument("--compiled", action="store_true", help=argparse.SUPPRESS)  # a gpu-alone worker's kind
     ap.add_argument("--tmp")
@@ -132,7 +141,13 @@ def main() -> None:
     if args.arms and not set(args.arms.split(",")) <= set(ALONE_ARMS):
         print(f"--arms={args.arms}: each must be one of {', '.join(ALONE_ARMS)}", file=sys.stderr)
         sys.exit(2)
-    if args.structure:
+    if args.real_run:
+        res = run_real(args.real_steps, args.real_rounds)
+        print(
+            f"real run, quickstart, {args.real_steps} steps: monitor overhead (off tokens/s / on - 1) "
+            f"{_fmt(res['real/monitor_overhead'])} over {args.real_rounds} rounds"
+        )
+    elif args.structure:
         res = measure()
         print_structure(res)
     elif args.gpu and args.alone:

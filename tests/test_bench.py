@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from reviveformer.config import load_config
+from reviveformer.config import load_config, to_dict
 
 spec = importlib.util.spec_from_file_location("bench", REPO / "scripts" / "bench.py")
 bench = importlib.util.module_from_spec(spec)
@@ -120,3 +120,15 @@ def test_an_unknown_arm_exits_2_naming_the_valid_ones(tmp_path):
     assert p.returncode == 2
     assert p.stderr.strip() == "--arms=plain,fast: each must be one of plain, monitor, trainer, reference"
     assert list(tmp_path.iterdir()) == []  # no bench.json half-written
+
+
+def test_the_real_run_arms_load_and_differ_only_in_the_monitor(tmp_path):
+    from bench_parts.real_run import real_overrides
+
+    on, off = (load_config(bench.RECIPE, real_overrides(tmp_path / a, 12, a)) for a in ("on", "off"))
+    assert on.liveness.enabled and not off.liveness.enabled
+    assert on.train.max_steps == off.train.max_steps == 12 and on.train.log_every == 10  # the recipe's own
+    a, b = to_dict(on), to_dict(off)
+    for cfg in (a, b):
+        cfg["liveness"].pop("enabled"), cfg["alerts"].pop("rules"), cfg["train"].pop("output_dir")
+    assert a == b
