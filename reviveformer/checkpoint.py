@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from reviveformer.errors import CheckpointError, TrainingHalted
+from reviveformer.errors import CheckpointError, TrainingHalted, disk_full
 from reviveformer.faults import fault_point
 
 log = logging.getLogger("reviveformer")
@@ -192,13 +192,22 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    try:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        if accelerator.is_main_process:
+            write_state(tmp, state)
+            if tokenizer is not None:  # before the manifest: its files are listed and hashed like the others
+                tokenizer.save_pretrained(str(tmp))
+            fault_point("checkpoint_write")
+            write_manifest(tmp, step, accelerator.num_processes)
+    except Exception as e:  # a full disk, say: the unfinished folder goes now, freeing the space it held
+        full = disk_full(e, tmp)  # before the clean-up frees what the failed write filled
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if full is not None and full is not e:
+            raise full from e
+        raise
     if accelerator.is_main_process:
-        write_state(tmp, state)
-        if tokenizer is not None:  # before the manifest: its files are listed and hashed like the others
-            tokenizer.save_pretrained(str(tmp))
-        fault_point("checkpoint_write")
-        write_manifest(tmp, step, accelerator.num_processes)
         if final.exists():  # the same step saved again (epoch end right after a periodic save)
             shutil.rmtree(final)  # killed from here to the rename: the complete tmp folder is found instead
             fault_point("checkpoint_replace")

@@ -2,7 +2,8 @@
 
 Every user error (bad config, missing file, incompatible checkpoint) ends as one paragraph on stderr and
 exit status 2, with no traceback; `TrainingHalted` (a non-finite loss, for example) exits 3, a run ended by an
-alert's `stop` action 4, and a preempted one (SIGTERM/SIGINT, a checkpoint saved) 75.
+alert's `stop` action 4, a run whose disk is full 74, a preempted one (SIGTERM/SIGINT, a checkpoint saved, or
+SIGTERM during set-up) 75, and one interrupted at once (a second Ctrl-C, or Ctrl-C during set-up) 130.
 
 The contract: docs/design.md, "Interfaces" (the command line) and "Where it must not break" (exit statuses).
 """
@@ -17,10 +18,14 @@ import warnings
 
 from reviveformer.errors import (
     EXIT_HALTED,
+    EXIT_INTERRUPTED,
+    EXIT_NO_SPACE,
     EXIT_PREEMPTED,
     EXIT_STOPPED,  # noqa: F401  (commands/train.py returns it; named here with the others)
     EXIT_USER_ERROR,
+    NoSpace,
     Preempted,
+    StoppedInSetup,
     TrainingHalted,
     UserError,
 )
@@ -75,9 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as e:
         print(f"reviveformer {args.command}: preempted: {e}", file=sys.stderr)
         return EXIT_PREEMPTED
+    except NoSpace as e:
+        print(f"reviveformer {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_NO_SPACE
+    except StoppedInSetup as e:
+        print(f"reviveformer {args.command}: stopped: {e}", file=sys.stderr)
+        return e.exit_status
     except KeyboardInterrupt:
         print(f"reviveformer {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -3,9 +3,12 @@
 `REVIVEFORMER_FAULT=phase[:occurrence]` makes the `occurrence`-th (default 1st) arrival at `phase` end the
 process at once with `os._exit(137)`, as SIGKILL would: no cleanup, no flush, no atexit.
 `REVIVEFORMER_FAULT=phase:occurrence:SIGTERM` (or SIGINT) sends that signal to the process there instead, as a
-scheduler's preemption would, and goes on; `...:SIGTERM@1` only in the process of rank 1 (`RANK`). Unset, it
-costs one dictionary lookup per call. Phases (where the trainer and checkpoint code call `fault_point`):
+scheduler's preemption would, and goes on; `...:SIGTERM@1` only in the process of rank 1 (`RANK`).
+`REVIVEFORMER_FAULT=phase:occurrence:ENOSPC` (or EDQUOT) raises that OSError there instead, as a write to a full
+disk would (`...:ENOSPC@1`: rank 1 only). Unset, it costs one dictionary lookup per call. Phases (where the
+trainer and checkpoint code call `fault_point`):
 
+- `setup`: the run built (data prepared, model built, a checkpoint restored), before it writes its folder;
 - `mid_step`: after the backward pass of an optimizer step, before the update;
 - `after_periodic_checkpoint`: right after a `train.checkpoint_every` checkpoint is complete;
 - `epoch_end_measure`: inside the epoch-end measurement, before anything of it is logged or written;
@@ -21,12 +24,14 @@ costs one dictionary lookup per call. Phases (where the trainer and checkpoint c
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
 
 ENV = "REVIVEFORMER_FAULT"
 PHASES = (
+    "setup",
     "mid_step",
     "after_periodic_checkpoint",
     "epoch_end_measure",
@@ -58,9 +63,14 @@ def fault_point(phase: str) -> None:
         return
     if not action:
         _kill(f"{ENV}={spec}: killed at {phase}")
-    signame, _, rank = action.partition("@")
-    if not rank or os.environ.get("RANK", "0") == rank:
-        os.kill(os.getpid(), getattr(signal, signame))
+    what, _, rank = action.partition("@")
+    if rank and os.environ.get("RANK", "0") != rank:
+        return
+    if what.startswith("SIG"):
+        os.kill(os.getpid(), getattr(signal, what))
+    else:  # ENOSPC, EDQUOT: the write of this phase fails as on a full disk
+        code = getattr(errno, what)
+        raise OSError(code, f"{os.strerror(code)} ({ENV}={spec})")
 
 
 def _kill(message: str) -> None:

@@ -7,8 +7,10 @@ The trainer's main process writes it (`write_status`) at the start and at every 
 
 S is `running` (written at start; a run killed by SIGKILL stays `running`), `finished` (reached its planned end:
 all epochs, or `train.max_steps`), `stopped` (an alert's stop action; final/ written), `halted` (non-finite
-steps past the limit, exit 3; final/ not written by that session) or `preempted` (SIGTERM/SIGINT: checkpoint
-saved, exit 75). `final_step` is the step of the weights in `final/` (null while none was written); a session
+steps past the limit, exit 3; final/ not written by that session), `preempted` (SIGTERM/SIGINT: checkpoint
+saved, exit 75; or SIGTERM during set-up, nothing of that session written), `interrupted` (a second Ctrl-C, or a
+Ctrl-C during set-up: out at once, exit 130) or `no_space` (the device or quota holding the run was full, exit
+74; its last complete checkpoint is intact). `final_step` is the step of the weights in `final/` (null while none was written); a session
 that does not write final/ keeps the previous value, so a resumed run killed later still says which step its
 old final/ is from.
 
@@ -25,7 +27,7 @@ from reviveformer.errors import UserError
 from reviveformer.run_files import atomic_write
 
 STATUS_FILE = "status.json"
-STATES = ("running", "finished", "stopped", "halted", "preempted", "interrupted")
+STATES = ("running", "finished", "stopped", "halted", "preempted", "interrupted", "no_space")
 # What each state says in a sentence ("the run ...").
 _SAYS = {
     "running": "was running at its last status (still running, or killed without a chance to say so)",
@@ -34,6 +36,7 @@ _SAYS = {
     "halted": "halted on non-finite losses before its planned end",
     "preempted": "was interrupted (SIGTERM/SIGINT) after saving a checkpoint; it can be resumed",
     "interrupted": "was interrupted at once (a second Ctrl-C) without saving; it resumes from its last checkpoint",
+    "no_space": "stopped: no space was left on its device; it resumes from its last checkpoint",
 }
 
 

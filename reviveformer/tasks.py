@@ -16,7 +16,9 @@ trainer's (docs/design.md, "Training loop")."""
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 import math
 
 import torch
@@ -73,7 +75,7 @@ class TaskSequence:
                     f"multiple of train.log_every={log_every}: the end-of-task training loss is the mean of the "
                     "task's last log window; give tasks.steps, or a train.log_every that divides it"
                 )
-        self._ends = [sum(self.steps[: k + 1]) for k in range(self.count)]
+        self._ends = list(itertools.accumulate(self.steps))  # linear: set-up stays fast at any tasks.count
         self._perms: dict[int, torch.Tensor] = {}
 
     @property
@@ -87,7 +89,7 @@ class TaskSequence:
     def schedule_point(self, step: int) -> tuple[int, int]:
         """(steps into its task, the task's length) of the optimizer step `step` (0-based): where a schedule
         restarted at each task stands."""
-        task = next((k for k, end in enumerate(self._ends) if step < end), self.count - 1)
+        task = min(bisect.bisect_right(self._ends, step), self.count - 1)  # read at every step: no scan
         return step - (self._ends[task] - self.steps[task]), self.steps[task]
 
     def due(self, pos: Position) -> bool:

@@ -22,7 +22,7 @@ import torch
 from reviveformer import builder
 from reviveformer.builder import param_groups, warmup_cosine
 from reviveformer.config import Config
-from reviveformer.errors import Preempted, TrainingHalted
+from reviveformer.errors import Preempted, StoppedInSetup, TrainingHalted
 from reviveformer.faults import fault_point
 from reviveformer.loop import Position, Reactions, RunControl, TrainWindow
 from reviveformer.loop.window import reaches_multiple
@@ -76,6 +76,7 @@ class Trainer:
         self.train_loader, self.task_loaders, self.tasks = run.train_loader, run.task_loaders, run.tasks
         self.monitor, self.reviver, self.pos, self.state = run.monitor, run.reviver, run.pos, run.state
         self.total_steps = run.total_steps
+        fault_point("setup")
         # the first writes (folders, config.yaml, W&B) and the parts that log: after every check has passed
         self.tracking = builder.start_outputs(self.cfg, self.accelerator, self.control, self.pos)
         self.parts = builder.build_loop(self.cfg, self.accelerator, run, self.tracking, self.control)
@@ -86,12 +87,17 @@ class Trainer:
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         try:
+            self.control.watch_signals()  # a stop signal during set-up ends the run at once (StoppedInSetup)
             self._setup()
             # console lines (alerts, revivals) are printed above the progress bar, not into its line
             with logging_redirect_tqdm():
                 summary = self._loop()
-        except (TrainingHalted, Preempted, KeyboardInterrupt) as e:
+        except (TrainingHalted, Preempted, KeyboardInterrupt, StoppedInSetup) as e:
             self.control.ended_by(e, self.pos)
+            raise
+        except Exception as e:  # a full disk is one message (`NoSpace`), whatever was writing
+            if (full := self.control.no_space(e, self.pos)) is not None:
+                raise full from e
             raise
         finally:
             self._close()

@@ -261,3 +261,130 @@ def test_a_second_ctrl_c_is_recorded_as_interrupted(tmp_path, corpus_file, monke
     status = read_status(run_dir)
     assert status.state == "interrupted" and status.step == 2  # two steps done, the third cut off
     assert not (run_dir / "final").exists()
+
+
+# ------------------------------------------------------------------------------------------- stops outside the loop
+
+
+@pytest.mark.parametrize(
+    ("signal_name", "status", "state"), [("SIGTERM", 75, "preempted"), ("SIGINT", 130, "interrupted")]
+)
+def test_a_stop_signal_during_set_up_ends_the_run_at_once(
+    tmp_path, corpus_file, monkeypatch, capsys, signal_name, status, state
+):
+    """Issue 27: a signal during set-up (data prepared, model built, before the folder is written) was only a
+    request read at the first train log, and before the handler was installed nothing heard it. Now the run
+    stops there: its exit status, one line, status.json at step 0, nothing of the run written, the signals'
+    handlers as they were."""
+    import signal
+
+    from reviveformer import faults
+
+    monkeypatch.setattr(faults, "_arrivals", {})
+    monkeypatch.setenv(faults.ENV, f"setup:1:{signal_name}")
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    run_dir = tmp_path / "run"
+    assert main(_args(RECIPE, run_dir, corpus_file)) == status
+    err = capsys.readouterr().err
+    assert f"reviveformer train: stopped: {signal_name} during set-up" in err and "Traceback" not in err
+    got = read_status(run_dir)
+    assert (got.state, got.step, got.final_step) == (state, 0, None)
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        ".lock",
+        "status.json",
+    ]  # no config.yaml: a rerun starts
+    assert RunLock(run_dir).try_acquire() is None
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
+
+
+def test_a_full_disk_is_one_message_and_the_last_checkpoint_stays(tmp_path, corpus_file, monkeypatch, capsys):
+    """Issue 27: a full disk while the step-10 checkpoint is written ended in a chained traceback, exit 1, and
+    status.json still saying "running". Now: exit 74, one message naming the folder and the intact step-5
+    checkpoint, status.json `no_space` at step 10, no half-written checkpoint left; the resume finishes."""
+    from reviveformer import faults
+
+    monkeypatch.setattr(faults, "_arrivals", {})
+    monkeypatch.setenv(faults.ENV, "checkpoint_write:2:ENOSPC")
+    run_dir = tmp_path / "run"
+    steps = {"train.max_steps": 10, "train.checkpoint_every": 5, "train.epochs": 1, "model.dropout": 0.0}
+    assert main(_args(RECIPE, run_dir, corpus_file, **steps)) == 74
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert (
+        f"reviveformer train: error: no space left on the device holding {run_dir}; the checkpoint at step 5 is "
+        "intact; free space and resume with train.resume=auto\n"
+    ) in err
+    got = read_status(run_dir)
+    assert (got.state, got.step) == ("no_space", 10) and "no space left" in got.reason
+    checkpoints = run_dir / "checkpoints"
+    assert [p.name for p in checkpoints.iterdir()] == ["step_00000005"]
+    assert ckpt.checked_damage(checkpoints / "step_00000005", afresh=True) is None
+    monkeypatch.setenv(faults.ENV, "")
+    assert main(_args(RECIPE, run_dir, corpus_file, **steps, **{"train.resume": "auto"})) == 0
+    assert read_status(run_dir).state == "finished"
+
+
+def test_a_resume_stopped_during_set_up_keeps_the_step_its_folder_recorded(tmp_path):
+    """A resume stopped before its checkpoint was read (its position still step 0) says it stopped at the step
+    the folder last recorded, not at 0; before the lock is held it writes nothing (the folder may be another
+    run's)."""
+    from types import SimpleNamespace
+
+    from reviveformer.errors import StoppedInSetup
+    from reviveformer.loop import Position, RunControl
+    from reviveformer.run_status import write_status
+
+    write_status(tmp_path, "preempted", 20, 1, "SIGTERM at step 20", final_step=None)
+    control = RunControl(tmp_path, SimpleNamespace(is_main_process=True, num_processes=1))
+    control.ended_by(StoppedInSetup("SIGINT"), Position())
+    assert read_status(tmp_path).state == "preempted"  # not holding the folder: unchanged
+    control.holds_folder = True
+    control.ended_by(StoppedInSetup("SIGINT"), Position())
+    got = read_status(tmp_path)
+    assert (got.state, got.step, got.epoch) == ("interrupted", 20, 1) and "during set-up" in got.reason
+
+
+def test_the_train_command_stops_at_once_while_it_imports(monkeypatch):
+    """Before the trainer's set-up (torch imported, the recipe read) a stop signal raises StoppedInSetup, which
+    the command line turns into 75 (SIGTERM) or 130 (SIGINT); the handlers are given back afterwards."""
+    import os
+    import signal
+
+    from reviveformer.commands import train as train_command
+    from reviveformer.errors import StoppedInSetup
+
+    for sig, status in ((signal.SIGTERM, 75), (signal.SIGINT, 130)):
+        previous = train_command._stop_at_once()
+        try:
+            with pytest.raises(StoppedInSetup) as stopped:
+                os.kill(os.getpid(), sig)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        assert stopped.value.exit_status == status
+
+
+def test_a_full_disk_is_told_from_its_error_or_from_the_free_space(tmp_path, monkeypatch):
+    """The OS's ENOSPC/EDQUOT however it is wrapped (torch raises a RuntimeError from it; safetensors keeps only
+    its words), or, for torch's writer that keeps neither, a device left (nearly) full; nothing else."""
+    import errno
+
+    from reviveformer import errors
+
+    def wrapped(inner: BaseException) -> RuntimeError:
+        try:
+            raise inner
+        except BaseException as e:
+            try:
+                raise RuntimeError("file write failed") from e
+            except RuntimeError as outer:
+                return outer
+
+    assert errors.disk_full(wrapped(OSError(errno.ENOSPC, "No space left on device")), tmp_path).errno == 28
+    assert errors.disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"), tmp_path).errno == errno.EDQUOT
+    said = RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+    assert errors.disk_full(said, tmp_path).errno == errno.ENOSPC
+    assert errors.disk_full(wrapped(ValueError("bad")), tmp_path) is None
+    assert errors.disk_full(OSError(errno.EACCES, "Permission denied"), tmp_path / "not" / "yet") is None
+    monkeypatch.setattr(errors, "_free_bytes", lambda path: 4096)
+    assert errors.disk_full(RuntimeError("unexpected pos 576 vs 534"), tmp_path).errno == errno.ENOSPC

@@ -456,3 +456,46 @@ def test_a_task_run_is_refused_on_another_process_count(tasks_run, corpus_file):
     with pytest.raises(CheckpointError, match=r"tasks\.kind=permuted_vocab.* on 2 process.*trained on 1"):
         check_resume(saved, cfg, 2, data)
     assert check_resume(saved, cfg, 1, data)["step"] == 10
+
+
+class _CountedSteps(int):
+    """A task length that counts the additions and comparisons made with it, and refuses past a budget: the work
+    of building and reading a task sequence, counted without a clock."""
+
+    ops = 0
+    budget = 0
+
+    def _count(self) -> None:
+        type(self).ops += 1
+        assert type(self).ops <= type(self).budget, "more work than linear in tasks.count"
+
+    def __add__(self, other):
+        self._count()
+        return _CountedSteps(int(self) + int(other))
+
+    __radd__ = __add__
+
+    def __lt__(self, other):
+        self._count()
+        return int(self) < int(other)
+
+    def __gt__(self, other):
+        self._count()
+        return int(self) > int(other)
+
+
+def test_many_tasks_cost_linear_work_to_set_up_and_log_work_per_step():
+    """Issue 27: the task ends were sums over every prefix (30,000 tasks took 6 s of set-up, 300,000 minutes),
+    and the restarted schedule scanned them at every step. Building 3,000 tasks may add task lengths a few
+    times per task; placing a step in its task (read at every step) compares a few times log2(3,000)."""
+    from reviveformer.config import TasksConfig
+    from reviveformer.tasks import TaskSequence
+
+    count = 3000
+    tc = TasksConfig(kind="permuted_vocab", count=count, steps=_CountedSteps(5))
+    _CountedSteps.ops, _CountedSteps.budget = 0, 4 * count
+    tasks = TaskSequence(tc, 10, [7], log_every=5, device="cpu")
+    assert tasks.total_steps == 5 * count and tasks.end_step(count - 1) == 5 * count
+    _CountedSteps.ops, _CountedSteps.budget = 0, 4 * math.ceil(math.log2(count))
+    assert tasks.schedule_point(5 * count - 1) == (4, 5)
+    assert tasks.schedule_point(5 * 1234 + 2) == (2, 5)

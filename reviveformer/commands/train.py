@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
+
+from reviveformer.errors import StoppedInSetup
 
 HELP = "train or fine-tune a GPT-2 from a recipe (overrides as key=value)"
 
@@ -15,16 +19,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reviveformer.config import load_config
-    from reviveformer.errors import EXIT_STOPPED
-    from reviveformer.trainer import train
+    # a stop signal while torch is imported and the recipe read ends the command at once (the trainer's own
+    # handling takes over from its set-up on)
+    previous = _stop_at_once()
+    try:
+        from reviveformer.config import load_config
+        from reviveformer.errors import EXIT_STOPPED
+        from reviveformer.trainer import train
 
-    cfg = load_config(args.recipe, args.overrides)
-    summary = train(cfg)
+        cfg = load_config(args.recipe, args.overrides)
+        summary = train(cfg)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if summary.run_dir and _is_main():
         print("\n".join(summary.lines()))
     # a job script must tell a run that an alert stopped from one that finished
     return EXIT_STOPPED if summary.stopped_by else 0
+
+
+def _stop_at_once() -> dict:
+    """SIGTERM and SIGINT raise StoppedInSetup (main thread only); the handlers they had."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handle(signum: int, frame) -> None:
+        raise StoppedInSetup(signal.Signals(signum).name)
+
+    return {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
 
 
 def _is_main() -> bool:

@@ -4,13 +4,21 @@ at the next train log (or checkpoint, revival, epoch end: the trainer's next rea
 (`errors.EXIT_PREEMPTED`, EX_TEMPFAIL: a job script requeues on it); `train.resume=auto` then continues bit-identically. A second
 SIGINT stops at once (KeyboardInterrupt). With several processes the request rides on each step's loss
 all-reduce and is read with the rest at that read, so every process stops at the same step even when only one
-was signalled, and at the step one process would stop at (`RunControl`)."""
+was signalled, and at the step one process would stop at (`RunControl`).
+
+During set-up (checks, data preparation and hashing, the model built, a checkpoint restored: everything before
+the run writes its folder) there is no step to stop at: a signal raises `StoppedInSetup` at once, and the run
+ends with nothing of it written (exit 75 for SIGTERM, 130 for SIGINT). From `started()` on, the signal is a
+request read at the next train log, as above: stopping at once after config.yaml is written would leave a run
+folder with no checkpoint, which neither resume mode accepts."""
 
 from __future__ import annotations
 
 import logging
 import signal
 import threading
+
+from reviveformer.errors import StoppedInSetup
 
 log = logging.getLogger("reviveformer")
 
@@ -22,6 +30,8 @@ class Preemption:
         self.signal: int | None = None
         """The first stop signal received, if any."""
         self._previous: dict[int, object] = {}
+        self.in_setup = True
+        """Until the run writes its folder (`started`): a signal raises StoppedInSetup at once."""
 
     def install(self) -> None:
         """Handle the stop signals (only the main thread may; elsewhere, as in a notebook's worker, they keep
@@ -36,6 +46,10 @@ class Preemption:
             signal.signal(sig, handler)
         self._previous.clear()
 
+    def started(self) -> None:
+        """The run writes its folder from here on: a signal is a request for a checkpoint at the next train log."""
+        self.in_setup = False
+
     @property
     def requested(self) -> bool:
         return self.signal is not None
@@ -45,6 +59,11 @@ class Preemption:
         return signal.Signals(self.signal).name if self.signal is not None else ""
 
     def _handle(self, signum: int, frame) -> None:
+        if self.in_setup:
+            # once: a signal during the exit's clean-up is a request (a second Ctrl-C: at once)
+            self.in_setup = False
+            self.signal = signum
+            raise StoppedInSetup(signal.Signals(signum).name)
         if self.signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now
         if self.signal is None:

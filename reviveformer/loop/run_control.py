@@ -14,11 +14,12 @@ from pathlib import Path
 import torch
 from accelerate.utils import broadcast_object_list
 
-from reviveformer.errors import Preempted, TrainingHalted, UserError
+from reviveformer.checkpoint import find_resume_point
+from reviveformer.errors import NoSpace, Preempted, StoppedInSetup, TrainingHalted, UserError, disk_full
 from reviveformer.loop.position import Position
 from reviveformer.loop.preemption import Preemption
 from reviveformer.run_lock import RunLock
-from reviveformer.run_status import write_status
+from reviveformer.run_status import read_status, write_status
 
 
 class RunControl:
@@ -28,6 +29,8 @@ class RunControl:
         self.is_main = accelerator.is_main_process
         self.lock = RunLock(run_dir) if self.is_main else None
         self.preemption = Preemption()
+        self.holds_folder = False
+        """Whether this process holds the folder's lock (the main process, once `acquire` has passed)."""
         self.started = False
         """Whether the run has begun writing its folder (status.json is written from then on)."""
         self.stop_now = False
@@ -39,19 +42,26 @@ class RunControl:
         self._asked = False
         """One process: whether it had been signalled by the last step's `agree`."""
 
+    def watch_signals(self) -> None:
+        """Handle the stop signals from here on (the run's first act): at once during set-up, then at the next
+        train log (`Preemption`)."""
+        self.preemption.install()
+
     def acquire(self, check_output_dir) -> None:
         """Take the folder's lock, or refuse on every process when another run holds it; `check_output_dir`
-        runs first, before the lock creates the folder. Stop signals are handled from here on."""
+        runs first, before the lock creates the folder."""
         check_output_dir(self.run_dir)
         refusal = self.lock.try_acquire() if self.lock is not None else None
         if self.accelerator.num_processes > 1:
             refusal = broadcast_object_list([refusal])[0]
         if refusal:
             raise UserError(refusal)
-        self.preemption.install()
+        self.holds_folder = self.lock is not None
 
     def start(self) -> None:
-        """The run begins writing its folder: say who holds the lock."""
+        """The run begins writing its folder: a stop signal waits for the next train log (and its checkpoint);
+        say who holds the lock."""
+        self.preemption.started()
         if self.lock is not None:
             self.lock.announce()
         self.started = True
@@ -70,8 +80,53 @@ class RunControl:
             self.status("halted", pos, str(error))
         elif isinstance(error, Preempted):
             self.status("preempted", pos, str(error))
+        elif isinstance(error, StoppedInSetup):
+            self._stopped_in_setup(error, pos)
         else:
             self.status("interrupted", pos, "a second Ctrl-C (SIGINT) stopped it at once")
+
+    def _stopped_in_setup(self, error: StoppedInSetup, pos: Position) -> None:
+        """status.json of a run stopped by a signal before it wrote its folder (main process, lock held): at the
+        restored position's step, else at the step the folder last recorded (a resume stopped before its
+        checkpoint was read), else 0."""
+        if not self.holds_folder:
+            return  # before the lock: the folder may be another run's
+        step, epoch = pos.step, pos.epoch
+        if not step:
+            try:
+                old = read_status(self.run_dir)
+            except UserError:
+                old = None
+            if old is not None and old.step is not None:
+                step, epoch = old.step, old.epoch or 0
+        write_status(self.run_dir, error.state, step, epoch, str(error))
+
+    def no_space(self, error: BaseException, pos: Position) -> NoSpace | None:
+        """The exit of a run whose device (or quota) is full, `error` or an exception it was raised from
+        (an ENOSPC or EDQUOT OSError), naming the device's path and the checkpoint a resume continues from;
+        status.json says so when it still fits. None for any other error."""
+        full = disk_full(error, self.run_dir)
+        if full is None:
+            return None
+        where = Path(full.filename) if isinstance(full.filename, str) else self.run_dir
+        if where.resolve().is_relative_to(self.run_dir.resolve()):
+            where = self.run_dir
+        good = find_resume_point(self.run_dir / "checkpoints")
+        if good is not None:
+            step = int(good.name.rsplit("_", 1)[1])
+            then = f"the checkpoint at step {step} is intact; free space and resume with train.resume=auto"
+        else:
+            then = "no checkpoint was saved yet; free space and run it again"
+            if (
+                self.run_dir / "config.yaml"
+            ).is_file():  # a run without a checkpoint: neither resume mode takes it
+                then += f" (remove {self.run_dir} first)"
+        message = f"no space left on the device holding {where}; {then}"
+        try:
+            self.status("no_space", pos, message)
+        except OSError:
+            message += " (status.json could not be updated either)"
+        return NoSpace(message)
 
     def agree(self, step_loss: torch.Tensor) -> torch.Tensor:
         """The step's loss averaged over processes; this process's stop vote rides on the same all-reduce (no
