@@ -17,6 +17,7 @@ import sys
 import warnings
 
 from reviveformer.errors import (
+    EXIT_BROKEN_PIPE,
     EXIT_HALTED,
     EXIT_INTERRUPTED,
     EXIT_NO_SPACE,
@@ -89,6 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"reviveformer {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader of our output went away (`reviveformer recipes | head`): it has what it wanted. Python
+        # would fail again flushing stdout at exit, so stdout points at nothing from here on; the status is a
+        # shell's for a writer ended by SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ EXIT_STOPPED = 4  # an alert's `stop` action ended training early (final/ writte
 EXIT_NO_SPACE = 74  # EX_IOERR: the disk (or quota) holding the run is full; the last checkpoint is intact
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: SIGTERM/SIGINT, a checkpoint saved; requeue with train.resume=auto
 EXIT_INTERRUPTED = 130  # 128 + SIGINT: a second Ctrl-C, or a Ctrl-C during set-up
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of a command's output closed it (`| head`)
 
 
 class UserError(Exception):

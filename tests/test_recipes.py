@@ -156,3 +156,28 @@ def test_recipes_lists_each_builtin_recipe_with_its_purpose(capsys):
         assert first.startswith("# ") and 20 < len(first) <= 120, f"{path}: {first!r}"
         shown = path.stem if path in RECIPES else path.name
         assert any(line.split() == [shown, *first[2:].split()] for line in lines), (path, lines)
+
+
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly():
+    """`reviveformer recipes | head -1` once ended with a BrokenPipeError traceback. Made deterministic: the
+    command's stdout is a pipe whose reader is already closed, so its first write fails."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        p = subprocess.run(
+            [sys.executable, "-m", "reviveformer", "recipes"],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+    finally:
+        os.close(write)
+    assert p.returncode == 141 and "Traceback" not in p.stderr, p.stderr
