@@ -7,6 +7,7 @@ train/validation before packing, so no validation block shares text with a train
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -14,6 +15,7 @@ import os
 import shutil
 import sysconfig
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -261,6 +263,24 @@ def tokenizer_cache_key(train: Dataset, vocab_size: int) -> str:
     return hashlib.sha256(src.encode()).hexdigest()[:20]
 
 
+@contextlib.contextmanager
+def _staged(final: Path) -> Iterator[Path]:
+    """A fresh folder beside the cache entry `final` to write it in (a mkdtemp name: ours alone, never reused),
+    renamed to `final` when the block ends, or dropped when another process finished first (theirs is kept).
+    Left by any exception, a stop signal's during set-up included, it is removed: no unfinished folder stays."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        tmp.rename(final)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def get_tokenizer(cfg: DataConfig, docs: DatasetDict):
     """The configured tokenizer; a trained bpe one is cached by `tokenizer_cache_key` and reused."""
     if cfg.tokenizer != "bpe":
@@ -269,13 +289,8 @@ def get_tokenizer(cfg: DataConfig, docs: DatasetDict):
     if (cached / "tokenizer.json").is_file():
         return load_tokenizer(str(cached))
     tok = train_bpe_tokenizer(docs["train"]["text"], cfg.vocab_size)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=cached.name + ".tmp-", dir=cached.parent))  # ours alone, never reused
-    tok.save_pretrained(tmp)
-    try:
-        tmp.rename(cached)
-    except OSError:  # another process finished first; keep theirs
-        shutil.rmtree(tmp, ignore_errors=True)
+    with _staged(cached) as tmp:
+        tok.save_pretrained(tmp)
     return load_tokenizer(str(cached)) if (cached / "tokenizer.json").is_file() else tok
 
 
@@ -371,15 +386,10 @@ def prepare_data(cfg: DataConfig, seed: int, tokenizer=None) -> PackedData:
         train = pack(docs["train"], tokenizer, cfg.block_size, f"{key}-train")
         val = pack(docs["validation"], tokenizer, cfg.block_size, f"{key}-val")
         _check_not_empty(train, val, cfg)
-        store.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=store.name + ".tmp-", dir=store.parent))
-        train.save_to_disk(str(tmp / "train"))
-        val.save_to_disk(str(tmp / "validation"))
-        (tmp / "done").write_text(key_src)
-        try:
-            tmp.rename(store)
-        except OSError:  # another process finished first
-            shutil.rmtree(tmp, ignore_errors=True)
+        with _staged(store) as tmp:
+            train.save_to_disk(str(tmp / "train"))
+            val.save_to_disk(str(tmp / "validation"))
+            (tmp / "done").write_text(key_src)
         if (store / "done").is_file():
             train = datasets.load_from_disk(str(store / "train"))
             val = datasets.load_from_disk(str(store / "validation"))

@@ -225,3 +225,32 @@ def test_text_on_one_line_is_chunked_like_text_with_newlines(corpus_file, tmp_pa
         CHUNK_CHARS,
         CHUNK_CHARS,
     ]
+
+
+def test_a_stop_while_the_cache_is_written_leaves_no_unfinished_folder(corpus_file, tmp_path, monkeypatch):
+    """A stop signal during set-up raises in the middle of a cache write (here: once the training split is
+    saved, before the validation split); the unfinished folder it was written in is removed, and the next run
+    writes the entry whole."""
+    from datasets import Dataset
+
+    from reviveformer.errors import StoppedInSetup
+
+    saved = Dataset.save_to_disk
+    calls = []
+
+    def stop_at_the_second(self, path, *a, **k):
+        calls.append(path)
+        if len(calls) == 2:
+            raise StoppedInSetup("SIGTERM")
+        return saved(self, path, *a, **k)
+
+    monkeypatch.setattr(Dataset, "save_to_disk", stop_at_the_second)
+    cache = tmp_path / "cache"
+    with pytest.raises(StoppedInSetup):
+        prepare_data(_cfg(corpus_file, cache_dir=str(cache)), seed=0)
+    assert len(calls) == 2 and calls[0].endswith("/train")  # stopped after the training split was written
+    packed = cache / "packed"
+    assert [p.name for p in packed.iterdir()] == []  # neither the entry nor its unfinished folder
+    monkeypatch.setattr(Dataset, "save_to_disk", saved)
+    d = prepare_data(_cfg(corpus_file, cache_dir=str(cache)), seed=0)
+    assert len(d.train) > 0 and [(p / "done").is_file() for p in packed.iterdir()] == [True]
