@@ -56,6 +56,15 @@ def test_no_recompiles_after_warmup_with_sampling(measured) -> None:
     assert on["loss_finite"] and off["loss_finite"]
 
 
+def test_the_counting_adds_no_kernel_launch(measured) -> None:
+    """Issue 30: Inductor fuses each site's counting (compare, |a|, both sums, the accumulator update) into the
+    kernel that makes the activation (layer norm, GELU), so a training step launches as many kernels with the
+    monitor as without, in its sampled and its unsampled variant alike (counted in the generated code)."""
+    on, off = measured["on"]["code_kernels_per_graph"], measured["off"]["code_kernels_per_graph"]
+    assert len(off) == 2 and all(k > 0 for k in off)  # a forward and a backward graph, each with kernels
+    assert on == off * 2  # each variant's forward and backward: no kernel more
+
+
 def test_the_counters_see_a_graph_break_and_a_recompile() -> None:
     def f(x: torch.Tensor) -> torch.Tensor:
         x = x + 1

@@ -11,6 +11,7 @@ so sampled and unsampled steps alternate, a report (`counts().metrics()`) and `r
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 
 from .loops import _gpt2
@@ -67,6 +68,42 @@ def _fresh_dynamo() -> Iterator[None]:
         torch._dynamo.reset()
 
 
+# a kernel's definition in Inductor's generated code (C++ on CPU, Triton on GPU): one launch per call of the graph
+_KERNEL_DEF = re.compile(r"^(\w+) = async_compile\.(cpp_pybinding|cpp|triton)\(", re.M)
+
+
+class OutputCode:
+    """The kernels Inductor writes into each graph it compiles while installed (`with OutputCode() as code:`),
+    per graph in compile order: the number of kernels a call of that graph launches. This is the figure to
+    compare with and without the monitor; `generated_kernel_count` counts the code generator's kernel objects
+    (on CPU each loop nest and vector variant of one C++ function), which grows with fused reductions while
+    the launches stay the same."""
+
+    def __init__(self) -> None:
+        self.per_graph: list[int] = []
+
+    def __enter__(self) -> OutputCode:
+        from torch._inductor.graph import GraphLowering
+
+        self._original = GraphLowering.save_output_code
+        seen = self.per_graph
+
+        original = self._original  # None unless someone else collects the code too
+
+        def save(code: str) -> None:
+            seen.append(len(_KERNEL_DEF.findall(code)))
+            if original is not None:
+                original(code)
+
+        GraphLowering.save_output_code = save
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from torch._inductor.graph import GraphLowering
+
+        GraphLowering.save_output_code = self._original
+
+
 def _graph_breaks() -> int:
     import torch._dynamo
 
@@ -107,7 +144,7 @@ def _compile_run(shape, batch: int, monitor: bool, sample_every: int, log_every:
         ] = []  # and in its optimizer step (CPU AdamW reads its step counts: no device sync)
         copies_log: list[dict[str, int]] = []  # per log, by method
         kernels_by_step: list[int] = []  # Inductor kernels generated during each warm-up step
-        with HostCopies() as hc:
+        with HostCopies() as hc, OutputCode() as code:
             for step in range(1, (1 + windows) * log_every + 1):
                 before = hc.total()
                 if mon is not None:
@@ -150,6 +187,8 @@ def _compile_run(shape, batch: int, monitor: bool, sample_every: int, log_every:
         "dynamo_unique_graphs": [m["unique_graphs"] for m in marks],
         "graph_breaks_after_warmup": marks[-1]["breaks"] - warm["breaks"],
         "kernels_after_warmup": marks[-1]["kernels"] - warm["kernels"],
+        # per compiled graph (forward, backward; with sampling, each variant's pair), in compile order
+        "code_kernels_per_graph": code.per_graph,
         "windows_after_warmup": len(marks) - 1,
         "host_copies_per_step_max": max(copies_step[log_every:]),
         "host_copies_per_optimizer_step_max": max(copies_opt[log_every:]),
@@ -188,6 +227,12 @@ def print_structure(res: dict) -> None:
         f"on {on['kernels']} (after warm-up {off['kernels_after_warmup']} / {on['kernels_after_warmup']}); "
         f"by warm-up step {off['kernels_by_warmup_step']} / {on['kernels_by_warmup_step']} "
         "(with the monitor, step 1 is unsampled and step 2 sampled)"
+    )
+    print(
+        f"  kernels in the generated code per compiled graph (forward, backward; with the monitor each variant): "
+        f"monitor off {off['code_kernels_per_graph']}, on {on['code_kernels_per_graph']}: kernels launched per "
+        f"training step {sum(off['code_kernels_per_graph'][:2])} / {sum(on['code_kernels_per_graph'][:2])} "
+        f"(unsampled), {sum(on['code_kernels_per_graph'][2:4]) or '-'} (sampled)"
     )
     print(
         f"  host copies (.item/.cpu/.tolist/.numpy calls) per step's forward+backward at most "
