@@ -117,9 +117,8 @@ class RunControl:
             then = f"the checkpoint at step {step} is intact; free space and resume with train.resume=auto"
         else:
             then = "no checkpoint was saved yet; free space and run it again"
-            if (
-                self.run_dir / "config.yaml"
-            ).is_file():  # a run without a checkpoint: neither resume mode takes it
+            # a run folder without a checkpoint: neither resume mode takes it
+            if (self.run_dir / "config.yaml").is_file():
                 then += f" (remove {self.run_dir} first)"
         message = f"no space left on the device holding {where}; {then}"
         try:
