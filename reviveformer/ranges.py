@@ -11,7 +11,7 @@ the revival and liveness options, which all declare ranges, and imports nothing 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 # Field metadata key of a `Range`.
 RANGE = "range"
@@ -52,9 +52,7 @@ def within(
 
 def field_range(cls: type, name: str) -> Range:
     """The range declared on dataclass `cls`'s field `name` (for a command-line flag that sets the same value)."""
-    import dataclasses
-
-    return next(f.metadata[RANGE] for f in dataclasses.fields(cls) if f.name == name)
+    return next(f.metadata[RANGE] for f in fields(cls) if f.name == name)
 
 
 def flag_problem(flag: str, value: float, r: Range) -> str | None:
