@@ -22,7 +22,6 @@ import torch
 from reviveformer import builder
 from reviveformer.builder import param_groups, warmup_cosine
 from reviveformer.config import Config
-from reviveformer.errors import Preempted, StoppedInSetup, TrainingHalted
 from reviveformer.faults import fault_point
 from reviveformer.loop import Position, Reactions, RunControl, TrainWindow
 from reviveformer.loop.window import reaches_multiple
@@ -92,13 +91,11 @@ class Trainer:
             # console lines (alerts, revivals) are printed above the progress bar, not into its line
             with logging_redirect_tqdm():
                 summary = self._loop()
-        except (TrainingHalted, Preempted, KeyboardInterrupt, StoppedInSetup) as e:
-            self.control.ended_by(e, self.pos)
-            raise
-        except Exception as e:  # a full disk is one message (`NoSpace`), whatever was writing
-            if (full := self.control.no_space(e, self.pos)) is not None:
-                raise full from e
-            raise
+        except BaseException as e:
+            ending = self.control.ended_by(e, self.pos)  # status.json says how; a full disk becomes NoSpace
+            if ending is e:
+                raise
+            raise ending from e
         finally:
             self._close()
         summary.wall_s = time.perf_counter() - t0

@@ -73,17 +73,22 @@ class RunControl:
         if self.is_main and self.started:
             write_status(self.run_dir, state, pos.step, pos.epoch, reason, final_step)
 
-    def ended_by(self, error: BaseException, pos: Position) -> None:
+    def ended_by(self, error: BaseException, pos: Position) -> BaseException:
         """status.json for a run ended by `error`: halted (non-finite steps), preempted (a stop signal, after its
-        checkpoint), or interrupted (a second Ctrl-C: out at once, no checkpoint of this moment)."""
+        checkpoint), interrupted (a second Ctrl-C: out at once, no checkpoint of this moment), stopped during
+        set-up, or no_space. Returns what the run ends with: `error` itself, or for a full disk, whatever was
+        writing, the one-message `NoSpace` (see `no_space`)."""
         if isinstance(error, TrainingHalted):
             self.status("halted", pos, str(error))
         elif isinstance(error, Preempted):
             self.status("preempted", pos, str(error))
         elif isinstance(error, StoppedInSetup):
             self._stopped_in_setup(error, pos)
-        else:
+        elif isinstance(error, KeyboardInterrupt):
             self.status("interrupted", pos, "a second Ctrl-C (SIGINT) stopped it at once")
+        elif isinstance(error, Exception):
+            return self.no_space(error, pos) or error
+        return error
 
     def _stopped_in_setup(self, error: StoppedInSetup, pos: Position) -> None:
         """status.json of a run stopped by a signal before it wrote its folder (main process, lock held): at the
